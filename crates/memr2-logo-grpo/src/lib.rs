@@ -1,0 +1,1 @@
+//! LoGo-GRPO: group construction, advantages and the policy-gradient objective.

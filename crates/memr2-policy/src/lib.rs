@@ -1,0 +1,1 @@
+//! The transformer backbone that plays every role of the memory agent.

@@ -1,0 +1,1 @@
+//! Multi-session conversation environments, oracle traces, LoCoMo, and scoring.

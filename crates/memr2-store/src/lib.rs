@@ -1,0 +1,1 @@
+//! Branchable long-term memory store: entries, operations, snapshots and branches.

@@ -1,0 +1,1 @@
+//! LoGo-GRPO training of memory-augmented agents: rollouts, rewards, curriculum, evaluation.

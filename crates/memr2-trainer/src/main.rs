@@ -1,0 +1,5 @@
+//! The `memr2` command-line program.
+
+fn main() {
+    println!("memr2");
+}
