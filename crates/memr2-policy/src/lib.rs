@@ -1,1 +1,4 @@
 //! The transformer backbone that plays every role of the memory agent.
+
+pub mod roles;
+pub mod tokenizer;

@@ -1,0 +1,1 @@
+//! Role prompts (fact extractor, memory manager, answerer) and their output parsers.

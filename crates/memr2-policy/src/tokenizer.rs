@@ -1,0 +1,1 @@
+//! Byte-level BPE tokenizer (HF `tokenizers`): load, train, save, chat templates.
