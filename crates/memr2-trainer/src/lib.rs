@@ -1,1 +1,73 @@
 //! LoGo-GRPO training of memory-augmented agents: rollouts, rewards, curriculum, evaluation.
+//!
+//! The crate is generic over the burn backend; only the `memr2` binary picks one. Read
+//! [`train::run`] top to bottom for the whole algorithm: supervised warm start on the
+//! simulator's imperfect teacher, then the 8 -> 16 -> 32 session curriculum of LoGo-GRPO steps
+//! ([`step::rl_step`]: lockstep rollouts, rewards, local rerollouts, the update), then the
+//! evaluation table.
+
+pub mod agent;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod metrics;
+pub mod plot;
+pub mod reward;
+pub mod sft;
+pub mod step;
+pub mod train;
+pub mod update;
+
+use std::path::PathBuf;
+
+pub use config::{Preset, TrainConfig};
+
+/// Everything that can go wrong in training, with the path or stage it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A configuration file is not valid JSON for [`TrainConfig`].
+    #[error("malformed config {}: {source}", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A configuration value or combination is not allowed.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    /// The data could not be loaded.
+    #[error("data: {0}")]
+    Data(#[from] memr2_sim::SimError),
+    /// The model, tokenizer or a checkpoint could not be loaded or saved.
+    #[error("policy: {0}")]
+    Policy(#[from] memr2_policy::PolicyError),
+    /// The tokenizer could not be trained, loaded or saved.
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[from] memr2_policy::tokenizer::TokenizerError),
+    /// The objective rejected its inputs.
+    #[error("objective: {0}")]
+    Objective(#[from] memr2_logo_grpo::GrpoError),
+    /// A memory store could not be saved or loaded.
+    #[error("store: {0}")]
+    Store(#[from] memr2_store::StoreError),
+    /// A checkpoint or run directory is missing or corrupt.
+    #[error("checkpoint {}: {reason}", path.display())]
+    Checkpoint {
+        /// The checkpoint.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}

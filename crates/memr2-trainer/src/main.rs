@@ -1,5 +1,435 @@
-//! The `memr2` command-line program.
+//! The `memr2` command-line program: train, evaluate, inspect, and data statistics.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use memr2_policy::tokenizer::Tokenizer;
+use memr2_sim::{Environment, Split};
+use memr2_trainer::checkpoint;
+use memr2_trainer::config::{DataSpec, ModelSpec, Preset, TrainConfig};
+use memr2_trainer::data::{environment, splits};
+use memr2_trainer::eval::report_table;
+use memr2_trainer::train::{self, Event, RunDir, RunOptions};
+
+#[derive(Parser)]
+#[command(name = "memr2", version, about = "RL-trained long-term memory for LLM agents (Memory-R2, LoGo-GRPO)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Compute backends; only those compiled in (cargo features) can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BackendKind {
+    /// burn's `flex` CPU backend.
+    Flex,
+    /// burn's `ndarray` CPU backend.
+    Ndarray,
+    /// WebGPU / Vulkan through wgpu (a software Vulkan driver works too).
+    Wgpu,
+    /// NVIDIA CUDA.
+    Cuda,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train: SFT warm start, then the LoGo-GRPO curriculum, then the evaluation table.
+    Train(TrainArgs),
+    /// Evaluate a run's checkpoints per category on held-out conversations.
+    Eval(EvalArgs),
+    /// Show one conversation's memory and operation history, session by session.
+    Inspect(InspectArgs),
+    /// Dataset commands.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Starting configuration.
+    #[arg(long, value_enum, default_value_t = Preset::Default)]
+    preset: Preset,
+    /// A JSON configuration file (replaces the preset).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the run writes its files (default: runs/<preset>-seed<seed>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long, conflicts_with_all = ["config", "run_dir", "init_from"])]
+    resume: Option<PathBuf>,
+    /// A pretrained Hugging Face model directory (Qwen2 / Llama) instead of the tiny model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Train on LoCoMo from this `locomo10.json` instead of the synthetic world.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = default_backend())]
+    backend: BackendKind,
+    /// Training seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Probability of local rerollouts per session (0 = plain GRPO, global groups only).
+    #[arg(long)]
+    p_local: Option<f64>,
+    /// Start from another run's tokenizer and SFT checkpoint (skips SFT).
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    /// Curriculum horizons, e.g. `32` to train straight at 32 sessions.
+    #[arg(long, value_delimiter = ',')]
+    horizons: Option<Vec<usize>>,
+    /// RL steps per curriculum stage.
+    #[arg(long)]
+    steps_per_stage: Option<usize>,
+    /// Print the resolved configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// A run directory (its `sft` and `final` checkpoints are evaluated).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// A run trained with global groups only, from the same SFT start, to compare against.
+    #[arg(long)]
+    grpo: Option<PathBuf>,
+    /// Horizon (sessions) of the evaluation.
+    #[arg(long)]
+    sessions: Option<usize>,
+    /// Test conversations to use (default: the run's setting).
+    #[arg(long)]
+    episodes: Option<usize>,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = default_backend())]
+    backend: BackendKind,
+}
+
+#[derive(clap::Args)]
+struct InspectArgs {
+    /// A run directory (the `final` checkpoint is used, else `latest`).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Which test conversation.
+    #[arg(long, default_value_t = 0)]
+    episode: usize,
+    /// Horizon (sessions).
+    #[arg(long, default_value_t = 8)]
+    sessions: usize,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = default_backend())]
+    backend: BackendKind,
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Counts of an environment: conversations, sessions, turns, questions.
+    Stats {
+        /// A `locomo10.json` file; without it, the synthetic world of the preset.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Synthetic world size.
+        #[arg(long, value_enum, default_value_t = Preset::Default)]
+        preset: Preset,
+    },
+}
+
+fn default_backend() -> BackendKind {
+    if cfg!(feature = "flex") {
+        BackendKind::Flex
+    } else if cfg!(feature = "ndarray") {
+        BackendKind::Ndarray
+    } else if cfg!(feature = "wgpu") {
+        BackendKind::Wgpu
+    } else {
+        BackendKind::Cuda
+    }
+}
+
+/// Runs `$body` with `B` bound to the autodiff backend `$kind` names and `device` its device,
+/// or fails with the features that would compile it in.
+macro_rules! with_backend {
+    ($kind:expr, |$b:ident, $device:ident| $body:expr) => {{
+        match $kind {
+            #[cfg(feature = "flex")]
+            BackendKind::Flex => {
+                type $b = burn::backend::Autodiff<burn::backend::Flex>;
+                let $device = Default::default();
+                $body
+            }
+            #[cfg(feature = "ndarray")]
+            BackendKind::Ndarray => {
+                type $b = burn::backend::Autodiff<burn::backend::NdArray>;
+                let $device = Default::default();
+                $body
+            }
+            #[cfg(feature = "wgpu")]
+            BackendKind::Wgpu => {
+                type $b = burn::backend::Autodiff<burn::backend::Wgpu>;
+                let $device = burn::backend::wgpu::WgpuDevice::default();
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => {
+                type $b = burn::backend::Autodiff<burn::backend::Cuda>;
+                let $device = burn::backend::cuda::CudaDevice::default();
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            other => bail!(
+                "backend {other:?} is not compiled into this binary; rebuild with `--features {}` \
+                 (compiled in: {})",
+                format!("{other:?}").to_lowercase(),
+                compiled_backends().join(", ")
+            ),
+        }
+    }};
+}
+
+fn compiled_backends() -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for (on, name) in [
+        (cfg!(feature = "flex"), "flex"),
+        (cfg!(feature = "ndarray"), "ndarray"),
+        (cfg!(feature = "wgpu"), "wgpu"),
+        (cfg!(feature = "cuda"), "cuda"),
+    ] {
+        if on {
+            out.push(name);
+        }
+    }
+    out
+}
 
 fn main() {
-    println!("memr2");
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,memr2=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }
+
+fn real_main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Train(args) => train_command(args),
+        Command::Eval(args) => with_backend!(args.backend, |B, device| eval_command::<B>(&args, &device)),
+        Command::Inspect(args) => with_backend!(args.backend, |B, device| inspect_command::<B>(&args, &device)),
+        Command::Data { command: DataCommand::Stats { data, preset } } => data_stats(data, preset),
+    }
+}
+
+fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
+    let mut config = match &args.config {
+        Some(path) => TrainConfig::from_file(path)?,
+        None => TrainConfig::preset(args.preset),
+    };
+    if let Some(seed) = args.seed {
+        config.seed = seed;
+    }
+    if let Some(p) = args.p_local {
+        config.rl.logo.p_local = p;
+    }
+    if let Some(dir) = &args.model {
+        if !dir.is_dir() {
+            bail!("model directory {} does not exist", dir.display());
+        }
+        config.model = ModelSpec::Pretrained { dir: dir.clone() };
+    }
+    if let Some(path) = &args.data {
+        if !path.is_file() {
+            bail!("data file {} does not exist", path.display());
+        }
+        config.data = DataSpec::Locomo { path: path.clone() };
+    }
+    if let Some(h) = &args.horizons {
+        config.curriculum.horizons = h.clone();
+    }
+    if let Some(s) = args.steps_per_stage {
+        config.curriculum.steps_per_stage = s;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(1);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} {msg} (elapsed {elapsed}, eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(500));
+    bar
+}
+
+fn train_command(args: TrainArgs) -> Result<()> {
+    let (config, options) = match &args.resume {
+        Some(dir) => (TrainConfig::from_file(&RunDir(dir.clone()).config())?, RunOptions {
+            dir: dir.clone(),
+            resume: true,
+            ..RunOptions::default()
+        }),
+        None => {
+            let config = resolve_config(&args)?;
+            let dir = args.run_dir.clone().unwrap_or_else(|| {
+                let name = format!("{}-seed{}", format!("{:?}", args.preset).to_lowercase(), config.seed);
+                PathBuf::from("runs").join(name)
+            });
+            (config, RunOptions { dir, init_from: args.init_from.clone(), ..RunOptions::default() })
+        }
+    };
+    if args.print_config {
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    let bar = progress_bar();
+    let mut observe = |event: Event<'_>| match event {
+        Event::Phase { name, total } => {
+            bar.reset();
+            bar.set_length(total);
+            bar.set_position(0);
+            bar.set_prefix(name);
+        }
+        Event::Progress { done, message } => {
+            bar.set_position(done);
+            bar.set_message(message);
+        }
+        Event::Step(m) => bar.println(format!(
+            "step {:>4} h={:<2} reward {:+.3} (local {:+.3}) F1 {:.3} kl {:.4} ops A{}/U{}/D{}/N{} fmt-err {} {:.1}s",
+            m.step,
+            m.horizon,
+            m.reward_global.mean,
+            m.reward_local.mean,
+            m.f1,
+            m.update.kl,
+            m.ops.add,
+            m.ops.update,
+            m.ops.delete,
+            m.ops.noop,
+            m.format_errors,
+            m.step_s
+        )),
+    };
+    let report = with_backend!(args.backend, |B, device| train::run::<B>(config, &options, &device, &mut observe)
+        .with_context(|| format!("training run {}", options.dir.display()))?);
+    bar.finish_and_clear();
+    println!("{}", report.table);
+    println!("run directory: {}", report.dir.display());
+    Ok(())
+}
+
+fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
+    let run = RunDir(args.checkpoint.clone());
+    let mut config = TrainConfig::from_file(&run.config())?;
+    if let Some(s) = args.sessions {
+        config.eval.sessions = s;
+    }
+    if let Some(e) = args.episodes {
+        config.eval.test_episodes = e;
+    }
+    let data = splits(&config.data)?;
+    let tokenizer = Tokenizer::from_file(&run.tokenizer())?;
+    let load = |dir: &Path| -> Result<_> { Ok(checkpoint::load::<B>(dir, device)?.model.valid()) };
+    let sft = load(&run.checkpoint("sft"))?;
+    let logo = load(&run.checkpoint("final"))?;
+    let grpo = args.grpo.as_ref().map(|d| load(&RunDir(d.clone()).checkpoint("final"))).transpose()?;
+    let mut systems: Vec<(&str, Option<&memr2_policy::Transformer<B::InnerBackend>>)> = vec![("SFT only", Some(&sft))];
+    if let Some(g) = &grpo {
+        systems.push(("GRPO (global only)", Some(g)));
+    }
+    let name = if config.rl.logo.p_local > 0.0 { "LoGo-GRPO" } else { "GRPO (global only)" };
+    systems.push((name, Some(&logo)));
+    let rows = train::final_evaluation(&config, &data, &tokenizer, &sft, &systems, &mut |_| {})?;
+    println!(
+        "Test conversations: {}, horizon {} sessions\n\n{}",
+        config.eval.test_episodes.min(data.test.len()),
+        config.eval.sessions,
+        report_table(&rows)
+    );
+    Ok(())
+}
+
+fn inspect_command<B: AutodiffBackend>(args: &InspectArgs, device: &B::Device) -> Result<()> {
+    use memr2_trainer::agent::{Agent, RolloutSampling, RolloutState, SessionJob, run_sessions};
+    use rand::SeedableRng;
+    let run = RunDir(args.checkpoint.clone());
+    let config = TrainConfig::from_file(&run.config())?;
+    let data = splits(&config.data)?;
+    let tokenizer = Tokenizer::from_file(&run.tokenizer())?;
+    let dir = if run.checkpoint("final").exists() { run.checkpoint("final") } else { run.checkpoint("latest") };
+    let model = checkpoint::load::<B>(&dir, device)?.model.valid();
+    let Some(episode) = data.test.get(args.episode) else {
+        bail!("there are {} test conversations; --episode {} is out of range", data.test.len(), args.episode)
+    };
+    let episode = episode.with_horizon(args.sessions);
+    let agent = Agent { model: &model, tokenizer: &tokenizer, config: &config.agent };
+    let mut state = RolloutState::new();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
+    let sampling = RolloutSampling { temperature: 0.0, top_p: 1.0, record: false };
+    println!("conversation {} ({} sessions, {} questions)", episode.id, episode.sessions.len(), episode.questions.len());
+    for session in &episode.sessions {
+        let before = state.store.operations().len();
+        let mut jobs = [SessionJob { episode: &episode, session: session.index, state: &mut state }];
+        run_sessions(&agent, &mut jobs, sampling, &mut rng);
+        println!("\n== session {} ({}) ==", session.index, session.date);
+        for turn in &session.turns {
+            println!("  {} {}: {}", turn.dia_id, turn.speaker, turn.text);
+        }
+        println!("  -- operations");
+        for record in state.store.operations().iter().skip(before) {
+            println!("  {record}");
+        }
+        println!("  -- memory ({} entries)", state.store.len());
+        for entry in state.store.entries() {
+            println!("  {} [s{}..s{}] {}", entry.id, entry.created_session, entry.updated_session, entry.text);
+        }
+    }
+    println!("\n== history of each memory ==");
+    let ids: Vec<_> = state.store.entries().map(|e| e.id).collect();
+    for id in ids {
+        let versions: Vec<String> = state.store.history(id).iter().map(|h| h.to_string()).collect();
+        println!("  {id}: {}", versions.join(" -> "));
+    }
+    Ok(())
+}
+
+fn data_stats(data: Option<PathBuf>, preset: Preset) -> Result<()> {
+    let spec = match data {
+        Some(path) => DataSpec::Locomo { path },
+        None => TrainConfig::preset(preset).data,
+    };
+    let env: Box<dyn Environment> = environment(&spec)?;
+    println!("environment: {}", env.name());
+    println!("| split | conversations | sessions | turns | questions | without adversarial |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut all = Vec::new();
+    for (name, split) in [("train", Split::Train), ("validation", Split::Validation), ("test", Split::Test)] {
+        let episodes = env.episodes(split);
+        let s = memr2_sim::stats(&episodes);
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            s.conversations, s.sessions, s.turns, s.questions, s.questions_non_adversarial
+        );
+        all.extend(episodes);
+    }
+    let s = memr2_sim::stats(&all);
+    println!(
+        "| all | {} | {} | {} | {} | {} |",
+        s.conversations, s.sessions, s.turns, s.questions, s.questions_non_adversarial
+    );
+    Ok(())
+}
+

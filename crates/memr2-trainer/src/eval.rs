@@ -1,0 +1,134 @@
+//! Evaluation: answer held-out questions from a memory built by no one, by the oracle, or by a
+//! policy (greedy), and report F1 / EM / BLEU-1 per category.
+
+use std::fmt::Write as _;
+
+use burn::prelude::Backend;
+use memr2_policy::Transformer;
+use memr2_policy::tokenizer::Tokenizer;
+use memr2_sim::{Category, Episode, ScoreBoard, Teacher, TeacherConfig};
+use memr2_store::{Snapshot, Store};
+use rand_chacha::ChaCha8Rng;
+
+use crate::agent::{Agent, RolloutSampling, RolloutState, SessionJob, answer_questions, run_sessions};
+use crate::config::AgentConfig;
+use crate::sft::teacher_replay;
+
+/// Where the memory that questions are answered from comes from.
+pub enum MemorySource<'a, B: Backend> {
+    /// An empty memory: the answerer alone.
+    Empty,
+    /// The perfect teacher's memory: an upper bound for the extractor and manager.
+    Oracle,
+    /// A policy's extractor and manager, run greedily.
+    Policy(&'a Transformer<B>),
+}
+
+/// The final memory of every episode under a source.
+pub fn final_memories<B: Backend>(
+    source: &MemorySource<'_, B>,
+    episodes: &[Episode],
+    tokenizer: &Tokenizer,
+    cfg: &AgentConfig,
+    rng: &mut ChaCha8Rng,
+) -> Vec<RolloutState> {
+    match source {
+        MemorySource::Empty => episodes.iter().map(|_| RolloutState::new()).collect(),
+        MemorySource::Oracle => episodes
+            .iter()
+            .map(|e| {
+                let mut teacher = Teacher::new(TeacherConfig::perfect(), 0);
+                let (_, snapshots) = teacher_replay(e, e.sessions.len(), &mut teacher, cfg);
+                let last: Snapshot = snapshots.last().cloned().unwrap_or_else(|| Store::new().snapshot());
+                RolloutState { store: last.branch(), snapshots, ..RolloutState::new() }
+            })
+            .collect(),
+        MemorySource::Policy(model) => {
+            let agent = Agent { model: *model, tokenizer, config: cfg };
+            let mut states: Vec<RolloutState> = episodes.iter().map(|_| RolloutState::new()).collect();
+            let horizon = episodes.iter().map(|e| e.sessions.len()).max().unwrap_or(0);
+            let sampling = RolloutSampling { temperature: 0.0, top_p: 1.0, record: false };
+            for s in 1..=horizon as u32 {
+                let mut jobs: Vec<SessionJob<'_>> = episodes
+                    .iter()
+                    .zip(states.iter_mut())
+                    .filter(|(e, _)| e.sessions.len() >= s as usize)
+                    .map(|(episode, state)| SessionJob { episode, session: s, state })
+                    .collect();
+                run_sessions(&agent, &mut jobs, sampling, rng);
+            }
+            states
+        }
+    }
+}
+
+/// Answers every question of every episode from the final memories and scores them.
+pub fn score_memories<B: Backend>(
+    answerer: &Transformer<B>,
+    tokenizer: &Tokenizer,
+    cfg: &AgentConfig,
+    episodes: &[Episode],
+    memories: &[RolloutState],
+    rng: &mut ChaCha8Rng,
+) -> ScoreBoard {
+    let agent = Agent { model: answerer, tokenizer, config: cfg };
+    let mut items = Vec::new();
+    for (episode, state) in episodes.iter().zip(memories) {
+        let last = state.snapshots.last().expect("a rollout has a snapshot");
+        items.extend(episode.questions.iter().map(|q| (last, q)));
+    }
+    let (answers, _) = answer_questions(&agent, &items, rng);
+    let mut board = ScoreBoard::default();
+    for ((_, q), a) in items.iter().zip(&answers) {
+        board.add(q.category, a, &q.answer);
+    }
+    board
+}
+
+/// Evaluates one memory source end to end.
+pub fn evaluate<B: Backend>(
+    source: &MemorySource<'_, B>,
+    answerer: &Transformer<B>,
+    tokenizer: &Tokenizer,
+    cfg: &AgentConfig,
+    episodes: &[Episode],
+    rng: &mut ChaCha8Rng,
+) -> ScoreBoard {
+    let _span = tracing::info_span!("evaluate", episodes = episodes.len()).entered();
+    let memories = final_memories(source, episodes, tokenizer, cfg, rng);
+    score_memories(answerer, tokenizer, cfg, episodes, &memories, rng)
+}
+
+/// A Markdown table: one row per system, F1 / EM / BLEU-1 overall and F1 per category.
+pub fn report_table(rows: &[(String, ScoreBoard)]) -> String {
+    let categories: Vec<Category> = Category::ALL
+        .iter()
+        .copied()
+        .filter(|c| rows.iter().any(|(_, b)| b.categories().iter().any(|(k, _)| k == c)))
+        .collect();
+    let mut out = String::new();
+    let _ = write!(out, "| system | F1 | EM | BLEU-1 |");
+    for c in &categories {
+        let _ = write!(out, " {} F1 |", c.name());
+    }
+    let _ = write!(out, " questions |\n|---|---:|---:|---:|");
+    for _ in &categories {
+        out.push_str("---:|");
+    }
+    out.push_str("---:|\n");
+    for (name, board) in rows {
+        let all = board.overall();
+        let _ = write!(out, "| {name} | {:.1} | {:.1} | {:.1} |", 100.0 * all.f1, 100.0 * all.em, 100.0 * all.bleu1);
+        let per = board.categories();
+        for c in &categories {
+            match per.iter().find(|(k, _)| k == c) {
+                Some((_, s)) => {
+                    let _ = write!(out, " {:.1} |", 100.0 * s.f1);
+                }
+                None => out.push_str(" - |"),
+            }
+        }
+        let _ = writeln!(out, " {} |", all.count);
+    }
+    out
+}

@@ -1,0 +1,92 @@
+//! `metrics.jsonl`: one JSON object per training step, appended, and cut back on resume.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::TrainError;
+
+/// Appends one JSON line per record.
+pub struct MetricsLog {
+    path: PathBuf,
+    lines: u64,
+}
+
+impl MetricsLog {
+    /// Opens the log for a run, keeping exactly its first `keep` lines (what the checkpoint
+    /// being resumed had seen) and dropping lines written after it.
+    pub fn open(path: &Path, keep: u64) -> Result<Self, TrainError> {
+        let io = |source| TrainError::Io { path: path.to_path_buf(), source };
+        let existing = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io(e)),
+        };
+        let kept: Vec<&str> = existing.lines().take(keep as usize).collect();
+        if (kept.len() as u64) < keep {
+            return Err(TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                reason: format!("has {} lines but the checkpoint expects {keep}", kept.len()),
+            });
+        }
+        let mut text = kept.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        std::fs::write(path, text).map_err(io)?;
+        Ok(Self { path: path.to_path_buf(), lines: keep })
+    }
+
+    /// Appends a record as one line and flushes it.
+    pub fn append<T: Serialize>(&mut self, record: &T) -> Result<(), TrainError> {
+        let io = |source| TrainError::Io { path: self.path.clone(), source };
+        let line = serde_json::to_string(record).expect("metrics serialise");
+        let mut file = std::fs::OpenOptions::new().append(true).create(true).open(&self.path).map_err(io)?;
+        writeln!(file, "{line}").map_err(io)?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// Lines written so far.
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
+    /// Reads every record back.
+    pub fn read(path: &Path) -> Result<Vec<serde_json::Value>, TrainError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).map_err(|e| TrainError::Checkpoint {
+                    path: path.to_path_buf(),
+                    reason: format!("bad metrics line: {e}"),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_cuts_back_to_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut log = MetricsLog::open(&path, 0).unwrap();
+        for i in 0..5 {
+            log.append(&serde_json::json!({ "step": i })).unwrap();
+        }
+        let mut log = MetricsLog::open(&path, 3).unwrap();
+        assert_eq!(MetricsLog::read(&path).unwrap().len(), 3);
+        log.append(&serde_json::json!({ "step": 3 })).unwrap();
+        let back = MetricsLog::read(&path).unwrap();
+        assert_eq!(back.len(), 4);
+        assert_eq!(back[3]["step"], 3);
+        assert!(MetricsLog::open(&path, 10).is_err());
+    }
+}

@@ -1,0 +1,214 @@
+//! The policy-gradient update: old and reference log-probs, `ppo_epochs` passes over
+//! minibatches of the LoGo-GRPO loss, global gradient-norm clipping, AdamW.
+
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::optim::{GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use memr2_logo_grpo::{LossConfig, LossInputs, logo_grpo_loss};
+use memr2_policy::{Transformer, completion_logprobs};
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// One generated sequence to train on, with its group-relative advantage.
+#[derive(Clone, Debug)]
+pub struct TrainSample {
+    /// Prompt ids.
+    pub prompt: Vec<u32>,
+    /// Completion ids (the tokens the loss covers).
+    pub completion: Vec<u32>,
+    /// Advantage of the sample's group member.
+    pub advantage: f32,
+    /// Whether it comes from a local (rerollout) group.
+    pub local: bool,
+}
+
+/// What one update did, averaged over its minibatches.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpdateStats {
+    /// Mean loss.
+    pub loss: f64,
+    /// Fraction of tokens whose ratio was clipped.
+    pub clip_fraction: f64,
+    /// Approximate KL to the reference policy (k3).
+    pub kl: f64,
+    /// Mean importance ratio.
+    pub ratio_mean: f64,
+    /// Mean per-token entropy.
+    pub entropy: f64,
+    /// Mean gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Minibatches whose loss or gradient was not finite and were skipped.
+    pub skipped_nonfinite: u64,
+    /// Minibatches applied.
+    pub minibatches: u64,
+    /// Tokens (prompt + completion) pushed through the training forward pass.
+    pub tokens: u64,
+}
+
+/// Learning settings of one update.
+pub struct UpdateSettings<'a> {
+    /// The loss.
+    pub loss: &'a LossConfig,
+    /// Passes over the samples.
+    pub epochs: usize,
+    /// Sequences per minibatch.
+    pub minibatch_size: usize,
+    /// AdamW learning rate.
+    pub learning_rate: f64,
+    /// Global gradient-norm clip.
+    pub max_grad_norm: f64,
+}
+
+/// Log-probs of each sample's completion under `model`, without gradients, as host vectors.
+pub fn host_logprobs<B: Backend>(model: &Transformer<B>, samples: &[&TrainSample], chunk: usize) -> Vec<Vec<f32>> {
+    let mut out = Vec::with_capacity(samples.len());
+    for batch in samples.chunks(chunk.max(1)) {
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> =
+            batch.iter().map(|s| (s.prompt.clone(), s.completion.clone())).collect();
+        let lp = completion_logprobs(model, &pairs).logprobs;
+        let [_, width] = lp.dims();
+        let data: Vec<f32> = lp.into_data().to_vec().expect("f32 log-probs");
+        for (row, s) in batch.iter().enumerate() {
+            out.push(data[row * width..row * width + s.completion.len()].to_vec());
+        }
+    }
+    out
+}
+
+/// Right-pads per-sample rows into a `[batch, width]` tensor.
+fn padded<B: Backend>(rows: &[&[f32]], width: usize, device: &B::Device) -> Tensor<B, 2> {
+    let mut data = vec![0.0f32; rows.len() * width];
+    for (r, row) in rows.iter().enumerate() {
+        data[r * width..r * width + row.len()].copy_from_slice(row);
+    }
+    Tensor::from_data(TensorData::new(data, [rows.len(), width]), device)
+}
+
+/// Runs the update and returns the new model with its statistics. A minibatch whose loss or
+/// gradient norm is not finite is skipped (the model is left as it was) and counted.
+pub fn ppo_update<B, O>(
+    mut model: Transformer<B>,
+    optim: &mut O,
+    reference: Option<&Transformer<B::InnerBackend>>,
+    samples: &[TrainSample],
+    settings: &UpdateSettings<'_>,
+    rng: &mut ChaCha8Rng,
+) -> (Transformer<B>, UpdateStats)
+where
+    B: AutodiffBackend,
+    O: Optimizer<Transformer<B>, B>,
+{
+    let _span = tracing::info_span!("update", samples = samples.len()).entered();
+    let mut stats = UpdateStats::default();
+    if samples.is_empty() {
+        return (model, stats);
+    }
+    let refs: Vec<&TrainSample> = samples.iter().collect();
+    let chunk = settings.minibatch_size;
+    // Old log-probs: the current policy before any step, recomputed by the training forward.
+    let old = host_logprobs(&model.valid(), &refs, chunk);
+    let reference = reference.map(|r| host_logprobs(r, &refs, chunk));
+    let device = model.devices()[0].clone();
+
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    let mut sums = UpdateStats::default();
+    for _epoch in 0..settings.epochs {
+        order.shuffle(rng);
+        for batch in order.chunks(chunk) {
+            let pairs: Vec<(Vec<u32>, Vec<u32>)> =
+                batch.iter().map(|&i| (samples[i].prompt.clone(), samples[i].completion.clone())).collect();
+            stats.tokens += pairs.iter().map(|(p, c)| (p.len() + c.len()) as u64).sum::<u64>();
+            let out = completion_logprobs(&model, &pairs);
+            let [rows, width] = out.logprobs.dims();
+            let old_rows: Vec<&[f32]> = batch.iter().map(|&i| old[i].as_slice()).collect();
+            let ref_rows = reference
+                .as_ref()
+                .map(|r| padded::<B>(&batch.iter().map(|&i| r[i].as_slice()).collect::<Vec<_>>(), width, &device));
+            let advantages: Vec<f32> = batch.iter().map(|&i| samples[i].advantage).collect();
+            let local: Vec<f32> = batch.iter().map(|&i| if samples[i].local { 1.0 } else { 0.0 }).collect();
+            let inputs = LossInputs {
+                new_logp: out.logprobs,
+                old_logp: padded::<B>(&old_rows, width, &device),
+                ref_logp: ref_rows,
+                entropy: Some(out.entropy),
+                mask: out.mask,
+                advantages: Tensor::from_data(TensorData::new(advantages, [rows]), &device),
+                is_local: Tensor::from_data(TensorData::new(local, [rows]), &device),
+            };
+            let output = logo_grpo_loss(settings.loss, inputs);
+            let loss_value: f64 = output.loss.clone().into_scalar().elem();
+            if !loss_value.is_finite() {
+                tracing::warn!(loss = loss_value, "non-finite loss: minibatch skipped");
+                stats.skipped_nonfinite += 1;
+                continue;
+            }
+            let mut grads = GradientsParams::from_grads(output.loss.backward(), &model);
+            let norm = grad_norm::<B>(&model, &grads);
+            if !norm.is_finite() {
+                tracing::warn!(grad_norm = norm, "non-finite gradient: minibatch skipped");
+                stats.skipped_nonfinite += 1;
+                continue;
+            }
+            if norm > settings.max_grad_norm {
+                scale_grads::<B>(&model, &mut grads, (settings.max_grad_norm / norm) as f32);
+            }
+            model = optim.step(settings.learning_rate, model, grads);
+            let s = &output.stats;
+            sums.loss += loss_value;
+            sums.clip_fraction += s.clip_fraction as f64;
+            sums.kl += s.approx_kl as f64;
+            sums.ratio_mean += s.ratio_mean as f64;
+            sums.entropy += s.entropy as f64;
+            sums.grad_norm += norm;
+            stats.minibatches += 1;
+        }
+    }
+    let n = stats.minibatches.max(1) as f64;
+    stats.loss = sums.loss / n;
+    stats.clip_fraction = sums.clip_fraction / n;
+    stats.kl = sums.kl / n;
+    stats.ratio_mean = sums.ratio_mean / n;
+    stats.entropy = sums.entropy / n;
+    stats.grad_norm = sums.grad_norm / n;
+    (model, stats)
+}
+
+/// The L2 norm of all gradients together.
+pub fn grad_norm<B: AutodiffBackend>(model: &Transformer<B>, grads: &GradientsParams) -> f64 {
+    struct Norm<'a, B: AutodiffBackend> {
+        grads: &'a GradientsParams,
+        total: Option<Tensor<B::InnerBackend, 1>>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Norm<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+                let sq = g.powi_scalar(2).sum();
+                self.total = Some(match self.total.take() {
+                    Some(t) => t + sq,
+                    None => sq,
+                });
+            }
+        }
+    }
+    let mut visitor = Norm::<B> { grads, total: None };
+    model.visit(&mut visitor);
+    visitor.total.map(|t| t.into_scalar().elem::<f64>().sqrt()).unwrap_or(0.0)
+}
+
+/// Multiplies every gradient by `factor`.
+fn scale_grads<B: AutodiffBackend>(model: &Transformer<B>, grads: &mut GradientsParams, factor: f32) {
+    struct Scale<'a> {
+        grads: &'a mut GradientsParams,
+        factor: f32,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                self.grads.register::<B::InnerBackend, D>(param.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    model.visit(&mut Scale { grads, factor });
+}
