@@ -207,23 +207,60 @@ pub(crate) fn generate(
             v.shuffle(rng);
         }
     }
-    select(cfg.questions, by_cat)
+    select(cfg.questions, &by_cat, cfg.sessions as u32)
+}
+
+/// Picks `n` questions in three nested passes, so that shorter horizons keep a fair share:
+/// a third with evidence in the first quarter of the sessions, a third within the first half,
+/// the rest anywhere. Each pass follows the category mix of [`MIX`].
+fn select(n: usize, by_cat: &[(Category, Vec<Question>)], sessions: u32) -> Vec<Question> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(n);
+    for (band, target) in [(sessions / 4, n / 3), (sessions / 2, 2 * n / 3), (u32::MAX, n)] {
+        let inside: Vec<(Category, Vec<Question>)> = by_cat
+            .iter()
+            .map(|(c, qs)| {
+                let qs = qs
+                    .iter()
+                    .filter(|q| q.last_session().is_none_or(|l| l <= band) && !seen.contains(&q.question))
+                    .cloned()
+                    .collect();
+                (*c, qs)
+            })
+            .collect();
+        for q in select_mix(target.saturating_sub(out.len()), inside) {
+            seen.insert(q.question.clone());
+            out.push(q);
+        }
+    }
+    out.sort_by(|x, y| {
+        (x.last_session().unwrap_or(u32::MAX), x.category, &x.question).cmp(&(
+            y.last_session().unwrap_or(u32::MAX),
+            y.category,
+            &y.question,
+        ))
+    });
+    out
 }
 
 /// Takes each category's share of `n` (by [`MIX`]), then fills up from what is left.
-fn select(n: usize, mut by_cat: Vec<(Category, Vec<Question>)>) -> Vec<Question> {
+fn select_mix(n: usize, by_cat: Vec<(Category, Vec<Question>)>) -> Vec<Question> {
     let total: usize = MIX.iter().map(|(_, w)| w).sum();
+    let mut queues: Vec<std::vec::IntoIter<Question>> = MIX
+        .iter()
+        .map(|(c, _)| {
+            by_cat
+                .iter()
+                .find(|(x, _)| x == c)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+                .into_iter()
+        })
+        .collect();
     let mut seen = BTreeSet::new();
     let mut out = Vec::with_capacity(n);
-    let mut cursors = vec![0usize; by_cat.len()];
-    let take = |i: usize,
-                by_cat: &mut Vec<(Category, Vec<Question>)>,
-                cursors: &mut Vec<usize>,
-                seen: &mut BTreeSet<String>,
-                out: &mut Vec<Question>| {
-        while cursors[i] < by_cat[i].1.len() {
-            let q = by_cat[i].1[cursors[i]].clone();
-            cursors[i] += 1;
+    let mut take = |i: usize, out: &mut Vec<Question>| {
+        for q in queues[i].by_ref() {
             if seen.insert(q.question.clone()) {
                 out.push(q);
                 return true;
@@ -234,14 +271,14 @@ fn select(n: usize, mut by_cat: Vec<(Category, Vec<Question>)>) -> Vec<Question>
     for (i, (_, w)) in MIX.iter().enumerate() {
         for _ in 0..n * w / total {
             if out.len() < n {
-                take(i, &mut by_cat, &mut cursors, &mut seen, &mut out);
+                take(i, &mut out);
             }
         }
     }
     while out.len() < n {
         let mut progressed = false;
-        for i in 0..by_cat.len() {
-            if out.len() < n && take(i, &mut by_cat, &mut cursors, &mut seen, &mut out) {
+        for i in 0..MIX.len() {
+            if out.len() < n && take(i, &mut out) {
                 progressed = true;
             }
         }
@@ -249,12 +286,5 @@ fn select(n: usize, mut by_cat: Vec<(Category, Vec<Question>)>) -> Vec<Question>
             break;
         }
     }
-    out.sort_by(|x, y| {
-        (x.last_session().unwrap_or(u32::MAX), x.category, &x.question).cmp(&(
-            y.last_session().unwrap_or(u32::MAX),
-            y.category,
-            &y.question,
-        ))
-    });
     out
 }
