@@ -444,4 +444,4 @@ impl Snapshot {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

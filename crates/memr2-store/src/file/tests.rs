@@ -1,1 +1,147 @@
-//! Tests of the file format.
+//! Tests of the file format: round trips, and rejection of damaged or foreign files.
+
+use std::fs;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::store::tests::{apply_all, ops_strategy};
+
+fn sample_store() -> Store {
+    let mut store = Store::new();
+    store.apply(Operation::Add { text: "Alice lives in Paris".into(), speaker: Some("Alice".into()) }, 1).unwrap();
+    store.apply(Operation::Add { text: "Bob has a dog".into(), speaker: None }, 1).unwrap();
+    let mut branch = store.snapshot().branch();
+    branch.apply(Operation::Update { id: MemoryId::new(1), text: "Alice moved to Lyon".into() }, 2).unwrap();
+    branch.apply(Operation::Noop, 2).unwrap();
+    let mut deeper = branch.branch();
+    deeper.apply(Operation::Delete { id: MemoryId::new(2) }, 3).unwrap();
+    deeper.branch()
+}
+
+#[test]
+fn save_then_load_round_trips_with_lineage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memory.bin");
+    let store = sample_store();
+    store.save(&path).unwrap();
+    let loaded = Store::load(&path).unwrap();
+    assert_eq!(loaded, store);
+    assert_eq!(loaded.generation(), 3);
+    assert_eq!(loaded.history(MemoryId::new(1)).len(), 2);
+    // Saving over an existing file replaces it and leaves no temporary file behind.
+    let mut changed = loaded.clone();
+    changed.apply(Operation::Add { text: "Carol likes tea".into(), speaker: None }, 4).unwrap();
+    changed.save(&path).unwrap();
+    assert_eq!(Store::load(&path).unwrap(), changed);
+    let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["memory.bin"]);
+}
+
+#[test]
+fn damaged_and_foreign_files_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memory.bin");
+    sample_store().save(&path).unwrap();
+    let good = fs::read(&path).unwrap();
+    let write = |bytes: &[u8]| {
+        let p = dir.path().join("damaged.bin");
+        fs::write(&p, bytes).unwrap();
+        Store::load(&p)
+    };
+
+    assert!(matches!(write(b"{\"not\": \"a store\"}"), Err(StoreError::NotAStoreFile { .. })));
+    assert!(matches!(write(&good[..5]), Err(StoreError::Truncated { .. })));
+    assert!(matches!(write(&good[..HEADER_LEN + 3]), Err(StoreError::Truncated { .. })));
+    let mut longer = good.clone();
+    longer.push(0);
+    assert!(matches!(write(&longer), Err(StoreError::Corrupt { .. })));
+    let mut flipped = good.clone();
+    *flipped.last_mut().unwrap() ^= 0x40;
+    assert!(matches!(write(&flipped), Err(StoreError::Corrupt { .. })));
+    let mut future = good.clone();
+    future[8..12].copy_from_slice(&2u32.to_le_bytes());
+    assert!(matches!(write(&future), Err(StoreError::UnsupportedVersion { found: 2, .. })));
+    // A forged length far beyond the file is refused before anything is allocated.
+    let mut huge = good.clone();
+    huge[12..20].copy_from_slice(&(u64::MAX - 10).to_le_bytes());
+    assert!(matches!(write(&huge), Err(StoreError::Truncated { .. })));
+    let missing = Store::load(&dir.path().join("missing.bin")).unwrap_err();
+    assert!(matches!(&missing, StoreError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound));
+    assert!(missing.to_string().contains("missing.bin"));
+}
+
+#[test]
+fn a_checksummed_body_with_a_bad_log_is_inconsistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("forged.bin");
+    let body = BodyRef {
+        config: &StoreConfig::default(),
+        lineage: vec![],
+        log: vec![(1, OperationRef::Delete { id: MemoryId::new(4) })],
+    };
+    let body = bincode::serde::encode_to_vec(&body, bincode::config::standard()).unwrap();
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    fs::write(&path, &bytes).unwrap();
+    let err = Store::load(&path).unwrap_err();
+    assert!(matches!(&err, StoreError::Inconsistent { seq: 0, source, .. }
+        if matches!(**source, StoreError::UnknownId(_))));
+    assert!(std::error::Error::source(&err).is_some());
+}
+
+#[test]
+fn saving_to_a_missing_folder_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Store::new().save(&dir.path().join("no/such/folder/memory.bin")).unwrap_err();
+    assert!(matches!(err, StoreError::Io { .. }));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn save_then_load_gives_an_equal_store(prefix in ops_strategy(40), rest in ops_strategy(20), branch in any::<bool>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.bin");
+        let mut store = Store::new();
+        apply_all(&mut store, &prefix);
+        if branch {
+            store = store.snapshot().branch();
+        }
+        apply_all(&mut store, &rest);
+        store.save(&path).unwrap();
+        let loaded = Store::load(&path).unwrap();
+        prop_assert!(loaded == store);
+        prop_assert_eq!(loaded.lineage(), store.lineage());
+    }
+
+    #[test]
+    fn flipped_or_truncated_files_are_rejected(
+        ops in ops_strategy(30),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.bin");
+        let mut store = Store::new();
+        apply_all(&mut store, &ops);
+        store.save(&path).unwrap();
+        let good = fs::read(&path).unwrap();
+
+        let mut flipped = good.clone();
+        for (at, mask) in &flips {
+            flipped[at.index(good.len())] ^= mask;
+        }
+        if flipped != good {
+            fs::write(&path, &flipped).unwrap();
+            prop_assert!(Store::load(&path).is_err());
+        }
+        let truncated = &good[..cut.index(good.len())];
+        fs::write(&path, truncated).unwrap();
+        prop_assert!(Store::load(&path).is_err());
+    }
+}
