@@ -142,7 +142,11 @@ impl Bm25Index {
             }
         }
         let mut top = TopK::new(k, min_score);
-        while let Some(id) = cursors.iter().filter_map(|(_, head, _)| head.map(|(id, _)| id)).min() {
+        while let Some(id) = cursors
+            .iter()
+            .filter_map(|(_, head, _)| head.map(|(id, _)| id))
+            .min()
+        {
             let mut score = 0.0f32;
             for (idf, head, iter) in &mut cursors {
                 if let Some((head_id, p)) = *head
@@ -166,7 +170,10 @@ mod tests {
 
     #[test]
     fn tokenize_lowercases_and_splits_on_non_alphanumerics() {
-        assert_eq!(tokenize("Alice moved to Lyon, in 2023!"), ["alice", "moved", "to", "lyon", "in", "2023"]);
+        assert_eq!(
+            tokenize("Alice moved to Lyon, in 2023!"),
+            ["alice", "moved", "to", "lyon", "in", "2023"]
+        );
         assert_eq!(tokenize("Ärger--ÉCOLE"), ["ärger", "école"]);
         assert!(tokenize(" ... ").is_empty());
     }

@@ -41,7 +41,10 @@ impl fmt::Debug for DenseIndex {
 impl DenseIndex {
     /// An empty index for vectors from `embedder`.
     pub(crate) fn new(embedder: Arc<dyn Embedder>) -> Self {
-        Self { embedder, vectors: OrdMap::new() }
+        Self {
+            embedder,
+            vectors: OrdMap::new(),
+        }
     }
 
     /// Embeds `text` and normalises it, rejecting a vector of the wrong dimension or non-finite.
@@ -58,7 +61,10 @@ impl DenseIndex {
     fn check(&self, vector: &[f32]) -> Result<(), StoreError> {
         let expected = self.embedder.dim();
         if vector.len() != expected || !vector.iter().all(|x| x.is_finite()) {
-            return Err(StoreError::InvalidEmbedding { got: vector.len(), expected });
+            return Err(StoreError::InvalidEmbedding {
+                got: vector.len(),
+                expected,
+            });
         }
         Ok(())
     }

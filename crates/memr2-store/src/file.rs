@@ -47,7 +47,11 @@ enum OperationRef<'a> {
 }
 
 fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { action, path: path.to_owned(), source }
+    move |source| StoreError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn encode(state: &State) -> Result<Vec<u8>, StoreError> {
@@ -57,9 +61,10 @@ fn encode(state: &State) -> Result<Vec<u8>, StoreError> {
         .map(|record| {
             let after = record.after.as_deref();
             let op = match (record.applied, after) {
-                (Applied::Added(_), Some(e)) => {
-                    OperationRef::Add { text: &e.text, speaker: e.speaker.as_deref() }
-                }
+                (Applied::Added(_), Some(e)) => OperationRef::Add {
+                    text: &e.text,
+                    speaker: e.speaker.as_deref(),
+                },
                 (Applied::Updated(id), Some(e)) => OperationRef::Update { id, text: &e.text },
                 (Applied::Deleted(id), _) => OperationRef::Delete { id },
                 _ => OperationRef::Noop,
@@ -122,19 +127,27 @@ pub(crate) fn save(state: &State, path: &Path) -> Result<(), StoreError> {
         return written;
     }
     // Make the rename itself durable.
-    File::open(&dir).and_then(|d| d.sync_all()).map_err(io_error("sync folder", &dir))
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("sync folder", &dir))
 }
 
 pub(crate) fn load(path: &Path) -> Result<Store, StoreError> {
     let mut file = File::open(path).map_err(io_error("open", path))?;
     let file_len = file.metadata().map_err(io_error("read metadata of", path))?.len();
-    let truncated = |expected: u64| StoreError::Truncated { path: path.to_owned(), expected, found: file_len };
+    let truncated = |expected: u64| StoreError::Truncated {
+        path: path.to_owned(),
+        expected,
+        found: file_len,
+    };
 
     let mut header = [0u8; HEADER_LEN];
     let header_read = read_up_to(&mut file, &mut header).map_err(io_error("read", path))?;
     let magic_seen = header_read.min(MAGIC.len());
     if header[..magic_seen] != MAGIC[..magic_seen] {
-        return Err(StoreError::NotAStoreFile { path: path.to_owned() });
+        return Err(StoreError::NotAStoreFile {
+            path: path.to_owned(),
+        });
     }
     if header_read < HEADER_LEN {
         return Err(truncated(HEADER_LEN as u64));
@@ -150,7 +163,9 @@ pub(crate) fn load(path: &Path) -> Result<Store, StoreError> {
     }
     let body_len = u64::from_le_bytes(field(12..20).try_into().expect("8 bytes"));
     let crc = u32::from_le_bytes(field(20..24).try_into().expect("4 bytes"));
-    let expected = body_len.checked_add(HEADER_LEN as u64).ok_or_else(|| truncated(u64::MAX))?;
+    let expected = body_len
+        .checked_add(HEADER_LEN as u64)
+        .ok_or_else(|| truncated(u64::MAX))?;
     if file_len < expected {
         return Err(truncated(expected));
     }
@@ -172,10 +187,15 @@ pub(crate) fn load(path: &Path) -> Result<Store, StoreError> {
         });
     }
     if crc32fast::hash(&body) != crc {
-        return Err(StoreError::Corrupt { path: path.to_owned(), reason: "checksum mismatch".into() });
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            reason: "checksum mismatch".into(),
+        });
     }
-    let (decoded, used) =
-        decode(&body).map_err(|source| StoreError::Decode { path: path.to_owned(), source })?;
+    let (decoded, used) = decode(&body).map_err(|source| StoreError::Decode {
+        path: path.to_owned(),
+        source,
+    })?;
     if used != body.len() {
         return Err(StoreError::Corrupt {
             path: path.to_owned(),
@@ -207,9 +227,9 @@ fn decode(body: &[u8]) -> Result<(Body, usize), bincode::error::DecodeError> {
     }
     match body.len() {
         0..=0x1_0000 => with_limit::<0x1_0000>(body),
-        0..=0x10_0000 => with_limit::<0x10_0000>(body),
-        0..=0x100_0000 => with_limit::<0x100_0000>(body),
-        0..=0x1000_0000 => with_limit::<0x1000_0000>(body),
+        0x1_0001..=0x10_0000 => with_limit::<0x10_0000>(body),
+        0x10_0001..=0x100_0000 => with_limit::<0x100_0000>(body),
+        0x100_0001..=0x1000_0000 => with_limit::<0x1000_0000>(body),
         _ => with_limit::<{ usize::MAX }>(body),
     }
 }
@@ -232,11 +252,13 @@ fn replay(body: Body, path: &Path) -> Result<Store, StoreError> {
         while points.next_if(|&&at| at == seq).is_some() {
             store.state_mut().begin_branch();
         }
-        store.apply(op, session).map_err(|source| StoreError::Inconsistent {
-            path: path.to_owned(),
-            seq,
-            source: Box::new(source),
-        })?;
+        store
+            .apply(op, session)
+            .map_err(|source| StoreError::Inconsistent {
+                path: path.to_owned(),
+                seq,
+                source: Box::new(source),
+            })?;
     }
     for _ in points {
         store.state_mut().begin_branch();

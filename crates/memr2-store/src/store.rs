@@ -26,7 +26,10 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { max_text_chars: 1000, bm25: Bm25Params::default() }
+        Self {
+            max_text_chars: 1000,
+            bm25: Bm25Params::default(),
+        }
     }
 }
 
@@ -89,7 +92,10 @@ impl State {
         // Counting stops early, so an enormous text costs no more than the limit.
         let chars = text.chars().take(max + 1).count();
         if chars > max {
-            return Err(StoreError::TextTooLong { chars: text.chars().count(), max });
+            return Err(StoreError::TextTooLong {
+                chars: text.chars().count(),
+                max,
+            });
         }
         Ok(())
     }
@@ -100,7 +106,11 @@ impl State {
 
     fn apply(&mut self, op: Operation, session: u32) -> Result<Applied, StoreError> {
         let seq = self.log.len() as u64;
-        let provenance = |kind| Provenance { kind, seq, generation: self.generation };
+        let provenance = |kind| Provenance {
+            kind,
+            seq,
+            generation: self.generation,
+        };
         // Everything fallible happens before the first change, so an error leaves the state as is.
         let (applied, before, after, vector) = match op {
             Operation::Add { text, speaker } => {
@@ -129,7 +139,12 @@ impl State {
                     updated_session: session,
                     provenance: provenance(OpKind::Update),
                 };
-                (Applied::Updated(id), Some(Arc::clone(old)), Some(Arc::new(entry)), vector)
+                (
+                    Applied::Updated(id),
+                    Some(Arc::clone(old)),
+                    Some(Arc::new(entry)),
+                    vector,
+                )
             }
             Operation::Delete { id } => {
                 let old = self.entries.get(&id).ok_or(StoreError::UnknownId(id))?;
@@ -166,7 +181,10 @@ impl State {
             after,
         });
         if let Some(id) = applied.id() {
-            self.histories.entry(id).or_default().push_back(Arc::clone(&record));
+            self.histories
+                .entry(id)
+                .or_default()
+                .push_back(Arc::clone(&record));
         }
         self.log.push_back(record);
         Ok(applied)
@@ -174,8 +192,10 @@ impl State {
 
     /// Records that a snapshot of this state is being branched, and moves to the next generation.
     pub(crate) fn begin_branch(&mut self) {
-        self.lineage
-            .push_back(BranchPoint { generation: self.generation, log_len: self.log.len() as u64 });
+        self.lineage.push_back(BranchPoint {
+            generation: self.generation,
+            log_len: self.log.len() as u64,
+        });
         self.generation += 1;
     }
 
@@ -190,7 +210,12 @@ impl State {
     fn history(&self, id: MemoryId) -> Vec<HistoryRecord> {
         self.histories
             .get(&id)
-            .map(|records| records.iter().filter_map(|r| HistoryRecord::from_record(r)).collect())
+            .map(|records| {
+                records
+                    .iter()
+                    .filter_map(|r| HistoryRecord::from_record(r))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -252,7 +277,11 @@ macro_rules! read_methods {
         /// The `k` memories whose embeddings are most cosine-similar to `query` (a vector of
         /// the attached embedder's dimension), at least `min_score`, best first, ties by id.
         pub fn search_dense(&self, query: &[f32], k: usize, min_score: f32) -> Result<Vec<Hit>, StoreError> {
-            self.state().dense.as_ref().ok_or(StoreError::NoEmbedder)?.search(query, k, min_score)
+            self.state()
+                .dense
+                .as_ref()
+                .ok_or(StoreError::NoEmbedder)?
+                .search(query, k, min_score)
         }
 
         /// Like [`Self::search_dense`], embedding the query text with the attached embedder.
@@ -262,7 +291,11 @@ macro_rules! read_methods {
             k: usize,
             min_score: f32,
         ) -> Result<Vec<Hit>, StoreError> {
-            self.state().dense.as_ref().ok_or(StoreError::NoEmbedder)?.search_text(query, k, min_score)
+            self.state()
+                .dense
+                .as_ref()
+                .ok_or(StoreError::NoEmbedder)?
+                .search_text(query, k, min_score)
         }
 
         /// Size of all memories in whitespace-separated words, kept as a running total (O(1)).
@@ -353,7 +386,9 @@ impl Store {
 
     /// An empty store with `config`.
     pub fn with_config(config: StoreConfig) -> Self {
-        Self { state: State::new(config) }
+        Self {
+            state: State::new(config),
+        }
     }
 
     fn state(&self) -> &State {

@@ -20,7 +20,11 @@ struct Worst(Hit);
 
 impl Ord for Worst {
     fn cmp(&self, other: &Self) -> Ordering {
-        other.0.score.total_cmp(&self.0.score).then(self.0.id.cmp(&other.0.id))
+        other
+            .0
+            .score
+            .total_cmp(&self.0.score)
+            .then(self.0.id.cmp(&other.0.id))
     }
 }
 
@@ -49,7 +53,11 @@ pub(crate) struct TopK {
 impl TopK {
     /// An empty selection of at most `k` hits scoring at least `min_score`.
     pub(crate) fn new(k: usize, min_score: f32) -> Self {
-        Self { k, min_score, heap: BinaryHeap::with_capacity(k.min(1024) + 1) }
+        Self {
+            k,
+            min_score,
+            heap: BinaryHeap::with_capacity(k.min(1024) + 1),
+        }
     }
 
     /// Offers one candidate.

@@ -9,13 +9,39 @@ use crate::store::tests::{apply_all, ops_strategy};
 
 fn sample_store() -> Store {
     let mut store = Store::new();
-    store.apply(Operation::Add { text: "Alice lives in Paris".into(), speaker: Some("Alice".into()) }, 1).unwrap();
-    store.apply(Operation::Add { text: "Bob has a dog".into(), speaker: None }, 1).unwrap();
+    store
+        .apply(
+            Operation::Add {
+                text: "Alice lives in Paris".into(),
+                speaker: Some("Alice".into()),
+            },
+            1,
+        )
+        .unwrap();
+    store
+        .apply(
+            Operation::Add {
+                text: "Bob has a dog".into(),
+                speaker: None,
+            },
+            1,
+        )
+        .unwrap();
     let mut branch = store.snapshot().branch();
-    branch.apply(Operation::Update { id: MemoryId::new(1), text: "Alice moved to Lyon".into() }, 2).unwrap();
+    branch
+        .apply(
+            Operation::Update {
+                id: MemoryId::new(1),
+                text: "Alice moved to Lyon".into(),
+            },
+            2,
+        )
+        .unwrap();
     branch.apply(Operation::Noop, 2).unwrap();
     let mut deeper = branch.branch();
-    deeper.apply(Operation::Delete { id: MemoryId::new(2) }, 3).unwrap();
+    deeper
+        .apply(Operation::Delete { id: MemoryId::new(2) }, 3)
+        .unwrap();
     deeper.branch()
 }
 
@@ -31,10 +57,21 @@ fn save_then_load_round_trips_with_lineage() {
     assert_eq!(loaded.history(MemoryId::new(1)).len(), 2);
     // Saving over an existing file replaces it and leaves no temporary file behind.
     let mut changed = loaded.clone();
-    changed.apply(Operation::Add { text: "Carol likes tea".into(), speaker: None }, 4).unwrap();
+    changed
+        .apply(
+            Operation::Add {
+                text: "Carol likes tea".into(),
+                speaker: None,
+            },
+            4,
+        )
+        .unwrap();
     changed.save(&path).unwrap();
     assert_eq!(Store::load(&path).unwrap(), changed);
-    let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, ["memory.bin"]);
 }
 
@@ -50,9 +87,15 @@ fn damaged_and_foreign_files_give_clear_errors() {
         Store::load(&p)
     };
 
-    assert!(matches!(write(b"{\"not\": \"a store\"}"), Err(StoreError::NotAStoreFile { .. })));
+    assert!(matches!(
+        write(b"{\"not\": \"a store\"}"),
+        Err(StoreError::NotAStoreFile { .. })
+    ));
     assert!(matches!(write(&good[..5]), Err(StoreError::Truncated { .. })));
-    assert!(matches!(write(&good[..HEADER_LEN + 3]), Err(StoreError::Truncated { .. })));
+    assert!(matches!(
+        write(&good[..HEADER_LEN + 3]),
+        Err(StoreError::Truncated { .. })
+    ));
     let mut longer = good.clone();
     longer.push(0);
     assert!(matches!(write(&longer), Err(StoreError::Corrupt { .. })));
@@ -61,7 +104,10 @@ fn damaged_and_foreign_files_give_clear_errors() {
     assert!(matches!(write(&flipped), Err(StoreError::Corrupt { .. })));
     let mut future = good.clone();
     future[8..12].copy_from_slice(&2u32.to_le_bytes());
-    assert!(matches!(write(&future), Err(StoreError::UnsupportedVersion { found: 2, .. })));
+    assert!(matches!(
+        write(&future),
+        Err(StoreError::UnsupportedVersion { found: 2, .. })
+    ));
     // A forged length far beyond the file is refused before anything is allocated.
     let mut huge = good.clone();
     huge[12..20].copy_from_slice(&(u64::MAX - 10).to_le_bytes());
@@ -96,7 +142,9 @@ fn a_checksummed_body_with_a_bad_log_is_inconsistent() {
 #[test]
 fn saving_to_a_missing_folder_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let err = Store::new().save(&dir.path().join("no/such/folder/memory.bin")).unwrap_err();
+    let err = Store::new()
+        .save(&dir.path().join("no/such/folder/memory.bin"))
+        .unwrap_err();
     assert!(matches!(err, StoreError::Io { .. }));
 }
 

@@ -8,7 +8,10 @@ use super::*;
 use crate::tokens::WhitespaceCounter;
 
 fn add(text: &str) -> Operation {
-    Operation::Add { text: text.to_owned(), speaker: None }
+    Operation::Add {
+        text: text.to_owned(),
+        speaker: None,
+    }
 }
 
 fn id(n: u64) -> MemoryId {
@@ -22,34 +25,75 @@ fn texts(store: &Store) -> Vec<(u64, String)> {
 #[test]
 fn operations_change_entries_and_record_provenance() {
     let mut store = Store::new();
-    assert_eq!(store.apply(add("Alice lives in Paris"), 1).unwrap(), Applied::Added(id(1)));
     assert_eq!(
-        store.apply(Operation::Add { text: "Bob has a dog".into(), speaker: Some("Bob".into()) }, 1).unwrap(),
+        store.apply(add("Alice lives in Paris"), 1).unwrap(),
+        Applied::Added(id(1))
+    );
+    assert_eq!(
+        store
+            .apply(
+                Operation::Add {
+                    text: "Bob has a dog".into(),
+                    speaker: Some("Bob".into())
+                },
+                1
+            )
+            .unwrap(),
         Applied::Added(id(2))
     );
     assert_eq!(
-        store.apply(Operation::Update { id: id(1), text: "Alice moved to Lyon".into() }, 3).unwrap(),
+        store
+            .apply(
+                Operation::Update {
+                    id: id(1),
+                    text: "Alice moved to Lyon".into()
+                },
+                3
+            )
+            .unwrap(),
         Applied::Updated(id(1))
     );
     assert_eq!(store.apply(Operation::Noop, 3).unwrap(), Applied::Noop);
     let alice = store.get(id(1)).unwrap();
     assert_eq!(alice.text, "Alice moved to Lyon");
     assert_eq!((alice.created_session, alice.updated_session), (1, 3));
-    assert_eq!(alice.provenance, Provenance { kind: OpKind::Update, seq: 2, generation: 0 });
+    assert_eq!(
+        alice.provenance,
+        Provenance {
+            kind: OpKind::Update,
+            seq: 2,
+            generation: 0
+        }
+    );
     assert_eq!(store.get(id(2)).unwrap().speaker.as_deref(), Some("Bob"));
-    assert_eq!(store.apply(Operation::Delete { id: id(2) }, 4).unwrap(), Applied::Deleted(id(2)));
+    assert_eq!(
+        store.apply(Operation::Delete { id: id(2) }, 4).unwrap(),
+        Applied::Deleted(id(2))
+    );
     assert_eq!(store.len(), 1);
     assert_eq!(store.token_count(), 4);
     assert_eq!(store.operation_count(), 5);
     let kinds: Vec<OpKind> = store.operations().map(|r| r.applied.kind()).collect();
-    assert_eq!(kinds, [OpKind::Add, OpKind::Add, OpKind::Update, OpKind::Noop, OpKind::Delete]);
+    assert_eq!(
+        kinds,
+        [
+            OpKind::Add,
+            OpKind::Add,
+            OpKind::Update,
+            OpKind::Noop,
+            OpKind::Delete
+        ]
+    );
     // Ids are never reused, even after a delete.
     assert_eq!(store.apply(add("Carol runs"), 5).unwrap(), Applied::Added(id(3)));
 }
 
 #[test]
 fn invalid_operations_leave_the_store_unchanged() {
-    let mut store = Store::with_config(StoreConfig { max_text_chars: 10, ..StoreConfig::default() });
+    let mut store = Store::with_config(StoreConfig {
+        max_text_chars: 10,
+        ..StoreConfig::default()
+    });
     store.apply(add("short"), 1).unwrap();
     store.apply(Operation::Delete { id: id(1) }, 1).unwrap();
     store.apply(add("kept"), 1).unwrap();
@@ -58,10 +102,34 @@ fn invalid_operations_leave_the_store_unchanged() {
         (add(""), "EmptyText"),
         (add(" \t\n"), "EmptyText"),
         (add("eleven char"), "TextTooLong"),
-        (Operation::Update { id: id(1), text: "deleted".into() }, "UnknownId"),
-        (Operation::Update { id: id(9), text: "".into() }, "UnknownId"),
-        (Operation::Update { id: id(2), text: "".into() }, "EmptyText"),
-        (Operation::Update { id: id(2), text: "ééééééééééé".into() }, "TextTooLong"),
+        (
+            Operation::Update {
+                id: id(1),
+                text: "deleted".into(),
+            },
+            "UnknownId",
+        ),
+        (
+            Operation::Update {
+                id: id(9),
+                text: "".into(),
+            },
+            "UnknownId",
+        ),
+        (
+            Operation::Update {
+                id: id(2),
+                text: "".into(),
+            },
+            "EmptyText",
+        ),
+        (
+            Operation::Update {
+                id: id(2),
+                text: "ééééééééééé".into(),
+            },
+            "TextTooLong",
+        ),
         (Operation::Delete { id: id(1) }, "UnknownId"),
         (Operation::Delete { id: id(7) }, "UnknownId"),
     ];
@@ -71,7 +139,15 @@ fn invalid_operations_leave_the_store_unchanged() {
         assert_eq!(store, before, "{op:?} changed the store");
     }
     // Ten multi-byte characters are within a limit of ten characters.
-    store.apply(Operation::Update { id: id(2), text: "éééééééééé".into() }, 2).unwrap();
+    store
+        .apply(
+            Operation::Update {
+                id: id(2),
+                text: "éééééééééé".into(),
+            },
+            2,
+        )
+        .unwrap();
 }
 
 #[test]
@@ -82,31 +158,72 @@ fn history_follows_a_memory_across_branches() {
     let after_session_1 = root.snapshot();
     let mut a = after_session_1.branch();
     let mut b = after_session_1.branch();
-    a.apply(Operation::Update { id: id(1), text: "Alice moved to Lyon".into() }, 2).unwrap();
+    a.apply(
+        Operation::Update {
+            id: id(1),
+            text: "Alice moved to Lyon".into(),
+        },
+        2,
+    )
+    .unwrap();
     let mut a2 = a.branch();
     a2.apply(Operation::Delete { id: id(1) }, 3).unwrap();
     b.apply(Operation::Delete { id: id(1) }, 2).unwrap();
 
     let events = |s: &Store| -> Vec<(OpKind, u32, u32)> {
-        s.history(id(1)).iter().map(|h| (h.event, h.session, h.generation)).collect()
+        s.history(id(1))
+            .iter()
+            .map(|h| (h.event, h.session, h.generation))
+            .collect()
     };
     assert_eq!(events(&root), [(OpKind::Add, 1, 0)]);
     assert_eq!(events(&a), [(OpKind::Add, 1, 0), (OpKind::Update, 2, 1)]);
-    assert_eq!(events(&a2), [(OpKind::Add, 1, 0), (OpKind::Update, 2, 1), (OpKind::Delete, 3, 2)]);
+    assert_eq!(
+        events(&a2),
+        [
+            (OpKind::Add, 1, 0),
+            (OpKind::Update, 2, 1),
+            (OpKind::Delete, 3, 2)
+        ]
+    );
     assert_eq!(events(&b), [(OpKind::Add, 1, 0), (OpKind::Delete, 2, 1)]);
     let update = &a2.history(id(1))[1];
     assert_eq!(update.old_text.as_deref(), Some("Alice lives in Paris"));
     assert_eq!(update.new_text.as_deref(), Some("Alice moved to Lyon"));
-    assert_eq!(a2.history(id(1))[2].old_text.as_deref(), Some("Alice moved to Lyon"));
+    assert_eq!(
+        a2.history(id(1))[2].old_text.as_deref(),
+        Some("Alice moved to Lyon")
+    );
     assert!(a2.history(id(99)).is_empty());
 
     assert_eq!(root.lineage(), []);
-    assert_eq!(a.lineage(), [BranchPoint { generation: 0, log_len: 2 }]);
+    assert_eq!(
+        a.lineage(),
+        [BranchPoint {
+            generation: 0,
+            log_len: 2
+        }]
+    );
     assert_eq!(
         a2.lineage(),
-        [BranchPoint { generation: 0, log_len: 2 }, BranchPoint { generation: 1, log_len: 3 }]
+        [
+            BranchPoint {
+                generation: 0,
+                log_len: 2
+            },
+            BranchPoint {
+                generation: 1,
+                log_len: 3
+            }
+        ]
     );
-    assert_eq!(a2.parent(), Some(BranchPoint { generation: 1, log_len: 3 }));
+    assert_eq!(
+        a2.parent(),
+        Some(BranchPoint {
+            generation: 1,
+            log_len: 3
+        })
+    );
     assert_eq!(a2.generation(), 2);
     assert_eq!(after_session_1.generation(), 0);
     assert_eq!(root.operation_count(), 2);
@@ -138,8 +255,20 @@ fn search_respects_k_and_threshold() {
     assert!(store.search("", 10, 0.0).is_empty());
 
     store.apply(Operation::Delete { id: id(1) }, 2).unwrap();
-    store.apply(Operation::Update { id: id(4), text: "Carol visited Paris".into() }, 2).unwrap();
-    let ids: Vec<u64> = store.search("alice paris", 10, 0.0).iter().map(|h| h.id.get()).collect();
+    store
+        .apply(
+            Operation::Update {
+                id: id(4),
+                text: "Carol visited Paris".into(),
+            },
+            2,
+        )
+        .unwrap();
+    let ids: Vec<u64> = store
+        .search("alice paris", 10, 0.0)
+        .iter()
+        .map(|h| h.id.get())
+        .collect();
     assert_eq!(ids.first(), Some(&2));
     assert!(ids.contains(&4) && !ids.contains(&1));
 }
@@ -170,7 +299,15 @@ fn token_counts_follow_changes() {
     assert_eq!(store.token_count(), 5);
     assert_eq!(store.size_tokens(&WhitespaceCounter), 5);
     assert_eq!(store.size_tokens(&CharCounter), 13 + 10);
-    store.apply(Operation::Update { id: id(1), text: "one".into() }, 2).unwrap();
+    store
+        .apply(
+            Operation::Update {
+                id: id(1),
+                text: "one".into(),
+            },
+            2,
+        )
+        .unwrap();
     store.apply(Operation::Delete { id: id(2) }, 2).unwrap();
     assert_eq!(store.token_count(), 1);
     assert_eq!(store.size_tokens(&CharCounter), 3);
@@ -185,7 +322,10 @@ impl Embedder for LetterEmbedder {
     }
 
     fn embed(&self, text: &str) -> Vec<f32> {
-        ['a', 'b', 'c'].iter().map(|l| text.chars().filter(|c| c == l).count() as f32).collect()
+        ['a', 'b', 'c']
+            .iter()
+            .map(|l| text.chars().filter(|c| c == l).count() as f32)
+            .collect()
     }
 }
 
@@ -197,7 +337,11 @@ impl Embedder for BrokenEmbedder {
     }
 
     fn embed(&self, text: &str) -> Vec<f32> {
-        if text.contains("nan") { vec![f32::NAN, 0.0] } else { vec![1.0, 0.0] }
+        if text.contains("nan") {
+            vec![f32::NAN, 0.0]
+        } else {
+            vec![1.0, 0.0]
+        }
     }
 }
 
@@ -205,7 +349,10 @@ impl Embedder for BrokenEmbedder {
 fn dense_search_uses_the_attached_embedder() {
     let mut store = Store::new();
     store.apply(add("aaa"), 1).unwrap();
-    assert!(matches!(store.search_dense(&[1.0, 0.0, 0.0], 1, 0.0), Err(StoreError::NoEmbedder)));
+    assert!(matches!(
+        store.search_dense(&[1.0, 0.0, 0.0], 1, 0.0),
+        Err(StoreError::NoEmbedder)
+    ));
     store.set_embedder(Arc::new(LetterEmbedder)).unwrap();
     store.apply(add("bbb"), 1).unwrap();
     store.apply(add("ab"), 1).unwrap();
@@ -217,7 +364,12 @@ fn dense_search_uses_the_attached_embedder() {
     assert_eq!(ids, [1, 3]);
     assert!((hits[0].score - 1.0).abs() < 1e-6);
     assert!((hits[1].score - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
-    let ids: Vec<u64> = store.search_dense_text("a", 3, 0.5).unwrap().iter().map(|h| h.id.get()).collect();
+    let ids: Vec<u64> = store
+        .search_dense_text("a", 3, 0.5)
+        .unwrap()
+        .iter()
+        .map(|h| h.id.get())
+        .collect();
     assert_eq!(ids, [1]);
     assert!(matches!(
         store.search_dense(&[1.0], 1, 0.0),
@@ -228,7 +380,10 @@ fn dense_search_uses_the_attached_embedder() {
     broken.set_embedder(Arc::new(BrokenEmbedder)).unwrap();
     broken.apply(add("fine"), 1).unwrap();
     let before = broken.clone();
-    assert!(matches!(broken.apply(add("nan"), 1), Err(StoreError::InvalidEmbedding { .. })));
+    assert!(matches!(
+        broken.apply(add("nan"), 1),
+        Err(StoreError::InvalidEmbedding { .. })
+    ));
     assert_eq!(broken, before);
     assert_eq!(broken.operation_count(), 1);
 }
@@ -248,7 +403,9 @@ fn stores_and_snapshots_are_send_and_sync() {
 fn threads_use_branches_of_one_snapshot_at_once() {
     let mut store = Store::new();
     for i in 0..200 {
-        store.apply(add(&format!("fact number {i} about topic {}", i % 7)), 1).unwrap();
+        store
+            .apply(add(&format!("fact number {i} about topic {}", i % 7)), 1)
+            .unwrap();
     }
     let snapshot = store.snapshot();
     let results: Vec<Store> = std::thread::scope(|scope| {
@@ -260,7 +417,13 @@ fn threads_use_branches_of_one_snapshot_at_once() {
                     for i in 0..50 {
                         let target = id(1 + (t * 50 + i) % 200);
                         branch
-                            .apply(Operation::Update { id: target, text: format!("thread {t} wrote {i}") }, 2)
+                            .apply(
+                                Operation::Update {
+                                    id: target,
+                                    text: format!("thread {t} wrote {i}"),
+                                },
+                                2,
+                            )
                             .unwrap();
                         branch.apply(add(&format!("thread {t} added {i}")), 2).unwrap();
                         assert!(!branch.search(&format!("thread {t}"), 5, 0.0).is_empty());
@@ -275,7 +438,9 @@ fn threads_use_branches_of_one_snapshot_at_once() {
     assert!(snapshot.search("thread", 5, 0.0).is_empty());
     for (t, branch) in results.iter().enumerate() {
         assert_eq!(branch.len(), 250);
-        let foreign = branch.entries().filter(|e| e.text.starts_with("thread") && !e.text.contains(&t.to_string()));
+        let foreign = branch
+            .entries()
+            .filter(|e| e.text.starts_with("thread") && !e.text.contains(&t.to_string()));
         assert_eq!(foreign.count(), 0, "thread {t} saw another thread's writes");
     }
 }
@@ -302,7 +467,11 @@ struct Model {
 
 impl Model {
     fn new(max_chars: usize) -> Self {
-        Self { entries: Vec::new(), next_id: 1, max_chars }
+        Self {
+            entries: Vec::new(),
+            next_id: 1,
+            max_chars,
+        }
     }
 
     fn check(&self, text: &str) -> Result<(), String> {
@@ -316,7 +485,10 @@ impl Model {
     }
 
     fn position(&self, id: MemoryId) -> Result<usize, String> {
-        self.entries.iter().position(|e| e.id == id.get()).ok_or_else(|| format!("UnknownId({id})"))
+        self.entries
+            .iter()
+            .position(|e| e.id == id.get())
+            .ok_or_else(|| format!("UnknownId({id})"))
     }
 
     fn apply(&mut self, op: &Operation, session: u32) -> Result<Applied, String> {
@@ -376,7 +548,10 @@ fn error_name(err: &StoreError) -> String {
 const TEST_MAX_CHARS: usize = 40;
 
 fn test_config() -> StoreConfig {
-    StoreConfig { max_text_chars: TEST_MAX_CHARS, ..StoreConfig::default() }
+    StoreConfig {
+        max_text_chars: TEST_MAX_CHARS,
+        ..StoreConfig::default()
+    }
 }
 
 pub(crate) fn text_strategy() -> impl Strategy<Value = String> {
