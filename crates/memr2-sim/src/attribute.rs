@@ -206,28 +206,23 @@ impl Attribute {
             Attribute::Diet => format!("eat a {value} diet"),
         }
     }
-    /// The canonical fact sentence for a change (what a perfect extractor writes):
-    /// "Alice moved to Lyon", "Alice quit working as a chef". `value` is the new value, or
-    /// for a removal the value that ended.
+    /// The canonical fact sentence for a change (what a perfect extractor writes). It shares
+    /// its words with the [`Attribute::state_sentence`] a memory holds, so that lexical
+    /// retrieval finds the memory a change concerns: "Alice now lives in Lyon", "Alice no
+    /// longer works as a chef". `value` is the new value, or for a removal the value that ended.
     pub fn fact_sentence(self, change: Change, subject: &str, value: &str) -> String {
-        match (change, self) {
-            (Change::New | Change::Restate, _) => self.state_sentence(subject, value),
-            (Change::Update, Attribute::City) => format!("{subject} moved to {value}"),
-            (Change::Update, Attribute::Job) => format!("{subject} became {}", with_article(value)),
-            (Change::Update, Attribute::Employer) => format!("{subject} started working at {value}"),
-            (Change::Update, Attribute::Partner) => format!("{subject} is now dating {value}"),
-            (Change::Update, Attribute::Pet) => format!("{subject} now has {} as a pet", with_article(value)),
-            (Change::Update, Attribute::Hobby) => format!("{subject} took up {value} as a new hobby"),
-            (Change::Update, Attribute::Diet) => format!("{subject} switched to a {value} diet"),
-            (Change::Remove, Attribute::City) => format!("{subject} moved away from {value}"),
-            (Change::Remove, Attribute::Job) => format!("{subject} quit working as {}", with_article(value)),
-            (Change::Remove, Attribute::Employer) => format!("{subject} left {value}"),
-            (Change::Remove, Attribute::Partner) => format!("{subject} broke up with {value}"),
-            (Change::Remove, Attribute::Pet) => {
-                format!("{subject} no longer has {} as a pet", with_article(value))
-            }
-            (Change::Remove, Attribute::Hobby) => format!("{subject} gave up {value} as a hobby"),
-            (Change::Remove, Attribute::Diet) => format!("{subject} stopped following a {value} diet"),
+        let state = self.state_sentence(subject, value);
+        let rest = state.strip_prefix(subject).unwrap_or(&state).trim_start();
+        match change {
+            Change::New | Change::Restate => state,
+            Change::Update => match rest.strip_prefix("is ") {
+                Some(r) => format!("{subject} is now {r}"),
+                None => format!("{subject} now {rest}"),
+            },
+            Change::Remove => match rest.strip_prefix("is ") {
+                Some(r) => format!("{subject} is no longer {r}"),
+                None => format!("{subject} no longer {rest}"),
+            },
         }
     }
 }
@@ -274,6 +269,18 @@ mod tests {
         assert_eq!(
             Attribute::City.updated_sentence("Alice", "Lyon", "Paris"),
             "Alice lives in Lyon, previously Paris"
+        );
+        assert_eq!(
+            Attribute::City.fact_sentence(Change::Update, "Alice", "Lyon"),
+            "Alice now lives in Lyon"
+        );
+        assert_eq!(
+            Attribute::Partner.fact_sentence(Change::Remove, "Alice", "Sam"),
+            "Alice is no longer dating Sam"
+        );
+        assert_eq!(
+            Attribute::Job.fact_sentence(Change::Remove, "Alice", "chef"),
+            "Alice no longer works as a chef"
         );
         assert_eq!(Attribute::from_name("diet"), Some(Attribute::Diet));
     }

@@ -29,7 +29,7 @@ pub use fact::{Change, Fact, facts_in_chunk};
 pub use locomo::Locomo;
 pub use oracle::{OracleOp, Teacher, TeacherConfig, oracle_operations};
 pub use scoring::{
-    AnswerScore, ScoreBoard, ScoreSums, bleu1, exact_match, memory_penalty, normalize_answer, reward,
-    score_answer, token_f1,
+    AnswerScore, ScoreBoard, ScoreSummary, ScoreSums, bleu1, exact_match, memory_penalty, normalize_answer,
+    reward, score_answer, token_f1,
 };
 pub use world::{SyntheticWorld, UNKNOWN_ANSWER, WorldConfig};

@@ -44,11 +44,37 @@ impl ListMemory {
 
 /// Runs a teacher over every chunk of every session, retrieving the whole memory each time.
 fn replay(episode: &Episode, teacher: &mut Teacher, chunks: usize) -> ListMemory {
+    replay_top_k(episode, teacher, chunks, usize::MAX)
+}
+
+/// Runs a teacher, showing it the `k` memories that best match the fact's text by a BM25-like
+/// sum of the inverse document frequencies of shared words.
+fn replay_top_k(episode: &Episode, teacher: &mut Teacher, chunks: usize, k: usize) -> ListMemory {
     let mut memory = ListMemory::default();
     for session in &episode.sessions {
         for chunk in session.chunks(chunks) {
             for fact in teacher.facts(episode, chunk) {
-                let ops = teacher.operations(&fact, &memory.entries);
+                let query: BTreeSet<String> = words(&fact.text).into_iter().collect();
+                let docs: Vec<BTreeSet<String>> = memory
+                    .entries
+                    .iter()
+                    .map(|m| words(&m.1).into_iter().collect())
+                    .collect();
+                let n = docs.len() as f64;
+                let idf = |w: &String| {
+                    let df = docs.iter().filter(|d| d.contains(w)).count() as f64;
+                    ((n - df + 0.5) / (df + 0.5) + 1.0).ln()
+                };
+                let mut scored: Vec<(f64, &(String, String))> = docs
+                    .iter()
+                    .zip(&memory.entries)
+                    .map(|(d, m)| (query.iter().filter(|w| d.contains(*w)).map(idf).sum::<f64>(), m))
+                    .filter(|(score, _)| *score > 0.0)
+                    .collect();
+                scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+                let shown: Vec<(String, String)> =
+                    scored.into_iter().take(k).map(|(_, m)| m.clone()).collect();
+                let ops = teacher.operations(&fact, &shown);
                 memory.apply(ops);
             }
         }
@@ -89,8 +115,12 @@ fn about<'a>(memory: &'a ListMemory, subject: &str, attribute: Attribute) -> Vec
 
 /// Checks that a perfect replay's memory holds exactly the episode's final state.
 fn check_perfect_memory(episode: &Episode) {
+    check_perfect_memory_top_k(episode, usize::MAX);
+}
+
+fn check_perfect_memory_top_k(episode: &Episode, k: usize) {
     let mut teacher = Teacher::new(TeacherConfig::perfect(), 0);
-    let memory = replay(episode, &mut teacher, 2);
+    let memory = replay_top_k(episode, &mut teacher, 2, k);
     let slots: BTreeSet<(String, String)> = episode
         .facts
         .iter()
@@ -282,6 +312,15 @@ fn perfect_replay_holds_the_final_state() {
         .episodes(Split::Train)
     {
         check_perfect_memory(&e);
+    }
+}
+
+#[test]
+fn perfect_replay_with_lexical_top_3_retrieval() {
+    // Fact sentences share their words with the memory they change, so a small lexical top-k
+    // (as the store's BM25 index gives) suffices for the oracle.
+    for e in world(6).episodes(Split::Train).iter().take(16) {
+        check_perfect_memory_top_k(e, 3);
     }
 }
 
