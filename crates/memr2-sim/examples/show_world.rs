@@ -49,5 +49,32 @@ fn main() -> Result<(), memr2_sim::SimError> {
             s.facts as f64 / s.conversations as f64
         );
     }
+    let mut vocabulary = std::collections::BTreeSet::new();
+    let mut transcript_chars = 0;
+    for e in &train {
+        for s in &e.sessions {
+            transcript_chars += s.text().len();
+            for t in &s.turns {
+                vocabulary.extend(
+                    t.text
+                        .split(|c: char| !c.is_alphanumeric())
+                        .map(str::to_lowercase),
+                );
+            }
+        }
+        for q in &e.questions {
+            vocabulary.extend(
+                q.question
+                    .split(|c: char| !c.is_alphanumeric())
+                    .map(str::to_lowercase),
+            );
+        }
+    }
+    let sessions = stats(&train).sessions;
+    println!(
+        "{} distinct words; {:.0} transcript characters per session",
+        vocabulary.len(),
+        transcript_chars as f64 / sessions as f64
+    );
     Ok(())
 }
