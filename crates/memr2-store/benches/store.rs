@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
-use memr2_store::{Entry, MemoryId, Operation, OperationRecord, Store};
+use memr2_store::{Applied, Entry, MemoryId, Operation, OperationRecord, Store};
 
 /// SplitMix64: a small deterministic generator, enough for benchmark inputs.
 struct Rng(u64);
@@ -224,6 +224,57 @@ fn operations(c: &mut Criterion) {
     group.finish();
 }
 
+/// Mean cost per operation over a long mixed sequence (ADD, UPDATE, DELETE in turn) at 100k
+/// entries, long enough to cross at least one rebuild of the BM25 base: the amortised cost,
+/// rebuilds included. Also prints the slowest single operation seen (the worst case).
+fn operation_sequence(c: &mut Criterion) {
+    const OPS: usize = 30_000;
+    let mut texts_gen = TextGen::new(6);
+    let mut store = build_store(100_000, &mut texts_gen);
+    let texts: Vec<String> = (0..4096).map(|_| texts_gen.fact()).collect();
+    let mut live: Vec<MemoryId> = store.entries().map(|e| e.id).collect();
+    let mut rng = Rng(7);
+    let mut t = 0usize;
+    let mut slowest = Duration::ZERO;
+    let mut group = c.benchmark_group("apply_100k_sequence");
+    group
+        .measurement_time(Duration::from_secs(10))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(10);
+    group.bench_function(BenchmarkId::new("mixed_ops", OPS), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                for i in 0..OPS {
+                    let text = texts[t % texts.len()].clone();
+                    t += 1;
+                    let op = match i % 3 {
+                        0 => add(text),
+                        1 => Operation::Update {
+                            id: live[rng.below(live.len())],
+                            text,
+                        },
+                        _ => Operation::Delete {
+                            id: live.swap_remove(rng.below(live.len())),
+                        },
+                    };
+                    let start = Instant::now();
+                    let applied = store.apply(op, 11).expect("valid");
+                    let elapsed = start.elapsed();
+                    total += elapsed;
+                    slowest = slowest.max(elapsed);
+                    if let Applied::Added(id) = applied {
+                        live.push(id);
+                    }
+                }
+            }
+            total
+        })
+    });
+    group.finish();
+    eprintln!("apply_100k_sequence: slowest single operation {slowest:?}");
+}
+
 fn retrieval(c: &mut Criterion) {
     let mut texts_gen = TextGen::new(4);
     let store = build_store(10_000, &mut texts_gen);
@@ -258,5 +309,12 @@ fn persistence(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, branch, operations, retrieval, persistence);
+criterion_group!(
+    benches,
+    branch,
+    operations,
+    operation_sequence,
+    retrieval,
+    persistence
+);
 criterion_main!(benches);

@@ -1,8 +1,18 @@
-//! BM25 retrieval over memory texts, kept up to date incrementally in persistent maps.
+//! BM25 retrieval over memory texts: a frozen base of flat posting arrays shared by every
+//! branch, a small persistent delta of the documents written since, and compaction.
+//!
+//! An ADD, UPDATE or DELETE touches one persistent map (the delta) and at most one bit of a
+//! chunked bitmap (the base documents that were removed or overwritten), whatever the size of
+//! the index. When the delta and the removed documents together outgrow a fraction of the base,
+//! the next change rebuilds the base from the live documents; since that fraction is fixed,
+//! rebuilding costs amortised O(1) per change. Corpus statistics (document count, total length,
+//! document frequencies) are always exact, so scores equal those of an index built from scratch.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use imbl::{HashMap, OrdMap};
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use crate::entry::MemoryId;
@@ -59,56 +69,254 @@ fn term_frequencies(text: &str) -> (Vec<(String, u32)>, u32) {
     (counted, len)
 }
 
-/// One document in one term's posting list.
+/// The BM25 contribution of one term to one document's score. Every path that scores a
+/// document uses this one expression, so equal inputs give bit-identical scores.
+#[inline]
+fn term_score(params: Bm25Params, idf: f32, tf: u32, doc_len: u32, avgdl: f32) -> f32 {
+    let tf = tf as f32;
+    let norm = params.k1 * (1.0 - params.b + params.b * doc_len as f32 / avgdl);
+    idf * tf * (params.k1 + 1.0) / (tf + norm)
+}
+
+/// Inverse document frequency of a term found in `df` of `n` documents.
+fn idf(n: f32, df: f32) -> f32 {
+    (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
+}
+
+/// Compaction runs once the delta and the removed base documents together exceed this many
+/// (a handful under test, so that the property tests compact often)...
+const COMPACT_MIN: usize = if cfg!(test) { 8 } else { 256 };
+/// ...or this fraction (1 / divisor) of the base, whichever is larger.
+const COMPACT_DIVISOR: usize = 4;
+
+/// One document in one term's base posting list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Posting {
+struct BasePosting {
+    /// The document's slot in the base.
+    slot: u32,
     /// Occurrences of the term in the document.
     tf: u32,
     /// Length of the document in terms (kept here so scoring needs no second lookup).
     doc_len: u32,
 }
 
-/// Inverted index for BM25. Every map is persistent, so cloning the index is O(1) and a
-/// clone's changes never reach the original.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The documents indexed at the last compaction, in flat arrays. Immutable once built and
+/// shared behind an `Arc` by every branch of the index that built it.
+#[derive(Debug, Default)]
+struct Base {
+    /// Slot -> document id, increasing.
+    ids: Vec<MemoryId>,
+    /// Slot -> document length in terms.
+    doc_len: Vec<u32>,
+    /// Term -> term number.
+    terms: HashMap<Arc<str>, u32>,
+    /// Term number -> term.
+    names: Vec<Arc<str>>,
+    /// Postings of term `t` are `postings[offsets[t]..offsets[t + 1]]`, ordered by slot.
+    offsets: Vec<usize>,
+    /// Every term's postings, one after the other.
+    postings: Vec<BasePosting>,
+}
+
+impl Base {
+    fn postings(&self, term: u32) -> &[BasePosting] {
+        let t = term as usize;
+        &self.postings[self.offsets[t]..self.offsets[t + 1]]
+    }
+
+    fn slot(&self, id: MemoryId) -> Option<u32> {
+        self.ids.binary_search(&id).ok().map(|slot| slot as u32)
+    }
+}
+
+/// A document indexed since the last compaction, its terms split by whether the base knows
+/// them (by number, so that matching a query compares integers).
+#[derive(Debug, PartialEq, Eq)]
+struct DeltaDoc {
+    /// Length in terms.
+    len: u32,
+    /// (term number in the base, frequency), ordered by term number.
+    known: Box<[(u32, u32)]>,
+    /// (term absent from the base, frequency), ordered by term.
+    unknown: Box<[(Box<str>, u32)]>,
+}
+
+impl DeltaDoc {
+    fn new(base: &Base, terms: Vec<(String, u32)>, len: u32) -> Self {
+        let mut known = Vec::with_capacity(terms.len());
+        let mut unknown = Vec::new();
+        for (term, tf) in terms {
+            match base.terms.get(term.as_str()) {
+                Some(&t) => known.push((t, tf)),
+                None => unknown.push((term.into_boxed_str(), tf)),
+            }
+        }
+        known.sort_unstable();
+        Self {
+            len,
+            known: known.into(),
+            unknown: unknown.into(),
+        }
+    }
+
+    /// Frequency of a query term in this document.
+    fn tf(&self, term: &QueryTerm<'_>) -> u32 {
+        match term.base {
+            Some(t) => self.known.iter().find(|(k, _)| *k == t).map_or(0, |(_, tf)| *tf),
+            None => self
+                .unknown
+                .iter()
+                .find(|(name, _)| &**name == term.name)
+                .map_or(0, |(_, tf)| *tf),
+        }
+    }
+}
+
+/// Words in one chunk of a [`SlotSet`] (4,096 slots).
+const CHUNK_WORDS: usize = 64;
+
+/// A persistent set of base slots: a bitmap in chunks of 4,096 slots, each behind its own
+/// `Arc`, so that a clone costs one reference count and adding a slot copies at most one
+/// chunk (512 bytes) and the chunk table (one pointer per 4,096 slots).
+#[derive(Debug, Clone, Default)]
+struct SlotSet {
+    chunks: Arc<Vec<Option<Arc<[u64; CHUNK_WORDS]>>>>,
+    count: usize,
+}
+
+impl SlotSet {
+    /// An empty set for slots below `slots`.
+    fn with_slots(slots: usize) -> Self {
+        Self {
+            chunks: Arc::new(vec![None; slots.div_ceil(CHUNK_WORDS * 64)]),
+            count: 0,
+        }
+    }
+
+    fn contains(&self, slot: u32) -> bool {
+        let slot = slot as usize;
+        match &self.chunks[slot / (CHUNK_WORDS * 64)] {
+            Some(chunk) => (chunk[(slot / 64) % CHUNK_WORDS] >> (slot % 64)) & 1 == 1,
+            None => false,
+        }
+    }
+
+    /// Adds `slot`, which must not be in the set yet.
+    fn insert(&mut self, slot: u32) {
+        let slot = slot as usize;
+        let chunks = Arc::make_mut(&mut self.chunks);
+        let chunk = chunks[slot / (CHUNK_WORDS * 64)].get_or_insert_with(|| Arc::new([0; CHUNK_WORDS]));
+        let word = &mut Arc::make_mut(chunk)[(slot / 64) % CHUNK_WORDS];
+        debug_assert!((*word >> (slot % 64)) & 1 == 0, "slot {slot} inserted twice");
+        *word |= 1 << (slot % 64);
+        self.count += 1;
+    }
+}
+
+/// A query term with its base term number (if the base knows it) and its weight.
+#[derive(Debug)]
+struct QueryTerm<'q> {
+    name: &'q str,
+    base: Option<u32>,
+    /// Live documents containing the term (base and delta).
+    df: u32,
+    idf: f32,
+}
+
+/// Per-thread buffers for scoring base documents, reused between queries.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// Slot -> score so far (zero outside a query).
+    scores: Vec<f32>,
+    /// Slot -> whether the current query has scored it (false outside a query).
+    seen: Vec<bool>,
+    /// Slots scored by the current query.
+    touched: Vec<u32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Inverted index for BM25. Cloning is O(1) (a few reference counts) and a clone's changes
+/// never reach the original. Equality is equality of content: the same documents with the same
+/// terms, however the index got there (whatever was compacted when).
+#[derive(Debug, Clone)]
 pub(crate) struct Bm25Index {
-    /// Term -> documents containing it, ordered by id. Document frequency is the list's length.
-    postings: HashMap<Arc<str>, OrdMap<MemoryId, Posting>>,
+    /// Documents as of the last compaction.
+    base: Arc<Base>,
+    /// Base slots whose document was removed or overwritten since.
+    removed: SlotSet,
+    /// Documents indexed since the last compaction (a document overwritten since is both here
+    /// and in `removed`).
+    delta: OrdMap<MemoryId, Arc<DeltaDoc>>,
     /// Number of indexed documents (including those without any term).
     docs: usize,
     /// Sum of document lengths in terms.
     total_len: u64,
 }
 
+impl Default for Bm25Index {
+    fn default() -> Self {
+        Self {
+            base: Arc::default(),
+            removed: SlotSet::with_slots(0),
+            delta: OrdMap::new(),
+            docs: 0,
+            total_len: 0,
+        }
+    }
+}
+
+impl PartialEq for Bm25Index {
+    fn eq(&self, other: &Self) -> bool {
+        if self.docs != other.docs || self.total_len != other.total_len {
+            return false;
+        }
+        if Arc::ptr_eq(&self.base, &other.base)
+            && self.removed.count == other.removed.count
+            && (Arc::ptr_eq(&self.removed.chunks, &other.removed.chunks)
+                || self.removed.chunks == other.removed.chunks)
+            && self.delta == other.delta
+        {
+            return true;
+        }
+        self.content() == other.content()
+    }
+}
+
 impl Bm25Index {
     /// Indexes `text` as document `id` (which must not be indexed yet).
     pub(crate) fn insert(&mut self, id: MemoryId, text: &str) {
         let (terms, len) = term_frequencies(text);
-        for (term, tf) in terms {
-            let posting = Posting { tf, doc_len: len };
-            if let Some(list) = self.postings.get_mut(term.as_str()) {
-                list.insert(id, posting);
-            } else {
-                self.postings.insert(Arc::from(term), OrdMap::unit(id, posting));
-            }
-        }
+        let doc = DeltaDoc::new(&self.base, terms, len);
+        let previous = self.delta.insert(id, Arc::new(doc));
+        debug_assert!(previous.is_none(), "{id} indexed twice");
+        debug_assert!(
+            self.base.slot(id).is_none_or(|slot| self.removed.contains(slot)),
+            "{id} indexed twice"
+        );
         self.docs += 1;
         self.total_len += u64::from(len);
+        self.compact_if_due();
     }
 
-    /// Removes document `id`, which was indexed with `text`.
-    pub(crate) fn remove(&mut self, id: MemoryId, text: &str) {
-        let (terms, len) = term_frequencies(text);
-        for (term, _) in terms {
-            if let Some(list) = self.postings.get_mut(term.as_str()) {
-                list.remove(&id);
-                if list.is_empty() {
-                    self.postings.remove(term.as_str());
-                }
+    /// Removes document `id`, which must be indexed.
+    pub(crate) fn remove(&mut self, id: MemoryId) {
+        let len = match self.delta.remove(&id) {
+            Some(doc) => doc.len,
+            None => {
+                let slot = self
+                    .base
+                    .slot(id)
+                    .expect("removing a document that is not indexed");
+                self.removed.insert(slot);
+                self.base.doc_len[slot as usize]
             }
-        }
+        };
         self.docs -= 1;
         self.total_len -= u64::from(len);
+        self.compact_if_due();
     }
 
     /// Number of indexed documents.
@@ -117,49 +325,237 @@ impl Bm25Index {
         self.docs
     }
 
+    /// Whether the index has changes since its last compaction.
+    #[cfg(test)]
+    pub(crate) fn has_delta(&self) -> bool {
+        !self.delta.is_empty() || self.removed.count > 0
+    }
+
+    fn compact_if_due(&mut self) {
+        let pending = self.delta.len() + self.removed.count;
+        if pending > COMPACT_MIN.max(self.base.ids.len() / COMPACT_DIVISOR) {
+            self.compact();
+        }
+    }
+
+    /// Rebuilds the base from the live documents and empties the delta. Costs time linear in
+    /// the number of postings; [`Self::compact_if_due`] calls it rarely enough to amortise that
+    /// to O(1) per change.
+    pub(crate) fn compact(&mut self) {
+        let old = &*self.base;
+        let mut ids = Vec::with_capacity(self.docs);
+        let mut doc_len = Vec::with_capacity(self.docs);
+        // Old slot -> new slot (u32::MAX for removed documents), and the delta's new slots.
+        let mut remap = vec![u32::MAX; old.ids.len()];
+        let mut delta_slots = Vec::with_capacity(self.delta.len());
+        let mut delta = self.delta.iter().peekable();
+        for (slot, &id) in old.ids.iter().enumerate() {
+            while let Some((&delta_id, doc)) = delta.next_if(|(delta_id, _)| **delta_id < id) {
+                delta_slots.push((ids.len() as u32, Arc::clone(doc)));
+                ids.push(delta_id);
+                doc_len.push(doc.len);
+            }
+            if !self.removed.contains(slot as u32) {
+                remap[slot] = ids.len() as u32;
+                ids.push(id);
+                doc_len.push(old.doc_len[slot]);
+            }
+        }
+        for (&delta_id, doc) in delta {
+            delta_slots.push((ids.len() as u32, Arc::clone(doc)));
+            ids.push(delta_id);
+            doc_len.push(doc.len);
+        }
+
+        // Postings by old term number, then by new term for terms the old base lacks.
+        let mut lists: Vec<Vec<BasePosting>> = (0..old.names.len() as u32)
+            .map(|t| {
+                old.postings(t)
+                    .iter()
+                    .filter(|p| remap[p.slot as usize] != u32::MAX)
+                    .map(|p| BasePosting {
+                        slot: remap[p.slot as usize],
+                        ..*p
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut names: Vec<Arc<str>> = old.names.clone();
+        let mut new_terms: HashMap<Box<str>, usize> = HashMap::new();
+        for (slot, doc) in &delta_slots {
+            for &(t, tf) in &doc.known {
+                lists[t as usize].push(BasePosting {
+                    slot: *slot,
+                    tf,
+                    doc_len: doc.len,
+                });
+            }
+            for (name, tf) in &doc.unknown {
+                let t = *new_terms.entry(name.clone()).or_insert_with(|| {
+                    names.push(Arc::from(&**name));
+                    lists.push(Vec::new());
+                    lists.len() - 1
+                });
+                lists[t].push(BasePosting {
+                    slot: *slot,
+                    tf: *tf,
+                    doc_len: doc.len,
+                });
+            }
+        }
+
+        let mut base = Base {
+            ids,
+            doc_len,
+            terms: HashMap::with_capacity(lists.len()),
+            names: Vec::with_capacity(lists.len()),
+            offsets: Vec::with_capacity(lists.len() + 1),
+            postings: Vec::with_capacity(lists.iter().map(Vec::len).sum()),
+        };
+        base.offsets.push(0);
+        for (mut list, name) in lists.into_iter().zip(names) {
+            if list.is_empty() {
+                continue;
+            }
+            // Two sorted runs (surviving base postings, then delta postings): a linear merge.
+            list.sort_by_key(|p| p.slot);
+            base.terms.insert(Arc::clone(&name), base.names.len() as u32);
+            base.names.push(name);
+            base.postings.extend_from_slice(&list);
+            base.offsets.push(base.postings.len());
+        }
+        self.removed = SlotSet::with_slots(base.ids.len());
+        self.base = Arc::new(base);
+        self.delta = OrdMap::new();
+    }
+
+    /// Every live (term, document, frequency, document length), sorted: the index's content
+    /// independent of its layout.
+    fn content(&self) -> Vec<(&str, MemoryId, u32, u32)> {
+        let base = &*self.base;
+        let mut content = Vec::new();
+        for (t, name) in base.names.iter().enumerate() {
+            for p in base.postings(t as u32) {
+                if !self.removed.contains(p.slot) {
+                    content.push((&**name, base.ids[p.slot as usize], p.tf, p.doc_len));
+                }
+            }
+        }
+        for (&id, doc) in &self.delta {
+            for &(t, tf) in &doc.known {
+                content.push((&*base.names[t as usize], id, tf, doc.len));
+            }
+            for (name, tf) in &doc.unknown {
+                content.push((&**name, id, *tf, doc.len));
+            }
+        }
+        content.sort_unstable();
+        content
+    }
+
     /// Best `k` documents for `query` scoring at least `min_score`, best first, ties by id.
     ///
-    /// Posting lists are ordered by id, so the query terms' lists are merged in one pass and
-    /// each document's score is summed in the same (sorted) term order every time: results are
-    /// deterministic and equal for equal indexes.
+    /// Each document's score is summed over the query terms in sorted order, with document
+    /// frequencies counted over the live documents only, so results equal those of an index
+    /// rebuilt from scratch, bit for bit. Base postings are scored into a dense per-thread
+    /// array indexed by slot; delta documents are matched one by one.
     pub(crate) fn search(&self, params: Bm25Params, query: &str, k: usize, min_score: f32) -> Vec<Hit> {
         if k == 0 || self.docs == 0 {
             return Vec::new();
         }
-        let mut terms = tokenize(query);
-        terms.sort_unstable();
-        terms.dedup();
-        let n = self.docs as f32;
-        let avgdl = (self.total_len as f32 / n).max(f32::MIN_POSITIVE);
-        let mut cursors = Vec::with_capacity(terms.len());
-        for term in &terms {
-            if let Some(list) = self.postings.get(term.as_str()) {
-                let df = list.len() as f32;
-                let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
-                let mut iter = list.iter();
-                let head = iter.next().map(|(id, p)| (*id, *p));
-                cursors.push((idf, head, iter));
+        let base = &*self.base;
+        let mut names = tokenize(query);
+        names.sort_unstable();
+        names.dedup();
+        let mut terms: Vec<QueryTerm<'_>> = names
+            .iter()
+            .map(|name| {
+                let t = base.terms.get(name.as_str()).copied();
+                let df = match t {
+                    None => 0,
+                    Some(t) if self.removed.count == 0 => base.postings(t).len() as u32,
+                    Some(t) => {
+                        let postings = base.postings(t);
+                        postings.iter().filter(|p| !self.removed.contains(p.slot)).count() as u32
+                    }
+                };
+                QueryTerm {
+                    name,
+                    base: t,
+                    df,
+                    idf: 0.0,
+                }
+            })
+            .collect();
+
+        // Delta documents matching a term: (id, length, first of `terms.len()` frequencies).
+        let mut delta_hits: Vec<(MemoryId, u32, usize)> = Vec::new();
+        let mut delta_tfs: Vec<u32> = Vec::new();
+        for (&id, doc) in &self.delta {
+            let start = delta_tfs.len();
+            let mut any = false;
+            for term in &mut terms {
+                let tf = doc.tf(term);
+                if tf > 0 {
+                    term.df += 1;
+                    any = true;
+                }
+                delta_tfs.push(tf);
+            }
+            if any {
+                delta_hits.push((id, doc.len, start));
+            } else {
+                delta_tfs.truncate(start);
             }
         }
+
+        let n = self.docs as f32;
+        let avgdl = (self.total_len as f32 / n).max(f32::MIN_POSITIVE);
+        for term in &mut terms {
+            term.idf = idf(n, term.df as f32);
+        }
+
         let mut top = TopK::new(k, min_score);
-        while let Some(id) = cursors
-            .iter()
-            .filter_map(|(_, head, _)| head.map(|(id, _)| id))
-            .min()
-        {
+        for &(id, len, start) in &delta_hits {
             let mut score = 0.0f32;
-            for (idf, head, iter) in &mut cursors {
-                if let Some((head_id, p)) = *head
-                    && head_id == id
-                {
-                    let tf = p.tf as f32;
-                    let norm = params.k1 * (1.0 - params.b + params.b * p.doc_len as f32 / avgdl);
-                    score += *idf * tf * (params.k1 + 1.0) / (tf + norm);
-                    *head = iter.next().map(|(id, p)| (*id, *p));
+            for (term, &tf) in terms.iter().zip(&delta_tfs[start..]) {
+                if tf > 0 {
+                    score += term_score(params, term.idf, tf, len, avgdl);
                 }
             }
             top.push(id, score);
         }
+        SCRATCH.with_borrow_mut(|scratch| {
+            if scratch.scores.len() < base.ids.len() {
+                scratch.scores.resize(base.ids.len(), 0.0);
+                scratch.seen.resize(base.ids.len(), false);
+            }
+            let Scratch {
+                scores,
+                seen,
+                touched,
+            } = scratch;
+            for term in &terms {
+                let Some(t) = term.base else { continue };
+                for p in base.postings(t) {
+                    if self.removed.count > 0 && self.removed.contains(p.slot) {
+                        continue;
+                    }
+                    let slot = p.slot as usize;
+                    if !seen[slot] {
+                        seen[slot] = true;
+                        touched.push(p.slot);
+                    }
+                    scores[slot] += term_score(params, term.idf, p.tf, p.doc_len, avgdl);
+                }
+            }
+            for slot in touched.drain(..) {
+                let slot = slot as usize;
+                top.push(base.ids[slot], scores[slot]);
+                scores[slot] = 0.0;
+                seen[slot] = false;
+            }
+        });
         top.into_sorted()
     }
 }
@@ -207,8 +603,47 @@ mod tests {
         index.insert(MemoryId::new(1), "alice likes tea");
         let before = index.clone();
         index.insert(MemoryId::new(2), "tea tea and more tea");
-        index.remove(MemoryId::new(2), "tea tea and more tea");
+        index.remove(MemoryId::new(2));
         assert_eq!(index, before);
         assert_eq!(index.docs(), 1);
+    }
+
+    #[test]
+    fn compaction_changes_layout_not_content_or_scores() {
+        let mut index = Bm25Index::default();
+        for i in 1..=50u64 {
+            index.insert(
+                MemoryId::new(i),
+                &format!("fact {i} about topic {} and more", i % 7),
+            );
+        }
+        for i in (1..=50u64).step_by(3) {
+            index.remove(MemoryId::new(i));
+        }
+        for i in (2..=50u64).step_by(5).filter(|i| i % 3 != 1) {
+            index.remove(MemoryId::new(i));
+            index.insert(MemoryId::new(i), &format!("rewritten {i} topic {}", i % 3));
+        }
+        let mut compacted = index.clone();
+        compacted.compact();
+        assert!(index.has_delta() && !compacted.has_delta());
+        assert_eq!(compacted, index);
+        for query in ["topic 3", "rewritten fact", "more about 4", "unknown"] {
+            assert_eq!(
+                compacted.search(Bm25Params::default(), query, 7, 0.0),
+                index.search(Bm25Params::default(), query, 7, 0.0),
+                "{query}"
+            );
+        }
+        // Changes after a compaction go to a fresh delta on top of the new base.
+        compacted.remove(MemoryId::new(3));
+        compacted.insert(MemoryId::new(51), "fresh topic 3");
+        index.remove(MemoryId::new(3));
+        index.insert(MemoryId::new(51), "fresh topic 3");
+        assert_eq!(compacted, index);
+        assert_eq!(
+            compacted.search(Bm25Params::default(), "fresh topic", 5, 0.0),
+            index.search(Bm25Params::default(), "fresh topic", 5, 0.0)
+        );
     }
 }

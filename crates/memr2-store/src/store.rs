@@ -154,7 +154,7 @@ impl State {
         };
 
         if let Some(old) = &before {
-            self.bm25.remove(old.id, &old.text);
+            self.bm25.remove(old.id);
             self.whitespace_tokens -= whitespace_words(&old.text);
             self.entries.remove(&old.id);
             if let Some(dense) = &mut self.dense {
