@@ -1,0 +1,435 @@
+//! The Llama / Qwen2 decoder: embedding, pre-norm blocks of grouped-query attention and SwiGLU,
+//! final norm and LM head. Field names are HF checkpoint keys (without the `model.` prefix).
+
+use burn::module::{Initializer, Module};
+use burn::nn::{Embedding, Linear};
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::{attention, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+
+use crate::cache::KvCache;
+use crate::config::TransformerConfig;
+use crate::norm::RmsNorm;
+use crate::rope::{RopeAngles, RotaryEmbedding};
+
+fn init_linear<B: Backend>(
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    init: &Initializer,
+    device: &B::Device,
+) -> Linear<B> {
+    Linear {
+        weight: init.init_with([d_in, d_out], Some(d_in), Some(d_out), device),
+        bias: bias.then(|| Initializer::Zeros.init([d_out], device)),
+    }
+}
+
+/// Grouped-query self-attention with rotary positions.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `[hidden, heads * head_dim]`, with a bias in Qwen2.
+    pub q_proj: Linear<B>,
+    /// `[hidden, kv_heads * head_dim]`.
+    pub k_proj: Linear<B>,
+    /// `[hidden, kv_heads * head_dim]`.
+    pub v_proj: Linear<B>,
+    /// `[heads * head_dim, hidden]`.
+    pub o_proj: Linear<B>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    fn new(config: &TransformerConfig, device: &B::Device) -> Self {
+        let init = config.initializer();
+        let (d, hd) = (config.hidden_size, config.head_dim());
+        let (h, kv) = (config.num_attention_heads, config.num_kv_heads());
+        let qkv_bias = config.qkv_bias();
+        Self {
+            q_proj: init_linear(d, h * hd, qkv_bias, &init, device),
+            k_proj: init_linear(d, kv * hd, qkv_bias, &init, device),
+            v_proj: init_linear(d, kv * hd, qkv_bias, &init, device),
+            o_proj: init_linear(h * hd, d, config.o_bias(), &init, device),
+            num_heads: h,
+            num_kv_heads: kv,
+            head_dim: hd,
+        }
+    }
+
+    /// `x` `[batch, seq, hidden]`, `masked` `[batch, 1, seq, keys]` (true = may not attend);
+    /// with a cache, the new keys are appended to the layer's past keys first.
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        masked: Tensor<B, 4, Bool>,
+        cache: Option<&mut (Option<Tensor<B, 4>>, Option<Tensor<B, 4>>)>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, _] = x.dims();
+        let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, hd]).swap_dims(1, 2);
+        let q = rope.apply(heads(self.q_proj.forward(x.clone()), h));
+        let mut k = rope.apply(heads(self.k_proj.forward(x.clone()), kv));
+        let mut v = heads(self.v_proj.forward(x), kv);
+        if let Some((past_k, past_v)) = cache {
+            if let Some(pk) = past_k.take() {
+                k = Tensor::cat(vec![pk, k], 2);
+            }
+            if let Some(pv) = past_v.take() {
+                v = Tensor::cat(vec![pv, v], 2);
+            }
+            *past_k = Some(k.clone());
+            *past_v = Some(v.clone());
+        }
+        let keys = k.dims()[2];
+        // Grouped queries: the `rep` query heads sharing one kv head are stacked along the
+        // sequence axis ([batch, kv, rep * seq, hd]) so keys and values are never copied.
+        let rep = h / kv;
+        let q = q.reshape([batch, kv, rep * seq, hd]);
+        let masked = masked
+            .unsqueeze_dim::<5>(2)
+            .expand([batch, 1, rep, seq, keys])
+            .reshape([batch, 1, rep * seq, keys])
+            .expand([batch, kv, rep * seq, keys]);
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: false,
+        };
+        let out = attention(q, k, v, Some(masked), None, options);
+        let out = out
+            .reshape([batch, h, seq, hd])
+            .swap_dims(1, 2)
+            .reshape([batch, seq, h * hd]);
+        self.o_proj.forward(out)
+    }
+}
+
+/// SwiGLU feed-forward: `down_proj(silu(gate_proj(x)) * up_proj(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// `[hidden, intermediate]`.
+    pub gate_proj: Linear<B>,
+    /// `[hidden, intermediate]`.
+    pub up_proj: Linear<B>,
+    /// `[intermediate, hidden]`.
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn new(config: &TransformerConfig, device: &B::Device) -> Self {
+        let init = config.initializer();
+        let (d, ff) = (config.hidden_size, config.intermediate_size);
+        Self {
+            gate_proj: init_linear(d, ff, false, &init, device),
+            up_proj: init_linear(d, ff, false, &init, device),
+            down_proj: init_linear(ff, d, false, &init, device),
+        }
+    }
+
+    /// `[batch, seq, hidden]` to the same shape.
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.down_proj
+            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+/// One pre-norm decoder block.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    /// Attention sub-block.
+    pub self_attn: Attention<B>,
+    /// Feed-forward sub-block.
+    pub mlp: Mlp<B>,
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm<B>,
+    /// Norm before the feed-forward.
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+/// The decoder-only language model.
+///
+/// Build one with [`TransformerConfig::init`] (fresh weights) or [`crate::load_hf`] (an HF
+/// checkpoint). For frozen copies (reference policy, answerer) clone the module, or call
+/// `.valid()` on an autodiff model to get the same weights on the inner backend.
+#[derive(Module, Debug)]
+pub struct Transformer<B: Backend> {
+    /// Token embedding `[vocab, hidden]`.
+    pub embed_tokens: Embedding<B>,
+    /// Decoder blocks.
+    pub layers: Vec<DecoderLayer<B>>,
+    /// Final norm.
+    pub norm: RmsNorm<B>,
+    /// Output projection `[hidden, vocab]`; `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Linear<B>>,
+    rope: RotaryEmbedding<B>,
+    #[module(skip)]
+    config: TransformerConfig,
+}
+
+impl<B: Backend> Transformer<B> {
+    pub(crate) fn new(config: &TransformerConfig, device: &B::Device) -> Self {
+        let init = config.initializer();
+        let (v, d) = (config.vocab_size, config.hidden_size);
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| DecoderLayer {
+                self_attn: Attention::new(config, device),
+                mlp: Mlp::new(config, device),
+                input_layernorm: RmsNorm::new(d, config.rms_norm_eps, device),
+                post_attention_layernorm: RmsNorm::new(d, config.rms_norm_eps, device),
+            })
+            .collect();
+        Self {
+            embed_tokens: Embedding {
+                weight: init.init([v, d], device),
+            },
+            layers,
+            norm: RmsNorm::new(d, config.rms_norm_eps, device),
+            lm_head: (!config.tie_word_embeddings).then(|| init_linear(d, v, false, &init, device)),
+            rope: RotaryEmbedding::new(
+                config.head_dim(),
+                config.max_position_embeddings,
+                config.rope_base(),
+                device,
+            ),
+            config: config.clone(),
+        }
+    }
+
+    /// The architecture this model was built from.
+    pub fn config(&self) -> &TransformerConfig {
+        &self.config
+    }
+
+    /// Longest sequence (prompt plus completion) the model can process.
+    pub fn max_positions(&self) -> usize {
+        self.rope.max_positions()
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> B::Device {
+        self.embed_tokens.weight.device()
+    }
+
+    /// Logits `[batch, seq, vocab]` of `tokens` `[batch, seq]`.
+    ///
+    /// `attention_mask` `[batch, seq]` is true on real tokens and false on padding, which may sit
+    /// on the left or the right of each row. Positions count real tokens only, so padding does
+    /// not shift them; attention is causal and never looks at padding. Logits at padded
+    /// positions are meaningless.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
+        self.lm_logits(self.forward_hidden(tokens, attention_mask))
+    }
+
+    /// Final hidden states `[batch, seq, hidden]` (after the last norm, before the LM head).
+    pub fn forward_hidden(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Bool>,
+    ) -> Tensor<B, 3> {
+        let positions = positions_from_mask(attention_mask.clone());
+        let seq = tokens.dims()[1];
+        let masked = attention_masked(attention_mask, 0, seq);
+        self.run_layers(tokens, positions, masked, None)
+    }
+
+    /// Incremental forward: appends `tokens` `[batch, new]` (real where `valid` `[batch, new]`,
+    /// at `positions` `[batch, new]`) to `cache` and returns their hidden states
+    /// `[batch, new, hidden]`. Starting from an empty cache with a whole prompt is the prefill.
+    pub fn forward_cached(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        valid: Tensor<B, 2, Bool>,
+        positions: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let past = cache.len();
+        let seq = tokens.dims()[1];
+        let key_valid = cache.extend_valid(valid);
+        let masked = attention_masked(key_valid, past, seq);
+        self.run_layers(tokens, positions, masked, Some(cache))
+    }
+
+    /// Applies the LM head to hidden states `[batch, seq, hidden]`, giving `[batch, seq, vocab]`.
+    pub fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => linear(hidden, self.embed_tokens.weight.val().transpose(), None),
+        }
+    }
+
+    /// Runs the blocks; `positions` `[batch, seq]`, `masked` `[batch, 1, seq, keys]`.
+    pub(crate) fn run_layers(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+        masked: Tensor<B, 4, Bool>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let rope = self.rope.angles(positions);
+        let mut x = self.embed_tokens.forward(tokens);
+        for (index, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| c.layer_mut(index));
+            let h = layer.self_attn.forward(
+                layer.input_layernorm.forward(x.clone()),
+                &rope,
+                masked.clone(),
+                slot,
+            );
+            x = x + h;
+            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+        }
+        self.norm.forward(x)
+    }
+}
+
+/// Positions `[batch, seq]` that count only real tokens: `cumsum(mask) - 1`, at least 0.
+pub fn positions_from_mask<B: Backend>(attention_mask: Tensor<B, 2, Bool>) -> Tensor<B, 2, Int> {
+    (attention_mask.int().cumsum(1) - 1).clamp_min(0)
+}
+
+/// Which keys each query may not attend to, `[batch, 1, queries, keys]` (true = masked), for
+/// `queries` new tokens following `past` cached ones; `key_valid` `[batch, keys]` marks real keys.
+///
+/// A query sees real keys at or before its own position, and always itself, so padded queries
+/// never produce an all-masked row.
+pub(crate) fn attention_masked<B: Backend>(
+    key_valid: Tensor<B, 2, Bool>,
+    past: usize,
+    queries: usize,
+) -> Tensor<B, 4, Bool> {
+    let [batch, keys] = key_valid.dims();
+    let device = key_valid.device();
+    let mut causal = Vec::with_capacity(queries * keys);
+    let mut diagonal = Vec::with_capacity(queries * keys);
+    for i in 0..queries {
+        for j in 0..keys {
+            causal.push(j <= past + i);
+            diagonal.push(j == past + i);
+        }
+    }
+    let pattern = |values: Vec<bool>| {
+        Tensor::<B, 2, Bool>::from_data(TensorData::new(values, [queries, keys]), &device)
+            .reshape([1, 1, queries, keys])
+            .expand([batch, 1, queries, keys])
+    };
+    let valid = key_valid
+        .reshape([batch, 1, 1, keys])
+        .expand([batch, 1, queries, keys]);
+    let allowed = pattern(causal).bool_and(valid).bool_or(pattern(diagonal));
+    allowed.bool_not()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestBackend;
+
+    type B = TestBackend;
+
+    fn tokens(rows: &[Vec<i64>]) -> Tensor<B, 2, Int> {
+        let width = rows[0].len();
+        let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+        Tensor::from_data(TensorData::new(flat, [rows.len(), width]), &Default::default())
+    }
+
+    fn mask(rows: &[Vec<bool>]) -> Tensor<B, 2, Bool> {
+        let width = rows[0].len();
+        let flat: Vec<bool> = rows.iter().flatten().copied().collect();
+        Tensor::from_data(TensorData::new(flat, [rows.len(), width]), &Default::default())
+    }
+
+    fn row(logits: &Tensor<B, 3>, batch: usize, seq: std::ops::Range<usize>) -> Vec<f32> {
+        let vocab = logits.dims()[2];
+        logits
+            .clone()
+            .slice([batch..batch + 1, seq, 0..vocab])
+            .into_data()
+            .iter::<f32>()
+            .collect()
+    }
+
+    fn assert_close(a: &[f32], b: &[f32], tolerance: f32) {
+        assert_eq!(a.len(), b.len());
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0_f32, f32::max);
+        assert!(
+            worst <= tolerance,
+            "largest difference {worst} exceeds {tolerance}"
+        );
+    }
+
+    #[test]
+    fn parameter_count_matches_the_module() {
+        let device = Default::default();
+        for config in [TransformerConfig::for_tests(), TransformerConfig::tiny(300)] {
+            let model = config.init::<B>(&device);
+            assert_eq!(model.num_params(), config.num_parameters());
+        }
+    }
+
+    #[test]
+    fn padding_left_or_right_leaves_real_logits_unchanged() {
+        let device = Default::default();
+        let model = TransformerConfig::for_tests().init_seeded::<B>(11, &device);
+        let seq = vec![5_i64, 17, 3, 42, 8];
+        let alone = model.forward(tokens(&[seq.clone()]), mask(&[vec![true; 5]]));
+        let expected = row(&alone, 0, 0..5);
+
+        let left = [vec![0, 0, 0], seq.clone()].concat();
+        let right = [seq.clone(), vec![0, 0, 0]].concat();
+        let real = |pad_left: bool| -> Vec<bool> { (0..8).map(|j| (j >= 3) == pad_left).collect() };
+        let batch = model.forward(tokens(&[left, right]), mask(&[real(true), real(false)]));
+        assert_close(&row(&batch, 0, 3..8), &expected, 1e-4);
+        assert_close(&row(&batch, 1, 0..5), &expected, 1e-4);
+    }
+
+    #[test]
+    fn logits_are_causal() {
+        let device = Default::default();
+        let model = TransformerConfig::for_tests().init_seeded::<B>(5, &device);
+        let a = model.forward(tokens(&[vec![1, 2, 3, 4]]), mask(&[vec![true; 4]]));
+        let b = model.forward(tokens(&[vec![1, 2, 3, 9]]), mask(&[vec![true; 4]]));
+        assert_close(&row(&a, 0, 0..3), &row(&b, 0, 0..3), 1e-5);
+        let last_a = row(&a, 0, 3..4);
+        let last_b = row(&b, 0, 3..4);
+        assert!(last_a.iter().zip(&last_b).any(|(x, y)| (x - y).abs() > 1e-3));
+    }
+
+    #[test]
+    fn positions_skip_padding() {
+        let m = mask(&[vec![false, false, true, true], vec![true, true, true, false]]);
+        let p: Vec<i64> = positions_from_mask(m).into_data().iter::<i64>().collect();
+        assert_eq!(p, vec![0, 0, 0, 1, 0, 1, 2, 2]);
+    }
+
+    #[test]
+    fn seeded_init_is_reproducible() {
+        let device = Default::default();
+        let config = TransformerConfig::for_tests();
+        let a = config
+            .init_seeded::<B>(3, &device)
+            .embed_tokens
+            .weight
+            .val()
+            .into_data();
+        let b = config
+            .init_seeded::<B>(3, &device)
+            .embed_tokens
+            .weight
+            .val()
+            .into_data();
+        assert_close(
+            &a.iter::<f32>().collect::<Vec<_>>(),
+            &b.iter::<f32>().collect::<Vec<_>>(),
+            0.0,
+        );
+    }
+}
