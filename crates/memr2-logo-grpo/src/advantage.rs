@@ -74,7 +74,11 @@ impl Advantages {
 }
 
 fn fraction(part: usize, whole: usize) -> f32 {
-    if whole == 0 { 0.0 } else { part as f32 / whole as f32 }
+    if whole == 0 {
+        0.0
+    } else {
+        part as f32 / whole as f32
+    }
 }
 
 /// Computes the group-relative advantage of every sample.
@@ -84,8 +88,8 @@ fn fraction(part: usize, whole: usize) -> f32 {
 /// `r_1..r_m` with mean `mu` and sample standard deviation `sigma`
 /// (`sqrt(sum (r_i - mu)^2 / (m - 1))`):
 ///
-/// - [`AdvantageScaling::MeanStd`]: `A_i = (r_i - mu) / (sigma + eps)`,
-/// - [`AdvantageScaling::MeanOnly`]: `A_i = r_i - mu` (`eps` is unused).
+/// - [`AdvantageScaling::MeanStd`] gives `A_i = (r_i - mu) / (sigma + eps)`,
+/// - [`AdvantageScaling::MeanOnly`] gives `A_i = r_i - mu` (`eps` is unused).
 ///
 /// A group whose rewards are all exactly equal, including a group of one sample, is a
 /// zero-variance group: its advantages are exactly `0.0` and it is counted in
@@ -101,10 +105,16 @@ pub fn compute_advantages(
     eps: f32,
 ) -> Result<Advantages, GrpoError> {
     if !eps.is_finite() || eps < 0.0 {
-        return Err(GrpoError::config("advantage_eps", format!("must be finite and >= 0, got {eps}")));
+        return Err(GrpoError::config(
+            "advantage_eps",
+            format!("must be finite and >= 0, got {eps}"),
+        ));
     }
     if let Some((index, sample)) = samples.iter().enumerate().find(|(_, s)| !s.reward.is_finite()) {
-        return Err(GrpoError::NonFiniteReward { index, reward: sample.reward });
+        return Err(GrpoError::NonFiniteReward {
+            index,
+            reward: sample.reward,
+        });
     }
 
     let mut groups: BTreeMap<GroupKey, Vec<usize>> = BTreeMap::new();
@@ -112,7 +122,11 @@ pub fn compute_advantages(
         groups.entry(sample.key).or_default().push(index);
     }
 
-    let mut out = Advantages { values: vec![0.0; samples.len()], groups: groups.len(), ..Default::default() };
+    let mut out = Advantages {
+        values: vec![0.0; samples.len()],
+        groups: groups.len(),
+        ..Default::default()
+    };
     for (key, members) in &groups {
         let rewards: Vec<f64> = members.iter().map(|&i| f64::from(samples[i].reward)).collect();
         let first = rewards[0];
@@ -142,8 +156,11 @@ pub fn compute_advantages(
     }
 
     for kind in [GroupKind::Global, GroupKind::Local] {
-        let rewards: Vec<f64> =
-            samples.iter().filter(|s| s.key.kind == kind).map(|s| f64::from(s.reward)).collect();
+        let rewards: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.key.kind == kind)
+            .map(|s| f64::from(s.reward))
+            .collect();
         let stats = match kind {
             GroupKind::Global => &mut out.global,
             GroupKind::Local => &mut out.local,
@@ -172,8 +189,11 @@ mod tests {
     #[test]
     fn hand_worked_group() {
         // rewards 1, 2, 3: mean 2, sample std 1 -> advantages -1, 0, 1 (eps 0).
-        let samples: Vec<Sample> =
-            [1.0, 2.0, 3.0].iter().enumerate().map(|(i, &r)| Sample::new(GroupKey::global(7, 1), r, i)).collect();
+        let samples: Vec<Sample> = [1.0, 2.0, 3.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| Sample::new(GroupKey::global(7, 1), r, i))
+            .collect();
         let adv = compute_advantages(&samples, AdvantageScaling::MeanStd, 0.0).unwrap();
         for (a, e) in adv.values.iter().zip([-1.0, 0.0, 1.0]) {
             assert_close(*a, e, 1e-6);
@@ -220,9 +240,15 @@ mod tests {
     #[test]
     fn non_finite_reward_is_rejected() {
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            let samples = vec![Sample::new(GroupKey::global(0, 0), 0.5, 0), Sample::new(GroupKey::global(0, 0), bad, 1)];
+            let samples = vec![
+                Sample::new(GroupKey::global(0, 0), 0.5, 0),
+                Sample::new(GroupKey::global(0, 0), bad, 1),
+            ];
             let err = compute_advantages(&samples, AdvantageScaling::MeanStd, 1e-4).unwrap_err();
-            assert!(matches!(err, GrpoError::NonFiniteReward { index: 1, .. }), "{err}");
+            assert!(
+                matches!(err, GrpoError::NonFiniteReward { index: 1, .. }),
+                "{err}"
+            );
         }
     }
 
@@ -230,7 +256,13 @@ mod tests {
     fn bad_eps_is_rejected() {
         for eps in [-1e-4, f32::NAN] {
             let err = compute_advantages(&[], AdvantageScaling::MeanStd, eps).unwrap_err();
-            assert!(matches!(err, GrpoError::InvalidConfig { field: "advantage_eps", .. }));
+            assert!(matches!(
+                err,
+                GrpoError::InvalidConfig {
+                    field: "advantage_eps",
+                    ..
+                }
+            ));
         }
     }
 
@@ -241,13 +273,20 @@ mod tests {
 
     fn key() -> impl Strategy<Value = GroupKey> {
         (any::<bool>(), 0u64..3, 0u32..3, 0u32..2).prop_map(|(local, e, s, b)| {
-            if local { GroupKey::local(e, s, b) } else { GroupKey::global(e, s) }
+            if local {
+                GroupKey::local(e, s, b)
+            } else {
+                GroupKey::global(e, s)
+            }
         })
     }
 
     fn samples() -> impl Strategy<Value = Vec<Sample>> {
         prop::collection::vec((key(), reward()), 0..40).prop_map(|v| {
-            v.into_iter().enumerate().map(|(i, (k, r))| Sample::new(k, r, i)).collect()
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (k, r))| Sample::new(k, r, i))
+                .collect()
         })
     }
 

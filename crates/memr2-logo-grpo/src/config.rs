@@ -110,11 +110,17 @@ impl LogoGrpoConfig {
         if self.n_rollouts < 2 {
             return Err(GrpoError::config(
                 "n_rollouts",
-                format!("must be >= 2 (a group of one has no variance), got {}", self.n_rollouts),
+                format!(
+                    "must be >= 2 (a group of one has no variance), got {}",
+                    self.n_rollouts
+                ),
             ));
         }
         if !(0.0..=1.0).contains(&self.p_local) {
-            return Err(GrpoError::config("p_local", format!("must lie in [0, 1], got {}", self.p_local)));
+            return Err(GrpoError::config(
+                "p_local",
+                format!("must lie in [0, 1], got {}", self.p_local),
+            ));
         }
         if self.uses_local_groups() {
             if self.k_rerollouts < 2 {
@@ -124,7 +130,10 @@ impl LogoGrpoConfig {
                 ));
             }
             if self.local_questions == 0 {
-                return Err(GrpoError::config("local_questions", "must be >= 1 when p_local > 0"));
+                return Err(GrpoError::config(
+                    "local_questions",
+                    "must be >= 1 when p_local > 0",
+                ));
             }
         }
         if !(self.rerollout_temperature.is_finite() && self.rerollout_temperature > 0.0) {
@@ -134,7 +143,10 @@ impl LogoGrpoConfig {
             ));
         }
         if !(self.lambda.is_finite() && self.lambda >= 0.0) {
-            return Err(GrpoError::config("lambda", format!("must be finite and >= 0, got {}", self.lambda)));
+            return Err(GrpoError::config(
+                "lambda",
+                format!("must be finite and >= 0, got {}", self.lambda),
+            ));
         }
         non_negative("advantage_eps", self.advantage_eps)?;
         if self.ppo_epochs == 0 {
@@ -159,7 +171,10 @@ mod tests {
     fn defaults_are_the_documented_ones_and_valid() {
         let c = LogoGrpoConfig::default();
         c.validate().unwrap();
-        assert_eq!((c.n_rollouts, c.k_rerollouts, c.local_questions, c.ppo_epochs), (8, 4, 16, 2));
+        assert_eq!(
+            (c.n_rollouts, c.k_rerollouts, c.local_questions, c.ppo_epochs),
+            (8, 4, 16, 2)
+        );
         assert!((c.p_local - 0.25).abs() < 1e-12);
         assert!((c.lambda - 0.3).abs() < 1e-12);
         assert!((c.rerollout_temperature - 1.0).abs() < 1e-6);
@@ -180,24 +195,65 @@ mod tests {
         assert_eq!(invalid(LogoGrpoConfig { n_rollouts: 1, ..d }), "n_rollouts");
         assert_eq!(invalid(LogoGrpoConfig { p_local: -0.1, ..d }), "p_local");
         assert_eq!(invalid(LogoGrpoConfig { p_local: 1.5, ..d }), "p_local");
-        assert_eq!(invalid(LogoGrpoConfig { p_local: f64::NAN, ..d }), "p_local");
+        assert_eq!(
+            invalid(LogoGrpoConfig {
+                p_local: f64::NAN,
+                ..d
+            }),
+            "p_local"
+        );
         assert_eq!(invalid(LogoGrpoConfig { k_rerollouts: 1, ..d }), "k_rerollouts");
-        assert_eq!(invalid(LogoGrpoConfig { local_questions: 0, ..d }), "local_questions");
-        assert_eq!(invalid(LogoGrpoConfig { rerollout_temperature: 0.0, ..d }), "rerollout_temperature");
+        assert_eq!(
+            invalid(LogoGrpoConfig {
+                local_questions: 0,
+                ..d
+            }),
+            "local_questions"
+        );
+        assert_eq!(
+            invalid(LogoGrpoConfig {
+                rerollout_temperature: 0.0,
+                ..d
+            }),
+            "rerollout_temperature"
+        );
         assert_eq!(invalid(LogoGrpoConfig { lambda: -0.3, ..d }), "lambda");
-        assert_eq!(invalid(LogoGrpoConfig { advantage_eps: -1e-4, ..d }), "advantage_eps");
+        assert_eq!(
+            invalid(LogoGrpoConfig {
+                advantage_eps: -1e-4,
+                ..d
+            }),
+            "advantage_eps"
+        );
         assert_eq!(invalid(LogoGrpoConfig { ppo_epochs: 0, ..d }), "ppo_epochs");
         assert_eq!(invalid(LogoGrpoConfig { clip_low: -0.2, ..d }), "clip_low");
         assert_eq!(invalid(LogoGrpoConfig { clip_low: 1.0, ..d }), "clip_low");
         assert_eq!(invalid(LogoGrpoConfig { clip_high: -0.2, ..d }), "clip_high");
         assert_eq!(invalid(LogoGrpoConfig { kl_coef: -0.01, ..d }), "kl_coef");
-        assert_eq!(invalid(LogoGrpoConfig { entropy_coef: f32::INFINITY, ..d }), "entropy_coef");
-        assert_eq!(invalid(LogoGrpoConfig { local_weight: -1.0, ..d }), "local_weight");
+        assert_eq!(
+            invalid(LogoGrpoConfig {
+                entropy_coef: f32::INFINITY,
+                ..d
+            }),
+            "entropy_coef"
+        );
+        assert_eq!(
+            invalid(LogoGrpoConfig {
+                local_weight: -1.0,
+                ..d
+            }),
+            "local_weight"
+        );
     }
 
     #[test]
     fn global_only_runs_need_no_rerollout_settings() {
-        let c = LogoGrpoConfig { p_local: 0.0, k_rerollouts: 0, local_questions: 0, ..Default::default() };
+        let c = LogoGrpoConfig {
+            p_local: 0.0,
+            k_rerollouts: 0,
+            local_questions: 0,
+            ..Default::default()
+        };
         c.validate().unwrap();
         assert!(!c.uses_local_groups());
     }

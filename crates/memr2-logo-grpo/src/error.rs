@@ -42,6 +42,9 @@ pub enum GrpoError {
 impl GrpoError {
     /// Shorthand for [`GrpoError::InvalidConfig`].
     pub(crate) fn config(field: &'static str, reason: impl Into<String>) -> Self {
-        Self::InvalidConfig { field, reason: reason.into() }
+        Self::InvalidConfig {
+            field,
+            reason: reason.into(),
+        }
     }
 }

@@ -32,12 +32,22 @@ pub struct GroupKey {
 impl GroupKey {
     /// The key of the global group at `(episode, session)`.
     pub fn global(episode: u64, session: u32) -> Self {
-        Self { kind: GroupKind::Global, episode, session, branch: 0 }
+        Self {
+            kind: GroupKind::Global,
+            episode,
+            session,
+            branch: 0,
+        }
     }
 
     /// The key of the local group that rerolls `session` from branched state `branch`.
     pub fn local(episode: u64, session: u32, branch: u32) -> Self {
-        Self { kind: GroupKind::Local, episode, session, branch }
+        Self {
+            kind: GroupKind::Local,
+            episode,
+            session,
+            branch,
+        }
     }
 
     /// Whether this is a local (rerollout) group.
@@ -62,7 +72,11 @@ pub struct Sample {
 impl Sample {
     /// A sample of group `key` with reward `reward` whose tokens are sequence `sequence`.
     pub fn new(key: GroupKey, reward: f32, sequence: usize) -> Self {
-        Self { key, reward, sequence }
+        Self {
+            key,
+            reward,
+            sequence,
+        }
     }
 
     /// `1.0` for a local sample, `0.0` for a global one: the value the loss expects in

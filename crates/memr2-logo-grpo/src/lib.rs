@@ -122,10 +122,17 @@ pub(crate) type TestBackend = burn::backend::Wgpu;
 #[cfg(all(test, feature = "test-cuda", not(feature = "test-wgpu")))]
 pub(crate) type TestBackend = burn::backend::Cuda;
 /// The backend unit tests run on.
-#[cfg(all(test, feature = "test-ndarray", not(any(feature = "test-wgpu", feature = "test-cuda"))))]
+#[cfg(all(
+    test,
+    feature = "test-ndarray",
+    not(any(feature = "test-wgpu", feature = "test-cuda"))
+))]
 pub(crate) type TestBackend = burn::backend::NdArray;
 /// The backend unit tests run on.
-#[cfg(all(test, not(any(feature = "test-wgpu", feature = "test-cuda", feature = "test-ndarray"))))]
+#[cfg(all(
+    test,
+    not(any(feature = "test-wgpu", feature = "test-cuda", feature = "test-ndarray"))
+))]
 pub(crate) type TestBackend = burn::backend::Flex;
 
 /// [`TestBackend`] with automatic differentiation, for gradient tests.

@@ -68,7 +68,10 @@ impl LossConfig {
         if self.clip_low >= 1.0 {
             return Err(GrpoError::config(
                 "clip_low",
-                format!("must be < 1 (the ratio's lower bound is 1 - clip_low), got {}", self.clip_low),
+                format!(
+                    "must be < 1 (the ratio's lower bound is 1 - clip_low), got {}",
+                    self.clip_low
+                ),
             ));
         }
         non_negative("clip_high", self.clip_high)?;
@@ -83,7 +86,10 @@ pub(crate) fn non_negative(field: &'static str, value: f32) -> Result<(), GrpoEr
     if value.is_finite() && value >= 0.0 {
         Ok(())
     } else {
-        Err(GrpoError::config(field, format!("must be finite and >= 0, got {value}")))
+        Err(GrpoError::config(
+            field,
+            format!("must be finite and >= 0, got {value}"),
+        ))
     }
 }
 
@@ -183,13 +189,25 @@ pub struct LossOutput<B: Backend> {
 /// If the tensors' shapes disagree (`[batch, seq]` for the token tensors, `[batch]` for
 /// `advantages` and `is_local`), as burn does for mismatched operands.
 pub fn logo_grpo_loss<B: Backend>(config: &LossConfig, inputs: LossInputs<B>) -> LossOutput<B> {
-    let LossInputs { new_logp, old_logp, ref_logp, entropy, mask, advantages, is_local } = inputs;
+    let LossInputs {
+        new_logp,
+        old_logp,
+        ref_logp,
+        entropy,
+        mask,
+        advantages,
+        is_local,
+    } = inputs;
 
     let valid = mask.greater_elem(0.5); // [batch, seq]
     let pad = valid.clone().bool_not();
     let valid_f = valid.float();
     let adv = advantages.clone().unsqueeze_dim::<2>(1); // [batch, 1]
-    let weight = is_local.clone().mul_scalar(config.local_weight - 1.0).add_scalar(1.0).unsqueeze_dim::<2>(1);
+    let weight = is_local
+        .clone()
+        .mul_scalar(config.local_weight - 1.0)
+        .add_scalar(1.0)
+        .unsqueeze_dim::<2>(1);
 
     // Clipped surrogate, per token. Pad positions are zeroed before `exp` so that whatever
     // they hold cannot turn into NaN.
@@ -252,7 +270,10 @@ pub fn logo_grpo_loss<B: Backend>(config: &LossConfig, inputs: LossInputs<B>) ->
             token_mean(approx_kl),
             token_mean(ratio),
             ref_kl.map(|kl| token_mean(kl.detach())).unwrap_or_else(zero),
-            entropy.as_ref().map(|e| token_mean(e.clone().detach())).unwrap_or_else(zero),
+            entropy
+                .as_ref()
+                .map(|e| token_mean(e.clone().detach()))
+                .unwrap_or_else(zero),
         ],
         0,
     );
@@ -263,13 +284,26 @@ pub fn logo_grpo_loss<B: Backend>(config: &LossConfig, inputs: LossInputs<B>) ->
         .execute();
     let [scalars, advantages, is_local]: [Vec<f32>; 3] = data
         .into_iter()
-        .map(|d| d.convert::<f32>().into_vec::<f32>().expect("data converted to f32"))
+        .map(|d| {
+            d.convert::<f32>()
+                .into_vec::<f32>()
+                .expect("data converted to f32")
+        })
         .collect::<Vec<_>>()
         .try_into()
         .expect("three tensors registered");
 
-    let [loss_value, policy_loss, tokens, clip_low, clip_high, approx_kl, mean_ratio, ref_kl_value, entropy_value] =
-        scalars[..]
+    let [
+        loss_value,
+        policy_loss,
+        tokens,
+        clip_low,
+        clip_high,
+        approx_kl,
+        mean_ratio,
+        ref_kl_value,
+        entropy_value,
+    ] = scalars[..]
     else {
         unreachable!("nine scalars concatenated")
     };
@@ -286,7 +320,11 @@ pub fn logo_grpo_loss<B: Backend>(config: &LossConfig, inputs: LossInputs<B>) ->
         let n = values.len() as f64;
         let mean = values.iter().sum::<f64>() / n;
         let var = values.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / n;
-        AdvantageStats { samples: values.len(), mean: mean as f32, std: var.sqrt() as f32 }
+        AdvantageStats {
+            samples: values.len(),
+            mean: mean as f32,
+            std: var.sqrt() as f32,
+        }
     };
     let zero_advantages = advantages.iter().filter(|a| **a == 0.0).count();
     let stats = LossStats {
@@ -318,7 +356,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn assert_close(got: f32, want: f32, tol: f32) {
-        assert!((got - want).abs() <= tol, "got {got}, want {want} (tolerance {tol})");
+        assert!(
+            (got - want).abs() <= tol,
+            "got {got}, want {want} (tolerance {tol})"
+        );
     }
 
     fn tensor2<B: Backend>(rows: &[Vec<f32>]) -> Tensor<B, 2> {
@@ -328,7 +369,10 @@ mod tests {
     }
 
     fn tensor1<B: Backend>(values: &[f32]) -> Tensor<B, 1> {
-        Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), &Default::default())
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [values.len()]),
+            &Default::default(),
+        )
     }
 
     /// Plain host-side description of a batch, turned into tensors on any backend.
@@ -366,7 +410,10 @@ mod tests {
             let output = logo_grpo_loss(config, self.inputs_with_new(new.clone()));
             let grads = output.loss.backward();
             let grad = new.grad(&grads).expect("new_logp has a gradient");
-            (output.stats.loss, grad.into_data().convert::<f32>().into_vec::<f32>().unwrap())
+            (
+                output.stats.loss,
+                grad.into_data().convert::<f32>().into_vec::<f32>().unwrap(),
+            )
         }
     }
 
@@ -429,7 +476,10 @@ mod tests {
         assert_close(s.global.std, 0.0, 1e-6);
         assert_close(s.zero_advantage_fraction, 0.0, 0.0);
 
-        let config = LossConfig { aggregation: Aggregation::SequenceMean, ..config };
+        let config = LossConfig {
+            aggregation: Aggregation::SequenceMean,
+            ..config
+        };
         let out = logo_grpo_loss(&config, batch.inputs::<TestBackend>());
         assert_close(out.stats.loss, -0.166079, 1e-5);
     }
@@ -460,7 +510,10 @@ mod tests {
         let (config, mut batch) = hand_worked();
         batch.mask = vec![vec![0.0, 0.0], vec![0.0, 0.0]];
         for aggregation in [Aggregation::TokenMean, Aggregation::SequenceMean] {
-            let config = LossConfig { aggregation, ..config };
+            let config = LossConfig {
+                aggregation,
+                ..config
+            };
             let out = logo_grpo_loss(&config, batch.inputs::<TestBackend>());
             assert_eq!(out.stats.tokens, 0);
             assert_close(out.stats.loss, 0.0, 0.0);
@@ -473,10 +526,21 @@ mod tests {
         // Log-ratios in {-0.5, -0.1, 0, 0.1, 0.3}: every ratio is at least 0.05 away (in log
         // space) from the clip bounds ln 0.8 = -0.223 and ln 1.2 = 0.182, so the loss is
         // smooth within the finite-difference step.
-        let old = vec![vec![-1.0, -2.0, -0.5, -3.0], vec![-0.2, -1.5, -2.5, 0.0], vec![-0.7, -0.9, -1.1, -1.3]];
-        let log_ratio = [[0.1, -0.5, 0.0, 0.3], [-0.1, 0.3, 0.1, 0.0], [0.3, -0.5, -0.1, 0.1]];
-        let new: Vec<Vec<f32>> =
-            old.iter().zip(&log_ratio).map(|(o, d)| o.iter().zip(d).map(|(o, d)| o + d).collect()).collect();
+        let old = vec![
+            vec![-1.0, -2.0, -0.5, -3.0],
+            vec![-0.2, -1.5, -2.5, 0.0],
+            vec![-0.7, -0.9, -1.1, -1.3],
+        ];
+        let log_ratio = [
+            [0.1, -0.5, 0.0, 0.3],
+            [-0.1, 0.3, 0.1, 0.0],
+            [0.3, -0.5, -0.1, 0.1],
+        ];
+        let new: Vec<Vec<f32>> = old
+            .iter()
+            .zip(&log_ratio)
+            .map(|(o, d)| o.iter().zip(d).map(|(o, d)| o + d).collect())
+            .collect();
         let batch = Batch {
             reference: Some(vec![
                 vec![-1.2, -1.8, -0.4, -2.0],
@@ -484,14 +548,23 @@ mod tests {
                 vec![-0.5, -1.2, -1.0, -1.5],
             ]),
             entropy: Some(vec![vec![0.3; 4]; 3]),
-            mask: vec![vec![1.0, 1.0, 1.0, 1.0], vec![1.0, 1.0, 1.0, 0.0], vec![1.0, 1.0, 0.0, 0.0]],
+            mask: vec![
+                vec![1.0, 1.0, 1.0, 1.0],
+                vec![1.0, 1.0, 1.0, 0.0],
+                vec![1.0, 1.0, 0.0, 0.0],
+            ],
             advantages: vec![0.8, -1.3, 0.5],
             is_local: vec![0.0, 1.0, 1.0],
             new,
             old,
         };
         for aggregation in [Aggregation::TokenMean, Aggregation::SequenceMean] {
-            let config = LossConfig { kl_coef: 0.05, aggregation, local_weight: 1.5, ..Default::default() };
+            let config = LossConfig {
+                kl_coef: 0.05,
+                aggregation,
+                local_weight: 1.5,
+                ..Default::default()
+            };
             let (_, grad) = batch.loss_and_grad(&config);
             let h = 5e-3;
             for i in 0..3 {
@@ -499,7 +572,9 @@ mod tests {
                     let eval = |delta: f32| {
                         let mut new = batch.new.clone();
                         new[i][t] += delta;
-                        logo_grpo_loss(&config, batch.inputs_with_new::<TestBackend>(tensor2(&new))).stats.loss
+                        logo_grpo_loss(&config, batch.inputs_with_new::<TestBackend>(tensor2(&new)))
+                            .stats
+                            .loss
                     };
                     let numeric = (eval(h) - eval(-h)) / (2.0 * h);
                     let analytic = grad[i * 4 + t];
@@ -523,7 +598,11 @@ mod tests {
             advantages: vec![adv],
             is_local: vec![0.0],
         };
-        let config = LossConfig { kl_coef: 0.0, entropy_coef: 0.0, ..Default::default() };
+        let config = LossConfig {
+            kl_coef: 0.0,
+            entropy_coef: 0.0,
+            ..Default::default()
+        };
         let (loss, grad) = batch.loss_and_grad(&config);
         (loss, grad[0])
     }
@@ -568,11 +647,20 @@ mod tests {
             is_local: vec![0.0],
         };
         // clip_high 0.28 (DAPO): ratio 1.25 is inside; clip_low 0.1: 0.85 is below but A > 0.
-        let config = LossConfig { clip_low: 0.1, clip_high: 0.28, kl_coef: 0.0, entropy_coef: 0.0, ..Default::default() };
+        let config = LossConfig {
+            clip_low: 0.1,
+            clip_high: 0.28,
+            kl_coef: 0.0,
+            entropy_coef: 0.0,
+            ..Default::default()
+        };
         let out = logo_grpo_loss(&config, batch.inputs::<TestBackend>());
         assert_close(out.stats.loss, -(1.25 + 0.85) / 2.0, 1e-5);
         assert_close(out.stats.clip_fraction, 0.0, 0.0);
-        let config = LossConfig { clip_high: 0.2, ..config };
+        let config = LossConfig {
+            clip_high: 0.2,
+            ..config
+        };
         let out = logo_grpo_loss(&config, batch.inputs::<TestBackend>());
         assert_close(out.stats.loss, -(1.2 + 0.85) / 2.0, 1e-5);
         assert_close(out.stats.clip_fraction_high, 0.5, 1e-6);
@@ -589,7 +677,10 @@ mod tests {
             advantages: vec![0.0],
             is_local: vec![0.0],
         };
-        let config = LossConfig { kl_coef: 1.0, ..Default::default() };
+        let config = LossConfig {
+            kl_coef: 1.0,
+            ..Default::default()
+        };
         let out = logo_grpo_loss(&config, batch.inputs::<TestBackend>());
         // d = ref - new = [0, 1.5, -2.5]; k3 = e^d - d - 1.
         let k3 = |d: f32| d.exp() - d - 1.0;
@@ -604,10 +695,22 @@ mod tests {
     fn validate_rejects_bad_coefficients() {
         LossConfig::default().validate().unwrap();
         for bad in [
-            LossConfig { clip_low: 1.0, ..Default::default() },
-            LossConfig { clip_high: f32::NAN, ..Default::default() },
-            LossConfig { kl_coef: -1.0, ..Default::default() },
-            LossConfig { local_weight: -0.5, ..Default::default() },
+            LossConfig {
+                clip_low: 1.0,
+                ..Default::default()
+            },
+            LossConfig {
+                clip_high: f32::NAN,
+                ..Default::default()
+            },
+            LossConfig {
+                kl_coef: -1.0,
+                ..Default::default()
+            },
+            LossConfig {
+                local_weight: -0.5,
+                ..Default::default()
+            },
         ] {
             assert!(matches!(bad.validate(), Err(GrpoError::InvalidConfig { .. })));
         }

@@ -43,9 +43,9 @@ pub fn memory_penalty(memory_tokens: usize, session_tokens_so_far: usize) -> f64
 ///
 /// With `p_s = session_f1[s]` (or `overall_f1` if `None`) and `r_s = p_s - lambda * c_s`:
 ///
-/// - [`RewardMode::PerSession`]: `r_s`.
-/// - [`RewardMode::Global`]: `overall_f1 - lambda * c_s`.
-/// - [`RewardMode::Cumulative`]: `mean(r_s, r_{s+1}, .., r_{S-1})`.
+/// - [`RewardMode::PerSession`] gives `r_s`.
+/// - [`RewardMode::Global`] gives `overall_f1 - lambda * c_s`.
+/// - [`RewardMode::Cumulative`] gives `mean(r_s, r_{s+1}, .., r_{S-1})`.
 ///
 /// A session that no question asks about gets the rollout's overall mean F1 (minus its own
 /// penalty) rather than zero or nothing: the memory it wrote still feeds every later
@@ -79,7 +79,10 @@ pub fn session_rewards(
         check_finite_with(|| format!("penalty of session {s}"), *c)?;
     }
 
-    let per_session = session_f1.iter().zip(penalties).map(|(f1, c)| f1.unwrap_or(overall_f1) - lambda * c);
+    let per_session = session_f1
+        .iter()
+        .zip(penalties)
+        .map(|(f1, c)| f1.unwrap_or(overall_f1) - lambda * c);
     Ok(match mode {
         RewardMode::PerSession => per_session.collect(),
         RewardMode::Global => penalties.iter().map(|c| overall_f1 - lambda * c).collect(),
@@ -101,7 +104,11 @@ fn check_finite(what: &str, value: f64) -> Result<(), GrpoError> {
 }
 
 fn check_finite_with(what: impl FnOnce() -> String, value: f64) -> Result<(), GrpoError> {
-    if value.is_finite() { Ok(()) } else { Err(GrpoError::NonFiniteInput { what: what(), value }) }
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(GrpoError::NonFiniteInput { what: what(), value })
+    }
 }
 
 #[cfg(test)]
@@ -148,7 +155,14 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors() {
         let err = session_rewards(RewardMode::PerSession, &[Some(0.5)], 0.5, &[], 0.3).unwrap_err();
-        assert!(matches!(err, GrpoError::LengthMismatch { expected: 1, found: 0, .. }));
+        assert!(matches!(
+            err,
+            GrpoError::LengthMismatch {
+                expected: 1,
+                found: 0,
+                ..
+            }
+        ));
         let err = session_rewards(RewardMode::PerSession, &[Some(f64::NAN)], 0.5, &[0.0], 0.3).unwrap_err();
         assert!(matches!(err, GrpoError::NonFiniteInput { .. }), "{err}");
         let err = session_rewards(RewardMode::Global, &[None], f64::INFINITY, &[0.0], 0.3).unwrap_err();
