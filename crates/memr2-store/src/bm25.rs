@@ -35,38 +35,72 @@ impl Default for Bm25Params {
 
 /// Splits `text` into lowercase alphanumeric terms (every other character separates terms).
 pub fn tokenize(text: &str) -> Vec<String> {
-    let mut terms = Vec::new();
-    let mut current = String::new();
-    for ch in text.chars() {
-        if ch.is_alphanumeric() {
-            if ch.is_ascii() {
-                current.push(ch.to_ascii_lowercase());
-            } else {
-                current.extend(ch.to_lowercase());
-            }
-        } else if !current.is_empty() {
-            terms.push(std::mem::take(&mut current));
-        }
-    }
-    if !current.is_empty() {
-        terms.push(current);
-    }
-    terms
+    let terms = Terms::of(text);
+    terms.iter().map(str::to_owned).collect()
 }
 
-/// Distinct terms of `text` (sorted) with their frequencies, and the text's length in terms.
-fn term_frequencies(text: &str) -> (Vec<(String, u32)>, u32) {
-    let mut terms = tokenize(text);
-    let len = u32::try_from(terms.len()).unwrap_or(u32::MAX);
-    terms.sort_unstable();
-    let mut counted: Vec<(String, u32)> = Vec::with_capacity(terms.len());
-    for term in terms {
-        match counted.last_mut() {
-            Some((last, tf)) if *last == term => *tf += 1,
-            _ => counted.push((term, 1)),
+/// The terms of one text, lowercased one after the other into a single buffer: two
+/// allocations per text rather than one per term.
+#[derive(Debug, Default)]
+struct Terms {
+    buf: String,
+    /// (start, end) of each term in `buf`, in text order.
+    spans: Vec<(u32, u32)>,
+}
+
+impl Terms {
+    /// Splits `text` like [`tokenize`].
+    fn of(text: &str) -> Self {
+        let mut terms = Terms {
+            buf: String::with_capacity(text.len()),
+            spans: Vec::with_capacity(text.len() / 4 + 1),
+        };
+        let mut start = 0;
+        for ch in text.chars() {
+            if ch.is_alphanumeric() {
+                if ch.is_ascii() {
+                    terms.buf.push(ch.to_ascii_lowercase());
+                } else {
+                    terms.buf.extend(ch.to_lowercase());
+                }
+            } else if terms.buf.len() > start {
+                terms.spans.push((start as u32, terms.buf.len() as u32));
+                start = terms.buf.len();
+            }
         }
+        if terms.buf.len() > start {
+            terms.spans.push((start as u32, terms.buf.len() as u32));
+        }
+        terms
     }
-    (counted, len)
+
+    fn get(&self, (start, end): (u32, u32)) -> &str {
+        &self.buf[start as usize..end as usize]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        self.spans.iter().map(|&span| self.get(span))
+    }
+
+    /// Number of terms.
+    fn len(&self) -> u32 {
+        u32::try_from(self.spans.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Distinct terms (sorted) with their frequencies.
+    fn counted(&mut self) -> Vec<(&str, u32)> {
+        let Terms { buf, spans } = self;
+        spans.sort_unstable_by_key(|&(start, end)| &buf[start as usize..end as usize]);
+        let mut counted: Vec<(&str, u32)> = Vec::with_capacity(spans.len());
+        for &(start, end) in spans.iter() {
+            let term = &buf[start as usize..end as usize];
+            match counted.last_mut() {
+                Some((last, tf)) if *last == term => *tf += 1,
+                _ => counted.push((term, 1)),
+            }
+        }
+        counted
+    }
 }
 
 /// The BM25 contribution of one term to one document's score. Every path that scores a
@@ -142,13 +176,13 @@ struct DeltaDoc {
 }
 
 impl DeltaDoc {
-    fn new(base: &Base, terms: Vec<(String, u32)>, len: u32) -> Self {
+    fn new(base: &Base, terms: &[(&str, u32)], len: u32) -> Self {
         let mut known = Vec::with_capacity(terms.len());
         let mut unknown = Vec::new();
-        for (term, tf) in terms {
-            match base.terms.get(term.as_str()) {
+        for &(term, tf) in terms {
+            match base.terms.get(term) {
                 Some(&t) => known.push((t, tf)),
-                None => unknown.push((term.into_boxed_str(), tf)),
+                None => unknown.push((Box::from(term), tf)),
             }
         }
         known.sort_unstable();
@@ -156,18 +190,6 @@ impl DeltaDoc {
             len,
             known: known.into(),
             unknown: unknown.into(),
-        }
-    }
-
-    /// Frequency of a query term in this document.
-    fn tf(&self, term: &QueryTerm<'_>) -> u32 {
-        match term.base {
-            Some(t) => self.known.iter().find(|(k, _)| *k == t).map_or(0, |(_, tf)| *tf),
-            None => self
-                .unknown
-                .iter()
-                .find(|(name, _)| &**name == term.name)
-                .map_or(0, |(_, tf)| *tf),
         }
     }
 }
@@ -232,6 +254,8 @@ struct Scratch {
     seen: Vec<bool>,
     /// Slots scored by the current query.
     touched: Vec<u32>,
+    /// Base term number -> 1 + its position among the query's terms (0 outside a query).
+    query_of: Vec<u32>,
 }
 
 thread_local! {
@@ -288,8 +312,9 @@ impl PartialEq for Bm25Index {
 impl Bm25Index {
     /// Indexes `text` as document `id` (which must not be indexed yet).
     pub(crate) fn insert(&mut self, id: MemoryId, text: &str) {
-        let (terms, len) = term_frequencies(text);
-        let doc = DeltaDoc::new(&self.base, terms, len);
+        let mut terms = Terms::of(text);
+        let len = terms.len();
+        let doc = DeltaDoc::new(&self.base, &terms.counted(), len);
         let previous = self.delta.insert(id, Arc::new(doc));
         debug_assert!(previous.is_none(), "{id} indexed twice");
         debug_assert!(
@@ -342,16 +367,24 @@ impl Bm25Index {
     /// the number of postings; [`Self::compact_if_due`] calls it rarely enough to amortise that
     /// to O(1) per change.
     pub(crate) fn compact(&mut self) {
+        let base = self.rebuilt_base();
+        self.removed = SlotSet::with_slots(base.ids.len());
+        self.base = Arc::new(base);
+        self.delta = OrdMap::new();
+    }
+
+    /// The base [`Self::compact`] installs: every live document, in flat arrays.
+    fn rebuilt_base(&self) -> Base {
         let old = &*self.base;
         let mut ids = Vec::with_capacity(self.docs);
         let mut doc_len = Vec::with_capacity(self.docs);
         // Old slot -> new slot (u32::MAX for removed documents), and the delta's new slots.
         let mut remap = vec![u32::MAX; old.ids.len()];
-        let mut delta_slots = Vec::with_capacity(self.delta.len());
+        let mut delta_slots: Vec<(u32, &DeltaDoc)> = Vec::with_capacity(self.delta.len());
         let mut delta = self.delta.iter().peekable();
         for (slot, &id) in old.ids.iter().enumerate() {
             while let Some((&delta_id, doc)) = delta.next_if(|(delta_id, _)| **delta_id < id) {
-                delta_slots.push((ids.len() as u32, Arc::clone(doc)));
+                delta_slots.push((ids.len() as u32, doc));
                 ids.push(delta_id);
                 doc_len.push(doc.len);
             }
@@ -362,71 +395,102 @@ impl Bm25Index {
             }
         }
         for (&delta_id, doc) in delta {
-            delta_slots.push((ids.len() as u32, Arc::clone(doc)));
+            delta_slots.push((ids.len() as u32, doc));
             ids.push(delta_id);
             doc_len.push(doc.len);
         }
 
-        // Postings by old term number, then by new term for terms the old base lacks.
-        let mut lists: Vec<Vec<BasePosting>> = (0..old.names.len() as u32)
-            .map(|t| {
-                old.postings(t)
-                    .iter()
-                    .filter(|p| remap[p.slot as usize] != u32::MAX)
-                    .map(|p| BasePosting {
-                        slot: remap[p.slot as usize],
-                        ..*p
-                    })
-                    .collect()
-            })
-            .collect();
-        let mut names: Vec<Arc<str>> = old.names.clone();
-        let mut new_terms: HashMap<Box<str>, usize> = HashMap::new();
-        for (slot, doc) in &delta_slots {
-            for &(t, tf) in &doc.known {
-                lists[t as usize].push(BasePosting {
-                    slot: *slot,
+        // Terms: the old base's numbers, then the delta's new terms.
+        let old_terms = old.names.len();
+        let mut new_names: Vec<&str> = Vec::new();
+        let mut new_numbers: HashMap<&str, usize> = HashMap::new();
+        let mut delta_counts = vec![0usize; old_terms];
+        for (_, doc) in &delta_slots {
+            for &(t, _) in &doc.known {
+                delta_counts[t as usize] += 1;
+            }
+            for (name, _) in &doc.unknown {
+                let t = *new_numbers.entry(&**name).or_insert_with(|| {
+                    new_names.push(name);
+                    delta_counts.push(0);
+                    delta_counts.len() - 1
+                });
+                delta_counts[t] += 1;
+            }
+        }
+        // The delta's postings grouped by term (a counting sort), each group ordered by slot.
+        let mut delta_offsets = Vec::with_capacity(delta_counts.len() + 1);
+        delta_offsets.push(0);
+        for count in &delta_counts {
+            delta_offsets.push(delta_offsets.last().copied().unwrap_or(0) + count);
+        }
+        let mut fill = delta_offsets.clone();
+        let empty = BasePosting {
+            slot: 0,
+            tf: 0,
+            doc_len: 0,
+        };
+        let mut delta_postings = vec![empty; *delta_offsets.last().unwrap_or(&0)];
+        for &(slot, doc) in &delta_slots {
+            let mut put = |t: usize, tf: u32| {
+                delta_postings[fill[t]] = BasePosting {
+                    slot,
                     tf,
                     doc_len: doc.len,
-                });
+                };
+                fill[t] += 1;
+            };
+            for &(t, tf) in &doc.known {
+                put(t as usize, tf);
             }
             for (name, tf) in &doc.unknown {
-                let t = *new_terms.entry(name.clone()).or_insert_with(|| {
-                    names.push(Arc::from(&**name));
-                    lists.push(Vec::new());
-                    lists.len() - 1
-                });
-                lists[t].push(BasePosting {
-                    slot: *slot,
-                    tf: *tf,
-                    doc_len: doc.len,
-                });
+                put(new_numbers[&**name], *tf);
             }
         }
 
+        // Each term's surviving base postings merged with its delta postings, by slot.
+        let live_postings = old.postings.len() - old.postings.len().min(self.removed.count * 16);
         let mut base = Base {
             ids,
             doc_len,
-            terms: HashMap::with_capacity(lists.len()),
-            names: Vec::with_capacity(lists.len()),
-            offsets: Vec::with_capacity(lists.len() + 1),
-            postings: Vec::with_capacity(lists.iter().map(Vec::len).sum()),
+            terms: HashMap::with_capacity(delta_counts.len()),
+            names: Vec::with_capacity(delta_counts.len()),
+            offsets: Vec::with_capacity(delta_counts.len() + 1),
+            postings: Vec::with_capacity(live_postings + delta_postings.len()),
         };
         base.offsets.push(0);
-        for (mut list, name) in lists.into_iter().zip(names) {
-            if list.is_empty() {
-                continue;
+        for t in 0..delta_counts.len() {
+            let old_part: &[BasePosting] = if t < old_terms {
+                old.postings(t as u32)
+            } else {
+                &[]
+            };
+            let mut surviving = old_part.iter().filter_map(|p| {
+                let slot = remap[p.slot as usize];
+                (slot != u32::MAX).then_some(BasePosting { slot, ..*p })
+            });
+            let mut next_old = surviving.next();
+            for &d in &delta_postings[delta_offsets[t]..delta_offsets[t + 1]] {
+                while let Some(p) = next_old.filter(|p| p.slot < d.slot) {
+                    base.postings.push(p);
+                    next_old = surviving.next();
+                }
+                base.postings.push(d);
             }
-            // Two sorted runs (surviving base postings, then delta postings): a linear merge.
-            list.sort_by_key(|p| p.slot);
-            base.terms.insert(Arc::clone(&name), base.names.len() as u32);
-            base.names.push(name);
-            base.postings.extend_from_slice(&list);
-            base.offsets.push(base.postings.len());
+            base.postings.extend(next_old);
+            base.postings.extend(surviving);
+            if base.postings.len() > *base.offsets.last().unwrap_or(&0) {
+                let name = if t < old_terms {
+                    Arc::clone(&old.names[t])
+                } else {
+                    Arc::from(new_names[t - old_terms])
+                };
+                base.terms.insert(Arc::clone(&name), base.names.len() as u32);
+                base.names.push(name);
+                base.offsets.push(base.postings.len());
+            }
         }
-        self.removed = SlotSet::with_slots(base.ids.len());
-        self.base = Arc::new(base);
-        self.delta = OrdMap::new();
+        base
     }
 
     /// Every live (term, document, frequency, document length), sorted: the index's content
@@ -464,13 +528,12 @@ impl Bm25Index {
             return Vec::new();
         }
         let base = &*self.base;
-        let mut names = tokenize(query);
-        names.sort_unstable();
-        names.dedup();
+        let mut query_terms = Terms::of(query);
+        let names = query_terms.counted();
         let mut terms: Vec<QueryTerm<'_>> = names
             .iter()
-            .map(|name| {
-                let t = base.terms.get(name.as_str()).copied();
+            .map(|&(name, _)| {
+                let t = base.terms.get(name).copied();
                 let df = match t {
                     None => 0,
                     Some(t) if self.removed.count == 0 => base.postings(t).len() as u32,
@@ -488,30 +551,93 @@ impl Bm25Index {
             })
             .collect();
 
+        SCRATCH.with_borrow_mut(|scratch| self.score(scratch, params, &mut terms, k, min_score))
+    }
+
+    /// [`Self::search`] once the query terms are resolved and their base document frequencies
+    /// counted.
+    fn score(
+        &self,
+        scratch: &mut Scratch,
+        params: Bm25Params,
+        terms: &mut [QueryTerm<'_>],
+        k: usize,
+        min_score: f32,
+    ) -> Vec<Hit> {
+        let base = &*self.base;
+        if scratch.scores.len() < base.ids.len() {
+            scratch.scores.resize(base.ids.len(), 0.0);
+            scratch.seen.resize(base.ids.len(), false);
+        }
+        if scratch.query_of.len() < base.names.len() {
+            scratch.query_of.resize(base.names.len(), 0);
+        }
+        let Scratch {
+            scores,
+            seen,
+            touched,
+            query_of,
+        } = scratch;
+
         // Delta documents matching a term: (id, length, first of `terms.len()` frequencies).
+        for (q, term) in terms.iter().enumerate() {
+            if let Some(t) = term.base {
+                query_of[t as usize] = q as u32 + 1;
+            }
+        }
+        let unknown_terms = terms.iter().any(|term| term.base.is_none());
         let mut delta_hits: Vec<(MemoryId, u32, usize)> = Vec::new();
         let mut delta_tfs: Vec<u32> = Vec::new();
         for (&id, doc) in &self.delta {
+            // A branch-free test first: most documents of a large delta share no query term.
+            let known_hit = doc
+                .known
+                .iter()
+                .fold(0, |hit, &(t, _)| hit | query_of[t as usize])
+                != 0;
+            if !known_hit && (!unknown_terms || doc.unknown.is_empty()) {
+                continue;
+            }
             let start = delta_tfs.len();
+            delta_tfs.resize(start + terms.len(), 0);
+            let tfs = &mut delta_tfs[start..];
             let mut any = false;
-            for term in &mut terms {
-                let tf = doc.tf(term);
-                if tf > 0 {
-                    term.df += 1;
+            for &(t, tf) in &*doc.known {
+                let q = query_of[t as usize];
+                if q != 0 {
+                    tfs[q as usize - 1] = tf;
                     any = true;
                 }
-                delta_tfs.push(tf);
+            }
+            if unknown_terms {
+                for (name, tf) in &*doc.unknown {
+                    let q = terms
+                        .iter()
+                        .position(|term| term.base.is_none() && term.name == &**name);
+                    if let Some(q) = q {
+                        tfs[q] = *tf;
+                        any = true;
+                    }
+                }
             }
             if any {
+                for (term, &tf) in terms.iter_mut().zip(tfs.iter()) {
+                    term.df += u32::from(tf > 0);
+                }
                 delta_hits.push((id, doc.len, start));
             } else {
                 delta_tfs.truncate(start);
             }
         }
+        for term in terms.iter() {
+            if let Some(t) = term.base {
+                query_of[t as usize] = 0;
+            }
+        }
 
         let n = self.docs as f32;
         let avgdl = (self.total_len as f32 / n).max(f32::MIN_POSITIVE);
-        for term in &mut terms {
+        for term in terms.iter_mut() {
             term.idf = idf(n, term.df as f32);
         }
 
@@ -525,37 +651,26 @@ impl Bm25Index {
             }
             top.push(id, score);
         }
-        SCRATCH.with_borrow_mut(|scratch| {
-            if scratch.scores.len() < base.ids.len() {
-                scratch.scores.resize(base.ids.len(), 0.0);
-                scratch.seen.resize(base.ids.len(), false);
-            }
-            let Scratch {
-                scores,
-                seen,
-                touched,
-            } = scratch;
-            for term in &terms {
-                let Some(t) = term.base else { continue };
-                for p in base.postings(t) {
-                    if self.removed.count > 0 && self.removed.contains(p.slot) {
-                        continue;
-                    }
-                    let slot = p.slot as usize;
-                    if !seen[slot] {
-                        seen[slot] = true;
-                        touched.push(p.slot);
-                    }
-                    scores[slot] += term_score(params, term.idf, p.tf, p.doc_len, avgdl);
+        for term in terms.iter() {
+            let Some(t) = term.base else { continue };
+            for p in base.postings(t) {
+                if self.removed.count > 0 && self.removed.contains(p.slot) {
+                    continue;
                 }
+                let slot = p.slot as usize;
+                if !seen[slot] {
+                    seen[slot] = true;
+                    touched.push(p.slot);
+                }
+                scores[slot] += term_score(params, term.idf, p.tf, p.doc_len, avgdl);
             }
-            for slot in touched.drain(..) {
-                let slot = slot as usize;
-                top.push(base.ids[slot], scores[slot]);
-                scores[slot] = 0.0;
-                seen[slot] = false;
-            }
-        });
+        }
+        for slot in touched.drain(..) {
+            let slot = slot as usize;
+            top.push(base.ids[slot], scores[slot]);
+            scores[slot] = 0.0;
+            seen[slot] = false;
+        }
         top.into_sorted()
     }
 }
@@ -576,9 +691,13 @@ mod tests {
 
     #[test]
     fn term_frequencies_count_repeats() {
-        let (terms, len) = term_frequencies("the cat saw the dog");
-        assert_eq!(len, 5);
-        assert_eq!(terms.iter().find(|(t, _)| t == "the").map(|(_, tf)| *tf), Some(2));
+        let mut terms = Terms::of("the cat saw the dog");
+        assert_eq!(terms.len(), 5);
+        let terms = terms.counted();
+        assert_eq!(
+            terms.iter().find(|(t, _)| *t == "the").map(|(_, tf)| *tf),
+            Some(2)
+        );
         assert_eq!(terms.len(), 4);
     }
 

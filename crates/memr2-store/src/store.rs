@@ -15,6 +15,52 @@ use crate::history::{BranchPoint, HistoryRecord, OperationRecord};
 use crate::tokens::{TokenCounter, whitespace_words};
 use crate::topk::Hit;
 
+/// One memory's log records as a persistent list, newest first: recording an operation adds
+/// one link (O(1), whatever the length) and shares the older links with every branch.
+#[derive(Debug)]
+pub(crate) struct HistoryLink {
+    record: Arc<OperationRecord>,
+    older: Option<Arc<HistoryLink>>,
+}
+
+impl HistoryLink {
+    /// The records, newest first.
+    fn iter(&self) -> impl Iterator<Item = &OperationRecord> {
+        std::iter::successors(Some(self), |link| link.older.as_deref()).map(|link| &*link.record)
+    }
+}
+
+/// Compared link by link (not recursively, so a long history cannot exhaust the stack).
+impl PartialEq for HistoryLink {
+    fn eq(&self, other: &Self) -> bool {
+        let (mut a, mut b) = (Some(self), Some(other));
+        loop {
+            match (a, b) {
+                (None, None) => return true,
+                (Some(x), Some(y)) if std::ptr::eq(x, y) => return true,
+                (Some(x), Some(y)) if x.record == y.record => {
+                    a = x.older.as_deref();
+                    b = y.older.as_deref();
+                }
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// Dropped link by link (not recursively, so a long history cannot exhaust the stack).
+impl Drop for HistoryLink {
+    fn drop(&mut self) {
+        let mut older = self.older.take();
+        while let Some(link) = older {
+            older = match Arc::try_unwrap(link) {
+                Ok(mut link) => link.older.take(),
+                Err(_) => None,
+            };
+        }
+    }
+}
+
 /// Settings of a store, fixed for its lifetime and inherited by its branches.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StoreConfig {
@@ -46,8 +92,8 @@ pub(crate) struct State {
     bm25: Bm25Index,
     dense: Option<DenseIndex>,
     log: Vector<Arc<OperationRecord>>,
-    /// Id -> its log records, oldest first (kept after DELETE).
-    histories: OrdMap<MemoryId, Vector<Arc<OperationRecord>>>,
+    /// Id -> its log records (kept after DELETE).
+    histories: OrdMap<MemoryId, Arc<HistoryLink>>,
     generation: u32,
     lineage: Vector<BranchPoint>,
 }
@@ -156,7 +202,10 @@ impl State {
         if let Some(old) = &before {
             self.bm25.remove(old.id);
             self.whitespace_tokens -= whitespace_words(&old.text);
-            self.entries.remove(&old.id);
+            if after.is_none() {
+                // An UPDATE replaces the entry below in one step.
+                self.entries.remove(&old.id);
+            }
             if let Some(dense) = &mut self.dense {
                 dense.remove(old.id);
             }
@@ -181,10 +230,17 @@ impl State {
             after,
         });
         if let Some(id) = applied.id() {
-            self.histories
-                .entry(id)
-                .or_default()
-                .push_back(Arc::clone(&record));
+            let record = Arc::clone(&record);
+            match self.histories.get_mut(&id) {
+                Some(newest) => {
+                    let older = Some(Arc::clone(newest));
+                    *newest = Arc::new(HistoryLink { record, older });
+                }
+                None => {
+                    self.histories
+                        .insert(id, Arc::new(HistoryLink { record, older: None }));
+                }
+            }
         }
         self.log.push_back(record);
         Ok(applied)
@@ -208,15 +264,13 @@ impl State {
     }
 
     fn history(&self, id: MemoryId) -> Vec<HistoryRecord> {
-        self.histories
+        let mut records: Vec<HistoryRecord> = self
+            .histories
             .get(&id)
-            .map(|records| {
-                records
-                    .iter()
-                    .filter_map(|r| HistoryRecord::from_record(r))
-                    .collect()
-            })
-            .unwrap_or_default()
+            .map(|newest| newest.iter().filter_map(HistoryRecord::from_record).collect())
+            .unwrap_or_default();
+        records.reverse();
+        records
     }
 
     fn size_tokens(&self, counter: &dyn TokenCounter) -> usize {
