@@ -199,8 +199,13 @@ impl State {
             Operation::Noop => (Applied::Noop, None, None, None),
         };
 
+        match (&before, &after) {
+            (Some(old), Some(new)) => self.bm25.replace(old.id, &new.text),
+            (Some(old), None) => self.bm25.remove(old.id),
+            (None, Some(new)) => self.bm25.insert(new.id, &new.text),
+            (None, None) => {}
+        }
         if let Some(old) = &before {
-            self.bm25.remove(old.id);
             self.whitespace_tokens -= whitespace_words(&old.text);
             if after.is_none() {
                 // An UPDATE replaces the entry below in one step.
@@ -211,7 +216,6 @@ impl State {
             }
         }
         if let Some(new) = &after {
-            self.bm25.insert(new.id, &new.text);
             self.whitespace_tokens += whitespace_words(&new.text);
             self.entries.insert(new.id, Arc::clone(new));
             if let (Some(dense), Some(vector)) = (&mut self.dense, vector) {
