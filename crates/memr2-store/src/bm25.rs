@@ -118,11 +118,15 @@ fn idf(n: f32, df: f32) -> f32 {
     (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
 }
 
-/// Compaction runs once the delta and the removed base documents together exceed this many
-/// (a handful under test, so that the property tests compact often)...
+/// Compaction runs once the delta holds more than this many documents (a handful under test,
+/// so that the property tests compact often)...
 const COMPACT_MIN: usize = if cfg!(test) { 8 } else { 256 };
-/// ...or this fraction (1 / divisor) of the base, whichever is larger.
-const COMPACT_DIVISOR: usize = 4;
+/// ...or more than the base's size divided by this: the delta is scanned document by document
+/// at every query, so it is kept to a quarter of the base...
+const DELTA_DIVISOR: usize = 4;
+/// ...or once more than this fraction of the base (1 / divisor) is removed or overwritten:
+/// removed documents cost queries only a bit test per posting, so more of them are allowed.
+const REMOVED_DIVISOR: usize = 2;
 
 /// The hash of rustc's `FxHasher`: a rotate, xor and multiply per eight bytes, several times
 /// faster than the default SipHash on short keys such as terms. Not meant to resist keys chosen
@@ -441,8 +445,10 @@ impl Bm25Index {
     }
 
     fn compact_if_due(&mut self) {
-        let pending = self.delta.len() + self.removed.count;
-        if pending > COMPACT_MIN.max(self.base.ids.len() / COMPACT_DIVISOR) {
+        let base = self.base.ids.len();
+        if self.delta.len() > COMPACT_MIN.max(base / DELTA_DIVISOR)
+            || self.removed.count > COMPACT_MIN.max(base / REMOVED_DIVISOR)
+        {
             self.compact();
         }
     }
