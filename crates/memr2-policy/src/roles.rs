@@ -302,13 +302,10 @@ fn take_text(item: &mut Map<String, Value>, index: usize, key: &'static str) -> 
 /// A memory id: a non-blank string, or a non-negative integer (models shown aliases `0`, `1`, ...
 /// sometimes write them as numbers), returned as its decimal string.
 fn take_id(item: &mut Map<String, Value>, index: usize) -> Result<String, FormatError> {
-    const KEY: &str = "id";
-    match item.get(KEY) {
-        Some(Value::Number(number)) if number.is_u64() => {
-            Ok(number.as_u64().map(|id| id.to_string()).unwrap_or_default())
-        }
-        _ => take_text(item, index, KEY),
+    if let Some(id) = item.get("id").and_then(Value::as_u64) {
+        return Ok(id.to_string());
     }
+    take_text(item, index, "id")
 }
 
 /// One fact written by the extractor.
@@ -531,6 +528,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Whether an error is the one a malformed output should give.
+    type ErrorCheck = fn(&FormatError) -> bool;
+
     fn turns() -> Vec<TurnView<'static>> {
         vec![
             TurnView {
@@ -677,7 +677,7 @@ mod tests {
     #[test]
     fn roles_malformed_facts_give_the_right_error() {
         let long = vec!["word"; MAX_FACT_WORDS + 1].join(" ");
-        let cases: Vec<(String, fn(&FormatError) -> bool)> = vec![
+        let cases: Vec<(String, ErrorCheck)> = vec![
             ("".into(), |e| matches!(e, FormatError::NotJson { .. })),
             ("facts: none".into(), |e| matches!(e, FormatError::NotJson { .. })),
             (r#"{"facts":[]} trailing"#.into(), |e| {
@@ -763,7 +763,7 @@ mod tests {
 
     #[test]
     fn roles_malformed_operations_give_the_right_error() {
-        let cases: Vec<(&str, fn(&FormatError) -> bool)> = vec![
+        let cases: Vec<(&str, ErrorCheck)> = vec![
             ("ADD Alice lives in Lyon", |e| {
                 matches!(e, FormatError::NotJson { .. })
             }),
