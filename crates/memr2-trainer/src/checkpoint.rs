@@ -204,7 +204,7 @@ mod tests {
         c.intermediate_size = 64;
         c.num_hidden_layers = 1;
         c.num_attention_heads = 2;
-        c.num_key_value_heads = 2;
+        c.num_key_value_heads = Some(2);
         c
     }
 

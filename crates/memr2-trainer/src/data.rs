@@ -24,7 +24,7 @@ pub fn environment(spec: &DataSpec) -> Result<Box<dyn Environment>, TrainError> 
                 WorldSize::Default => WorldConfig::default_cpu(),
                 WorldSize::Smoke => WorldConfig::smoke(),
             };
-            Box::new(SyntheticWorld::new(config, *seed))
+            Box::new(SyntheticWorld::new(config, *seed)?)
         }
         DataSpec::Locomo { path } => {
             let locomo = Locomo::load(path)?;

@@ -62,6 +62,12 @@ pub enum TrainError {
     /// A memory store could not be saved or loaded.
     #[error("store: {0}")]
     Store(#[from] memr2_store::StoreError),
+    /// The run stopped early because it was asked to (`RunOptions::stop_after_steps`).
+    #[error("stopped after {step} steps as asked")]
+    Stopped {
+        /// RL steps completed.
+        step: u64,
+    },
     /// A checkpoint or run directory is missing or corrupt.
     #[error("checkpoint {}: {reason}", path.display())]
     Checkpoint {

@@ -381,7 +381,7 @@ fn inspect_command<B: AutodiffBackend>(args: &InspectArgs, device: &B::Device) -
     let sampling = RolloutSampling { temperature: 0.0, top_p: 1.0, record: false };
     println!("conversation {} ({} sessions, {} questions)", episode.id, episode.sessions.len(), episode.questions.len());
     for session in &episode.sessions {
-        let before = state.store.operations().len();
+        let before = state.store.operation_count();
         let mut jobs = [SessionJob { episode: &episode, session: session.index, state: &mut state }];
         run_sessions(&agent, &mut jobs, sampling, &mut rng);
         println!("\n== session {} ({}) ==", session.index, session.date);
@@ -389,8 +389,14 @@ fn inspect_command<B: AutodiffBackend>(args: &InspectArgs, device: &B::Device) -
             println!("  {} {}: {}", turn.dia_id, turn.speaker, turn.text);
         }
         println!("  -- operations");
-        for record in state.store.operations().iter().skip(before) {
-            println!("  {record}");
+        for record in state.store.operations().skip(before) {
+            let text = |e: &Option<std::sync::Arc<memr2_store::Entry>>| e.as_ref().map(|e| e.text.clone());
+            match (text(&record.before), text(&record.after)) {
+                (None, Some(new)) => println!("  ADD    {:?} {new}", record.applied),
+                (Some(old), Some(new)) => println!("  UPDATE {:?} {old} -> {new}", record.applied),
+                (Some(old), None) => println!("  DELETE {:?} {old}", record.applied),
+                (None, None) => println!("  NOOP"),
+            }
         }
         println!("  -- memory ({} entries)", state.store.len());
         for entry in state.store.entries() {
@@ -400,13 +406,28 @@ fn inspect_command<B: AutodiffBackend>(args: &InspectArgs, device: &B::Device) -
     println!("\n== history of each memory ==");
     let ids: Vec<_> = state.store.entries().map(|e| e.id).collect();
     for id in ids {
-        let versions: Vec<String> = state.store.history(id).iter().map(|h| h.to_string()).collect();
+        let versions: Vec<String> = state
+            .store
+            .history(id)
+            .iter()
+            .map(|h| format!("s{} {:?} {}", h.session, h.event, h.new_text.as_deref().unwrap_or("(deleted)")))
+            .collect();
         println!("  {id}: {}", versions.join(" -> "));
     }
     Ok(())
 }
 
 fn data_stats(data: Option<PathBuf>, preset: Preset) -> Result<()> {
+    if let Some(path) = &data {
+        // Every conversation and question, adversarial ones included, as the file has them.
+        let locomo = memr2_sim::Locomo::load(path)?;
+        let s = memr2_sim::stats(locomo.all_episodes());
+        println!("LoCoMo {}: {} conversations, {} sessions, {} turns, {} questions ({} without adversarial)",
+            path.display(), s.conversations, s.sessions, s.turns, s.questions, s.questions_non_adversarial);
+        for note in locomo.skipped() {
+            println!("skipped: {note}");
+        }
+    }
     let spec = match data {
         Some(path) => DataSpec::Locomo { path },
         None => TrainConfig::preset(preset).data,

@@ -1,14 +1,9 @@
 //! Rewards: token F1 of the frozen answerer on a memory, the memory-size penalty, and the
 //! per-session assignment of DESIGN section 2.
 
-use memr2_logo_grpo::{RewardMode, session_rewards};
+use memr2_logo_grpo::{GrpoError, RewardMode, session_rewards};
 use memr2_sim::{Episode, Question, ScoreBoard, memory_penalty, token_f1};
 use memr2_store::{Snapshot, TokenCounter};
-
-/// Session `s` (1-based) a question belongs to: the last session of its evidence.
-pub fn question_session(q: &Question) -> Option<u32> {
-    q.evidence.iter().map(|d| d.session).max()
-}
 
 /// Tokens of the conversation up to and including each session: `[s-1]` holds sessions `1..=s`.
 pub fn cumulative_session_tokens(episode: &Episode, counter: &dyn TokenCounter) -> Vec<usize> {
@@ -40,7 +35,8 @@ pub struct RolloutReward {
 }
 
 /// Scores a global rollout: `f1[i]` is the answerer's F1 on `questions[i]` over the final
-/// memory; `snapshots[s]` is the memory after session `s`.
+/// memory; `snapshots[s]` is the memory after session `s`. A question belongs to the last
+/// session of its evidence; one without evidence to the last session.
 pub fn rollout_reward(
     mode: RewardMode,
     lambda: f64,
@@ -49,11 +45,13 @@ pub fn rollout_reward(
     snapshots: &[Snapshot],
     session_tokens: &[usize],
     counter: &dyn TokenCounter,
-) -> RolloutReward {
+) -> Result<RolloutReward, GrpoError> {
     let horizon = snapshots.len() - 1;
     let mut sums = vec![(0.0, 0usize); horizon];
     for (q, f) in questions.iter().zip(f1) {
-        if let Some(s) = question_session(q).filter(|s| (1..=horizon as u32).contains(s)) {
+        // A question without evidence (unanswerable) belongs to the last session.
+        let s = q.last_session().unwrap_or(horizon as u32);
+        if (1..=horizon as u32).contains(&s) {
             let slot = &mut sums[s as usize - 1];
             slot.0 += f;
             slot.1 += 1;
@@ -64,9 +62,9 @@ pub fn rollout_reward(
     let mean_f1 = if f1.is_empty() { 0.0 } else { f1.iter().sum::<f64>() / f1.len() as f64 };
     let penalties: Vec<f64> =
         (1..=horizon).map(|s| penalty_after(&snapshots[s], session_tokens[s - 1], counter)).collect();
-    let per_session = session_rewards(mode, &session_f1, mean_f1, &penalties, lambda);
+    let per_session = session_rewards(mode, &session_f1, mean_f1, &penalties, lambda)?;
     let mean_penalty = penalties.iter().sum::<f64>() / horizon.max(1) as f64;
-    RolloutReward { per_session, mean_f1, mean_penalty }
+    Ok(RolloutReward { per_session, mean_f1, mean_penalty })
 }
 
 /// F1 of predictions against their questions, also added to a per-category board.
@@ -113,7 +111,8 @@ mod tests {
             &snaps,
             &[100, 200],
             &WhitespaceCounter,
-        );
+        )
+        .unwrap();
         assert!((r.per_session[0] - 1.0).abs() < 1e-9);
         assert!((r.per_session[1] - 0.0).abs() < 1e-9);
         assert!((r.mean_f1 - 0.5).abs() < 1e-9);
@@ -127,7 +126,7 @@ mod tests {
         store.apply(Operation::Add { text: "w ".repeat(50), speaker: None }, 1).unwrap();
         snaps.push(store.snapshot());
         let q1 = q(1);
-        let r = rollout_reward(RewardMode::Global, 0.3, &[&q1], &[1.0], &snaps, &[10], &WhitespaceCounter);
+        let r = rollout_reward(RewardMode::Global, 0.3, &[&q1], &[1.0], &snaps, &[10], &WhitespaceCounter).unwrap();
         // c = (50 - 7) / 10 = 4.3; r = 1 - 0.3 * 4.3.
         assert!((r.per_session[0] - (1.0 - 0.3 * 4.3)).abs() < 1e-9, "{:?}", r);
     }

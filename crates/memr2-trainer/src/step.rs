@@ -7,7 +7,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
-use memr2_logo_grpo::{GroupKey, GroupKind, Sample, compute_advantages};
+use memr2_logo_grpo::{GroupKey, Sample, compute_advantages};
 use memr2_policy::Transformer;
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_sim::{Episode, Question, ScoreBoard};
@@ -183,14 +183,12 @@ where
                     &state.snapshots,
                     &session_tokens,
                     &counter,
-                );
+                )?;
                 f1_all.push(reward.mean_f1);
                 penalties.push(reward.mean_penalty);
                 for (s, value) in reward.per_session.iter().enumerate() {
-                    samples.push(Sample {
-                        key: GroupKey { kind: GroupKind::Global, episode: e as u64, session: s as u32 + 1, branch: 0 },
-                        reward: *value as f32,
-                    });
+                    let key = GroupKey::global(e as u64, s as u32 + 1);
+                    samples.push(Sample::new(key, *value as f32, samples.len()));
                     sample_records.push((e, r, s as u32 + 1));
                 }
             }
@@ -259,16 +257,14 @@ where
             let c = penalty_after(state.snapshots.last().expect("snapshot"), session_tokens[s as usize - 1], &counter);
             let reward = mean_f1 - logo.lambda * c;
             local_rewards.push(reward);
-            samples.push(Sample {
-                key: GroupKey { kind: GroupKind::Local, episode: e as u64, session: s, branch: r as u32 },
-                reward: reward as f32,
-            });
+            let key = GroupKey::local(e as u64, s, r as u32);
+            samples.push(Sample::new(key, reward as f32, samples.len()));
         }
     }
     metrics.rollout_s += local_start.elapsed().as_secs_f64();
 
     // 4. Advantages per group, then the samples to train on.
-    let advantages = compute_advantages(&samples, logo.scaling, logo.advantage_eps)?;
+    let advantages = compute_advantages(&samples, logo.advantage_scaling, logo.advantage_eps)?;
     metrics.groups = advantages.groups;
     metrics.local_groups = local_meta.len() / logo.k_rerollouts.max(1);
     metrics.zero_variance_fraction = advantages.zero_variance_groups as f64 / advantages.groups.max(1) as f64;

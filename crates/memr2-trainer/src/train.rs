@@ -156,7 +156,7 @@ fn initial_model<B: Backend>(
             arch.intermediate_size = hidden_size * 8 / 3 / 16 * 16;
             arch.num_hidden_layers = *layers;
             arch.num_attention_heads = *heads;
-            arch.num_key_value_heads = *heads;
+            arch.num_key_value_heads = Some(*heads);
             B::seed(device, config.seed);
             Ok((arch.init(device), arch))
         }
@@ -317,7 +317,7 @@ pub fn run<B: AutodiffBackend>(
         }
         for step_in_stage in steps_done..config.curriculum.steps_per_stage {
             if options.stop_after_steps.is_some_and(|s| state.step >= s) {
-                return Err(TrainError::Invalid(format!("stopped after {} steps as asked", state.step)));
+                return Err(TrainError::Stopped { step: state.step });
             }
             let episodes: Vec<Episode> = train_pool
                 .choose_multiple(&mut state.rng, config.rl.episodes_per_step.min(train_pool.len()))

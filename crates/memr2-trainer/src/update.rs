@@ -31,8 +31,10 @@ pub struct UpdateStats {
     pub loss: f64,
     /// Fraction of tokens whose ratio was clipped.
     pub clip_fraction: f64,
-    /// Approximate KL to the reference policy (k3).
+    /// KL to the reference policy (k3 estimate, token mean).
     pub kl: f64,
+    /// Approximate KL between the sampling policy and the updated one.
+    pub approx_kl_old: f64,
     /// Mean importance ratio.
     pub ratio_mean: f64,
     /// Mean per-token entropy.
@@ -158,9 +160,10 @@ where
             let s = &output.stats;
             sums.loss += loss_value;
             sums.clip_fraction += s.clip_fraction as f64;
-            sums.kl += s.approx_kl as f64;
-            sums.ratio_mean += s.ratio_mean as f64;
-            sums.entropy += s.entropy as f64;
+            sums.kl += s.ref_kl.unwrap_or(0.0) as f64;
+            sums.approx_kl_old += s.approx_kl as f64;
+            sums.ratio_mean += s.mean_ratio as f64;
+            sums.entropy += s.entropy.unwrap_or(0.0) as f64;
             sums.grad_norm += norm;
             stats.minibatches += 1;
         }
@@ -169,6 +172,7 @@ where
     stats.loss = sums.loss / n;
     stats.clip_fraction = sums.clip_fraction / n;
     stats.kl = sums.kl / n;
+    stats.approx_kl_old = sums.approx_kl_old / n;
     stats.ratio_mean = sums.ratio_mean / n;
     stats.entropy = sums.entropy / n;
     stats.grad_norm = sums.grad_norm / n;

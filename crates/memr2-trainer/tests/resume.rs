@@ -1,0 +1,87 @@
+//! A run killed mid-curriculum and resumed writes the same metrics as a run never stopped.
+
+use burn::backend::{Autodiff, Flex};
+use memr2_trainer::config::{CurriculumConfig, EvalConfig, TrainConfig};
+use memr2_trainer::metrics::MetricsLog;
+use memr2_trainer::train::{RunOptions, run};
+use memr2_trainer::{TrainError, checkpoint};
+use serde_json::Value;
+
+type B = Autodiff<Flex>;
+
+fn tiny_config() -> TrainConfig {
+    let mut config = TrainConfig::smoke();
+    config.sft.epochs = 1;
+    config.curriculum = CurriculumConfig { horizons: vec![2, 3], steps_per_stage: 2, validate_every: 1 };
+    config.eval = EvalConfig { validation_episodes: 1, test_episodes: 1, sessions: 3 };
+    config
+}
+
+/// Metrics without the wall-clock fields, which differ from run to run.
+fn deterministic(records: Vec<Value>) -> Vec<Value> {
+    records
+        .into_iter()
+        .map(|mut r| {
+            if let Some(map) = r.as_object_mut() {
+                map.retain(|k, _| !k.ends_with("_s") && !k.ends_with("_per_s"));
+                if let Some(update) = map.get_mut("update").and_then(Value::as_object_mut) {
+                    update.retain(|k, _| !k.ends_with("_s"));
+                }
+            }
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn resumed_run_matches_uninterrupted_run() {
+    let root = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let quiet = &mut |_: memr2_trainer::train::Event<'_>| {};
+
+    let straight = RunOptions { dir: root.path().join("straight"), ..RunOptions::default() };
+    run::<B>(tiny_config(), &straight, &device, quiet).unwrap();
+
+    // Stop after the first RL step (as if killed), then resume.
+    let killed =
+        RunOptions { dir: root.path().join("killed"), stop_after_steps: Some(1), ..RunOptions::default() };
+    let err = run::<B>(tiny_config(), &killed, &device, quiet).err().expect("the run stops early");
+    assert!(matches!(err, TrainError::Stopped { step: 1 }), "{err}");
+    let partial = MetricsLog::read(&killed.dir.join("metrics.jsonl")).unwrap();
+    let resumed = RunOptions { resume: true, ..killed.clone() };
+    run::<B>(tiny_config(), &resumed, &device, quiet).unwrap();
+
+    let a = deterministic(MetricsLog::read(&straight.dir.join("metrics.jsonl")).unwrap());
+    let b = deterministic(MetricsLog::read(&killed.dir.join("metrics.jsonl")).unwrap());
+    assert!(partial.len() < b.len(), "the resumed run wrote more lines");
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x, y, "metrics line {i} differs after resuming");
+    }
+    assert!(a.iter().any(|r| r.get("reward_global").is_some()), "RL steps were logged");
+
+    // The run directory has what a user expects.
+    for file in ["config.json", "tokenizer.json", "report.md", "plots/reward.svg"] {
+        assert!(straight.dir.join(file).exists(), "{file} is missing");
+    }
+    assert!(checkpoint::load::<B>(&straight.dir.join("checkpoints/final"), &device).is_ok());
+}
+
+#[test]
+fn corrupt_checkpoint_and_nonempty_run_dir_are_clear_errors() {
+    let root = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let quiet = &mut |_: memr2_trainer::train::Event<'_>| {};
+    let dir = root.path().join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("notes.txt"), "keep me").unwrap();
+    let options = RunOptions { dir: dir.clone(), ..RunOptions::default() };
+    let err = run::<B>(tiny_config(), &options, &device, quiet).err().expect("refuses a non-empty dir");
+    assert!(err.to_string().contains("not empty"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.join("notes.txt")).unwrap(), "keep me");
+
+    // Resuming a directory without a run is an error naming what is missing.
+    let resume = RunOptions { resume: true, ..options };
+    let err = run::<B>(tiny_config(), &resume, &device, quiet).err().expect("nothing to resume");
+    assert!(err.to_string().contains("config.json"), "{err}");
+}
