@@ -2,7 +2,7 @@
 //! cached positions hold real tokens.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 /// Per-layer keys and values `[batch, kv_heads, cached, head_dim]`, empty before the first step.
 pub(crate) type LayerCache<B> = (Option<Tensor<B, 4>>, Option<Tensor<B, 4>>);
@@ -11,8 +11,9 @@ pub(crate) type LayerCache<B> = (Option<Tensor<B, 4>>, Option<Tensor<B, 4>>);
 #[derive(Debug)]
 pub struct KvCache<B: Backend> {
     layers: Vec<LayerCache<B>>,
-    /// `[batch, cached]`, true where the cached position holds a real token.
-    key_valid: Option<Tensor<B, 2, Bool>>,
+    /// Per row, true where the cached position holds a real token. Kept on the host: it is
+    /// tiny, and row selection of bool tensors is not uniform across backends.
+    key_valid: Vec<Vec<bool>>,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -20,13 +21,13 @@ impl<B: Backend> KvCache<B> {
     pub fn new(num_layers: usize) -> Self {
         Self {
             layers: (0..num_layers).map(|_| (None, None)).collect(),
-            key_valid: None,
+            key_valid: Vec::new(),
         }
     }
 
     /// Number of cached positions (padding included).
     pub fn len(&self) -> usize {
-        self.key_valid.as_ref().map_or(0, |valid| valid.dims()[1])
+        self.key_valid.first().map_or(0, Vec::len)
     }
 
     /// Whether nothing is cached yet.
@@ -38,23 +39,37 @@ impl<B: Backend> KvCache<B> {
         &mut self.layers[index]
     }
 
-    /// Records that `valid` `[batch, new]` positions are about to be appended and returns the
-    /// validity of all keys `[batch, cached + new]`.
-    pub(crate) fn extend_valid(&mut self, valid: Tensor<B, 2, Bool>) -> Tensor<B, 2, Bool> {
-        let all = match self.key_valid.take() {
-            Some(past) => Tensor::cat(vec![past, valid], 1),
-            None => valid,
-        };
-        self.key_valid = Some(all.clone());
-        all
+    /// Records that `valid` `[batch * new]` (row-major) positions are about to be appended and
+    /// returns the validity of all keys `[batch, cached + new]`.
+    pub(crate) fn extend_valid(
+        &mut self,
+        batch: usize,
+        valid: &[bool],
+        device: &B::Device,
+    ) -> Tensor<B, 2, Bool> {
+        let new = valid.len() / batch.max(1);
+        if self.key_valid.is_empty() {
+            self.key_valid = vec![Vec::new(); batch];
+        }
+        for (row, chunk) in self.key_valid.iter_mut().zip(valid.chunks(new.max(1))) {
+            row.extend_from_slice(chunk);
+        }
+        let keys = self.len();
+        let flat: Vec<bool> = self.key_valid.concat();
+        Tensor::from_data(TensorData::new(flat, [batch, keys]), device)
     }
 
     /// Keeps only the batch rows listed in `rows` (in that order).
-    pub fn retain_rows(&mut self, rows: Tensor<B, 1, Int>) {
+    pub fn retain_rows(&mut self, rows: &[usize], device: &B::Device) {
+        let index: Vec<i64> = rows.iter().map(|&row| row as i64).collect();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [rows.len()]), device);
         for (k, v) in &mut self.layers {
-            *k = k.take().map(|t| t.select(0, rows.clone()));
-            *v = v.take().map(|t| t.select(0, rows.clone()));
+            *k = k.take().map(|t| t.select(0, index.clone()));
+            *v = v.take().map(|t| t.select(0, index.clone()));
         }
-        self.key_valid = self.key_valid.take().map(|t| t.select(0, rows));
+        self.key_valid = rows
+            .iter()
+            .map(|&row| std::mem::take(&mut self.key_valid[row]))
+            .collect();
     }
 }

@@ -348,8 +348,8 @@ mod tests {
         assert!((config.rope_base() - 1e6).abs() < 1e-9);
         assert_eq!(config.eos_ids(), vec![151645]);
         // Qwen2.5-0.5B: 0.49B parameters, 0.36B without the (tied) embedding.
-        assert_eq!(config.num_parameters(), 494_011_264);
-        assert_eq!(config.num_parameters() - 151_936 * 896, 357_876_608);
+        assert_eq!(config.num_parameters(), 494_032_768);
+        assert_eq!(config.num_parameters() - 151_936 * 896, 357_898_112);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -125,7 +125,7 @@ pub fn generate<B: Backend>(
     let shape = [active.len(), width];
     let hidden = model.forward_cached(
         Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, shape), &device),
-        Tensor::<B, 2, Bool>::from_data(TensorData::new(valid, shape), &device),
+        &valid,
         Tensor::<B, 2, Int>::from_data(TensorData::new(positions, shape), &device),
         &mut cache,
     );
@@ -153,8 +153,7 @@ pub fn generate<B: Backend>(
             break;
         }
         if keep.len() < rows {
-            let index: Vec<i64> = keep.iter().map(|&slot| slot as i64).collect();
-            cache.retain_rows(Tensor::from_data(TensorData::new(index, [keep.len()]), &device));
+            cache.retain_rows(&keep, &device);
         }
         active = keep.iter().map(|&slot| active[slot]).collect();
         let step_tokens: Vec<i64> = active
@@ -172,7 +171,7 @@ pub fn generate<B: Backend>(
         let shape = [active.len(), 1];
         let hidden = model.forward_cached(
             Tensor::from_data(TensorData::new(step_tokens, shape), &device),
-            Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; active.len()], shape), &device),
+            &vec![true; active.len()],
             Tensor::from_data(TensorData::new(step_positions, shape), &device),
             &mut cache,
         );
@@ -262,6 +261,7 @@ mod tests {
     use crate::logprobs::completion_logprobs;
     use crate::{TestAutodiffBackend, TestBackend};
     use burn::module::AutodiffModule;
+    use burn::tensor::Bool;
     use rand::SeedableRng;
 
     type B = TestBackend;

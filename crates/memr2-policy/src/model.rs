@@ -237,19 +237,20 @@ impl<B: Backend> Transformer<B> {
         self.run_layers(tokens, positions, masked, None)
     }
 
-    /// Incremental forward: appends `tokens` `[batch, new]` (real where `valid` `[batch, new]`,
-    /// at `positions` `[batch, new]`) to `cache` and returns their hidden states
-    /// `[batch, new, hidden]`. Starting from an empty cache with a whole prompt is the prefill.
+    /// Incremental forward: appends `tokens` `[batch, new]` (real where `valid`, `batch * new`
+    /// flags in row-major order, at `positions` `[batch, new]`) to `cache` and returns their
+    /// hidden states `[batch, new, hidden]`. Starting from an empty cache with whole prompts is
+    /// the prefill.
     pub fn forward_cached(
         &self,
         tokens: Tensor<B, 2, Int>,
-        valid: Tensor<B, 2, Bool>,
+        valid: &[bool],
         positions: Tensor<B, 2, Int>,
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
         let past = cache.len();
-        let seq = tokens.dims()[1];
-        let key_valid = cache.extend_valid(valid);
+        let [batch, seq] = tokens.dims();
+        let key_valid = cache.extend_valid(batch, valid, &tokens.device());
         let masked = attention_masked(key_valid, past, seq);
         self.run_layers(tokens, positions, masked, Some(cache))
     }
@@ -385,8 +386,9 @@ mod tests {
 
         let left = [vec![0, 0, 0], seq.clone()].concat();
         let right = [seq.clone(), vec![0, 0, 0]].concat();
-        let real = |pad_left: bool| -> Vec<bool> { (0..8).map(|j| (j >= 3) == pad_left).collect() };
-        let batch = model.forward(tokens(&[left, right]), mask(&[real(true), real(false)]));
+        let left_mask: Vec<bool> = (0..8).map(|j| j >= 3).collect();
+        let right_mask: Vec<bool> = (0..8).map(|j| j < 5).collect();
+        let batch = model.forward(tokens(&[left, right]), mask(&[left_mask, right_mask]));
         assert_close(&row(&batch, 0, 3..8), &expected, 1e-4);
         assert_close(&row(&batch, 1, 0..5), &expected, 1e-4);
     }

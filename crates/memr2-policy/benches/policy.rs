@@ -1,0 +1,219 @@
+//! CPU throughput of the tiny policy model on burn's `flex` and `ndarray` backends: training
+//! tokens/s (forward, backward, AdamW), KV-cache generation tokens/s at batch 1, 8 and 32, full
+//! recomputation for comparison, and the plain matmul rate the model's FLOP rate is held against.
+//!
+//! `cargo bench -p memr2-policy --bench policy` (set `POLICY_BENCH_BACKENDS=flex` to run one).
+
+use std::time::Instant;
+
+use burn::backend::{Autodiff, Flex, NdArray};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use memr2_policy::{SamplingConfig, Transformer, TransformerConfig, generate, sft_loss};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const VOCAB: usize = 2048;
+const TRAIN_BATCH: usize = 8;
+const TRAIN_SEQ: usize = 256;
+const GEN_PROMPT: usize = 16;
+const GEN_TOKENS: usize = 240;
+const MATMUL: usize = 2048;
+
+struct Row {
+    backend: &'static str,
+    what: String,
+    tokens_per_s: f64,
+    gflops: f64,
+    fraction: f64,
+}
+
+fn seconds<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let start = Instant::now();
+    let out = f();
+    (out, start.elapsed().as_secs_f64())
+}
+
+/// Waits for the backend by reading one element back.
+fn sync<B: Backend>(t: Tensor<B, 2>) {
+    let _ = t.slice([0..1, 0..1]).into_data();
+}
+
+/// GFLOP/s of an `n x n` f32 matmul (best of 3 after a warm-up).
+fn matmul_rate<B: Backend>() -> f64 {
+    let device = Default::default();
+    let a = Tensor::<B, 2>::random([MATMUL, MATMUL], burn::tensor::Distribution::Default, &device);
+    let b = Tensor::<B, 2>::random([MATMUL, MATMUL], burn::tensor::Distribution::Default, &device);
+    sync(a.clone().matmul(b.clone()));
+    let best = (0..3)
+        .map(|_| seconds(|| sync(a.clone().matmul(b.clone()))).1)
+        .fold(f64::INFINITY, f64::min);
+    2.0 * (MATMUL as f64).powi(3) / best / 1e9
+}
+
+/// FLOPs of one token through the model (forward only): 2 per matmul parameter plus the
+/// attention products (`QK^T` and `AV`, 4 * context * heads * head_dim per layer).
+fn forward_flops(config: &TransformerConfig, context: f64) -> f64 {
+    let attention_width = (config.num_attention_heads * config.head_dim()) as f64;
+    2.0 * config.num_matmul_parameters() as f64
+        + 4.0 * context * attention_width * config.num_hidden_layers as f64
+}
+
+fn random_batch(
+    rng: &mut ChaCha8Rng,
+    rows: usize,
+    prompt: usize,
+    completion: usize,
+) -> Vec<(Vec<u32>, Vec<u32>)> {
+    let mut ids = |n: usize| {
+        (0..n)
+            .map(|_| rng.random_range(0..VOCAB as u32))
+            .collect::<Vec<_>>()
+    };
+    (0..rows).map(|_| (ids(prompt), ids(completion))).collect()
+}
+
+fn train<B: AutodiffBackend>(config: &TransformerConfig, name: &'static str, peak: f64, rows: &mut Vec<Row>) {
+    let device = Default::default();
+    let mut model: Transformer<B> = config.init_seeded(1, &device);
+    let mut optim = AdamWConfig::new().init();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    // Teacher forcing over the whole row: a 1-token prompt and a 255-token completion.
+    let batch = random_batch(&mut rng, TRAIN_BATCH, 1, TRAIN_SEQ - 1);
+    let mut step = |model: Transformer<B>| {
+        let loss = sft_loss(&model, &batch);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = optim.step(1e-4, model, grads);
+        let _ = model.embed_tokens.weight.val().slice([0..1, 0..1]).into_data();
+        model
+    };
+    model = step(model);
+    let steps = 3;
+    let (_, elapsed) = seconds(|| {
+        for _ in 0..steps {
+            model = step(model.clone());
+        }
+    });
+    let tokens = (steps * TRAIN_BATCH * TRAIN_SEQ) as f64;
+    let flops_per_token = 3.0 * forward_flops(config, TRAIN_SEQ as f64);
+    let gflops = tokens * flops_per_token / elapsed / 1e9;
+    rows.push(Row {
+        backend: name,
+        what: format!("train {TRAIN_BATCH}x{TRAIN_SEQ} (fwd+bwd+AdamW)"),
+        tokens_per_s: tokens / elapsed,
+        gflops,
+        fraction: gflops / peak,
+    });
+}
+
+fn decode<B: Backend>(config: &TransformerConfig, name: &'static str, peak: f64, rows: &mut Vec<Row>) {
+    let device = Default::default();
+    let model: Transformer<B> = config.init_seeded(1, &device);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let sampling = SamplingConfig::greedy(GEN_TOKENS);
+    let mean_context = (GEN_PROMPT + GEN_TOKENS / 2) as f64;
+    for batch in [1, 8, 32] {
+        let prompts: Vec<Vec<u32>> = random_batch(&mut rng, batch, GEN_PROMPT, 0)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        let _ = generate(&model, &prompts[..1], &SamplingConfig::greedy(4), &[], &mut rng);
+        let (out, elapsed) = seconds(|| generate(&model, &prompts, &sampling, &[], &mut rng));
+        let tokens = out.iter().map(|g| g.tokens.len()).sum::<usize>() as f64;
+        let gflops = tokens * forward_flops(config, mean_context) / elapsed / 1e9;
+        rows.push(Row {
+            backend: name,
+            what: format!("generate, KV cache, batch {batch}, {GEN_PROMPT}+{GEN_TOKENS} tokens"),
+            tokens_per_s: tokens / elapsed,
+            gflops,
+            fraction: gflops / peak,
+        });
+    }
+    // Full recomputation: every new token reruns the whole 256-token sequence.
+    let seq = GEN_PROMPT + GEN_TOKENS;
+    let ids: Vec<i64> = (0..seq).map(|_| rng.random_range(0..VOCAB as i64)).collect();
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, seq]), &device);
+    let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; seq], [1, seq]), &device);
+    let run = || {
+        let logits = model.forward(tokens.clone(), mask.clone());
+        let _ = logits.slice([0..1, seq - 1..seq, 0..1]).into_data();
+    };
+    run();
+    let (_, elapsed) = seconds(|| (0..3).for_each(|_| run()));
+    let per_token = elapsed / 3.0;
+    let gflops = seq as f64 * forward_flops(config, seq as f64) / per_token / 1e9;
+    rows.push(Row {
+        backend: name,
+        what: format!("generate, full recompute at {seq} tokens, batch 1"),
+        tokens_per_s: 1.0 / per_token,
+        gflops,
+        fraction: gflops / peak,
+    });
+}
+
+fn run_backend<B: AutodiffBackend>(name: &'static str, config: &TransformerConfig, rows: &mut Vec<Row>) {
+    let peak = matmul_rate::<B::InnerBackend>();
+    rows.push(Row {
+        backend: name,
+        what: format!("matmul {MATMUL}x{MATMUL}x{MATMUL} f32"),
+        tokens_per_s: f64::NAN,
+        gflops: peak,
+        fraction: 1.0,
+    });
+    train::<B>(config, name, peak, rows);
+    decode::<B::InnerBackend>(config, name, peak, rows);
+}
+
+fn main() {
+    let config = TransformerConfig::tiny(VOCAB);
+    let wanted = std::env::var("POLICY_BENCH_BACKENDS").unwrap_or_else(|_| "flex,ndarray".to_string());
+    println!(
+        "tiny model: hidden {}, {} layers, {} heads ({} kv), ffn {}, vocab {}: {} parameters ({} in matmuls)",
+        config.hidden_size,
+        config.num_hidden_layers,
+        config.num_attention_heads,
+        config.num_kv_heads(),
+        config.intermediate_size,
+        config.vocab_size,
+        config.num_parameters(),
+        config.num_matmul_parameters()
+    );
+    let mut rows = Vec::new();
+    for backend in wanted.split(',') {
+        match backend.trim() {
+            "flex" => run_backend::<Autodiff<Flex>>("flex", &config, &mut rows),
+            "ndarray" => run_backend::<Autodiff<NdArray>>("ndarray", &config, &mut rows),
+            other => eprintln!("unknown backend {other}, skipped"),
+        }
+    }
+    println!("| backend | workload | tokens/s | GFLOP/s | of matmul rate |");
+    println!("|---|---|---:|---:|---:|");
+    for row in &rows {
+        let tokens = if row.tokens_per_s.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{:.0}", row.tokens_per_s)
+        };
+        println!(
+            "| {} | {} | {} | {:.1} | {:.0}% |",
+            row.backend,
+            row.what,
+            tokens,
+            row.gflops,
+            100.0 * row.fraction
+        );
+    }
+    for backend in ["flex", "ndarray"] {
+        let find = |prefix: &str| {
+            rows.iter()
+                .find(|r| r.backend == backend && r.what.starts_with(prefix))
+        };
+        if let (Some(cached), Some(full)) = (find("generate, KV cache, batch 1"), find("generate, full")) {
+            println!(
+                "{backend}: KV cache is {:.1}x faster per token than recomputing 256 tokens",
+                cached.tokens_per_s / full.tokens_per_s
+            );
+        }
+    }
+}
