@@ -9,7 +9,7 @@ use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
-use crate::cache::KvCache;
+use crate::cache::{KvCache, LayerCache};
 use crate::config::TransformerConfig;
 use crate::norm::RmsNorm;
 use crate::rope::{RopeAngles, RotaryEmbedding};
@@ -67,7 +67,7 @@ impl<B: Backend> Attention<B> {
         x: Tensor<B, 3>,
         rope: &RopeAngles<B>,
         masked: Tensor<B, 4, Bool>,
-        cache: Option<&mut (Option<Tensor<B, 4>>, Option<Tensor<B, 4>>)>,
+        cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
         let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -381,7 +381,7 @@ mod tests {
         let device = Default::default();
         let model = TransformerConfig::for_tests().init_seeded::<B>(11, &device);
         let seq = vec![5_i64, 17, 3, 42, 8];
-        let alone = model.forward(tokens(&[seq.clone()]), mask(&[vec![true; 5]]));
+        let alone = model.forward(tokens(std::slice::from_ref(&seq)), mask(&[vec![true; 5]]));
         let expected = row(&alone, 0, 0..5);
 
         let left = [vec![0, 0, 0], seq.clone()].concat();
