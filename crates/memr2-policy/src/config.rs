@@ -98,7 +98,7 @@ fn default_initializer_range() -> f64 {
 }
 
 impl TransformerConfig {
-    /// The built-in small model that trains from scratch on a CPU (about 3.4M parameters with a
+    /// The built-in small model that trains from scratch on a CPU (3,475,712 parameters with a
     /// 2048-token vocabulary): width 256, 4 layers, 4 query heads and 2 key/value heads of
     /// width 64, SwiGLU width 704, tied embeddings, no biases, 2048 positions.
     pub fn tiny(vocab_size: usize) -> Self {
