@@ -9,11 +9,26 @@ use std::process::{Command, ExitCode};
 const FORBIDDEN: &[(&str, &[&str])] = &[
     (
         "memr2-store",
-        &["burn", "memr2-sim", "memr2-policy", "memr2-logo-grpo", "memr2-trainer"],
+        &[
+            "burn",
+            "memr2-sim",
+            "memr2-policy",
+            "memr2-logo-grpo",
+            "memr2-trainer",
+        ],
     ),
-    ("memr2-sim", &["burn", "memr2-policy", "memr2-logo-grpo", "memr2-trainer"]),
-    ("memr2-policy", &["memr2-sim", "memr2-logo-grpo", "memr2-trainer", "memr2-store"]),
-    ("memr2-logo-grpo", &["memr2-policy", "memr2-sim", "memr2-store", "memr2-trainer"]),
+    (
+        "memr2-sim",
+        &["burn", "memr2-policy", "memr2-logo-grpo", "memr2-trainer"],
+    ),
+    (
+        "memr2-policy",
+        &["memr2-sim", "memr2-logo-grpo", "memr2-trainer", "memr2-store"],
+    ),
+    (
+        "memr2-logo-grpo",
+        &["memr2-policy", "memr2-sim", "memr2-store", "memr2-trainer"],
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -38,7 +53,10 @@ fn main() -> ExitCode {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
@@ -61,11 +79,19 @@ fn ci(args: &[String]) -> Result<(), String> {
     run("cargo", &["fmt", "--all", "--", "--check"], &[])?;
     tidy()?;
     if clippy {
-        run("cargo", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
+        run(
+            "cargo",
+            &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+            &[],
+        )?;
     }
     run("cargo", &["nextest", "run", "--workspace", "--no-fail-fast"], &[])?;
     run("cargo", &["test", "--workspace", "--doc"], &[])?;
-    run("cargo", &["doc", "--workspace", "--no-deps"], &[("RUSTDOCFLAGS", "-D warnings")])?;
+    run(
+        "cargo",
+        &["doc", "--workspace", "--no-deps"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
     Ok(())
 }
 
@@ -97,7 +123,10 @@ fn check_boundaries() -> Result<Vec<String>, String> {
         })
         .map_err(|e| format!("could not run cargo metadata: {e}"))?;
     if !out.status.success() {
-        return Err(format!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let meta: serde_json::Value =
         serde_json::from_slice(&out.stdout).map_err(|e| format!("cargo metadata output: {e}"))?;
@@ -105,7 +134,10 @@ fn check_boundaries() -> Result<Vec<String>, String> {
     // package id -> name, and id -> normal (non-dev, non-build) dependency ids.
     let mut names = BTreeMap::new();
     for p in meta["packages"].as_array().into_iter().flatten() {
-        names.insert(p["id"].as_str().unwrap_or_default().to_string(), p["name"].as_str().unwrap_or_default().to_string());
+        names.insert(
+            p["id"].as_str().unwrap_or_default().to_string(),
+            p["name"].as_str().unwrap_or_default().to_string(),
+        );
     }
     let mut edges: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for node in meta["resolve"]["nodes"].as_array().into_iter().flatten() {
@@ -114,7 +146,13 @@ fn check_boundaries() -> Result<Vec<String>, String> {
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|d| d["dep_kinds"].as_array().into_iter().flatten().any(|k| k["kind"].is_null()))
+            .filter(|d| {
+                d["dep_kinds"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|k| k["kind"].is_null())
+            })
             .filter_map(|d| d["pkg"].as_str().map(str::to_string))
             .collect();
         edges.insert(id, deps);
@@ -138,7 +176,9 @@ fn check_boundaries() -> Result<Vec<String>, String> {
         for dep in &seen {
             let name = &names[dep];
             if forbidden.contains(&name.as_str()) {
-                problems.push(format!("{krate} must not depend on {name}, but it does (normal dependencies)"));
+                problems.push(format!(
+                    "{krate} must not depend on {name}, but it does (normal dependencies)"
+                ));
             }
         }
     }
@@ -150,7 +190,9 @@ fn check_headers(root: &Path) -> Vec<String> {
     let mut problems = Vec::new();
     let mut stack = vec![root.join("crates"), root.join("xtask")];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {
@@ -161,7 +203,10 @@ fn check_headers(root: &Path) -> Vec<String> {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
                 let first = text.lines().next().unwrap_or_default();
                 if !first.starts_with("//!") {
-                    problems.push(format!("{} does not open with a //! line", path.strip_prefix(root).unwrap_or(&path).display()));
+                    problems.push(format!(
+                        "{} does not open with a //! line",
+                        path.strip_prefix(root).unwrap_or(&path).display()
+                    ));
                 }
             }
         }

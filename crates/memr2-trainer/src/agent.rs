@@ -2,9 +2,7 @@
 //! and the answerer over a final memory.
 
 use burn::prelude::Backend;
-use memr2_policy::roles::{
-    self, ChatPrompt, ExtractedFact, MemoryOperation, MemoryView, Role, TurnView,
-};
+use memr2_policy::roles::{self, ChatPrompt, ExtractedFact, MemoryOperation, MemoryView, Role, TurnView};
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{SamplingConfig, Transformer};
 use memr2_sim::{Episode, Question};
@@ -59,16 +57,27 @@ impl<B: Backend> Agent<'_, B> {
         if prompts.is_empty() {
             return Vec::new();
         }
-        let ids: Vec<Vec<u32>> =
-            prompts.iter().map(|p| self.tokenizer.chat_prompt(&p.system, &p.user)).collect();
-        let sampling = SamplingConfig { max_new_tokens, temperature, top_p };
+        let ids: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| self.tokenizer.chat_prompt(&p.system, &p.user))
+            .collect();
+        let sampling = SamplingConfig {
+            max_new_tokens,
+            temperature,
+            top_p,
+        };
         let stop = self.tokenizer.stop_ids();
         let out = memr2_policy::generate(self.model, &ids, &sampling, &stop, rng);
         ids.into_iter()
             .zip(out)
             .map(|(prompt, g)| {
                 let text = self.tokenizer.decode(&g.tokens);
-                Generated { prompt, completion: g.tokens, logprobs: g.logprobs, text }
+                Generated {
+                    prompt,
+                    completion: g.tokens,
+                    logprobs: g.logprobs,
+                    text,
+                }
             })
             .collect()
     }
@@ -214,14 +223,23 @@ pub fn run_sessions<B: Backend>(
             let turns: Vec<TurnView<'_>> = chunk
                 .iter()
                 .zip(&dia)
-                .map(|(t, d)| TurnView { dia_id: d, speaker: &t.speaker, text: &t.text })
+                .map(|(t, d)| TurnView {
+                    dia_id: d,
+                    speaker: &t.speaker,
+                    text: &t.text,
+                })
                 .collect();
             prompts.push(roles::extractor_prompt(&session.date, &turns));
             owners.push(j);
         }
     }
-    let outputs =
-        agent.generate(&prompts, cfg.max_extract_tokens, sampling.temperature, sampling.top_p, rng);
+    let outputs = agent.generate(
+        &prompts,
+        cfg.max_extract_tokens,
+        sampling.temperature,
+        sampling.top_p,
+        rng,
+    );
     let mut facts: Vec<Vec<ExtractedFact>> = vec![Vec::new(); jobs.len()];
     for (j, out) in owners.into_iter().zip(outputs) {
         let job = &mut jobs[j];
@@ -247,14 +265,21 @@ pub fn run_sessions<B: Backend>(
         for (j, job) in jobs.iter().enumerate() {
             let Some(fact) = facts[j].get(round) else { continue };
             let memories = retrieve(&job.state.store, &fact.fact, cfg.manager_top_k, cfg.min_score);
-            let views: Vec<MemoryView<'_>> =
-                memories.iter().map(|(alias, _, text)| MemoryView { alias, text }).collect();
+            let views: Vec<MemoryView<'_>> = memories
+                .iter()
+                .map(|(alias, _, text)| MemoryView { alias, text })
+                .collect();
             prompts.push(roles::manager_prompt(&fact.fact, &views));
             owners.push(j);
             shown.push(memories);
         }
-        let outputs =
-            agent.generate(&prompts, cfg.max_manage_tokens, sampling.temperature, sampling.top_p, rng);
+        let outputs = agent.generate(
+            &prompts,
+            cfg.max_manage_tokens,
+            sampling.temperature,
+            sampling.top_p,
+            rng,
+        );
         for ((j, out), memories) in owners.into_iter().zip(outputs).zip(shown) {
             let job = &mut jobs[j];
             let session = job.session;
@@ -263,7 +288,7 @@ pub fn run_sessions<B: Backend>(
                 Ok(ops) => {
                     let speaker = Some(facts[j][round].speaker.clone()).filter(|s| !s.is_empty());
                     for op in ops {
-                        apply(&mut job.state, op, &memories, speaker.clone(), session);
+                        apply(job.state, op, &memories, speaker.clone(), session);
                     }
                 }
                 Err(e) => {
@@ -340,8 +365,10 @@ pub fn answer_questions<B: Backend>(
                 .enumerate()
                 .filter_map(|(i, h)| memory.get(h.id).map(|e| (i.to_string(), e.text.clone())))
                 .collect();
-            let views: Vec<MemoryView<'_>> =
-                texts.iter().map(|(alias, text)| MemoryView { alias, text }).collect();
+            let views: Vec<MemoryView<'_>> = texts
+                .iter()
+                .map(|(alias, text)| MemoryView { alias, text })
+                .collect();
             roles::answerer_prompt(&q.question, &views)
         })
         .collect();

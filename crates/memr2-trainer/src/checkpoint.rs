@@ -62,11 +62,17 @@ struct Manifest {
 }
 
 fn corrupt(path: &Path, reason: impl Into<String>) -> TrainError {
-    TrainError::Checkpoint { path: path.to_path_buf(), reason: reason.into() }
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.to_path_buf(), source }
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn crc_of(path: &Path) -> Result<u32, TrainError> {
@@ -83,9 +89,14 @@ pub fn save<B: Backend, R: burn::record::Record<B>>(
     optim: Option<R>,
     state: Option<&TrainState>,
 ) -> Result<(), TrainError> {
-    let parent = dir.parent().ok_or_else(|| corrupt(dir, "checkpoint path has no parent"))?;
+    let parent = dir
+        .parent()
+        .ok_or_else(|| corrupt(dir, "checkpoint path has no parent"))?;
     std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let name = dir.file_name().and_then(|n| n.to_str()).ok_or_else(|| corrupt(dir, "bad name"))?;
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| corrupt(dir, "bad name"))?;
     let tmp = parent.join(format!(".{name}.tmp"));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
@@ -100,10 +111,17 @@ pub fn save<B: Backend, R: burn::record::Record<B>>(
     checksums.insert(MODEL.to_string(), crc_of(&model_path)?);
     if let Some(record) = optim {
         let optim_path = tmp.join(OPTIM);
-        recorder.record(record, optim_path.clone()).map_err(|e| corrupt(&optim_path, e.to_string()))?;
+        recorder
+            .record(record, optim_path.clone())
+            .map_err(|e| corrupt(&optim_path, e.to_string()))?;
         checksums.insert(OPTIM.to_string(), crc_of(&optim_path)?);
     }
-    let manifest = Manifest { format: 1, model: config.clone(), state: state.cloned(), checksums };
+    let manifest = Manifest {
+        format: 1,
+        model: config.clone(),
+        state: state.cloned(),
+        checksums,
+    };
     let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
     let state_path = tmp.join(STATE);
     std::fs::write(&state_path, text).map_err(io(&state_path))?;
@@ -169,13 +187,19 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>, Tra
     let manifest: Manifest =
         serde_json::from_str(&text).map_err(|e| corrupt(&state_path, format!("malformed: {e}")))?;
     if manifest.format != 1 {
-        return Err(corrupt(&state_path, format!("unknown checkpoint format {}", manifest.format)));
+        return Err(corrupt(
+            &state_path,
+            format!("unknown checkpoint format {}", manifest.format),
+        ));
     }
     for (file, expected) in &manifest.checksums {
         let path = dir.join(file);
         let actual = crc_of(&path)?;
         if actual != *expected {
-            return Err(corrupt(&path, format!("checksum mismatch (expected {expected:08x}, found {actual:08x})")));
+            return Err(corrupt(
+                &path,
+                format!("checksum mismatch (expected {expected:08x}, found {actual:08x})"),
+            ));
         }
     }
     let model_path = dir.join(MODEL);
@@ -187,7 +211,12 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>, Tra
         .map_err(|e| corrupt(&model_path, format!("weights do not load: {e}")))?;
     let model = manifest.model.init::<B>(device).load_record(record);
     let optim = manifest.checksums.contains_key(OPTIM).then(|| dir.join(OPTIM));
-    Ok(Loaded { model, config: manifest.model, state: manifest.state, optim })
+    Ok(Loaded {
+        model,
+        config: manifest.model,
+        state: manifest.state,
+        optim,
+    })
 }
 
 #[cfg(test)]
@@ -215,7 +244,10 @@ mod tests {
         let config = tiny();
         let model = config.init::<B>(&device);
         let state = TrainState {
-            phase: Phase::Rl { stage: 1, steps_done: 3 },
+            phase: Phase::Rl {
+                stage: 1,
+                steps_done: 3,
+            },
             step: 7,
             rng: ChaCha8Rng::seed_from_u64(5),
             metrics_lines: 7,
@@ -234,7 +266,10 @@ mod tests {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xff;
         std::fs::write(&weights, &bytes).unwrap();
-        let err = load::<B>(&path, &device).err().expect("corrupt weights must not load").to_string();
+        let err = load::<B>(&path, &device)
+            .err()
+            .expect("corrupt weights must not load")
+            .to_string();
         assert!(err.contains("checksum"), "{err}");
 
         // Truncated manifest and missing directory are errors too.

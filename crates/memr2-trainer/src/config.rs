@@ -187,12 +187,22 @@ impl TrainConfig {
     /// two cores; the objective's defaults are the paper's, except the group sizes (n = 4,
     /// k = 4 instead of 8 and 4), which the CPU budget forces.
     pub fn default_cpu() -> Self {
-        let mut logo = LogoGrpoConfig::default();
-        logo.n_rollouts = 4;
+        let logo = LogoGrpoConfig {
+            n_rollouts: 4,
+            ..LogoGrpoConfig::default()
+        };
         Self {
             seed: 0,
-            data: DataSpec::Synthetic { size: WorldSize::Default, seed: 7 },
-            model: ModelSpec::Tiny { vocab_size: 1024, hidden_size: 128, layers: 4, heads: 4 },
+            data: DataSpec::Synthetic {
+                size: WorldSize::Default,
+                seed: 7,
+            },
+            model: ModelSpec::Tiny {
+                vocab_size: 1024,
+                hidden_size: 128,
+                layers: 4,
+                heads: 4,
+            },
             agent: AgentConfig::default(),
             sft: SftConfig {
                 epochs: 3,
@@ -211,31 +221,59 @@ impl TrainConfig {
                 temperature: 1.0,
                 top_p: 1.0,
             },
-            curriculum: CurriculumConfig { horizons: vec![8, 16, 32], steps_per_stage: 12, validate_every: 4 },
-            eval: EvalConfig { validation_episodes: 2, test_episodes: 8, sessions: 32 },
+            curriculum: CurriculumConfig {
+                horizons: vec![8, 16, 32],
+                steps_per_stage: 12,
+                validate_every: 4,
+            },
+            eval: EvalConfig {
+                validation_episodes: 2,
+                test_episodes: 8,
+                sessions: 32,
+            },
         }
     }
 
     /// A run of a few minutes: smoke-sized world, two short stages.
     pub fn smoke() -> Self {
         let mut config = Self::default_cpu();
-        config.data = DataSpec::Synthetic { size: WorldSize::Smoke, seed: 7 };
-        config.model = ModelSpec::Tiny { vocab_size: 512, hidden_size: 64, layers: 2, heads: 4 };
+        config.data = DataSpec::Synthetic {
+            size: WorldSize::Smoke,
+            seed: 7,
+        };
+        config.model = ModelSpec::Tiny {
+            vocab_size: 512,
+            hidden_size: 64,
+            layers: 2,
+            heads: 4,
+        };
         config.sft.epochs = 2;
         config.rl.logo.n_rollouts = 3;
         config.rl.logo.k_rerollouts = 2;
         config.rl.logo.p_local = 0.5;
-        config.curriculum = CurriculumConfig { horizons: vec![4, 8], steps_per_stage: 2, validate_every: 2 };
-        config.eval = EvalConfig { validation_episodes: 1, test_episodes: 2, sessions: 8 };
+        config.curriculum = CurriculumConfig {
+            horizons: vec![4, 8],
+            steps_per_stage: 2,
+            validate_every: 2,
+        };
+        config.eval = EvalConfig {
+            validation_episodes: 1,
+            test_episodes: 2,
+            sessions: 8,
+        };
         config
     }
 
     /// Reads a JSON configuration file.
     pub fn from_file(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
-        let config: Self = serde_json::from_str(&text)
-            .map_err(|source| TrainError::Config { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Self = serde_json::from_str(&text).map_err(|source| TrainError::Config {
+            path: path.to_path_buf(),
+            source,
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -243,7 +281,10 @@ impl TrainConfig {
     /// Rejects bad values and bad combinations before any work starts.
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |what: String| Err(TrainError::Invalid(what));
-        self.rl.logo.validate().map_err(|e| TrainError::Invalid(e.to_string()))?;
+        self.rl
+            .logo
+            .validate()
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
         if self.curriculum.horizons.is_empty() {
             return bad("curriculum.horizons is empty".into());
         }
@@ -260,10 +301,16 @@ impl TrainConfig {
             return bad("rl.episodes_per_step and rl.minibatch_size must be at least 1".into());
         }
         if !(self.rl.learning_rate > 0.0 && self.rl.learning_rate.is_finite()) {
-            return bad(format!("rl.learning_rate must be positive, got {}", self.rl.learning_rate));
+            return bad(format!(
+                "rl.learning_rate must be positive, got {}",
+                self.rl.learning_rate
+            ));
         }
         if !(self.sft.learning_rate > 0.0 && self.sft.learning_rate.is_finite()) {
-            return bad(format!("sft.learning_rate must be positive, got {}", self.sft.learning_rate));
+            return bad(format!(
+                "sft.learning_rate must be positive, got {}",
+                self.sft.learning_rate
+            ));
         }
         if self.sft.batch_size == 0 {
             return bad("sft.batch_size must be at least 1".into());
@@ -277,10 +324,12 @@ impl TrainConfig {
                 return bad(format!("{name} is a probability, got {p}"));
             }
         }
-        if !(self.rl.max_grad_norm > 0.0) {
+        if self.rl.max_grad_norm.is_nan() || self.rl.max_grad_norm <= 0.0 {
             return bad("rl.max_grad_norm must be positive".into());
         }
-        if !(self.rl.temperature >= 0.0) || !(self.rl.top_p > 0.0 && self.rl.top_p <= 1.0) {
+        let temperature_ok = self.rl.temperature >= 0.0;
+        let top_p_ok = self.rl.top_p > 0.0 && self.rl.top_p <= 1.0;
+        if !temperature_ok || !top_p_ok {
             return bad("rl.temperature must be >= 0 and rl.top_p in (0, 1]".into());
         }
         let a = &self.agent;
@@ -293,14 +342,22 @@ impl TrainConfig {
         if self.eval.sessions == 0 {
             return bad("eval.sessions must be at least 1".into());
         }
-        if let ModelSpec::Tiny { vocab_size, hidden_size, layers, heads } = &self.model {
+        if let ModelSpec::Tiny {
+            vocab_size,
+            hidden_size,
+            layers,
+            heads,
+        } = &self.model
+        {
             if *heads == 0 || hidden_size % heads != 0 || (hidden_size / heads) % 2 != 0 {
                 return bad(format!(
                     "model.hidden_size ({hidden_size}) must split into an even head size over {heads} heads"
                 ));
             }
             if *layers == 0 || *vocab_size < 300 {
-                return bad("model.layers must be >= 1 and model.vocab_size >= 300 (256 bytes + specials)".into());
+                return bad(
+                    "model.layers must be >= 1 and model.vocab_size >= 300 (256 bytes + specials)".into(),
+                );
             }
         }
         Ok(())
@@ -346,7 +403,12 @@ mod tests {
         c.curriculum.horizons = vec![16, 8];
         assert!(c.validate().is_err());
         let mut c = TrainConfig::smoke();
-        c.model = ModelSpec::Tiny { vocab_size: 512, hidden_size: 66, layers: 2, heads: 4 };
+        c.model = ModelSpec::Tiny {
+            vocab_size: 512,
+            hidden_size: 66,
+            layers: 2,
+            heads: 4,
+        };
         assert!(c.validate().is_err());
         let mut c = TrainConfig::smoke();
         c.sft.drop_fact = 1.5;

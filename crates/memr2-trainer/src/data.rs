@@ -45,7 +45,10 @@ pub fn splits(spec: &DataSpec) -> Result<Splits, TrainError> {
         test: env.episodes(Split::Test),
     };
     if splits.train.is_empty() {
-        return Err(TrainError::Invalid(format!("environment {} has no training episodes", env.name())));
+        return Err(TrainError::Invalid(format!(
+            "environment {} has no training episodes",
+            env.name()
+        )));
     }
     Ok(splits)
 }

@@ -39,21 +39,40 @@ pub fn final_memories<B: Backend>(
             .map(|e| {
                 let mut teacher = Teacher::new(TeacherConfig::perfect(), 0);
                 let (_, snapshots) = teacher_replay(e, e.sessions.len(), &mut teacher, cfg);
-                let last: Snapshot = snapshots.last().cloned().unwrap_or_else(|| Store::new().snapshot());
-                RolloutState { store: last.branch(), snapshots, ..RolloutState::new() }
+                let last: Snapshot = snapshots
+                    .last()
+                    .cloned()
+                    .unwrap_or_else(|| Store::new().snapshot());
+                RolloutState {
+                    store: last.branch(),
+                    snapshots,
+                    ..RolloutState::new()
+                }
             })
             .collect(),
         MemorySource::Policy(model) => {
-            let agent = Agent { model: *model, tokenizer, config: cfg };
+            let agent = Agent {
+                model: *model,
+                tokenizer,
+                config: cfg,
+            };
             let mut states: Vec<RolloutState> = episodes.iter().map(|_| RolloutState::new()).collect();
             let horizon = episodes.iter().map(|e| e.sessions.len()).max().unwrap_or(0);
-            let sampling = RolloutSampling { temperature: 0.0, top_p: 1.0, record: false };
+            let sampling = RolloutSampling {
+                temperature: 0.0,
+                top_p: 1.0,
+                record: false,
+            };
             for s in 1..=horizon as u32 {
                 let mut jobs: Vec<SessionJob<'_>> = episodes
                     .iter()
                     .zip(states.iter_mut())
                     .filter(|(e, _)| e.sessions.len() >= s as usize)
-                    .map(|(episode, state)| SessionJob { episode, session: s, state })
+                    .map(|(episode, state)| SessionJob {
+                        episode,
+                        session: s,
+                        state,
+                    })
                     .collect();
                 run_sessions(&agent, &mut jobs, sampling, rng);
             }
@@ -71,7 +90,11 @@ pub fn score_memories<B: Backend>(
     memories: &[RolloutState],
     rng: &mut ChaCha8Rng,
 ) -> ScoreBoard {
-    let agent = Agent { model: answerer, tokenizer, config: cfg };
+    let agent = Agent {
+        model: answerer,
+        tokenizer,
+        config: cfg,
+    };
     let mut items = Vec::new();
     for (episode, state) in episodes.iter().zip(memories) {
         let last = state.snapshots.last().expect("a rollout has a snapshot");
@@ -104,7 +127,10 @@ pub fn report_table(rows: &[(String, ScoreBoard)]) -> String {
     let categories: Vec<Category> = Category::ALL
         .iter()
         .copied()
-        .filter(|c| rows.iter().any(|(_, b)| b.categories().iter().any(|(k, _)| k == c)))
+        .filter(|c| {
+            rows.iter()
+                .any(|(_, b)| b.categories().iter().any(|(k, _)| k == c))
+        })
         .collect();
     let mut out = String::new();
     let _ = write!(out, "| system | F1 | EM | BLEU-1 |");
@@ -118,7 +144,13 @@ pub fn report_table(rows: &[(String, ScoreBoard)]) -> String {
     out.push_str("---:|\n");
     for (name, board) in rows {
         let all = board.overall();
-        let _ = write!(out, "| {name} | {:.1} | {:.1} | {:.1} |", 100.0 * all.f1, 100.0 * all.em, 100.0 * all.bleu1);
+        let _ = write!(
+            out,
+            "| {name} | {:.1} | {:.1} | {:.1} |",
+            100.0 * all.f1,
+            100.0 * all.em,
+            100.0 * all.bleu1
+        );
         let per = board.categories();
         for c in &categories {
             match per.iter().find(|(k, _)| k == c) {

@@ -17,7 +17,11 @@ use memr2_trainer::eval::report_table;
 use memr2_trainer::train::{self, Event, RunDir, RunOptions};
 
 #[derive(Parser)]
-#[command(name = "memr2", version, about = "RL-trained long-term memory for LLM agents (Memory-R2, LoGo-GRPO)")]
+#[command(
+    name = "memr2",
+    version,
+    about = "RL-trained long-term memory for LLM agents (Memory-R2, LoGo-GRPO)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -212,7 +216,8 @@ fn compiled_backends() -> Vec<&'static str> {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,memr2=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,memr2=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -226,8 +231,12 @@ fn real_main() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train_command(args),
         Command::Eval(args) => with_backend!(args.backend, |B, device| eval_command::<B>(&args, &device)),
-        Command::Inspect(args) => with_backend!(args.backend, |B, device| inspect_command::<B>(&args, &device)),
-        Command::Data { command: DataCommand::Stats { data, preset } } => data_stats(data, preset),
+        Command::Inspect(args) => {
+            with_backend!(args.backend, |B, device| inspect_command::<B>(&args, &device))
+        }
+        Command::Data {
+            command: DataCommand::Stats { data, preset },
+        } => data_stats(data, preset),
     }
 }
 
@@ -267,9 +276,11 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
 fn progress_bar() -> ProgressBar {
     let bar = ProgressBar::new(1);
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} {msg} (elapsed {elapsed}, eta {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>28} [{bar:30}] {pos}/{len} {msg} (elapsed {elapsed}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(500));
     bar
@@ -277,18 +288,32 @@ fn progress_bar() -> ProgressBar {
 
 fn train_command(args: TrainArgs) -> Result<()> {
     let (config, options) = match &args.resume {
-        Some(dir) => (TrainConfig::from_file(&RunDir(dir.clone()).config())?, RunOptions {
-            dir: dir.clone(),
-            resume: true,
-            ..RunOptions::default()
-        }),
+        Some(dir) => (
+            TrainConfig::from_file(&RunDir(dir.clone()).config())?,
+            RunOptions {
+                dir: dir.clone(),
+                resume: true,
+                ..RunOptions::default()
+            },
+        ),
         None => {
             let config = resolve_config(&args)?;
             let dir = args.run_dir.clone().unwrap_or_else(|| {
-                let name = format!("{}-seed{}", format!("{:?}", args.preset).to_lowercase(), config.seed);
+                let name = format!(
+                    "{}-seed{}",
+                    format!("{:?}", args.preset).to_lowercase(),
+                    config.seed
+                );
                 PathBuf::from("runs").join(name)
             });
-            (config, RunOptions { dir, init_from: args.init_from.clone(), ..RunOptions::default() })
+            (
+                config,
+                RunOptions {
+                    dir,
+                    init_from: args.init_from.clone(),
+                    ..RunOptions::default()
+                },
+            )
         }
     };
     if args.print_config {
@@ -296,7 +321,8 @@ fn train_command(args: TrainArgs) -> Result<()> {
         return Ok(());
     }
     let bar = progress_bar();
-    let mut observe = |event: Event<'_>| match event {
+    let mut observe = |event: Event<'_>| {
+        match event {
         Event::Phase { name, total } => {
             bar.reset();
             bar.set_length(total);
@@ -322,9 +348,15 @@ fn train_command(args: TrainArgs) -> Result<()> {
             m.format_errors,
             m.step_s
         )),
+    }
     };
-    let report = with_backend!(args.backend, |B, device| train::run::<B>(config, &options, &device, &mut observe)
-        .with_context(|| format!("training run {}", options.dir.display()))?);
+    let report = with_backend!(args.backend, |B, device| train::run::<B>(
+        config,
+        &options,
+        &device,
+        &mut observe
+    )
+    .with_context(|| format!("training run {}", options.dir.display()))?);
     bar.finish_and_clear();
     println!("{}", report.table);
     println!("run directory: {}", report.dir.display());
@@ -345,12 +377,21 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
     let load = |dir: &Path| -> Result<_> { Ok(checkpoint::load::<B>(dir, device)?.model.valid()) };
     let sft = load(&run.checkpoint("sft"))?;
     let logo = load(&run.checkpoint("final"))?;
-    let grpo = args.grpo.as_ref().map(|d| load(&RunDir(d.clone()).checkpoint("final"))).transpose()?;
-    let mut systems: Vec<(&str, Option<&memr2_policy::Transformer<B::InnerBackend>>)> = vec![("SFT only", Some(&sft))];
+    let grpo = args
+        .grpo
+        .as_ref()
+        .map(|d| load(&RunDir(d.clone()).checkpoint("final")))
+        .transpose()?;
+    let mut systems: Vec<(&str, Option<&memr2_policy::Transformer<B::InnerBackend>>)> =
+        vec![("SFT only", Some(&sft))];
     if let Some(g) = &grpo {
         systems.push(("GRPO (global only)", Some(g)));
     }
-    let name = if config.rl.logo.p_local > 0.0 { "LoGo-GRPO" } else { "GRPO (global only)" };
+    let name = if config.rl.logo.p_local > 0.0 {
+        "LoGo-GRPO"
+    } else {
+        "GRPO (global only)"
+    };
     systems.push((name, Some(&logo)));
     let rows = train::final_evaluation(&config, &data, &tokenizer, &sft, &systems, &mut |_| {})?;
     println!(
@@ -369,20 +410,45 @@ fn inspect_command<B: AutodiffBackend>(args: &InspectArgs, device: &B::Device) -
     let config = TrainConfig::from_file(&run.config())?;
     let data = splits(&config.data)?;
     let tokenizer = Tokenizer::from_file(&run.tokenizer())?;
-    let dir = if run.checkpoint("final").exists() { run.checkpoint("final") } else { run.checkpoint("latest") };
+    let dir = if run.checkpoint("final").exists() {
+        run.checkpoint("final")
+    } else {
+        run.checkpoint("latest")
+    };
     let model = checkpoint::load::<B>(&dir, device)?.model.valid();
     let Some(episode) = data.test.get(args.episode) else {
-        bail!("there are {} test conversations; --episode {} is out of range", data.test.len(), args.episode)
+        bail!(
+            "there are {} test conversations; --episode {} is out of range",
+            data.test.len(),
+            args.episode
+        )
     };
     let episode = episode.with_horizon(args.sessions);
-    let agent = Agent { model: &model, tokenizer: &tokenizer, config: &config.agent };
+    let agent = Agent {
+        model: &model,
+        tokenizer: &tokenizer,
+        config: &config.agent,
+    };
     let mut state = RolloutState::new();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
-    let sampling = RolloutSampling { temperature: 0.0, top_p: 1.0, record: false };
-    println!("conversation {} ({} sessions, {} questions)", episode.id, episode.sessions.len(), episode.questions.len());
+    let sampling = RolloutSampling {
+        temperature: 0.0,
+        top_p: 1.0,
+        record: false,
+    };
+    println!(
+        "conversation {} ({} sessions, {} questions)",
+        episode.id,
+        episode.sessions.len(),
+        episode.questions.len()
+    );
     for session in &episode.sessions {
         let before = state.store.operation_count();
-        let mut jobs = [SessionJob { episode: &episode, session: session.index, state: &mut state }];
+        let mut jobs = [SessionJob {
+            episode: &episode,
+            session: session.index,
+            state: &mut state,
+        }];
         run_sessions(&agent, &mut jobs, sampling, &mut rng);
         println!("\n== session {} ({}) ==", session.index, session.date);
         for turn in &session.turns {
@@ -400,7 +466,10 @@ fn inspect_command<B: AutodiffBackend>(args: &InspectArgs, device: &B::Device) -
         }
         println!("  -- memory ({} entries)", state.store.len());
         for entry in state.store.entries() {
-            println!("  {} [s{}..s{}] {}", entry.id, entry.created_session, entry.updated_session, entry.text);
+            println!(
+                "  {} [s{}..s{}] {}",
+                entry.id, entry.created_session, entry.updated_session, entry.text
+            );
         }
     }
     println!("\n== history of each memory ==");
@@ -410,7 +479,14 @@ fn inspect_command<B: AutodiffBackend>(args: &InspectArgs, device: &B::Device) -
             .store
             .history(id)
             .iter()
-            .map(|h| format!("s{} {:?} {}", h.session, h.event, h.new_text.as_deref().unwrap_or("(deleted)")))
+            .map(|h| {
+                format!(
+                    "s{} {:?} {}",
+                    h.session,
+                    h.event,
+                    h.new_text.as_deref().unwrap_or("(deleted)")
+                )
+            })
             .collect();
         println!("  {id}: {}", versions.join(" -> "));
     }
@@ -422,8 +498,15 @@ fn data_stats(data: Option<PathBuf>, preset: Preset) -> Result<()> {
         // Every conversation and question, adversarial ones included, as the file has them.
         let locomo = memr2_sim::Locomo::load(path)?;
         let s = memr2_sim::stats(locomo.all_episodes());
-        println!("LoCoMo {}: {} conversations, {} sessions, {} turns, {} questions ({} without adversarial)",
-            path.display(), s.conversations, s.sessions, s.turns, s.questions, s.questions_non_adversarial);
+        println!(
+            "LoCoMo {}: {} conversations, {} sessions, {} turns, {} questions ({} without adversarial)",
+            path.display(),
+            s.conversations,
+            s.sessions,
+            s.turns,
+            s.questions,
+            s.questions_non_adversarial
+        );
         for note in locomo.skipped() {
             println!("skipped: {note}");
         }
@@ -437,7 +520,11 @@ fn data_stats(data: Option<PathBuf>, preset: Preset) -> Result<()> {
     println!("| split | conversations | sessions | turns | questions | without adversarial |");
     println!("|---|---:|---:|---:|---:|---:|");
     let mut all = Vec::new();
-    for (name, split) in [("train", Split::Train), ("validation", Split::Validation), ("test", Split::Test)] {
+    for (name, split) in [
+        ("train", Split::Train),
+        ("validation", Split::Validation),
+        ("test", Split::Test),
+    ] {
         let episodes = env.episodes(split);
         let s = memr2_sim::stats(&episodes);
         println!(
@@ -453,4 +540,3 @@ fn data_stats(data: Option<PathBuf>, preset: Preset) -> Result<()> {
     );
     Ok(())
 }
-

@@ -17,7 +17,10 @@ impl MetricsLog {
     /// Opens the log for a run, keeping exactly its first `keep` lines (what the checkpoint
     /// being resumed had seen) and dropping lines written after it.
     pub fn open(path: &Path, keep: u64) -> Result<Self, TrainError> {
-        let io = |source| TrainError::Io { path: path.to_path_buf(), source };
+        let io = |source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let existing = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -35,14 +38,24 @@ impl MetricsLog {
             text.push('\n');
         }
         std::fs::write(path, text).map_err(io)?;
-        Ok(Self { path: path.to_path_buf(), lines: keep })
+        Ok(Self {
+            path: path.to_path_buf(),
+            lines: keep,
+        })
     }
 
     /// Appends a record as one line and flushes it.
     pub fn append<T: Serialize>(&mut self, record: &T) -> Result<(), TrainError> {
-        let io = |source| TrainError::Io { path: self.path.clone(), source };
+        let io = |source| TrainError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let line = serde_json::to_string(record).expect("metrics serialise");
-        let mut file = std::fs::OpenOptions::new().append(true).create(true).open(&self.path).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.path)
+            .map_err(io)?;
         writeln!(file, "{line}").map_err(io)?;
         self.lines += 1;
         Ok(())
@@ -55,8 +68,10 @@ impl MetricsLog {
 
     /// Reads every record back.
     pub fn read(path: &Path) -> Result<Vec<serde_json::Value>, TrainError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         text.lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| {

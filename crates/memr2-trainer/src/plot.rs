@@ -34,7 +34,10 @@ fn series(records: &[Value], lines: &[(&str, &str)]) -> Vec<Series> {
 
 /// Draws lines into an SVG file.
 pub fn line_chart(path: &Path, title: &str, lines: &[Series]) -> Result<(), TrainError> {
-    let err = |e: String| TrainError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) };
+    let err = |e: String| TrainError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    };
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for (_, points) in lines {
         for &(x, y) in points {
@@ -60,7 +63,11 @@ pub fn line_chart(path: &Path, title: &str, lines: &[Series]) -> Result<(), Trai
         .y_label_area_size(56)
         .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
         .map_err(|e| err(e.to_string()))?;
-    chart.configure_mesh().x_desc("step").draw().map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
     for (i, (name, points)) in lines.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
@@ -81,7 +88,10 @@ pub fn line_chart(path: &Path, title: &str, lines: &[Series]) -> Result<(), Trai
 
 /// Writes every chart of a run from its metrics records into `dir`; returns the files.
 pub fn plot_run(records: &[Value], dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
-    std::fs::create_dir_all(dir).map_err(|source| TrainError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut categories: Vec<String> = records
         .iter()
         .filter_map(|r| r.get("f1_by_category").and_then(Value::as_object))
@@ -90,26 +100,46 @@ pub fn plot_run(records: &[Value], dir: &Path) -> Result<Vec<PathBuf>, TrainErro
     categories.sort();
     categories.dedup();
     let f1_pointers: Vec<(String, String)> = std::iter::once(("all".to_string(), "/f1".to_string()))
-        .chain(categories.iter().map(|c| (c.clone(), format!("/f1_by_category/{c}"))))
+        .chain(
+            categories
+                .iter()
+                .map(|c| (c.clone(), format!("/f1_by_category/{c}"))),
+        )
         .collect();
-    let f1_lines: Vec<(&str, &str)> = f1_pointers.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    let charts: Vec<(&str, &str, Vec<(&str, &str)>)> = vec![
+    let f1_lines: Vec<(&str, &str)> = f1_pointers
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    // (file, title, [(line name, JSON pointer)])
+    type Chart<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+    let charts: Vec<Chart<'_>> = vec![
         (
             "reward.svg",
             "reward",
-            vec![("global mean", "/reward_global/mean"), ("local mean", "/reward_local/mean")],
+            vec![
+                ("global mean", "/reward_global/mean"),
+                ("local mean", "/reward_local/mean"),
+            ],
         ),
         ("f1.svg", "F1 by category (global rollouts)", f1_lines),
         ("kl.svg", "KL to reference", vec![("kl", "/update/kl")]),
         (
             "ops.svg",
             "memory operations per step",
-            vec![("ADD", "/ops/add"), ("UPDATE", "/ops/update"), ("DELETE", "/ops/delete"), ("NOOP", "/ops/noop")],
+            vec![
+                ("ADD", "/ops/add"),
+                ("UPDATE", "/ops/update"),
+                ("DELETE", "/ops/delete"),
+                ("NOOP", "/ops/noop"),
+            ],
         ),
         (
             "memory.svg",
             "final memory size",
-            vec![("entries", "/memory_entries"), ("tokens / 10", "/memory_tokens_tenths")],
+            vec![
+                ("entries", "/memory_entries"),
+                ("tokens / 10", "/memory_tokens_tenths"),
+            ],
         ),
     ];
     // Derived field for the memory chart (tokens on the entries' scale).

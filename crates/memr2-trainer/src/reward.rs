@@ -57,14 +57,25 @@ pub fn rollout_reward(
             slot.1 += 1;
         }
     }
-    let session_f1: Vec<Option<f64>> =
-        sums.iter().map(|&(sum, n)| (n > 0).then(|| sum / n as f64)).collect();
-    let mean_f1 = if f1.is_empty() { 0.0 } else { f1.iter().sum::<f64>() / f1.len() as f64 };
-    let penalties: Vec<f64> =
-        (1..=horizon).map(|s| penalty_after(&snapshots[s], session_tokens[s - 1], counter)).collect();
+    let session_f1: Vec<Option<f64>> = sums
+        .iter()
+        .map(|&(sum, n)| (n > 0).then(|| sum / n as f64))
+        .collect();
+    let mean_f1 = if f1.is_empty() {
+        0.0
+    } else {
+        f1.iter().sum::<f64>() / f1.len() as f64
+    };
+    let penalties: Vec<f64> = (1..=horizon)
+        .map(|s| penalty_after(&snapshots[s], session_tokens[s - 1], counter))
+        .collect();
     let per_session = session_rewards(mode, &session_f1, mean_f1, &penalties, lambda)?;
     let mean_penalty = penalties.iter().sum::<f64>() / horizon.max(1) as f64;
-    Ok(RolloutReward { per_session, mean_f1, mean_penalty })
+    Ok(RolloutReward {
+        per_session,
+        mean_f1,
+        mean_penalty,
+    })
 }
 
 /// F1 of predictions against their questions, also added to a per-category board.
@@ -98,7 +109,15 @@ mod tests {
     fn per_session_rewards_follow_question_sessions() {
         let mut store = Store::new();
         let mut snaps = vec![store.snapshot()];
-        store.apply(Operation::Add { text: "a b".into(), speaker: None }, 1).unwrap();
+        store
+            .apply(
+                Operation::Add {
+                    text: "a b".into(),
+                    speaker: None,
+                },
+                1,
+            )
+            .unwrap();
         snaps.push(store.snapshot());
         snaps.push(store.snapshot());
         let (q1, q2) = (q(1), q(2));
@@ -123,10 +142,27 @@ mod tests {
     fn oversized_memory_is_penalised() {
         let mut store = Store::new();
         let mut snaps = vec![store.snapshot()];
-        store.apply(Operation::Add { text: "w ".repeat(50), speaker: None }, 1).unwrap();
+        store
+            .apply(
+                Operation::Add {
+                    text: "w ".repeat(50),
+                    speaker: None,
+                },
+                1,
+            )
+            .unwrap();
         snaps.push(store.snapshot());
         let q1 = q(1);
-        let r = rollout_reward(RewardMode::Global, 0.3, &[&q1], &[1.0], &snaps, &[10], &WhitespaceCounter).unwrap();
+        let r = rollout_reward(
+            RewardMode::Global,
+            0.3,
+            &[&q1],
+            &[1.0],
+            &snaps,
+            &[10],
+            &WhitespaceCounter,
+        )
+        .unwrap();
         // c = (50 - 7) / 10 = 4.3; r = 1 - 0.3 * 4.3.
         assert!((r.per_session[0] - (1.0 - 0.3 * 4.3)).abs() < 1e-9, "{:?}", r);
     }

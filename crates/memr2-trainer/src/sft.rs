@@ -43,7 +43,11 @@ pub fn teacher_replay(
             let turns: Vec<TurnView<'_>> = chunk
                 .iter()
                 .zip(&dia)
-                .map(|(t, d)| TurnView { dia_id: d, speaker: &t.speaker, text: &t.text })
+                .map(|(t, d)| TurnView {
+                    dia_id: d,
+                    speaker: &t.speaker,
+                    text: &t.text,
+                })
                 .collect();
             let mut facts = teacher.facts(episode, chunk);
             facts.truncate(cfg.max_facts_per_chunk);
@@ -67,17 +71,21 @@ pub fn teacher_replay(
                     .enumerate()
                     .filter_map(|(i, h)| store.get(h.id).map(|e| (i.to_string(), h.id, e.text.clone())))
                     .collect();
-                let pairs: Vec<(String, String)> = shown.iter().map(|(a, _, t)| (a.clone(), t.clone())).collect();
+                let pairs: Vec<(String, String)> =
+                    shown.iter().map(|(a, _, t)| (a.clone(), t.clone())).collect();
                 let ops = teacher.operations(fact, &pairs);
-                let views: Vec<MemoryView<'_>> =
-                    shown.iter().map(|(alias, _, text)| MemoryView { alias, text }).collect();
+                let views: Vec<MemoryView<'_>> = shown
+                    .iter()
+                    .map(|(alias, _, text)| MemoryView { alias, text })
+                    .collect();
                 let rendered: Vec<MemoryOperation> = ops
                     .iter()
                     .map(|op| match op {
                         OracleOp::Add { text } => MemoryOperation::Add { text: text.clone() },
-                        OracleOp::Update { alias, text } => {
-                            MemoryOperation::Update { id: alias.clone(), text: text.clone() }
-                        }
+                        OracleOp::Update { alias, text } => MemoryOperation::Update {
+                            id: alias.clone(),
+                            text: text.clone(),
+                        },
                         OracleOp::Delete { alias } => MemoryOperation::Delete { id: alias.clone() },
                     })
                     .collect();
@@ -87,10 +95,16 @@ pub fn teacher_replay(
                     completion: roles::render_operations(&rendered),
                 });
                 for op in ops {
-                    let resolve = |alias: &str| shown.iter().find(|(a, _, _)| a == alias).map(|(_, id, _)| *id);
+                    let resolve =
+                        |alias: &str| shown.iter().find(|(a, _, _)| a == alias).map(|(_, id, _)| *id);
                     let op = match op {
-                        OracleOp::Add { text } => Some(Operation::Add { text, speaker: Some(fact.speaker.clone()) }),
-                        OracleOp::Update { alias, text } => resolve(&alias).map(|id| Operation::Update { id, text }),
+                        OracleOp::Add { text } => Some(Operation::Add {
+                            text,
+                            speaker: Some(fact.speaker.clone()),
+                        }),
+                        OracleOp::Update { alias, text } => {
+                            resolve(&alias).map(|id| Operation::Update { id, text })
+                        }
                         OracleOp::Delete { alias } => resolve(&alias).map(|id| Operation::Delete { id }),
                     };
                     if let Some(op) = op {
@@ -119,7 +133,10 @@ pub fn answerer_examples(episode: &Episode, memory: &Snapshot, cfg: &AgentConfig
                 .enumerate()
                 .filter_map(|(i, h)| memory.get(h.id).map(|e| (i.to_string(), e.text.clone())))
                 .collect();
-            let views: Vec<MemoryView<'_>> = texts.iter().map(|(alias, text)| MemoryView { alias, text }).collect();
+            let views: Vec<MemoryView<'_>> = texts
+                .iter()
+                .map(|(alias, text)| MemoryView { alias, text })
+                .collect();
             TeacherExample {
                 role: Role::Answerer,
                 prompt: roles::answerer_prompt(&q.question, &views),
@@ -179,7 +196,10 @@ pub fn tokenize(examples: &[TeacherExample], tokenizer: &Tokenizer) -> Vec<Token
 
 /// Mean negative log-likelihood of the completions: `[1]`.
 pub fn sft_loss<B: Backend>(model: &Transformer<B>, batch: &[TokenizedExample]) -> Tensor<B, 1> {
-    let pairs: Vec<(Vec<u32>, Vec<u32>)> = batch.iter().map(|e| (e.prompt.clone(), e.completion.clone())).collect();
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = batch
+        .iter()
+        .map(|e| (e.prompt.clone(), e.completion.clone()))
+        .collect();
     let out = completion_logprobs(model, &pairs);
     let tokens = out.mask.clone().sum();
     (out.logprobs * out.mask).sum().neg() / tokens.clamp_min(1.0)

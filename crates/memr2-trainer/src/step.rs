@@ -17,7 +17,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{
-    Agent, OpCounts, RolloutSampling, RolloutState, SessionJob, TokenizerCounter, answer_questions, run_sessions,
+    Agent, OpCounts, RolloutSampling, RolloutState, SessionJob, TokenizerCounter, answer_questions,
+    run_sessions,
 };
 use crate::config::TrainConfig;
 use crate::reward::{cumulative_session_tokens, penalty_after, rollout_reward, score};
@@ -55,7 +56,11 @@ impl MeanStd {
         }
         let mean = values.iter().sum::<f64>() / n as f64;
         let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
-        Self { mean, std: var.sqrt(), n }
+        Self {
+            mean,
+            std: var.sqrt(),
+            n,
+        }
     }
 }
 
@@ -128,14 +133,29 @@ where
     let horizon = episodes.iter().map(|e| e.sessions.len()).max().unwrap_or(0);
     let counter = TokenizerCounter(ctx.tokenizer);
     let policy = model.valid();
-    let agent = Agent { model: &policy, tokenizer: ctx.tokenizer, config: &cfg.agent };
-    let answerer = Agent { model: ctx.answerer, tokenizer: ctx.tokenizer, config: &cfg.agent };
-    let mut metrics = StepMetrics { horizon, ..StepMetrics::default() };
+    let agent = Agent {
+        model: &policy,
+        tokenizer: ctx.tokenizer,
+        config: &cfg.agent,
+    };
+    let answerer = Agent {
+        model: ctx.answerer,
+        tokenizer: ctx.tokenizer,
+        config: &cfg.agent,
+    };
+    let mut metrics = StepMetrics {
+        horizon,
+        ..StepMetrics::default()
+    };
 
     // 1. Global rollouts, all sessions, in lockstep across episodes and rollouts.
     let rollout_start = Instant::now();
     let mut states: Vec<Vec<RolloutState>> = episodes.iter().map(|_| vec![RolloutState::new(); n]).collect();
-    let sampling = RolloutSampling { temperature: cfg.rl.temperature, top_p: cfg.rl.top_p, record: true };
+    let sampling = RolloutSampling {
+        temperature: cfg.rl.temperature,
+        top_p: cfg.rl.top_p,
+        record: true,
+    };
     {
         let _span = tracing::info_span!("rollout", horizon).entered();
         for s in 1..=horizon as u32 {
@@ -143,7 +163,13 @@ where
                 .iter()
                 .zip(states.iter_mut())
                 .filter(|(e, _)| e.sessions.len() >= s as usize)
-                .flat_map(|(e, rs)| rs.iter_mut().map(move |state| SessionJob { episode: e, session: s, state }))
+                .flat_map(|(e, rs)| {
+                    rs.iter_mut().map(move |state| SessionJob {
+                        episode: e,
+                        session: s,
+                        state,
+                    })
+                })
                 .collect();
             run_sessions(&agent, &mut jobs, sampling, rng);
         }
@@ -218,13 +244,20 @@ where
                 }
             }
         }
-        let local_sampling =
-            RolloutSampling { temperature: logo.rerollout_temperature, top_p: cfg.rl.top_p, record: true };
+        let local_sampling = RolloutSampling {
+            temperature: logo.rerollout_temperature,
+            top_p: cfg.rl.top_p,
+            record: true,
+        };
         let _span = tracing::info_span!("rerollout", rollouts = local_states.len()).entered();
         let mut jobs: Vec<SessionJob<'_>> = local_states
             .iter_mut()
             .zip(&local_meta)
-            .map(|(state, &(e, s, _))| SessionJob { episode: &episodes[e], session: s, state })
+            .map(|(state, &(e, s, _))| SessionJob {
+                episode: &episodes[e],
+                session: s,
+                state,
+            })
             .collect();
         run_sessions(&agent, &mut jobs, local_sampling, rng);
     }
@@ -236,12 +269,17 @@ where
         for &(e, s, r) in &local_meta {
             chosen.entry((e, s, r)).or_insert_with(|| {
                 let pool = episodes[e].questions_up_to(s);
-                pool.choose_multiple(rng, logo.local_questions.min(pool.len())).copied().collect()
+                pool.choose_multiple(rng, logo.local_questions.min(pool.len()))
+                    .copied()
+                    .collect()
             });
         }
         let mut items = Vec::new();
         for (state, meta) in local_states.iter().zip(&local_meta) {
-            let last = state.snapshots.last().expect("a rerollout ends with its snapshot");
+            let last = state
+                .snapshots
+                .last()
+                .expect("a rerollout ends with its snapshot");
             items.extend(chosen[meta].iter().map(|q| (last, *q)));
         }
         let (answers, failures) = answer_questions(&answerer, &items, rng);
@@ -250,11 +288,19 @@ where
         let mut scratch = ScoreBoard::default();
         for (state, meta @ &(e, s, r)) in local_states.iter().zip(&local_meta) {
             let questions = &chosen[meta];
-            let f1 = score(questions, &answers[offset..offset + questions.len()], &mut scratch);
+            let f1 = score(
+                questions,
+                &answers[offset..offset + questions.len()],
+                &mut scratch,
+            );
             offset += questions.len();
             let mean_f1 = f1.iter().sum::<f64>() / f1.len().max(1) as f64;
             let session_tokens = cumulative_session_tokens(&episodes[e], &counter);
-            let c = penalty_after(state.snapshots.last().expect("snapshot"), session_tokens[s as usize - 1], &counter);
+            let c = penalty_after(
+                state.snapshots.last().expect("snapshot"),
+                session_tokens[s as usize - 1],
+                &counter,
+            );
             let reward = mean_f1 - logo.lambda * c;
             local_rewards.push(reward);
             let key = GroupKey::local(e as u64, s, r as u32);
@@ -316,8 +362,11 @@ where
         }));
     }
     metrics.rollout_tokens_per_s = generated as f64 / metrics.rollout_s.max(1e-9);
-    metrics.f1_by_category =
-        board.categories().into_iter().map(|(category, s)| (category.name().to_string(), s.f1)).collect();
+    metrics.f1_by_category = board
+        .categories()
+        .into_iter()
+        .map(|(category, s)| (category.name().to_string(), s.f1))
+        .collect();
 
     // 5. The update.
     let update_start = Instant::now();

@@ -98,7 +98,10 @@ impl RunDir {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.to_path_buf(), source }
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The teacher configuration of the SFT stage.
@@ -150,7 +153,12 @@ fn initial_model<B: Backend>(
     device: &B::Device,
 ) -> Result<(Transformer<B>, TransformerConfig), TrainError> {
     match &config.model {
-        ModelSpec::Tiny { hidden_size, layers, heads, .. } => {
+        ModelSpec::Tiny {
+            hidden_size,
+            layers,
+            heads,
+            ..
+        } => {
             let mut arch = TransformerConfig::tiny(tokenizer.vocab_size());
             arch.hidden_size = *hidden_size;
             arch.intermediate_size = hidden_size * 8 / 3 / 16 * 16;
@@ -174,7 +182,16 @@ fn validate<B: Backend>(
     rng: &mut ChaCha8Rng,
 ) -> f64 {
     let _span = tracing::info_span!("validate").entered();
-    evaluate(&MemorySource::Policy(policy), answerer, tokenizer, &config.agent, episodes, rng).overall().f1
+    evaluate(
+        &MemorySource::Policy(policy),
+        answerer,
+        tokenizer,
+        &config.agent,
+        episodes,
+        rng,
+    )
+    .overall()
+    .f1
 }
 
 fn at_horizon(episodes: &[Episode], h: usize, limit: usize) -> Vec<Episode> {
@@ -235,7 +252,10 @@ pub fn run<B: AutodiffBackend>(
     } else if options.init_from.is_some() {
         let sft = checkpoint::load::<B>(&run.checkpoint("sft"), device)?;
         let state = TrainState {
-            phase: Phase::Rl { stage: 0, steps_done: 0 },
+            phase: Phase::Rl {
+                stage: 0,
+                steps_done: 0,
+            },
             step: 0,
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             metrics_lines: 0,
@@ -254,7 +274,11 @@ pub fn run<B: AutodiffBackend>(
         (model, arch, sft_adam.init::<B, Transformer<B>>(), state)
     };
     let mut log = MetricsLog::open(&run.metrics(), state.metrics_lines)?;
-    tracing::info!(parameters = arch.num_parameters(), vocab = tokenizer.vocab_size(), "model ready");
+    tracing::info!(
+        parameters = arch.num_parameters(),
+        vocab = tokenizer.vocab_size(),
+        "model ready"
+    );
 
     // 3. Supervised warm start on the imperfect teacher.
     if let Phase::Sft { epochs_done } = state.phase {
@@ -268,7 +292,10 @@ pub fn run<B: AutodiffBackend>(
         let tokens = tokenize(&examples, &tokenizer);
         let batches = tokens.len().div_ceil(config.sft.batch_size) as u64;
         for epoch in epochs_done..config.sft.epochs {
-            observe(Event::Phase { name: format!("SFT epoch {}/{}", epoch + 1, config.sft.epochs), total: batches });
+            observe(Event::Phase {
+                name: format!("SFT epoch {}/{}", epoch + 1, config.sft.epochs),
+                total: batches,
+            });
             let (next, loss, skipped) = sft_epoch(
                 model,
                 &mut optim,
@@ -276,23 +303,49 @@ pub fn run<B: AutodiffBackend>(
                 config.sft.batch_size,
                 config.sft.learning_rate,
                 &mut state.rng,
-                |done, loss| observe(Event::Progress { done: done as u64, message: format!("loss {loss:.3}") }),
+                |done, loss| {
+                    observe(Event::Progress {
+                        done: done as u64,
+                        message: format!("loss {loss:.3}"),
+                    })
+                },
             );
             model = next;
             tracing::info!(epoch, loss, skipped, "sft epoch done");
-            log.append(&serde_json::json!({ "sft_epoch": epoch + 1, "loss": loss, "skipped_nonfinite": skipped }))?;
-            state.phase = Phase::Sft { epochs_done: epoch + 1 };
+            log.append(
+                &serde_json::json!({ "sft_epoch": epoch + 1, "loss": loss, "skipped_nonfinite": skipped }),
+            )?;
+            state.phase = Phase::Sft {
+                epochs_done: epoch + 1,
+            };
             state.metrics_lines = log.lines();
-            checkpoint::save(&run.checkpoint("latest"), &model, &arch, Some(optim.to_record()), Some(&state))?;
+            checkpoint::save(
+                &run.checkpoint("latest"),
+                &model,
+                &arch,
+                Some(optim.to_record()),
+                Some(&state),
+            )?;
         }
         checkpoint::save::<B, ()>(&run.checkpoint("sft"), &model, &arch, None, None)?;
-        state.phase = Phase::Rl { stage: 0, steps_done: 0 };
+        state.phase = Phase::Rl {
+            stage: 0,
+            steps_done: 0,
+        };
         optim = rl_adam.init::<B, Transformer<B>>();
-        checkpoint::save(&run.checkpoint("latest"), &model, &arch, Some(optim.to_record()), Some(&state))?;
+        checkpoint::save(
+            &run.checkpoint("latest"),
+            &model,
+            &arch,
+            Some(optim.to_record()),
+            Some(&state),
+        )?;
     }
 
     // 4. The frozen answerer and reference: the SFT model, read back from its checkpoint.
-    let sft_model = checkpoint::load::<B>(&run.checkpoint("sft"), device)?.model.valid();
+    let sft_model = checkpoint::load::<B>(&run.checkpoint("sft"), device)?
+        .model
+        .valid();
     let logo = &config.rl.logo;
     let context = StepContext::<B> {
         tokenizer: &tokenizer,
@@ -308,9 +361,19 @@ pub fn run<B: AutodiffBackend>(
         let validation = at_horizon(&data.validation, h, config.eval.validation_episodes);
         let best_dir = run.checkpoint(&format!("best-stage-{h}"));
         let total = config.curriculum.steps_per_stage as u64;
-        observe(Event::Phase { name: format!("LoGo-GRPO stage {}/{} ({h} sessions)", stage + 1, horizons.len()), total });
+        observe(Event::Phase {
+            name: format!("LoGo-GRPO stage {}/{} ({h} sessions)", stage + 1, horizons.len()),
+            total,
+        });
         if steps_done == 0 {
-            let f1 = validate(&model.valid(), &sft_model, &tokenizer, &config, &validation, &mut state.rng);
+            let f1 = validate(
+                &model.valid(),
+                &sft_model,
+                &tokenizer,
+                &config,
+                &validation,
+                &mut state.rng,
+            );
             state.best = Some((f1, state.step));
             log.append(&serde_json::json!({ "step": state.step, "horizon": h, "validation_f1": f1 }))?;
             checkpoint::save::<B, ()>(&best_dir, &model, &arch, None, None)?;
@@ -331,39 +394,74 @@ pub fn run<B: AutodiffBackend>(
             log.append(&metrics)?;
             let done = step_in_stage + 1;
             if done % config.curriculum.validate_every == 0 || done == config.curriculum.steps_per_stage {
-                let f1 = validate(&model.valid(), &sft_model, &tokenizer, &config, &validation, &mut state.rng);
+                let f1 = validate(
+                    &model.valid(),
+                    &sft_model,
+                    &tokenizer,
+                    &config,
+                    &validation,
+                    &mut state.rng,
+                );
                 log.append(&serde_json::json!({ "step": state.step, "horizon": h, "validation_f1": f1 }))?;
                 if state.best.is_none_or(|(best, _)| f1 > best) {
                     state.best = Some((f1, state.step));
                     checkpoint::save::<B, ()>(&best_dir, &model, &arch, None, None)?;
                 }
             }
-            observe(Event::Progress { done: done as u64, message: format!("F1 {:.3}", metrics.f1) });
-            state.phase = Phase::Rl { stage, steps_done: done };
+            observe(Event::Progress {
+                done: done as u64,
+                message: format!("F1 {:.3}", metrics.f1),
+            });
+            state.phase = Phase::Rl {
+                stage,
+                steps_done: done,
+            };
             state.metrics_lines = log.lines();
-            checkpoint::save(&run.checkpoint("latest"), &model, &arch, Some(optim.to_record()), Some(&state))?;
+            checkpoint::save(
+                &run.checkpoint("latest"),
+                &model,
+                &arch,
+                Some(optim.to_record()),
+                Some(&state),
+            )?;
         }
         // The next stage starts from this stage's best checkpoint, with a fresh optimizer.
         model = checkpoint::load::<B>(&best_dir, device)?.model;
         tracing::info!(horizon = h, best = ?state.best, "stage done");
         state.phase = if stage + 1 < horizons.len() {
-            Phase::Rl { stage: stage + 1, steps_done: 0 }
+            Phase::Rl {
+                stage: stage + 1,
+                steps_done: 0,
+            }
         } else {
             Phase::Done
         };
         state.best = None;
         optim = rl_adam.init::<B, Transformer<B>>();
         state.metrics_lines = log.lines();
-        checkpoint::save(&run.checkpoint("latest"), &model, &arch, Some(optim.to_record()), Some(&state))?;
+        checkpoint::save(
+            &run.checkpoint("latest"),
+            &model,
+            &arch,
+            Some(optim.to_record()),
+            Some(&state),
+        )?;
     }
     checkpoint::save::<B, ()>(&run.checkpoint("final"), &model, &arch, None, None)?;
 
     // 6. Plots and the final evaluation.
     if let Ok(records) = MetricsLog::read(&run.metrics()) {
-        let steps: Vec<_> = records.into_iter().filter(|r| r.get("reward_global").is_some()).collect();
+        let steps: Vec<_> = records
+            .into_iter()
+            .filter(|r| r.get("reward_global").is_some())
+            .collect();
         plot::plot_run(&steps, &run.plots())?;
     }
-    let name = if logo.p_local > 0.0 { "LoGo-GRPO" } else { "GRPO (global only)" };
+    let name = if logo.p_local > 0.0 {
+        "LoGo-GRPO"
+    } else {
+        "GRPO (global only)"
+    };
     let final_model = model.valid();
     let systems: Vec<(&str, Option<&Transformer<B::InnerBackend>>)> =
         vec![("SFT only", Some(&sft_model)), (name, Some(&final_model))];
@@ -376,7 +474,11 @@ pub fn run<B: AutodiffBackend>(
         config.seed
     );
     std::fs::write(run.report(), &report).map_err(io(&run.report()))?;
-    Ok(RunReport { table, rows, dir: run.0 })
+    Ok(RunReport {
+        table,
+        rows,
+        dir: run.0,
+    })
 }
 
 /// The evaluation table: no memory, oracle memory, then each named policy's memory, all
@@ -392,19 +494,36 @@ pub fn final_evaluation<B: Backend>(
     let test = at_horizon(&data.test, config.eval.sessions, config.eval.test_episodes);
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed);
     let mut rows = Vec::new();
-    observe(Event::Phase { name: "evaluation".into(), total: 2 + systems.len() as u64 });
-    let fixed: [(&str, MemorySource<'_, B>); 2] =
-        [("no memory", MemorySource::Empty), ("oracle memory", MemorySource::Oracle)];
+    observe(Event::Phase {
+        name: "evaluation".into(),
+        total: 2 + systems.len() as u64,
+    });
+    let fixed: [(&str, MemorySource<'_, B>); 2] = [
+        ("no memory", MemorySource::Empty),
+        ("oracle memory", MemorySource::Oracle),
+    ];
     for (name, source) in fixed.iter() {
-        rows.push((name.to_string(), evaluate(source, answerer, tokenizer, &config.agent, &test, &mut rng)));
-        observe(Event::Progress { done: rows.len() as u64, message: name.to_string() });
+        rows.push((
+            name.to_string(),
+            evaluate(source, answerer, tokenizer, &config.agent, &test, &mut rng),
+        ));
+        observe(Event::Progress {
+            done: rows.len() as u64,
+            message: name.to_string(),
+        });
     }
     for (name, model) in systems {
         if let Some(model) = model {
             let source = MemorySource::Policy(*model);
-            rows.push((name.to_string(), evaluate(&source, answerer, tokenizer, &config.agent, &test, &mut rng)));
+            rows.push((
+                name.to_string(),
+                evaluate(&source, answerer, tokenizer, &config.agent, &test, &mut rng),
+            ));
         }
-        observe(Event::Progress { done: rows.len() as u64, message: name.to_string() });
+        observe(Event::Progress {
+            done: rows.len() as u64,
+            message: name.to_string(),
+        });
     }
     Ok(rows)
 }

@@ -64,11 +64,17 @@ pub struct UpdateSettings<'a> {
 }
 
 /// Log-probs of each sample's completion under `model`, without gradients, as host vectors.
-pub fn host_logprobs<B: Backend>(model: &Transformer<B>, samples: &[&TrainSample], chunk: usize) -> Vec<Vec<f32>> {
+pub fn host_logprobs<B: Backend>(
+    model: &Transformer<B>,
+    samples: &[&TrainSample],
+    chunk: usize,
+) -> Vec<Vec<f32>> {
     let mut out = Vec::with_capacity(samples.len());
     for batch in samples.chunks(chunk.max(1)) {
-        let pairs: Vec<(Vec<u32>, Vec<u32>)> =
-            batch.iter().map(|s| (s.prompt.clone(), s.completion.clone())).collect();
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> = batch
+            .iter()
+            .map(|s| (s.prompt.clone(), s.completion.clone()))
+            .collect();
         let lp = completion_logprobs(model, &pairs).logprobs;
         let [_, width] = lp.dims();
         let data: Vec<f32> = lp.into_data().to_vec().expect("f32 log-probs");
@@ -119,17 +125,26 @@ where
     for _epoch in 0..settings.epochs {
         order.shuffle(rng);
         for batch in order.chunks(chunk) {
-            let pairs: Vec<(Vec<u32>, Vec<u32>)> =
-                batch.iter().map(|&i| (samples[i].prompt.clone(), samples[i].completion.clone())).collect();
+            let pairs: Vec<(Vec<u32>, Vec<u32>)> = batch
+                .iter()
+                .map(|&i| (samples[i].prompt.clone(), samples[i].completion.clone()))
+                .collect();
             stats.tokens += pairs.iter().map(|(p, c)| (p.len() + c.len()) as u64).sum::<u64>();
             let out = completion_logprobs(&model, &pairs);
             let [rows, width] = out.logprobs.dims();
             let old_rows: Vec<&[f32]> = batch.iter().map(|&i| old[i].as_slice()).collect();
-            let ref_rows = reference
-                .as_ref()
-                .map(|r| padded::<B>(&batch.iter().map(|&i| r[i].as_slice()).collect::<Vec<_>>(), width, &device));
+            let ref_rows = reference.as_ref().map(|r| {
+                padded::<B>(
+                    &batch.iter().map(|&i| r[i].as_slice()).collect::<Vec<_>>(),
+                    width,
+                    &device,
+                )
+            });
             let advantages: Vec<f32> = batch.iter().map(|&i| samples[i].advantage).collect();
-            let local: Vec<f32> = batch.iter().map(|&i| if samples[i].local { 1.0 } else { 0.0 }).collect();
+            let local: Vec<f32> = batch
+                .iter()
+                .map(|&i| if samples[i].local { 1.0 } else { 0.0 })
+                .collect();
             let inputs = LossInputs {
                 new_logp: out.logprobs,
                 old_logp: padded::<B>(&old_rows, width, &device),
@@ -198,7 +213,10 @@ pub fn grad_norm<B: AutodiffBackend>(model: &Transformer<B>, grads: &GradientsPa
     }
     let mut visitor = Norm::<B> { grads, total: None };
     model.visit(&mut visitor);
-    visitor.total.map(|t| t.into_scalar().elem::<f64>().sqrt()).unwrap_or(0.0)
+    visitor
+        .total
+        .map(|t| t.into_scalar().elem::<f64>().sqrt())
+        .unwrap_or(0.0)
 }
 
 /// Multiplies every gradient by `factor`.
@@ -210,7 +228,8 @@ fn scale_grads<B: AutodiffBackend>(model: &Transformer<B>, grads: &mut Gradients
     impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-                self.grads.register::<B::InnerBackend, D>(param.id, g.mul_scalar(self.factor));
+                self.grads
+                    .register::<B::InnerBackend, D>(param.id, g.mul_scalar(self.factor));
             }
         }
     }

@@ -12,8 +12,16 @@ type B = Autodiff<Flex>;
 fn tiny_config() -> TrainConfig {
     let mut config = TrainConfig::smoke();
     config.sft.epochs = 1;
-    config.curriculum = CurriculumConfig { horizons: vec![2, 3], steps_per_stage: 2, validate_every: 1 };
-    config.eval = EvalConfig { validation_episodes: 1, test_episodes: 1, sessions: 3 };
+    config.curriculum = CurriculumConfig {
+        horizons: vec![2, 3],
+        steps_per_stage: 2,
+        validate_every: 1,
+    };
+    config.eval = EvalConfig {
+        validation_episodes: 1,
+        test_episodes: 1,
+        sessions: 3,
+    };
     config
 }
 
@@ -39,16 +47,27 @@ fn resumed_run_matches_uninterrupted_run() {
     let device = Default::default();
     let quiet = &mut |_: memr2_trainer::train::Event<'_>| {};
 
-    let straight = RunOptions { dir: root.path().join("straight"), ..RunOptions::default() };
+    let straight = RunOptions {
+        dir: root.path().join("straight"),
+        ..RunOptions::default()
+    };
     run::<B>(tiny_config(), &straight, &device, quiet).unwrap();
 
     // Stop after the first RL step (as if killed), then resume.
-    let killed =
-        RunOptions { dir: root.path().join("killed"), stop_after_steps: Some(1), ..RunOptions::default() };
-    let err = run::<B>(tiny_config(), &killed, &device, quiet).err().expect("the run stops early");
+    let killed = RunOptions {
+        dir: root.path().join("killed"),
+        stop_after_steps: Some(1),
+        ..RunOptions::default()
+    };
+    let err = run::<B>(tiny_config(), &killed, &device, quiet)
+        .err()
+        .expect("the run stops early");
     assert!(matches!(err, TrainError::Stopped { step: 1 }), "{err}");
     let partial = MetricsLog::read(&killed.dir.join("metrics.jsonl")).unwrap();
-    let resumed = RunOptions { resume: true, ..killed.clone() };
+    let resumed = RunOptions {
+        resume: true,
+        ..killed.clone()
+    };
     run::<B>(tiny_config(), &resumed, &device, quiet).unwrap();
 
     let a = deterministic(MetricsLog::read(&straight.dir.join("metrics.jsonl")).unwrap());
@@ -58,7 +77,10 @@ fn resumed_run_matches_uninterrupted_run() {
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         assert_eq!(x, y, "metrics line {i} differs after resuming");
     }
-    assert!(a.iter().any(|r| r.get("reward_global").is_some()), "RL steps were logged");
+    assert!(
+        a.iter().any(|r| r.get("reward_global").is_some()),
+        "RL steps were logged"
+    );
 
     // The run directory has what a user expects.
     for file in ["config.json", "tokenizer.json", "report.md", "plots/reward.svg"] {
@@ -75,13 +97,23 @@ fn corrupt_checkpoint_and_nonempty_run_dir_are_clear_errors() {
     let dir = root.path().join("run");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("notes.txt"), "keep me").unwrap();
-    let options = RunOptions { dir: dir.clone(), ..RunOptions::default() };
-    let err = run::<B>(tiny_config(), &options, &device, quiet).err().expect("refuses a non-empty dir");
+    let options = RunOptions {
+        dir: dir.clone(),
+        ..RunOptions::default()
+    };
+    let err = run::<B>(tiny_config(), &options, &device, quiet)
+        .err()
+        .expect("refuses a non-empty dir");
     assert!(err.to_string().contains("not empty"), "{err}");
     assert_eq!(std::fs::read_to_string(dir.join("notes.txt")).unwrap(), "keep me");
 
     // Resuming a directory without a run is an error naming what is missing.
-    let resume = RunOptions { resume: true, ..options };
-    let err = run::<B>(tiny_config(), &resume, &device, quiet).err().expect("nothing to resume");
+    let resume = RunOptions {
+        resume: true,
+        ..options
+    };
+    let err = run::<B>(tiny_config(), &resume, &device, quiet)
+        .err()
+        .expect("nothing to resume");
     assert!(err.to_string().contains("config.json"), "{err}");
 }
