@@ -190,14 +190,30 @@ pub struct RolloutSampling {
     pub record: bool,
 }
 
-/// Memories shown to the model: aliases "0", "1", ... in retrieval order.
-fn retrieve(store: &Store, query: &str, k: usize, min_score: f32) -> Vec<(String, MemoryId, String)> {
+/// Memories shown to the manager for a query: aliases "0", "1", ... in retrieval order, with
+/// the real id each alias stands for.
+pub fn retrieve(store: &Store, query: &str, k: usize, min_score: f32) -> Vec<(String, MemoryId, String)> {
     store
         .search(query, k, min_score)
         .into_iter()
         .enumerate()
         .filter_map(|(i, hit)| store.get(hit.id).map(|e| (i.to_string(), hit.id, e.text.clone())))
         .collect()
+}
+
+/// The answerer's prompt for a question over a memory: the top-k retrieved memories.
+pub fn answer_prompt(memory: &Snapshot, question: &str, cfg: &AgentConfig) -> ChatPrompt {
+    let texts: Vec<(String, String)> = memory
+        .search(question, cfg.answer_top_k, cfg.min_score)
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| memory.get(h.id).map(|e| (i.to_string(), e.text.clone())))
+        .collect();
+    let views: Vec<MemoryView<'_>> = texts
+        .iter()
+        .map(|(alias, text)| MemoryView { alias, text })
+        .collect();
+    roles::answerer_prompt(question, &views)
 }
 
 /// Runs one session for every job, batching each generation across all of them: first the
@@ -358,19 +374,7 @@ pub fn answer_questions<B: Backend>(
     let _span = tracing::info_span!("answer", questions = items.len()).entered();
     let prompts: Vec<ChatPrompt> = items
         .iter()
-        .map(|(memory, q)| {
-            let hits = memory.search(&q.question, cfg.answer_top_k, cfg.min_score);
-            let texts: Vec<(String, String)> = hits
-                .iter()
-                .enumerate()
-                .filter_map(|(i, h)| memory.get(h.id).map(|e| (i.to_string(), e.text.clone())))
-                .collect();
-            let views: Vec<MemoryView<'_>> = texts
-                .iter()
-                .map(|(alias, text)| MemoryView { alias, text })
-                .collect();
-            roles::answerer_prompt(&q.question, &views)
-        })
+        .map(|(memory, q)| answer_prompt(memory, &q.question, cfg))
         .collect();
     let mut failures = 0;
     let answers = answerer

@@ -8,10 +8,11 @@ use memr2_policy::roles::{self, ChatPrompt, ExtractedFact, MemoryOperation, Memo
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{Transformer, completion_logprobs};
 use memr2_sim::{Episode, OracleOp, Teacher, TeacherConfig};
-use memr2_store::{MemoryId, Operation, Snapshot, Store};
+use memr2_store::{Operation, Snapshot, Store};
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
+use crate::agent::{answer_prompt, retrieve};
 use crate::config::AgentConfig;
 
 /// A prompt and the completion the teacher wrote for it.
@@ -65,12 +66,7 @@ pub fn teacher_replay(
                 completion: roles::render_facts(&extracted),
             });
             for fact in &facts {
-                let shown: Vec<(String, MemoryId, String)> = store
-                    .search(&fact.text, cfg.manager_top_k, cfg.min_score)
-                    .into_iter()
-                    .enumerate()
-                    .filter_map(|(i, h)| store.get(h.id).map(|e| (i.to_string(), h.id, e.text.clone())))
-                    .collect();
+                let shown = retrieve(&store, &fact.text, cfg.manager_top_k, cfg.min_score);
                 let pairs: Vec<(String, String)> =
                     shown.iter().map(|(a, _, t)| (a.clone(), t.clone())).collect();
                 let ops = teacher.operations(fact, &pairs);
@@ -126,22 +122,10 @@ pub fn answerer_examples(episode: &Episode, memory: &Snapshot, cfg: &AgentConfig
     episode
         .questions
         .iter()
-        .map(|q| {
-            let texts: Vec<(String, String)> = memory
-                .search(&q.question, cfg.answer_top_k, cfg.min_score)
-                .iter()
-                .enumerate()
-                .filter_map(|(i, h)| memory.get(h.id).map(|e| (i.to_string(), e.text.clone())))
-                .collect();
-            let views: Vec<MemoryView<'_>> = texts
-                .iter()
-                .map(|(alias, text)| MemoryView { alias, text })
-                .collect();
-            TeacherExample {
-                role: Role::Answerer,
-                prompt: roles::answerer_prompt(&q.question, &views),
-                completion: q.answer.clone(),
-            }
+        .map(|q| TeacherExample {
+            role: Role::Answerer,
+            prompt: answer_prompt(memory, &q.question, cfg),
+            completion: q.answer.clone(),
         })
         .collect()
 }

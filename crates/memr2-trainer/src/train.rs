@@ -53,7 +53,8 @@ pub struct RunOptions {
     pub resume: bool,
     /// Start from another run's tokenizer and SFT checkpoint instead of running SFT.
     pub init_from: Option<PathBuf>,
-    /// Stop (as if killed) after this many RL steps; for tests of resume.
+    /// Stop (as if killed) once the run has taken this many RL steps in total, counting steps
+    /// taken before a resume; for tests of resume.
     pub stop_after_steps: Option<u64>,
 }
 

@@ -235,3 +235,102 @@ fn scale_grads<B: AutodiffBackend>(model: &Transformer<B>, grads: &mut Gradients
     }
     model.visit(&mut Scale { grads, factor });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::optim::AdamWConfig;
+    use memr2_logo_grpo::LossConfig;
+    use memr2_policy::TransformerConfig;
+    use rand::SeedableRng;
+
+    type B = Autodiff<Flex>;
+
+    fn model() -> Transformer<B> {
+        let mut c = TransformerConfig::tiny(64);
+        c.hidden_size = 32;
+        c.intermediate_size = 64;
+        c.num_hidden_layers = 1;
+        c.num_attention_heads = 2;
+        c.num_key_value_heads = Some(2);
+        c.init_seeded::<B>(3, &Default::default())
+    }
+
+    fn mean_logprob(model: &Transformer<B>, sample: &TrainSample) -> f32 {
+        let lp = host_logprobs(&model.valid(), &[sample], 1);
+        lp[0].iter().sum::<f32>() / lp[0].len() as f32
+    }
+
+    #[test]
+    fn update_moves_probability_towards_positive_advantages() {
+        let good = TrainSample {
+            prompt: vec![1, 2, 3],
+            completion: vec![7, 8, 9],
+            advantage: 1.0,
+            local: false,
+        };
+        let bad = TrainSample {
+            prompt: vec![1, 2, 3],
+            completion: vec![20, 21, 22],
+            advantage: -1.0,
+            local: true,
+        };
+        let samples = vec![good.clone(), bad.clone()];
+        let mut model = model();
+        let reference = model.valid();
+        let (good0, bad0) = (mean_logprob(&model, &good), mean_logprob(&model, &bad));
+        let mut optim = AdamWConfig::new()
+            .with_weight_decay(0.0)
+            .init::<B, Transformer<B>>();
+        let loss = LossConfig::default();
+        let settings = UpdateSettings {
+            loss: &loss,
+            epochs: 2,
+            minibatch_size: 2,
+            learning_rate: 1e-2,
+            max_grad_norm: 1.0,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let mut last = UpdateStats::default();
+        for _ in 0..5 {
+            let (next, stats) =
+                ppo_update(model, &mut optim, Some(&reference), &samples, &settings, &mut rng);
+            model = next;
+            last = stats;
+        }
+        assert_eq!(last.minibatches, 2);
+        assert_eq!(last.skipped_nonfinite, 0);
+        assert!(
+            last.loss.is_finite() && last.grad_norm > 0.0 && last.kl >= 0.0,
+            "{last:?}"
+        );
+        assert_eq!(last.tokens, 24, "two epochs of two 6-token sequences");
+        assert!(
+            mean_logprob(&model, &good) > good0,
+            "the positive sample became likelier"
+        );
+        assert!(
+            mean_logprob(&model, &bad) < bad0,
+            "the negative sample became less likely"
+        );
+    }
+
+    #[test]
+    fn gradient_clipping_caps_the_norm() {
+        let model = model();
+        let sample = TrainSample {
+            prompt: vec![1, 2],
+            completion: vec![5, 6],
+            advantage: 1.0,
+            local: false,
+        };
+        let out = completion_logprobs(&model, &[(sample.prompt.clone(), sample.completion.clone())]);
+        let loss = (out.logprobs * out.mask).sum().neg().mul_scalar(100.0);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let norm = grad_norm(&model, &grads);
+        assert!(norm > 1.0, "{norm}");
+        scale_grads(&model, &mut grads, (1.0 / norm) as f32);
+        assert!((grad_norm(&model, &grads) - 1.0).abs() < 1e-3);
+    }
+}

@@ -66,6 +66,7 @@ fn resumed_run_matches_uninterrupted_run() {
     let partial = MetricsLog::read(&killed.dir.join("metrics.jsonl")).unwrap();
     let resumed = RunOptions {
         resume: true,
+        stop_after_steps: None,
         ..killed.clone()
     };
     run::<B>(tiny_config(), &resumed, &device, quiet).unwrap();
