@@ -1,7 +1,7 @@
 //! The transformer backbone that plays every role of the memory agent.
 //!
 //! A Llama / Qwen2 decoder on burn, generic over the backend: [`TransformerConfig`] reads HF
-//! `config.json`, [`load_hf`] reads HF safetensors weights, [`generate`] samples completions
+//! `config.json`, [`load_hf`] reads HF safetensors weights, [`generate()`] samples completions
 //! with a KV cache and reports their log-probabilities, [`completion_logprobs`] recomputes those
 //! by teacher forcing (differentiably) for the policy-gradient loss, and
 //! [`save_checkpoint`] / [`load_checkpoint`] store trained weights with their config.

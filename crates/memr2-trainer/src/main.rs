@@ -63,7 +63,7 @@ struct TrainArgs {
     /// A JSON configuration file (replaces the preset).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Where the run writes its files (default: runs/<preset>-seed<seed>).
+    /// Where the run writes its files (default: runs/PRESET-seedSEED).
     #[arg(long)]
     run_dir: Option<PathBuf>,
     /// Continue the run in this directory from its last checkpoint.
