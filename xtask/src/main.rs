@@ -1,4 +1,7 @@
-//! Project chores: `cargo xtask tidy` checks the crate boundaries and file headers, `cargo xtask ci` runs the local CI pipeline.
+//! Project chores: `cargo xtask tidy` checks the crate boundaries and file headers, `cargo xtask ci`
+//! runs the local CI pipeline, `cargo xtask backends` proves the GPU backends (wgpu tests and
+//! smoke run over any Vulkan driver, the CUDA build), and `cargo xtask gpu-check` packs the CUDA
+//! binaries and a script to run them on a machine with an NVIDIA GPU.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -36,9 +39,17 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("tidy") => tidy(),
         Some("ci") => ci(&args[1..]),
+        Some("backends") => backends(),
+        Some("gpu-check") => gpu_check(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  tidy             check crate boundaries and that every .rs file opens with a //! line\n  ci [--no-clippy]  fmt check, tidy, clippy (warnings denied), tests, doc tests, docs"
+                "usage: cargo xtask <command>\n\n  \
+                 tidy               check crate boundaries and that every .rs file opens with a //! line\n  \
+                 ci [--no-clippy]   fmt check, tidy, clippy (warnings denied), tests, doc tests, docs\n  \
+                 backends           wgpu: policy and objective tests plus the smoke preset (any Vulkan\n                     \
+                 driver, a software one included); cuda: build\n  \
+                 gpu-check [DIR]    build the CUDA test binaries, the `memr2` binary and the policy\n                     \
+                 benchmark into DIR (default target/gpu-check) with a run.sh for a GPU machine"
             );
             return ExitCode::from(2);
         }
@@ -212,4 +223,187 @@ fn check_headers(root: &Path) -> Vec<String> {
         }
     }
     problems
+}
+
+/// The wgpu and CUDA features of the crates whose tests run on every backend.
+fn test_features(backend: &str) -> String {
+    format!("memr2-policy/test-{backend},memr2-logo-grpo/test-{backend}")
+}
+
+/// Proves the GPU backends on a machine without a GPU: the policy's and the objective's tests
+/// and the smoke preset on wgpu (over whatever Vulkan driver is installed; Mesa's lavapipe is a
+/// software one), and a build of the `cuda` feature, which compiles without the CUDA toolkit.
+fn backends() -> Result<(), String> {
+    run(
+        "cargo",
+        &[
+            "nextest",
+            "run",
+            "-p",
+            "memr2-policy",
+            "-p",
+            "memr2-logo-grpo",
+            "--lib",
+            "--features",
+            &test_features("wgpu"),
+            "--no-fail-fast",
+        ],
+        &[],
+    )?;
+    run(
+        "cargo",
+        &["build", "-p", "memr2-trainer", "--features", "wgpu,cuda"],
+        &[],
+    )?;
+    let run_dir = std::env::temp_dir().join(format!("memr2-wgpu-smoke-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let binary = workspace_root().join("target/debug/memr2");
+    let run_dir_arg = run_dir.to_string_lossy().to_string();
+    let smoke = run(
+        binary.to_str().ok_or("target path is not UTF-8")?,
+        &[
+            "train",
+            "--preset",
+            "smoke",
+            "--sft-epochs",
+            "2",
+            "--backend",
+            "wgpu",
+            "--run-dir",
+            &run_dir_arg,
+        ],
+        &[],
+    );
+    let report = run_dir.join("report.md");
+    let ok = smoke.is_ok() && report.exists();
+    let _ = std::fs::remove_dir_all(&run_dir);
+    smoke?;
+    if !ok {
+        return Err("the wgpu smoke run wrote no report.md".into());
+    }
+    Ok(())
+}
+
+/// Executables `cargo <args> --message-format json` built, with their target names.
+fn built_executables(args: &[&str]) -> Result<Vec<(String, PathBuf)>, String> {
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["--message-format", "json"]);
+    eprintln!("xtask: running cargo {}", full.join(" "));
+    let out = Command::new("cargo")
+        .args(&full)
+        .current_dir(workspace_root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("could not run cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("`cargo {}` failed with {}", full.join(" "), out.status));
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let (Some(exe), Some(name)) = (
+            message.get("executable").and_then(|e| e.as_str()),
+            message.pointer("/target/name").and_then(|n| n.as_str()),
+        ) {
+            let package = message
+                .get("package_id")
+                .and_then(|p| p.as_str())
+                .and_then(|p| p.split('#').next())
+                .and_then(|p| p.rsplit('/').next())
+                .unwrap_or("unknown");
+            found.push((format!("{package}-{name}"), PathBuf::from(exe)));
+        }
+    }
+    Ok(found)
+}
+
+const GPU_SCRIPT: &str = r#"#!/usr/bin/env bash
+# Runs memr2's CUDA checks on a machine with an NVIDIA GPU and its driver; no Rust toolchain
+# needed. Writes its results to $OUT (default: ./gpu-check-results).
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${OUT:-$PWD/gpu-check-results}"
+mkdir -p "$out"
+nvidia-smi | tee "$out/nvidia-smi.txt" || echo "nvidia-smi not found" | tee "$out/nvidia-smi.txt"
+status=0
+for t in "$here"/tests/*; do
+    echo "== $(basename "$t")" | tee -a "$out/tests.txt"
+    "$t" 2>&1 | tee -a "$out/tests.txt" || status=1
+done
+echo "== smoke preset on cuda" | tee "$out/smoke.txt"
+rm -rf "$out/smoke-run"
+start=$SECONDS
+"$here/memr2" train --preset smoke --backend cuda --run-dir "$out/smoke-run" 2>&1 \
+    | tee -a "$out/smoke.txt" || status=1
+echo "smoke preset: $((SECONDS - start)) s" | tee -a "$out/smoke.txt"
+echo "== policy benchmark" | tee "$out/bench.txt"
+POLICY_BENCH_BACKENDS="${POLICY_BENCH_BACKENDS:-cuda}" POLICY_BENCH_MODELS="${POLICY_BENCH_MODELS:-tiny,qwen0.5b}" \
+    "$here/bench-policy" 2>&1 | tee -a "$out/bench.txt" || status=1
+exit $status
+"#;
+
+/// Builds the CUDA binaries (release) into `dir` with `run.sh`, which runs on a GPU machine.
+fn gpu_check(args: &[String]) -> Result<(), String> {
+    let dir = args
+        .first()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/gpu-check"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("tests")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let copy = |from: &Path, to: &Path| -> Result<(), String> {
+        std::fs::copy(from, to)
+            .map(|_| ())
+            .map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))
+    };
+    let features = test_features("cuda");
+    let tests = built_executables(&[
+        "test",
+        "--release",
+        "--no-run",
+        "-p",
+        "memr2-policy",
+        "-p",
+        "memr2-logo-grpo",
+        "--lib",
+        "--features",
+        &features,
+    ])?;
+    for (name, exe) in &tests {
+        copy(exe, &dir.join("tests").join(name))?;
+    }
+    let benches = built_executables(&[
+        "bench",
+        "--no-run",
+        "-p",
+        "memr2-policy",
+        "--bench",
+        "policy",
+        "--features",
+        "test-cuda",
+    ])?;
+    let (_, bench) = benches.first().ok_or("the policy benchmark was not built")?;
+    copy(bench, &dir.join("bench-policy"))?;
+    run(
+        "cargo",
+        &["build", "--release", "-p", "memr2-trainer", "--features", "cuda"],
+        &[],
+    )?;
+    copy(&workspace_root().join("target/release/memr2"), &dir.join("memr2"))?;
+    let script = dir.join("run.sh");
+    std::fs::write(&script, GPU_SCRIPT).map_err(|e| format!("{}: {e}", script.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("{}: {e}", script.display()))?;
+    }
+    eprintln!(
+        "xtask: {} test binaries, the policy benchmark and memr2 (cuda) are in {}; on a GPU machine run {}/run.sh",
+        tests.len(),
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
 }

@@ -1,8 +1,11 @@
-//! CPU throughput of the tiny policy model on burn's `flex` and `ndarray` backends: training
-//! tokens/s (forward, backward, AdamW), KV-cache generation tokens/s at batch 1, 8 and 32, full
-//! recomputation for comparison, and the plain matmul rate the model's FLOP rate is held against.
+//! Throughput of the policy model on every compiled-in backend: training tokens/s (forward,
+//! backward, AdamW), KV-cache generation tokens/s at batch 1, 8 and 32, full recomputation for
+//! comparison, and the plain matmul rate the model's FLOP rate is held against.
 //!
-//! `cargo bench -p memr2-policy --bench policy` (set `POLICY_BENCH_BACKENDS=flex` to run one).
+//! `cargo bench -p memr2-policy --bench policy` runs `flex` and `ndarray` on the tiny model.
+//! `--features test-wgpu` / `--features test-cuda` add those backends;
+//! `POLICY_BENCH_BACKENDS=flex,wgpu` picks some, and `POLICY_BENCH_MODELS=tiny,qwen0.5b` adds a
+//! Qwen2.5-0.5B-shaped model with random weights (slow on a CPU: minutes per backend).
 
 use std::time::Instant;
 
@@ -14,15 +17,45 @@ use memr2_policy::{SamplingConfig, Transformer, TransformerConfig, generate, sft
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-const VOCAB: usize = 2048;
-const TRAIN_BATCH: usize = 8;
-const TRAIN_SEQ: usize = 256;
-const GEN_PROMPT: usize = 16;
-const GEN_TOKENS: usize = 240;
 const MATMUL: usize = 2048;
+
+/// A model and the sizes of the workloads it is measured on.
+struct Workload {
+    name: &'static str,
+    config: TransformerConfig,
+    train_batch: usize,
+    train_seq: usize,
+    gen_prompt: usize,
+    gen_tokens: usize,
+}
+
+impl Workload {
+    fn tiny() -> Self {
+        Self {
+            name: "tiny",
+            config: TransformerConfig::tiny(2048),
+            train_batch: 8,
+            train_seq: 256,
+            gen_prompt: 16,
+            gen_tokens: 240,
+        }
+    }
+
+    fn qwen() -> Self {
+        Self {
+            name: "qwen2.5-0.5b",
+            config: TransformerConfig::qwen2_5_0_5b(),
+            train_batch: 4,
+            train_seq: 128,
+            gen_prompt: 16,
+            gen_tokens: 32,
+        }
+    }
+}
 
 struct Row {
     backend: &'static str,
+    model: &'static str,
     what: String,
     tokens_per_s: f64,
     gflops: f64,
@@ -41,8 +74,8 @@ fn sync<B: Backend>(t: Tensor<B, 2>) {
 }
 
 /// GFLOP/s of an `n x n` f32 matmul (best of 3 after a warm-up).
-fn matmul_rate<B: Backend>() -> f64 {
-    let device = Default::default();
+fn matmul_rate<B: Backend>(device: &B::Device) -> f64 {
+    let device = device.clone();
     let a = Tensor::<B, 2>::random([MATMUL, MATMUL], burn::tensor::Distribution::Default, &device);
     let b = Tensor::<B, 2>::random([MATMUL, MATMUL], burn::tensor::Distribution::Default, &device);
     sync(a.clone().matmul(b.clone()));
@@ -62,25 +95,33 @@ fn forward_flops(config: &TransformerConfig, context: f64) -> f64 {
 
 fn random_batch(
     rng: &mut ChaCha8Rng,
+    vocab: usize,
     rows: usize,
     prompt: usize,
     completion: usize,
 ) -> Vec<(Vec<u32>, Vec<u32>)> {
     let mut ids = |n: usize| {
         (0..n)
-            .map(|_| rng.random_range(0..VOCAB as u32))
+            .map(|_| rng.random_range(0..vocab as u32))
             .collect::<Vec<_>>()
     };
     (0..rows).map(|_| (ids(prompt), ids(completion))).collect()
 }
 
-fn train<B: AutodiffBackend>(config: &TransformerConfig, name: &'static str, peak: f64, rows: &mut Vec<Row>) {
-    let device = Default::default();
-    let mut model: Transformer<B> = config.init_seeded(1, &device);
+fn train<B: AutodiffBackend>(
+    work: &Workload,
+    name: &'static str,
+    device: &B::Device,
+    peak: f64,
+    rows: &mut Vec<Row>,
+) {
+    let config = &work.config;
+    let (train_batch, train_seq) = (work.train_batch, work.train_seq);
+    let mut model: Transformer<B> = config.init_seeded(1, device);
     let mut optim = AdamWConfig::new().init();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    // Teacher forcing over the whole row: a 1-token prompt and a 255-token completion.
-    let batch = random_batch(&mut rng, TRAIN_BATCH, 1, TRAIN_SEQ - 1);
+    // Teacher forcing over the whole row: a 1-token prompt and the rest as completion.
+    let batch = random_batch(&mut rng, config.vocab_size, train_batch, 1, train_seq - 1);
     let mut step = |model: Transformer<B>| {
         let loss = sft_loss(&model, &batch);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -95,26 +136,34 @@ fn train<B: AutodiffBackend>(config: &TransformerConfig, name: &'static str, pea
             model = step(model.clone());
         }
     });
-    let tokens = (steps * TRAIN_BATCH * TRAIN_SEQ) as f64;
-    let flops_per_token = 3.0 * forward_flops(config, TRAIN_SEQ as f64);
+    let tokens = (steps * train_batch * train_seq) as f64;
+    let flops_per_token = 3.0 * forward_flops(config, train_seq as f64);
     let gflops = tokens * flops_per_token / elapsed / 1e9;
     rows.push(Row {
         backend: name,
-        what: format!("train {TRAIN_BATCH}x{TRAIN_SEQ} (fwd+bwd+AdamW)"),
+        model: work.name,
+        what: format!("train {train_batch}x{train_seq} (fwd+bwd+AdamW)"),
         tokens_per_s: tokens / elapsed,
         gflops,
         fraction: gflops / peak,
     });
 }
 
-fn decode<B: Backend>(config: &TransformerConfig, name: &'static str, peak: f64, rows: &mut Vec<Row>) {
-    let device = Default::default();
-    let model: Transformer<B> = config.init_seeded(1, &device);
+fn decode<B: Backend>(
+    work: &Workload,
+    name: &'static str,
+    device: &B::Device,
+    peak: f64,
+    rows: &mut Vec<Row>,
+) {
+    let config = &work.config;
+    let (gen_prompt, gen_tokens) = (work.gen_prompt, work.gen_tokens);
+    let model: Transformer<B> = config.init_seeded(1, device);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let sampling = SamplingConfig::greedy(GEN_TOKENS);
-    let mean_context = (GEN_PROMPT + GEN_TOKENS / 2) as f64;
+    let sampling = SamplingConfig::greedy(gen_tokens);
+    let mean_context = (gen_prompt + gen_tokens / 2) as f64;
     for batch in [1, 8, 32] {
-        let prompts: Vec<Vec<u32>> = random_batch(&mut rng, batch, GEN_PROMPT, 0)
+        let prompts: Vec<Vec<u32>> = random_batch(&mut rng, config.vocab_size, batch, gen_prompt, 0)
             .into_iter()
             .map(|(p, _)| p)
             .collect();
@@ -124,17 +173,20 @@ fn decode<B: Backend>(config: &TransformerConfig, name: &'static str, peak: f64,
         let gflops = tokens * forward_flops(config, mean_context) / elapsed / 1e9;
         rows.push(Row {
             backend: name,
-            what: format!("generate, KV cache, batch {batch}, {GEN_PROMPT}+{GEN_TOKENS} tokens"),
+            model: work.name,
+            what: format!("generate, KV cache, batch {batch}, {gen_prompt}+{gen_tokens} tokens"),
             tokens_per_s: tokens / elapsed,
             gflops,
             fraction: gflops / peak,
         });
     }
-    // Full recomputation: every new token reruns the whole 256-token sequence.
-    let seq = GEN_PROMPT + GEN_TOKENS;
-    let ids: Vec<i64> = (0..seq).map(|_| rng.random_range(0..VOCAB as i64)).collect();
-    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, seq]), &device);
-    let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; seq], [1, seq]), &device);
+    // Full recomputation: every new token reruns the whole sequence.
+    let seq = gen_prompt + gen_tokens;
+    let ids: Vec<i64> = (0..seq)
+        .map(|_| rng.random_range(0..config.vocab_size as i64))
+        .collect();
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, seq]), device);
+    let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; seq], [1, seq]), device);
     let run = || {
         let logits = model.forward(tokens.clone(), mask.clone());
         let _ = logits.slice([0..1, seq - 1..seq, 0..1]).into_data();
@@ -145,6 +197,7 @@ fn decode<B: Backend>(config: &TransformerConfig, name: &'static str, peak: f64,
     let gflops = seq as f64 * forward_flops(config, seq as f64) / per_token / 1e9;
     rows.push(Row {
         backend: name,
+        model: work.name,
         what: format!("generate, full recompute at {seq} tokens, batch 1"),
         tokens_per_s: 1.0 / per_token,
         gflops,
@@ -152,43 +205,96 @@ fn decode<B: Backend>(config: &TransformerConfig, name: &'static str, peak: f64,
     });
 }
 
-fn run_backend<B: AutodiffBackend>(name: &'static str, config: &TransformerConfig, rows: &mut Vec<Row>) {
-    let peak = matmul_rate::<B::InnerBackend>();
+fn run_backend<B: AutodiffBackend>(
+    name: &'static str,
+    device: &B::Device,
+    workloads: &[Workload],
+    rows: &mut Vec<Row>,
+) {
+    let peak = matmul_rate::<B::InnerBackend>(device);
     rows.push(Row {
         backend: name,
+        model: "-",
         what: format!("matmul {MATMUL}x{MATMUL}x{MATMUL} f32"),
         tokens_per_s: f64::NAN,
         gflops: peak,
         fraction: 1.0,
     });
-    train::<B>(config, name, peak, rows);
-    decode::<B::InnerBackend>(config, name, peak, rows);
+    for work in workloads {
+        train::<B>(work, name, device, peak, rows);
+        decode::<B::InnerBackend>(work, name, device, peak, rows);
+    }
+}
+
+fn compiled_backends() -> Vec<&'static str> {
+    let mut out = vec!["flex", "ndarray"];
+    if cfg!(feature = "test-wgpu") {
+        out.push("wgpu");
+    }
+    if cfg!(feature = "test-cuda") {
+        out.push("cuda");
+    }
+    out
 }
 
 fn main() {
-    let config = TransformerConfig::tiny(VOCAB);
-    let wanted = std::env::var("POLICY_BENCH_BACKENDS").unwrap_or_else(|_| "flex,ndarray".to_string());
-    println!(
-        "tiny model: hidden {}, {} layers, {} heads ({} kv), ffn {}, vocab {}: {} parameters ({} in matmuls)",
-        config.hidden_size,
-        config.num_hidden_layers,
-        config.num_attention_heads,
-        config.num_kv_heads(),
-        config.intermediate_size,
-        config.vocab_size,
-        config.num_parameters(),
-        config.num_matmul_parameters()
-    );
+    let wanted = std::env::var("POLICY_BENCH_BACKENDS").unwrap_or_else(|_| compiled_backends().join(","));
+    let models = std::env::var("POLICY_BENCH_MODELS").unwrap_or_else(|_| "tiny".to_string());
+    let workloads: Vec<Workload> = models
+        .split(',')
+        .filter_map(|m| match m.trim() {
+            "tiny" => Some(Workload::tiny()),
+            "qwen0.5b" => Some(Workload::qwen()),
+            other => {
+                eprintln!("unknown model {other} (tiny, qwen0.5b), skipped");
+                None
+            }
+        })
+        .collect();
+    for work in &workloads {
+        let c = &work.config;
+        println!(
+            "{}: hidden {}, {} layers, {} heads ({} kv), ffn {}, vocab {}: {} parameters ({} in matmuls)",
+            work.name,
+            c.hidden_size,
+            c.num_hidden_layers,
+            c.num_attention_heads,
+            c.num_kv_heads(),
+            c.intermediate_size,
+            c.vocab_size,
+            c.num_parameters(),
+            c.num_matmul_parameters()
+        );
+    }
     let mut rows = Vec::new();
     for backend in wanted.split(',') {
         match backend.trim() {
-            "flex" => run_backend::<Autodiff<Flex>>("flex", &config, &mut rows),
-            "ndarray" => run_backend::<Autodiff<NdArray>>("ndarray", &config, &mut rows),
-            other => eprintln!("unknown backend {other}, skipped"),
+            "flex" => run_backend::<Autodiff<Flex>>("flex", &Default::default(), &workloads, &mut rows),
+            "ndarray" => {
+                run_backend::<Autodiff<NdArray>>("ndarray", &Default::default(), &workloads, &mut rows)
+            }
+            #[cfg(feature = "test-wgpu")]
+            "wgpu" => run_backend::<Autodiff<burn::backend::Wgpu>>(
+                "wgpu",
+                &Default::default(),
+                &workloads,
+                &mut rows,
+            ),
+            #[cfg(feature = "test-cuda")]
+            "cuda" => run_backend::<Autodiff<burn::backend::Cuda>>(
+                "cuda",
+                &Default::default(),
+                &workloads,
+                &mut rows,
+            ),
+            other => eprintln!(
+                "backend {other} is not compiled in (compiled: {}), skipped",
+                compiled_backends().join(", ")
+            ),
         }
     }
-    println!("| backend | workload | tokens/s | GFLOP/s | of matmul rate |");
-    println!("|---|---|---:|---:|---:|");
+    println!("| backend | model | workload | tokens/s | GFLOP/s | of matmul rate |");
+    println!("|---|---|---|---:|---:|---:|");
     for row in &rows {
         let tokens = if row.tokens_per_s.is_nan() {
             "-".to_string()
@@ -196,24 +302,30 @@ fn main() {
             format!("{:.0}", row.tokens_per_s)
         };
         println!(
-            "| {} | {} | {} | {:.1} | {:.0}% |",
+            "| {} | {} | {} | {} | {:.1} | {:.0}% |",
             row.backend,
+            row.model,
             row.what,
             tokens,
             row.gflops,
             100.0 * row.fraction
         );
     }
-    for backend in ["flex", "ndarray"] {
-        let find = |prefix: &str| {
-            rows.iter()
-                .find(|r| r.backend == backend && r.what.starts_with(prefix))
-        };
-        if let (Some(cached), Some(full)) = (find("generate, KV cache, batch 1"), find("generate, full")) {
-            println!(
-                "{backend}: KV cache is {:.1}x faster per token than recomputing 256 tokens",
-                cached.tokens_per_s / full.tokens_per_s
-            );
+    for backend in compiled_backends() {
+        for work in &workloads {
+            let find = |prefix: &str| {
+                rows.iter()
+                    .find(|r| r.backend == backend && r.model == work.name && r.what.starts_with(prefix))
+            };
+            if let (Some(cached), Some(full)) = (find("generate, KV cache, batch 1"), find("generate, full"))
+            {
+                println!(
+                    "{backend} {}: KV cache is {:.1}x faster per token than recomputing {} tokens",
+                    work.name,
+                    cached.tokens_per_s / full.tokens_per_s,
+                    work.gen_prompt + work.gen_tokens
+                );
+            }
         }
     }
 }

@@ -123,6 +123,32 @@ impl TransformerConfig {
         }
     }
 
+    /// The shape of Qwen2.5-0.5B-Instruct (494,032,768 parameters): width 896, 24 layers, 14
+    /// query heads and 2 key/value heads of width 64, SwiGLU width 4864, a 151,936-token
+    /// vocabulary, q/k/v biases, tied embeddings. For benchmarks with random weights; real
+    /// weights come with their own `config.json` through [`crate::load_hf`].
+    pub fn qwen2_5_0_5b() -> Self {
+        Self {
+            model_type: "qwen2".to_string(),
+            vocab_size: 151_936,
+            hidden_size: 896,
+            intermediate_size: 4864,
+            num_hidden_layers: 24,
+            num_attention_heads: 14,
+            num_key_value_heads: Some(2),
+            head_dim: None,
+            max_position_embeddings: 32_768,
+            rms_norm_eps: 1e-6,
+            rope_theta: Some(1_000_000.0),
+            tie_word_embeddings: true,
+            attention_bias: None,
+            bos_token_id: None,
+            eos_token_id: None,
+            initializer_range: 0.02,
+            extra: serde_json::Map::new(),
+        }
+    }
+
     /// Reads an HF `config.json`; a missing file or malformed JSON is an error naming the path.
     pub fn from_file(path: &Path) -> Result<Self, PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::io(path, source))?;
@@ -350,6 +376,21 @@ mod tests {
         // Qwen2.5-0.5B: 0.49B parameters, 0.36B without the (tied) embedding.
         assert_eq!(config.num_parameters(), 494_032_768);
         assert_eq!(config.num_parameters() - 151_936 * 896, 357_898_112);
+    }
+
+    #[test]
+    fn built_in_qwen_shape_matches_the_real_config() {
+        let real = TransformerConfig::from_json(QWEN25_05B).unwrap();
+        let ours = TransformerConfig::qwen2_5_0_5b();
+        ours.validate().unwrap();
+        assert_eq!(ours.num_parameters(), real.num_parameters());
+        assert_eq!(ours.num_matmul_parameters(), real.num_matmul_parameters());
+        assert_eq!(
+            (ours.head_dim(), ours.num_kv_heads()),
+            (real.head_dim(), real.num_kv_heads())
+        );
+        assert_eq!(ours.qkv_bias(), real.qkv_bias());
+        assert_eq!(ours.rope_base(), real.rope_base());
     }
 
     #[test]

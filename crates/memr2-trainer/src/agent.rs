@@ -265,7 +265,7 @@ pub fn run_sessions<B: Backend>(
                 facts[j].extend(f);
             }
             Err(e) => {
-                tracing::debug!(error = %e, "extractor output did not parse");
+                tracing::debug!(error = %e, output = %out.text, "extractor output did not parse");
                 job.state.stats.format_errors += 1;
             }
         }
@@ -308,7 +308,7 @@ pub fn run_sessions<B: Backend>(
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "manager output did not parse");
+                    tracing::debug!(error = %e, output = %out.text, "manager output did not parse");
                     job.state.stats.format_errors += 1;
                 }
             }

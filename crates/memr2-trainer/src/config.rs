@@ -73,8 +73,15 @@ pub enum ModelSpec {
 pub struct SftConfig {
     /// Passes over the teacher traces (0 skips the warm start).
     pub epochs: usize,
-    /// AdamW learning rate.
+    /// Peak AdamW learning rate.
     pub learning_rate: f64,
+    /// Optimiser steps of linear warm-up to the peak rate.
+    #[serde(default = "default_warmup_steps")]
+    pub warmup_steps: usize,
+    /// The rate decays along a cosine to this fraction of the peak by the last step (1.0 keeps
+    /// it constant).
+    #[serde(default = "default_min_lr_fraction")]
+    pub min_lr_fraction: f64,
     /// Sequences per optimiser step.
     pub batch_size: usize,
     /// Teacher mistakes: probability of ADD where UPDATE was right.
@@ -83,6 +90,28 @@ pub struct SftConfig {
     pub miss_delete: f64,
     /// Teacher mistakes: probability of dropping a fact.
     pub drop_fact: f64,
+}
+
+fn default_warmup_steps() -> usize {
+    50
+}
+
+fn default_min_lr_fraction() -> f64 {
+    0.1
+}
+
+impl SftConfig {
+    /// The learning rate of optimiser step `step` (0-based) out of `total`.
+    pub fn learning_rate_at(&self, step: usize, total: usize) -> f64 {
+        let peak = self.learning_rate;
+        if step < self.warmup_steps {
+            return peak * (step + 1) as f64 / (self.warmup_steps + 1) as f64;
+        }
+        let span = total.saturating_sub(self.warmup_steps).max(1);
+        let progress = ((step - self.warmup_steps) as f64 / span as f64).min(1.0);
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        peak * (self.min_lr_fraction + (1.0 - self.min_lr_fraction) * cosine)
+    }
 }
 
 /// The reinforcement-learning stage: rollouts and updates.
@@ -205,8 +234,10 @@ impl TrainConfig {
             },
             agent: AgentConfig::default(),
             sft: SftConfig {
-                epochs: 3,
-                learning_rate: 2e-3,
+                epochs: 4,
+                learning_rate: 4e-3,
+                warmup_steps: default_warmup_steps(),
+                min_lr_fraction: default_min_lr_fraction(),
                 batch_size: 16,
                 add_instead_of_update: 0.25,
                 miss_delete: 0.25,
@@ -247,7 +278,7 @@ impl TrainConfig {
             layers: 2,
             heads: 4,
         };
-        config.sft.epochs = 2;
+        config.sft.epochs = 30;
         config.rl.logo.n_rollouts = 3;
         config.rl.logo.k_rerollouts = 2;
         config.rl.logo.p_local = 0.5;
@@ -310,6 +341,12 @@ impl TrainConfig {
             return bad(format!(
                 "sft.learning_rate must be positive, got {}",
                 self.sft.learning_rate
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.sft.min_lr_fraction) {
+            return bad(format!(
+                "sft.min_lr_fraction must be in [0, 1], got {}",
+                self.sft.min_lr_fraction
             ));
         }
         if self.sft.batch_size == 0 {
@@ -382,6 +419,25 @@ impl Default for AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sft_schedule_warms_up_then_decays_to_the_floor() {
+        let sft = TrainConfig::default_cpu().sft;
+        let total = 1000;
+        let rates: Vec<f64> = (0..total).map(|s| sft.learning_rate_at(s, total)).collect();
+        assert!(rates[0] < sft.learning_rate / 10.0);
+        let peak = rates.iter().cloned().fold(0.0, f64::max);
+        assert!((peak - sft.learning_rate).abs() < 1e-3 * sft.learning_rate);
+        assert!(rates.windows(2).skip(sft.warmup_steps).all(|w| w[1] <= w[0]));
+        let floor = sft.learning_rate * sft.min_lr_fraction;
+        assert!((rates[total - 1] - floor).abs() < 1e-3 * sft.learning_rate);
+        let constant = SftConfig {
+            min_lr_fraction: 1.0,
+            warmup_steps: 0,
+            ..sft.clone()
+        };
+        assert!((0..total).all(|s| constant.learning_rate_at(s, total) == sft.learning_rate));
+    }
 
     #[test]
     fn presets_validate() {

@@ -93,6 +93,9 @@ struct TrainArgs {
     /// RL steps per curriculum stage.
     #[arg(long)]
     steps_per_stage: Option<usize>,
+    /// Epochs of the supervised warm start.
+    #[arg(long)]
+    sft_epochs: Option<usize>,
     /// Print the resolved configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -179,12 +182,14 @@ macro_rules! with_backend {
             BackendKind::Wgpu => {
                 type $b = burn::backend::Autodiff<burn::backend::Wgpu>;
                 let $device = burn::backend::wgpu::WgpuDevice::default();
+                probe_device::<$b>(&$device, "wgpu")?;
                 $body
             }
             #[cfg(feature = "cuda")]
             BackendKind::Cuda => {
                 type $b = burn::backend::Autodiff<burn::backend::Cuda>;
                 let $device = burn::backend::cuda::CudaDevice::default();
+                probe_device::<$b>(&$device, "cuda")?;
                 $body
             }
             #[allow(unreachable_patterns)]
@@ -196,6 +201,44 @@ macro_rules! with_backend {
             ),
         }
     }};
+}
+
+/// Runs a two-element sum on `device`, so that a backend without a usable device (no GPU, no
+/// driver, no Vulkan loader) fails here with a clear error instead of panicking inside a run.
+#[allow(dead_code)] // used only when a GPU backend is compiled in
+fn probe_device<B: burn::tensor::backend::Backend>(device: &B::Device, name: &str) -> Result<()> {
+    use burn::tensor::{ElementConversion, Tensor};
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Tensor::<B, 1>::from_floats([1.0, 2.0], device)
+            .sum()
+            .into_scalar()
+            .elem::<f32>()
+    }));
+    std::panic::set_hook(previous);
+    let others = compiled_backends()
+        .into_iter()
+        .filter(|b| *b != name)
+        .collect::<Vec<_>>()
+        .join(", ");
+    match result {
+        Ok(3.0) => Ok(()),
+        Ok(sum) => bail!("the {name} backend computed 1 + 2 = {sum}; its device is not usable"),
+        Err(payload) => {
+            let why = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            bail!(
+                "the {name} backend found no usable device: {why}\n\
+                 (wgpu needs a Vulkan, Metal or DX12 driver, e.g. Debian's mesa-vulkan-drivers; cuda \
+                 needs an NVIDIA GPU and driver). Other backends compiled in: {others}; pass one \
+                 with --backend."
+            )
+        }
+    }
 }
 
 fn compiled_backends() -> Vec<&'static str> {
@@ -265,6 +308,9 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(h) = &args.horizons {
         config.curriculum.horizons = h.clone();
+    }
+    if let Some(e) = args.sft_epochs {
+        config.sft.epochs = e;
     }
     if let Some(s) = args.steps_per_stage {
         config.curriculum.steps_per_stage = s;
@@ -457,10 +503,11 @@ fn inspect_command<B: AutodiffBackend>(args: &InspectArgs, device: &B::Device) -
         println!("  -- operations");
         for record in state.store.operations().skip(before) {
             let text = |e: &Option<std::sync::Arc<memr2_store::Entry>>| e.as_ref().map(|e| e.text.clone());
+            let id = record.applied.id().map(|id| id.to_string()).unwrap_or_default();
             match (text(&record.before), text(&record.after)) {
-                (None, Some(new)) => println!("  ADD    {:?} {new}", record.applied),
-                (Some(old), Some(new)) => println!("  UPDATE {:?} {old} -> {new}", record.applied),
-                (Some(old), None) => println!("  DELETE {:?} {old}", record.applied),
+                (None, Some(new)) => println!("  ADD    {id} {new}"),
+                (Some(old), Some(new)) => println!("  UPDATE {id} {old} -> {new}"),
+                (Some(old), None) => println!("  DELETE {id} {old}"),
                 (None, None) => println!("  NOOP"),
             }
         }

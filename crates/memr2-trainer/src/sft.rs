@@ -189,14 +189,15 @@ pub fn sft_loss<B: Backend>(model: &Transformer<B>, batch: &[TokenizedExample]) 
     (out.logprobs * out.mask).sum().neg() / tokens.clamp_min(1.0)
 }
 
-/// One pass over the examples in shuffled minibatches. Returns the model and the mean loss;
-/// a minibatch with a non-finite loss is skipped and counted in the second value.
+/// One pass over the examples in shuffled minibatches, the `i`-th minibatch stepped at
+/// `learning_rate(i)`. Returns the model and the mean loss; a minibatch with a non-finite loss
+/// is skipped and counted in the third value.
 pub fn sft_epoch<B, O>(
     mut model: Transformer<B>,
     optim: &mut O,
     examples: &[TokenizedExample],
     batch_size: usize,
-    learning_rate: f64,
+    learning_rate: impl Fn(usize) -> f64,
     rng: &mut ChaCha8Rng,
     mut progress: impl FnMut(usize, f64),
 ) -> (Transformer<B>, f64, u64)
@@ -226,7 +227,7 @@ where
             continue;
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(learning_rate, model, grads);
+        model = optim.step(learning_rate(done), model, grads);
         total += value;
         n += 1;
         progress(done + 1, value);

@@ -291,6 +291,12 @@ pub fn run<B: AutodiffBackend>(
             config.seed,
         );
         let tokens = tokenize(&examples, &tokenizer);
+        tracing::info!(
+            examples = tokens.len(),
+            prompt_tokens = tokens.iter().map(|e| e.prompt.len()).sum::<usize>(),
+            completion_tokens = tokens.iter().map(|e| e.completion.len()).sum::<usize>(),
+            "sft corpus"
+        );
         let batches = tokens.len().div_ceil(config.sft.batch_size) as u64;
         for epoch in epochs_done..config.sft.epochs {
             observe(Event::Phase {
@@ -302,7 +308,12 @@ pub fn run<B: AutodiffBackend>(
                 &mut optim,
                 &tokens,
                 config.sft.batch_size,
-                config.sft.learning_rate,
+                |i| {
+                    let step = epoch * batches as usize + i;
+                    config
+                        .sft
+                        .learning_rate_at(step, config.sft.epochs * batches as usize)
+                },
                 &mut state.rng,
                 |done, loss| {
                     observe(Event::Progress {
