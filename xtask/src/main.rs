@@ -387,7 +387,14 @@ fn gpu_check(args: &[String]) -> Result<(), String> {
     copy(bench, &dir.join("bench-policy"))?;
     run(
         "cargo",
-        &["build", "--release", "-p", "memr2-trainer", "--features", "cuda"],
+        &[
+            "build",
+            "--release",
+            "-p",
+            "memr2-trainer",
+            "--features",
+            "cuda,fusion,autotune",
+        ],
         &[],
     )?;
     copy(&workspace_root().join("target/release/memr2"), &dir.join("memr2"))?;

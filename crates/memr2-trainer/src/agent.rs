@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AgentConfig;
+use crate::parallel;
 
 /// Counts memory and session sizes in the model's own tokens (the reward's size penalty).
 pub struct TokenizerCounter<'a>(pub &'a Tokenizer);
@@ -57,10 +58,7 @@ impl<B: Backend> Agent<'_, B> {
         if prompts.is_empty() {
             return Vec::new();
         }
-        let ids: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|p| self.tokenizer.chat_prompt(&p.system, &p.user))
-            .collect();
+        let ids: Vec<Vec<u32>> = parallel::map(prompts, |p| self.tokenizer.chat_prompt(&p.system, &p.user));
         let sampling = SamplingConfig {
             max_new_tokens,
             temperature,
@@ -68,16 +66,15 @@ impl<B: Backend> Agent<'_, B> {
         };
         let stop = self.tokenizer.stop_ids();
         let out = memr2_policy::generate(self.model, &ids, &sampling, &stop, rng);
+        let texts = parallel::map(&out, |g| self.tokenizer.decode(&g.tokens));
         ids.into_iter()
             .zip(out)
-            .map(|(prompt, g)| {
-                let text = self.tokenizer.decode(&g.tokens);
-                Generated {
-                    prompt,
-                    completion: g.tokens,
-                    logprobs: g.logprobs,
-                    text,
-                }
+            .zip(texts)
+            .map(|((prompt, g), text)| Generated {
+                prompt,
+                completion: g.tokens,
+                logprobs: g.logprobs,
+                text,
             })
             .collect()
     }
@@ -275,20 +272,27 @@ pub fn run_sessions<B: Backend>(
     // 2. The manager, fact by fact, in lockstep.
     let rounds = facts.iter().map(Vec::len).max().unwrap_or(0);
     for round in 0..rounds {
-        let mut owners = Vec::new();
-        let mut prompts = Vec::new();
-        let mut shown = Vec::new();
-        for (j, job) in jobs.iter().enumerate() {
-            let Some(fact) = facts[j].get(round) else { continue };
-            let memories = retrieve(&job.state.store, &fact.fact, cfg.manager_top_k, cfg.min_score);
-            let views: Vec<MemoryView<'_>> = memories
-                .iter()
-                .map(|(alias, _, text)| MemoryView { alias, text })
-                .collect();
-            prompts.push(roles::manager_prompt(&fact.fact, &views));
-            owners.push(j);
-            shown.push(memories);
-        }
+        let queries: Vec<(usize, &Store, &str)> = jobs
+            .iter()
+            .enumerate()
+            .filter_map(|(j, job)| Some((j, &job.state.store, facts[j].get(round)?.fact.as_str())))
+            .collect();
+        let shown = parallel::map(&queries, |(_, store, fact)| {
+            retrieve(store, fact, cfg.manager_top_k, cfg.min_score)
+        });
+        let owners: Vec<usize> = queries.iter().map(|(j, _, _)| *j).collect();
+        let prompts: Vec<ChatPrompt> = queries
+            .iter()
+            .zip(&shown)
+            .map(|((_, _, fact), memories)| {
+                let views: Vec<MemoryView<'_>> = memories
+                    .iter()
+                    .map(|(alias, _, text)| MemoryView { alias, text })
+                    .collect();
+                roles::manager_prompt(fact, &views)
+            })
+            .collect();
+        drop(queries);
         let outputs = agent.generate(
             &prompts,
             cfg.max_manage_tokens,

@@ -234,7 +234,7 @@ impl TrainConfig {
             },
             agent: AgentConfig::default(),
             sft: SftConfig {
-                epochs: 4,
+                epochs: 2,
                 learning_rate: 4e-3,
                 warmup_steps: default_warmup_steps(),
                 min_lr_fraction: default_min_lr_fraction(),

@@ -10,9 +10,54 @@ use memr2_sim::{Category, Episode, ScoreBoard, Teacher, TeacherConfig};
 use memr2_store::{Snapshot, Store};
 use rand_chacha::ChaCha8Rng;
 
-use crate::agent::{Agent, RolloutSampling, RolloutState, SessionJob, answer_questions, run_sessions};
+use crate::agent::{
+    Agent, RolloutSampling, RolloutState, SessionJob, answer_prompt, answer_questions, run_sessions,
+};
 use crate::config::AgentConfig;
 use crate::sft::teacher_replay;
+
+/// How far the oracle memory and retrieval reach: the upper bound on what any answerer can get
+/// from memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RetrievalCeiling {
+    /// Questions looked at (unanswerable and adversarial ones left out).
+    pub questions: usize,
+    /// Fraction whose normalised gold answer appears in some memory of the oracle memory.
+    pub in_memory: f64,
+    /// Fraction whose normalised gold answer appears in the memories the answerer is shown
+    /// (top `answer_top_k` by BM25 on the question).
+    pub in_prompt: f64,
+}
+
+/// Measures [`RetrievalCeiling`] over episodes at their full horizon.
+pub fn retrieval_ceiling(episodes: &[Episode], cfg: &AgentConfig) -> RetrievalCeiling {
+    use memr2_sim::normalize_answer;
+    let contains = |haystack: &str, needle: &str| {
+        let needle = normalize_answer(needle);
+        !needle.is_empty() && format!(" {} ", normalize_answer(haystack)).contains(&format!(" {needle} "))
+    };
+    let (mut n, mut in_memory, mut in_prompt) = (0usize, 0usize, 0usize);
+    for episode in episodes {
+        let mut teacher = Teacher::new(TeacherConfig::perfect(), 0);
+        let (_, snapshots) = teacher_replay(episode, episode.sessions.len(), &mut teacher, cfg);
+        let Some(memory) = snapshots.last() else { continue };
+        let all: Vec<String> = memory.entries().map(|e| e.text.clone()).collect();
+        for q in &episode.questions {
+            if matches!(q.category, Category::Unanswerable | Category::Adversarial) {
+                continue;
+            }
+            n += 1;
+            in_memory += usize::from(all.iter().any(|t| contains(t, &q.answer)));
+            in_prompt += usize::from(contains(&answer_prompt(memory, &q.question, cfg).user, &q.answer));
+        }
+    }
+    let frac = |k: usize| if n == 0 { 0.0 } else { k as f64 / n as f64 };
+    RetrievalCeiling {
+        questions: n,
+        in_memory: frac(in_memory),
+        in_prompt: frac(in_prompt),
+    }
+}
 
 /// Where the memory that questions are answered from comes from.
 pub enum MemorySource<'a, B: Backend> {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod metrics;
+pub mod parallel;
 pub mod plot;
 pub mod reward;
 pub mod sft;

@@ -367,6 +367,8 @@ fn train_command(args: TrainArgs) -> Result<()> {
         return Ok(());
     }
     let bar = progress_bar();
+    // Without a terminal the bar is hidden: log progress every half minute instead.
+    let mut last_log = std::time::Instant::now();
     let mut observe = |event: Event<'_>| {
         match event {
         Event::Phase { name, total } => {
@@ -378,6 +380,17 @@ fn train_command(args: TrainArgs) -> Result<()> {
         Event::Progress { done, message } => {
             bar.set_position(done);
             bar.set_message(message);
+            if bar.is_hidden() && last_log.elapsed() >= Duration::from_secs(30) {
+                last_log = std::time::Instant::now();
+                tracing::info!(
+                    phase = %bar.prefix(),
+                    done,
+                    total = bar.length().unwrap_or(0),
+                    eta_s = bar.eta().as_secs(),
+                    "{}",
+                    bar.message()
+                );
+            }
         }
         Event::Step(m) => bar.println(format!(
             "step {:>4} h={:<2} reward {:+.3} (local {:+.3}) F1 {:.3} kl {:.4} ops A{}/U{}/D{}/N{} fmt-err {} {:.1}s",
@@ -584,6 +597,16 @@ fn data_stats(data: Option<PathBuf>, preset: Preset) -> Result<()> {
     println!(
         "| all | {} | {} | {} | {} | {} |",
         s.conversations, s.sessions, s.turns, s.questions, s.questions_non_adversarial
+    );
+    let agent = TrainConfig::preset(preset).agent;
+    let ceiling = memr2_trainer::eval::retrieval_ceiling(&env.episodes(Split::Test), &agent);
+    println!(
+        "oracle memory, test split, answerable questions ({}): answer in some memory {:.1}%, \
+         in the answerer's top-{} {:.1}%",
+        ceiling.questions,
+        100.0 * ceiling.in_memory,
+        agent.answer_top_k,
+        100.0 * ceiling.in_prompt
     );
     Ok(())
 }

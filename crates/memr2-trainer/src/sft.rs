@@ -9,11 +9,11 @@ use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{Transformer, completion_logprobs};
 use memr2_sim::{Episode, OracleOp, Teacher, TeacherConfig};
 use memr2_store::{Operation, Snapshot, Store};
-use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::agent::{answer_prompt, retrieve};
 use crate::config::AgentConfig;
+use crate::update::length_bucketed;
 
 /// A prompt and the completion the teacher wrote for it.
 #[derive(Clone, Debug)]
@@ -206,16 +206,11 @@ where
     O: Optimizer<Transformer<B>, B>,
 {
     let _span = tracing::info_span!("sft_epoch", examples = examples.len()).entered();
-    let mut order: Vec<usize> = (0..examples.len()).collect();
-    order.shuffle(rng);
-    // Batches of similar lengths waste less compute on padding.
-    let mut batches: Vec<Vec<usize>> = Vec::new();
-    for window in order.chunks(batch_size * 8) {
-        let mut w = window.to_vec();
-        w.sort_by_key(|&i| examples[i].prompt.len() + examples[i].completion.len());
-        batches.extend(w.chunks(batch_size).map(<[usize]>::to_vec));
-    }
-    batches.shuffle(rng);
+    let lengths: Vec<usize> = examples
+        .iter()
+        .map(|e| e.prompt.len() + e.completion.len())
+        .collect();
+    let batches = length_bucketed(&lengths, batch_size, rng);
     let (mut total, mut n, mut skipped) = (0.0, 0usize, 0u64);
     for (done, batch) in batches.iter().enumerate() {
         let items: Vec<TokenizedExample> = batch.iter().map(|&i| examples[i].clone()).collect();

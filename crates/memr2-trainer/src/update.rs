@@ -69,20 +69,40 @@ pub fn host_logprobs<B: Backend>(
     samples: &[&TrainSample],
     chunk: usize,
 ) -> Vec<Vec<f32>> {
-    let mut out = Vec::with_capacity(samples.len());
-    for batch in samples.chunks(chunk.max(1)) {
+    // Batches of similar lengths waste less compute on padding; results go back in input order.
+    let mut by_length: Vec<usize> = (0..samples.len()).collect();
+    by_length.sort_by_key(|&i| samples[i].prompt.len() + samples[i].completion.len());
+    let mut out = vec![Vec::new(); samples.len()];
+    for batch in by_length.chunks(chunk.max(1)) {
         let pairs: Vec<(Vec<u32>, Vec<u32>)> = batch
             .iter()
-            .map(|s| (s.prompt.clone(), s.completion.clone()))
+            .map(|&i| (samples[i].prompt.clone(), samples[i].completion.clone()))
             .collect();
         let lp = completion_logprobs(model, &pairs).logprobs;
         let [_, width] = lp.dims();
         let data: Vec<f32> = lp.into_data().to_vec().expect("f32 log-probs");
-        for (row, s) in batch.iter().enumerate() {
-            out.push(data[row * width..row * width + s.completion.len()].to_vec());
+        for (row, &i) in batch.iter().enumerate() {
+            out[i] = data[row * width..row * width + samples[i].completion.len()].to_vec();
         }
     }
     out
+}
+
+/// Shuffled minibatches of `size` indices into `lengths`, each of similar sequence lengths so
+/// that little compute goes to padding: the shuffled order is cut into windows of 8
+/// minibatches, each window sorted by length, and the minibatches shuffled.
+pub fn length_bucketed(lengths: &[usize], size: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
+    let size = size.max(1);
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.shuffle(rng);
+    let mut batches = Vec::new();
+    for window in order.chunks(size * 8) {
+        let mut w = window.to_vec();
+        w.sort_by_key(|&i| lengths[i]);
+        batches.extend(w.chunks(size).map(<[usize]>::to_vec));
+    }
+    batches.shuffle(rng);
+    batches
 }
 
 /// Right-pads per-sample rows into a `[batch, width]` tensor.
@@ -120,11 +140,13 @@ where
     let reference = reference.map(|r| host_logprobs(r, &refs, chunk));
     let device = model.devices()[0].clone();
 
-    let mut order: Vec<usize> = (0..samples.len()).collect();
+    let lengths: Vec<usize> = samples
+        .iter()
+        .map(|s| s.prompt.len() + s.completion.len())
+        .collect();
     let mut sums = UpdateStats::default();
     for _epoch in 0..settings.epochs {
-        order.shuffle(rng);
-        for batch in order.chunks(chunk) {
+        for batch in &length_bucketed(&lengths, chunk, rng) {
             let pairs: Vec<(Vec<u32>, Vec<u32>)> = batch
                 .iter()
                 .map(|&i| (samples[i].prompt.clone(), samples[i].completion.clone()))
@@ -314,6 +336,26 @@ mod tests {
             mean_logprob(&model, &bad) < bad0,
             "the negative sample became less likely"
         );
+    }
+
+    #[test]
+    fn length_buckets_cover_every_index_once() {
+        let lengths: Vec<usize> = (0..203).map(|i| (i * 37) % 101).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let batches = length_bucketed(&lengths, 8, &mut rng);
+        let mut seen: Vec<usize> = batches.concat();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..203).collect::<Vec<_>>());
+        assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= 8));
+        // Sorting inside windows keeps each minibatch's spread well below the whole range's.
+        let spread: usize = batches
+            .iter()
+            .map(|b| {
+                b.iter().map(|&i| lengths[i]).max().unwrap() - b.iter().map(|&i| lengths[i]).min().unwrap()
+            })
+            .sum::<usize>()
+            / batches.len();
+        assert!(spread < 40, "mean spread {spread}");
     }
 
     #[test]
