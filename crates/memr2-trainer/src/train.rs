@@ -275,6 +275,11 @@ pub fn run<B: AutodiffBackend>(
         (model, arch, sft_adam.init::<B, Transformer<B>>(), state)
     };
     let mut log = MetricsLog::open(&run.metrics(), state.metrics_lines)?;
+    // The resumable checkpoint: weights, optimiser state and where the run stands.
+    let latest = run.checkpoint("latest");
+    let save_latest = |model: &Transformer<B>, optim_record, state: &TrainState| {
+        checkpoint::save(&latest, model, &arch, Some(optim_record), Some(state))
+    };
     tracing::info!(
         parameters = arch.num_parameters(),
         vocab = tokenizer.vocab_size(),
@@ -331,13 +336,7 @@ pub fn run<B: AutodiffBackend>(
                 epochs_done: epoch + 1,
             };
             state.metrics_lines = log.lines();
-            checkpoint::save(
-                &run.checkpoint("latest"),
-                &model,
-                &arch,
-                Some(optim.to_record()),
-                Some(&state),
-            )?;
+            save_latest(&model, optim.to_record(), &state)?;
         }
         checkpoint::save::<B, ()>(&run.checkpoint("sft"), &model, &arch, None, None)?;
         state.phase = Phase::Rl {
@@ -345,13 +344,7 @@ pub fn run<B: AutodiffBackend>(
             steps_done: 0,
         };
         optim = rl_adam.init::<B, Transformer<B>>();
-        checkpoint::save(
-            &run.checkpoint("latest"),
-            &model,
-            &arch,
-            Some(optim.to_record()),
-            Some(&state),
-        )?;
+        save_latest(&model, optim.to_record(), &state)?;
     }
 
     // 4. The frozen answerer and reference: the SFT model, read back from its checkpoint.
@@ -429,13 +422,7 @@ pub fn run<B: AutodiffBackend>(
                 steps_done: done,
             };
             state.metrics_lines = log.lines();
-            checkpoint::save(
-                &run.checkpoint("latest"),
-                &model,
-                &arch,
-                Some(optim.to_record()),
-                Some(&state),
-            )?;
+            save_latest(&model, optim.to_record(), &state)?;
         }
         // The next stage starts from this stage's best checkpoint, with a fresh optimizer.
         model = checkpoint::load::<B>(&best_dir, device)?.model;
@@ -451,13 +438,7 @@ pub fn run<B: AutodiffBackend>(
         state.best = None;
         optim = rl_adam.init::<B, Transformer<B>>();
         state.metrics_lines = log.lines();
-        checkpoint::save(
-            &run.checkpoint("latest"),
-            &model,
-            &arch,
-            Some(optim.to_record()),
-            Some(&state),
-        )?;
+        save_latest(&model, optim.to_record(), &state)?;
     }
     checkpoint::save::<B, ()>(&run.checkpoint("final"), &model, &arch, None, None)?;
 
