@@ -225,31 +225,31 @@ fn check_headers(root: &Path) -> Vec<String> {
     problems
 }
 
-/// The wgpu and CUDA features of the crates whose tests run on every backend.
-fn test_features(backend: &str) -> String {
-    format!("memr2-policy/test-{backend},memr2-logo-grpo/test-{backend}")
+/// Cargo arguments selecting the unit tests that run on every backend (the policy's and the
+/// objective's), with `backend`'s test feature.
+fn backend_test_args(backend: &str) -> Vec<String> {
+    let features = format!("memr2-policy/test-{backend},memr2-logo-grpo/test-{backend}");
+    [
+        "-p",
+        "memr2-policy",
+        "-p",
+        "memr2-logo-grpo",
+        "--lib",
+        "--features",
+        &features,
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Proves the GPU backends on a machine without a GPU: the policy's and the objective's tests
 /// and the smoke preset on wgpu (over whatever Vulkan driver is installed; Mesa's lavapipe is a
 /// software one), and a build of the `cuda` feature, which compiles without the CUDA toolkit.
 fn backends() -> Result<(), String> {
-    run(
-        "cargo",
-        &[
-            "nextest",
-            "run",
-            "-p",
-            "memr2-policy",
-            "-p",
-            "memr2-logo-grpo",
-            "--lib",
-            "--features",
-            &test_features("wgpu"),
-            "--no-fail-fast",
-        ],
-        &[],
-    )?;
+    let mut args = vec!["nextest".to_string(), "run".to_string()];
+    args.extend(backend_test_args("wgpu"));
+    args.push("--no-fail-fast".to_string());
+    run("cargo", &args.iter().map(String::as_str).collect::<Vec<_>>(), &[])?;
     run(
         "cargo",
         &["build", "-p", "memr2-trainer", "--features", "wgpu,cuda"],
@@ -357,19 +357,13 @@ fn gpu_check(args: &[String]) -> Result<(), String> {
             .map(|_| ())
             .map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))
     };
-    let features = test_features("cuda");
-    let tests = built_executables(&[
-        "test",
-        "--release",
-        "--no-run",
-        "-p",
-        "memr2-policy",
-        "-p",
-        "memr2-logo-grpo",
-        "--lib",
-        "--features",
-        &features,
-    ])?;
+    let mut args = vec![
+        "test".to_string(),
+        "--release".to_string(),
+        "--no-run".to_string(),
+    ];
+    args.extend(backend_test_args("cuda"));
+    let tests = built_executables(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     for (name, exe) in &tests {
         copy(exe, &dir.join("tests").join(name))?;
     }
