@@ -41,38 +41,54 @@ pub fn tokenize(text: &str) -> Vec<String> {
 }
 
 /// The terms of one text, lowercased one after the other into a single buffer: two
-/// allocations per text rather than one per term.
+/// allocations per text rather than one per term, and none at all when the buffers are reused
+/// (see [`Terms::fill`]).
 #[derive(Debug, Default)]
 struct Terms {
     buf: String,
-    /// (start, end) of each term in `buf`, in text order.
+    /// (start, end) of each term in `buf`, in text order until [`Terms::count`] sorts them.
     spans: Vec<(u32, u32)>,
+    /// Distinct terms (as spans, sorted by term) with their frequencies, after [`Terms::count`].
+    counts: Vec<((u32, u32), u32)>,
+    /// Scratch for [`DeltaDoc::new`]: (base term number, frequency).
+    known: Vec<(u32, u32)>,
+}
+
+thread_local! {
+    /// Term buffers reused by every insertion on this thread, so that indexing a document
+    /// allocates nothing but the document's own posting list.
+    static TERMS: RefCell<Terms> = RefCell::new(Terms::default());
 }
 
 impl Terms {
     /// Splits `text` like [`tokenize`].
     fn of(text: &str) -> Self {
-        let mut terms = Terms {
-            buf: String::with_capacity(text.len()),
-            spans: Vec::with_capacity(text.len() / 4 + 1),
-        };
+        let mut terms = Terms::default();
+        terms.fill(text);
+        terms
+    }
+
+    /// Replaces the content with the terms of `text`, keeping the buffers' capacity.
+    fn fill(&mut self, text: &str) {
+        self.buf.clear();
+        self.spans.clear();
+        self.counts.clear();
         let mut start = 0;
         for ch in text.chars() {
             if ch.is_alphanumeric() {
                 if ch.is_ascii() {
-                    terms.buf.push(ch.to_ascii_lowercase());
+                    self.buf.push(ch.to_ascii_lowercase());
                 } else {
-                    terms.buf.extend(ch.to_lowercase());
+                    self.buf.extend(ch.to_lowercase());
                 }
-            } else if terms.buf.len() > start {
-                terms.spans.push((start as u32, terms.buf.len() as u32));
-                start = terms.buf.len();
+            } else if self.buf.len() > start {
+                self.spans.push((start as u32, self.buf.len() as u32));
+                start = self.buf.len();
             }
         }
-        if terms.buf.len() > start {
-            terms.spans.push((start as u32, terms.buf.len() as u32));
+        if self.buf.len() > start {
+            self.spans.push((start as u32, self.buf.len() as u32));
         }
-        terms
     }
 
     fn get(&self, (start, end): (u32, u32)) -> &str {
@@ -88,19 +104,25 @@ impl Terms {
         u32::try_from(self.spans.len()).unwrap_or(u32::MAX)
     }
 
-    /// Distinct terms (sorted) with their frequencies.
-    fn counted(&mut self) -> Vec<(&str, u32)> {
-        let Terms { buf, spans } = self;
-        spans.sort_unstable_by_key(|&(start, end)| &buf[start as usize..end as usize]);
-        let mut counted: Vec<(&str, u32)> = Vec::with_capacity(spans.len());
-        for &(start, end) in spans.iter() {
-            let term = &buf[start as usize..end as usize];
-            match counted.last_mut() {
-                Some((last, tf)) if *last == term => *tf += 1,
-                _ => counted.push((term, 1)),
+    /// Sorts the terms and fills `counts` with the distinct terms and their frequencies.
+    fn count(&mut self) {
+        let Terms {
+            buf, spans, counts, ..
+        } = self;
+        let term = |&(start, end): &(u32, u32)| &buf[start as usize..end as usize];
+        spans.sort_unstable_by(|a, b| term(a).cmp(term(b)));
+        counts.clear();
+        for span in spans.iter() {
+            match counts.last_mut() {
+                Some((last, tf)) if term(last) == term(span) => *tf += 1,
+                _ => counts.push((*span, 1)),
             }
         }
-        counted
+    }
+
+    /// Distinct terms (sorted) with their frequencies, as filled by [`Self::count`].
+    fn counted(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.counts.iter().map(|&(span, tf)| (self.get(span), tf))
     }
 }
 
@@ -231,33 +253,55 @@ impl Base {
 }
 
 /// A document indexed since the last compaction, its terms split by whether the base knows
-/// them (by number, so that matching a query compares integers).
-#[derive(Debug, PartialEq, Eq)]
+/// them (by number, so that matching a query compares integers). Held by value in the delta
+/// map: a clone is one or two reference counts, and indexing a document allocates only its
+/// `known` list (plus `unknown` when it has terms the base lacks).
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct DeltaDoc {
     /// Length in terms.
     len: u32,
     /// (term number in the base, frequency), ordered by term number.
-    known: Box<[(u32, u32)]>,
-    /// (term absent from the base, frequency), ordered by term.
-    unknown: Box<[(Box<str>, u32)]>,
+    known: Arc<[(u32, u32)]>,
+    /// (term absent from the base, frequency), ordered by term; `None` when there are none.
+    unknown: Option<UnknownTerms>,
 }
 
+/// Terms of a delta document that the base lacks, with their frequencies, ordered by term.
+type UnknownTerms = Arc<[(Box<str>, u32)]>;
+
 impl DeltaDoc {
-    fn new(base: &Base, terms: &[(&str, u32)], len: u32) -> Self {
-        let mut known = Vec::with_capacity(terms.len());
+    /// The document whose terms `terms` holds, counted ([`Terms::count`]).
+    fn new(base: &Base, terms: &mut Terms) -> Self {
+        let mut known = std::mem::take(&mut terms.known);
+        known.clear();
         let mut unknown = Vec::new();
-        for &(term, tf) in terms {
+        for (term, tf) in terms.counted() {
             match base.terms.get(term) {
                 Some(&t) => known.push((t, tf)),
                 None => unknown.push((Box::from(term), tf)),
             }
         }
         known.sort_unstable();
-        Self {
-            len,
-            known: known.into(),
-            unknown: unknown.into(),
-        }
+        let doc = Self {
+            len: terms.len(),
+            known: Arc::from(&known[..]),
+            unknown: (!unknown.is_empty()).then(|| Arc::from(unknown)),
+        };
+        terms.known = known;
+        doc
+    }
+
+    /// The document of `text`, tokenised with this thread's reusable buffers.
+    fn of_text(base: &Base, text: &str) -> Self {
+        TERMS.with_borrow_mut(|terms| {
+            terms.fill(text);
+            terms.count();
+            Self::new(base, terms)
+        })
+    }
+
+    fn unknown(&self) -> &[(Box<str>, u32)] {
+        self.unknown.as_deref().unwrap_or(&[])
     }
 }
 
@@ -340,7 +384,7 @@ pub(crate) struct Bm25Index {
     removed: SlotSet,
     /// Documents indexed since the last compaction (a document overwritten since is both here
     /// and in `removed`).
-    delta: OrdMap<MemoryId, Arc<DeltaDoc>>,
+    delta: OrdMap<MemoryId, DeltaDoc>,
     /// Number of indexed documents (including those without any term).
     docs: usize,
     /// Sum of document lengths in terms.
@@ -379,10 +423,9 @@ impl PartialEq for Bm25Index {
 impl Bm25Index {
     /// Indexes `text` as document `id` (which must not be indexed yet).
     pub(crate) fn insert(&mut self, id: MemoryId, text: &str) {
-        let mut terms = Terms::of(text);
-        let len = terms.len();
-        let doc = DeltaDoc::new(&self.base, &terms.counted(), len);
-        let previous = self.delta.insert(id, Arc::new(doc));
+        let doc = DeltaDoc::of_text(&self.base, text);
+        let len = doc.len;
+        let previous = self.delta.insert(id, doc);
         debug_assert!(previous.is_none(), "{id} indexed twice");
         debug_assert!(
             self.base.slot(id).is_none_or(|slot| self.removed.contains(slot)),
@@ -396,10 +439,9 @@ impl Bm25Index {
     /// Replaces the text of document `id`, which must be indexed: the same as [`Self::remove`]
     /// then [`Self::insert`], with one step in the delta instead of two.
     pub(crate) fn replace(&mut self, id: MemoryId, text: &str) {
-        let mut terms = Terms::of(text);
-        let len = terms.len();
-        let doc = DeltaDoc::new(&self.base, &terms.counted(), len);
-        let old_len = match self.delta.insert(id, Arc::new(doc)) {
+        let doc = DeltaDoc::of_text(&self.base, text);
+        let len = doc.len;
+        let old_len = match self.delta.insert(id, doc) {
             Some(old) => old.len,
             None => {
                 let slot = self
@@ -414,17 +456,20 @@ impl Bm25Index {
         self.compact_if_due();
     }
 
-    /// Removes document `id`, which must be indexed.
+    /// Removes document `id`, which must be indexed. A base document that was not overwritten
+    /// cannot be in the delta, so removing it costs a bit and no search of the delta.
     pub(crate) fn remove(&mut self, id: MemoryId) {
-        let len = match self.delta.remove(&id) {
-            Some(doc) => doc.len,
-            None => {
-                let slot = self
-                    .base
-                    .slot(id)
-                    .expect("removing a document that is not indexed");
+        let in_base = self.base.slot(id).filter(|&slot| !self.removed.contains(slot));
+        let len = match in_base {
+            Some(slot) => {
                 self.removed.insert(slot);
                 self.base.doc_len[slot as usize]
+            }
+            None => {
+                self.delta
+                    .remove(&id)
+                    .expect("removing a document that is not indexed")
+                    .len
             }
         };
         self.docs -= 1;
@@ -463,6 +508,86 @@ impl Bm25Index {
         self.delta = OrdMap::new();
     }
 
+    /// The index of `docs` (ids increasing), built in one pass straight into a base, as
+    /// [`Self::compact`] would leave it: what loading a store uses instead of indexing its
+    /// documents one by one.
+    pub(crate) fn from_documents<'a>(docs: impl ExactSizeIterator<Item = (MemoryId, &'a str)>) -> Self {
+        let mut ids = Vec::with_capacity(docs.len());
+        let mut doc_len = Vec::with_capacity(docs.len());
+        let mut terms: TermMap<Arc<str>, u32> = TermMap::default();
+        let mut names: Vec<Arc<str>> = Vec::new();
+        // Each document's (term number, frequency), one document after the other.
+        let mut doc_terms: Vec<(u32, u32)> = Vec::new();
+        let mut doc_ends: Vec<usize> = Vec::with_capacity(docs.len());
+        let mut counts: Vec<usize> = Vec::new();
+        let mut text_terms = Terms::default();
+        for (id, text) in docs {
+            debug_assert!(ids.last().is_none_or(|&last| last < id), "ids out of order");
+            text_terms.fill(text);
+            text_terms.count();
+            for (name, tf) in text_terms.counted() {
+                let t = match terms.get(name) {
+                    Some(&t) => t,
+                    None => {
+                        let t = names.len() as u32;
+                        let name: Arc<str> = Arc::from(name);
+                        terms.insert(Arc::clone(&name), t);
+                        names.push(name);
+                        counts.push(0);
+                        t
+                    }
+                };
+                counts[t as usize] += 1;
+                doc_terms.push((t, tf));
+            }
+            doc_ends.push(doc_terms.len());
+            ids.push(id);
+            doc_len.push(text_terms.len());
+        }
+        // Postings grouped by term (a counting sort); documents come in slot order, so each
+        // term's postings are ordered by slot.
+        let mut offsets = Vec::with_capacity(counts.len() + 1);
+        offsets.push(0);
+        for count in &counts {
+            offsets.push(offsets.last().copied().unwrap_or(0) + count);
+        }
+        let mut fill = offsets.clone();
+        let empty = BasePosting {
+            slot: 0,
+            tf: 0,
+            doc_len: 0,
+        };
+        let mut postings = vec![empty; doc_terms.len()];
+        let mut start = 0;
+        for (slot, &end) in doc_ends.iter().enumerate() {
+            for &(t, tf) in &doc_terms[start..end] {
+                postings[fill[t as usize]] = BasePosting {
+                    slot: slot as u32,
+                    tf,
+                    doc_len: doc_len[slot],
+                };
+                fill[t as usize] += 1;
+            }
+            start = end;
+        }
+        let docs = ids.len();
+        let total_len = doc_len.iter().map(|&len| u64::from(len)).sum();
+        Self {
+            removed: SlotSet::with_slots(docs),
+            base: Arc::new(Base {
+                ids,
+                doc_len,
+                terms,
+                names,
+                offsets,
+                postings,
+            }),
+            delta: OrdMap::new(),
+            docs,
+            total_len,
+        }
+    }
+
     /// The base [`Self::compact`] installs: every live document, in flat arrays.
     fn rebuilt_base(&self) -> Base {
         let old = &*self.base;
@@ -496,10 +621,10 @@ impl Bm25Index {
         let mut new_numbers: TermMap<&str, usize> = TermMap::default();
         let mut delta_counts = vec![0usize; old_terms];
         for (_, doc) in &delta_slots {
-            for &(t, _) in &doc.known {
+            for &(t, _) in doc.known.iter() {
                 delta_counts[t as usize] += 1;
             }
-            for (name, _) in &doc.unknown {
+            for (name, _) in doc.unknown() {
                 let t = *new_numbers.entry(&**name).or_insert_with(|| {
                     new_names.push(name);
                     delta_counts.push(0);
@@ -530,10 +655,10 @@ impl Bm25Index {
                 };
                 fill[t] += 1;
             };
-            for &(t, tf) in &doc.known {
+            for &(t, tf) in doc.known.iter() {
                 put(t as usize, tf);
             }
-            for (name, tf) in &doc.unknown {
+            for (name, tf) in doc.unknown() {
                 put(new_numbers[&**name], *tf);
             }
         }
@@ -596,10 +721,10 @@ impl Bm25Index {
             }
         }
         for (&id, doc) in &self.delta {
-            for &(t, tf) in &doc.known {
+            for &(t, tf) in doc.known.iter() {
                 content.push((&*base.names[t as usize], id, tf, doc.len));
             }
-            for (name, tf) in &doc.unknown {
+            for (name, tf) in doc.unknown() {
                 content.push((&**name, id, *tf, doc.len));
             }
         }
@@ -619,10 +744,10 @@ impl Bm25Index {
         }
         let base = &*self.base;
         let mut query_terms = Terms::of(query);
-        let names = query_terms.counted();
-        let mut terms: Vec<QueryTerm<'_>> = names
-            .iter()
-            .map(|&(name, _)| {
+        query_terms.count();
+        let mut terms: Vec<QueryTerm<'_>> = query_terms
+            .counted()
+            .map(|(name, _)| {
                 let t = base.terms.get(name).copied();
                 let df = match t {
                     None => 0,
@@ -685,7 +810,7 @@ impl Bm25Index {
                 .iter()
                 .fold(0, |hit, &(t, _)| hit | query_of[t as usize])
                 != 0;
-            if !known_hit && (!unknown_terms || doc.unknown.is_empty()) {
+            if !known_hit && (!unknown_terms || doc.unknown.is_none()) {
                 continue;
             }
             let start = delta_tfs.len();
@@ -700,7 +825,7 @@ impl Bm25Index {
                 }
             }
             if unknown_terms {
-                for (name, tf) in &*doc.unknown {
+                for (name, tf) in doc.unknown() {
                     let q = terms
                         .iter()
                         .position(|term| term.base.is_none() && term.name == &**name);
@@ -783,7 +908,8 @@ mod tests {
     fn term_frequencies_count_repeats() {
         let mut terms = Terms::of("the cat saw the dog");
         assert_eq!(terms.len(), 5);
-        let terms = terms.counted();
+        terms.count();
+        let terms: Vec<(&str, u32)> = terms.counted().collect();
         assert_eq!(
             terms.iter().find(|(t, _)| *t == "the").map(|(_, tf)| *tf),
             Some(2)

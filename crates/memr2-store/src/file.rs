@@ -1,5 +1,6 @@
 //! The store's file format: header (magic, version, body length, CRC32) and a bincode body
-//! holding the operation log, which is replayed on load.
+//! holding the operation log, which is replayed on load (the BM25 index is built once, after
+//! the replay).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -56,8 +57,7 @@ fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) 
 
 fn encode(state: &State) -> Result<Vec<u8>, StoreError> {
     let log = state
-        .log()
-        .iter()
+        .operations()
         .map(|record| {
             let after = record.after.as_deref();
             let op = match (record.applied, after) {
@@ -235,6 +235,8 @@ fn decode(body: &[u8]) -> Result<(Body, usize), bincode::error::DecodeError> {
 }
 
 /// Rebuilds the store by applying the logged operations in order, branching where recorded.
+/// The operations are checked and recorded one by one, but the BM25 index is built once at
+/// the end, in one pass over the final entries, rather than updated by every operation.
 fn replay(body: Body, path: &Path) -> Result<Store, StoreError> {
     let log_len = body.log.len() as u64;
     let lineage_ok = body.lineage.windows(2).all(|w| w[0] <= w[1])
@@ -246,14 +248,15 @@ fn replay(body: Body, path: &Path) -> Result<Store, StoreError> {
         });
     }
     let mut store = Store::with_config(body.config);
+    let state = store.state_mut();
     let mut points = body.lineage.iter().peekable();
     for (seq, (session, op)) in body.log.into_iter().enumerate() {
         let seq = seq as u64;
         while points.next_if(|&&at| at == seq).is_some() {
-            store.state_mut().begin_branch();
+            state.begin_branch();
         }
-        store
-            .apply(op, session)
+        state
+            .apply_unindexed(op, session)
             .map_err(|source| StoreError::Inconsistent {
                 path: path.to_owned(),
                 seq,
@@ -261,8 +264,9 @@ fn replay(body: Body, path: &Path) -> Result<Store, StoreError> {
             })?;
     }
     for _ in points {
-        store.state_mut().begin_branch();
+        state.begin_branch();
     }
+    state.reindex();
     Ok(store)
 }
 

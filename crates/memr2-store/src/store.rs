@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use imbl::{OrdMap, Vector};
+use imbl::Vector;
 use serde::{Deserialize, Serialize};
 
 use crate::bm25::{Bm25Index, Bm25Params};
@@ -15,18 +15,29 @@ use crate::history::{BranchPoint, HistoryRecord, OperationRecord};
 use crate::tokens::{TokenCounter, whitespace_words};
 use crate::topk::Hit;
 
-/// One memory's log records as a persistent list, newest first: recording an operation adds
-/// one link (O(1), whatever the length) and shares the older links with every branch.
+/// One log record, and through `older` the records of the same memory before it: each memory's
+/// history is a persistent list, newest first. Recording an operation allocates one link
+/// (O(1), whatever the length of the history), which both the operation log and the memory's
+/// history point to, and shares the older links with every branch.
 #[derive(Debug)]
 pub(crate) struct HistoryLink {
-    record: Arc<OperationRecord>,
+    pub(crate) record: OperationRecord,
     older: Option<Arc<HistoryLink>>,
 }
 
 impl HistoryLink {
+    pub(crate) fn new(record: OperationRecord, older: Option<Arc<HistoryLink>>) -> Arc<Self> {
+        Arc::new(Self { record, older })
+    }
+
     /// The records, newest first.
     fn iter(&self) -> impl Iterator<Item = &OperationRecord> {
-        std::iter::successors(Some(self), |link| link.older.as_deref()).map(|link| &*link.record)
+        std::iter::successors(Some(self), |link| link.older.as_deref()).map(|link| &link.record)
+    }
+
+    /// The memory's current version: `None` once deleted.
+    fn entry(&self) -> Option<&Arc<Entry>> {
+        self.record.after.as_ref()
     }
 }
 
@@ -61,6 +72,28 @@ impl Drop for HistoryLink {
     }
 }
 
+/// Position of memory `id` in [`State::memories`]: ids are numbered from 1 without gaps.
+fn index_of(id: MemoryId) -> Option<usize> {
+    usize::try_from(id.get().checked_sub(1)?).ok()
+}
+
+/// Rejects an empty or overlong text (ADD and UPDATE).
+fn check_text(config: &StoreConfig, text: &str) -> Result<(), StoreError> {
+    if text.trim().is_empty() {
+        return Err(StoreError::EmptyText);
+    }
+    let max = config.max_text_chars;
+    // Counting stops early, so an enormous text costs no more than the limit.
+    let chars = text.chars().take(max + 1).count();
+    if chars > max {
+        return Err(StoreError::TextTooLong {
+            chars: text.chars().count(),
+            max,
+        });
+    }
+    Ok(())
+}
+
 /// Settings of a store, fixed for its lifetime and inherited by its branches.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StoreConfig {
@@ -85,31 +118,40 @@ impl Default for StoreConfig {
 #[derive(Clone)]
 pub(crate) struct State {
     pub(crate) config: StoreConfig,
-    entries: OrdMap<MemoryId, Arc<Entry>>,
-    next_id: u64,
+    /// Memory `m{n}` -> the newest link of its history, at position n - 1 (ids are allocated
+    /// in sequence and never reused, and a history outlives a DELETE, so there are no gaps).
+    /// The current entries are the newest links' `after`: entries and histories are one
+    /// collection, and an UPDATE or DELETE finds its memory with one descent of a shallow tree
+    /// (64-wide nodes, positions computed rather than searched).
+    memories: Vector<Arc<HistoryLink>>,
+    /// Number of memories not deleted.
+    live: usize,
     /// Running sum of whitespace words over all entries.
     whitespace_tokens: usize,
     bm25: Bm25Index,
     dense: Option<DenseIndex>,
-    log: Vector<Arc<OperationRecord>>,
-    /// Id -> its log records (kept after DELETE).
-    histories: OrdMap<MemoryId, Arc<HistoryLink>>,
+    /// Every applied operation, oldest first (the same links as `memories`, plus NOOPs).
+    log: Vector<Arc<HistoryLink>>,
     generation: u32,
     lineage: Vector<BranchPoint>,
 }
 
-/// Equality of content: entries, log, lineage and derived indexes. The attached embedder and
-/// its vectors are not compared.
+/// Equality of content: entries, histories, log, lineage and derived indexes. The attached
+/// embedder and its vectors are not compared.
 impl PartialEq for State {
     fn eq(&self, other: &Self) -> bool {
         self.config == other.config
-            && self.next_id == other.next_id
+            && self.live == other.live
             && self.whitespace_tokens == other.whitespace_tokens
             && self.generation == other.generation
             && self.lineage == other.lineage
-            && self.entries == other.entries
-            && self.log == other.log
-            && self.histories == other.histories
+            && self.memories == other.memories
+            && self.log.len() == other.log.len()
+            && self
+                .log
+                .iter()
+                .zip(other.log.iter())
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a.record == b.record)
             && self.bm25 == other.bm25
     }
 }
@@ -118,136 +160,152 @@ impl State {
     fn new(config: StoreConfig) -> Self {
         Self {
             config,
-            entries: OrdMap::new(),
-            next_id: 1,
+            memories: Vector::new(),
+            live: 0,
             whitespace_tokens: 0,
             bm25: Bm25Index::default(),
             dense: None,
             log: Vector::new(),
-            histories: OrdMap::new(),
             generation: 0,
             lineage: Vector::new(),
         }
     }
 
-    fn check_text(&self, text: &str) -> Result<(), StoreError> {
-        if text.trim().is_empty() {
-            return Err(StoreError::EmptyText);
-        }
-        let max = self.config.max_text_chars;
-        // Counting stops early, so an enormous text costs no more than the limit.
-        let chars = text.chars().take(max + 1).count();
-        if chars > max {
-            return Err(StoreError::TextTooLong {
-                chars: text.chars().count(),
-                max,
-            });
-        }
-        Ok(())
+    /// Rebuilds the BM25 index from the current entries in one pass, after operations
+    /// applied with [`Self::apply_unindexed`].
+    pub(crate) fn reindex(&mut self) {
+        let docs: Vec<(MemoryId, &str)> = self.entries().map(|e| (e.id, e.text.as_str())).collect();
+        self.bm25 = Bm25Index::from_documents(docs.into_iter());
     }
 
-    fn embed(&self, text: &str) -> Result<Option<Arc<[f32]>>, StoreError> {
-        self.dense.as_ref().map(|dense| dense.embed(text)).transpose()
+    /// The current version of memory `id`.
+    fn entry(&self, id: MemoryId) -> Option<&Arc<Entry>> {
+        self.memories.get(index_of(id)?)?.entry()
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &Arc<Entry>> {
+        self.memories.iter().filter_map(|link| link.entry())
+    }
+
+    fn next_id(&self) -> u64 {
+        self.memories.len() as u64 + 1
     }
 
     fn apply(&mut self, op: Operation, session: u32) -> Result<Applied, StoreError> {
+        self.apply_inner(op, session, true)
+    }
+
+    /// [`Self::apply`] leaving the BM25 index as it is, for replaying a log that
+    /// [`Self::reindex`] follows.
+    pub(crate) fn apply_unindexed(&mut self, op: Operation, session: u32) -> Result<Applied, StoreError> {
+        self.apply_inner(op, session, false)
+    }
+
+    fn apply_inner(&mut self, op: Operation, session: u32, index: bool) -> Result<Applied, StoreError> {
         let seq = self.log.len() as u64;
-        let provenance = |kind| Provenance {
-            kind,
+        let generation = self.generation;
+        let record = |applied, before, after| OperationRecord {
             seq,
-            generation: self.generation,
+            session,
+            generation,
+            applied,
+            before,
+            after,
         };
-        // Everything fallible happens before the first change, so an error leaves the state as is.
-        let (applied, before, after, vector) = match op {
+        // Everything fallible happens before the first change, so an error leaves the state as
+        // it was (a failed UPDATE or DELETE may have unshared the path to its memory, which
+        // changes no content).
+        match op {
             Operation::Add { text, speaker } => {
-                self.check_text(&text)?;
-                let vector = self.embed(&text)?;
-                let id = MemoryId::new(self.next_id);
-                let entry = Entry {
+                check_text(&self.config, &text)?;
+                let vector = self.dense.as_ref().map(|d| d.embed(&text)).transpose()?;
+                let id = MemoryId::new(self.next_id());
+                let entry = Arc::new(Entry {
                     id,
                     text,
                     speaker,
                     created_session: session,
                     updated_session: session,
-                    provenance: provenance(OpKind::Add),
-                };
-                (Applied::Added(id), None, Some(Arc::new(entry)), vector)
+                    provenance: Provenance {
+                        kind: OpKind::Add,
+                        seq,
+                        generation,
+                    },
+                });
+                if index {
+                    self.bm25.insert(id, &entry.text);
+                }
+                self.whitespace_tokens += whitespace_words(&entry.text);
+                if let (Some(dense), Some(vector)) = (&mut self.dense, vector) {
+                    dense.insert(id, vector);
+                }
+                self.live += 1;
+                let link = HistoryLink::new(record(Applied::Added(id), None, Some(entry)), None);
+                self.memories.push_back(Arc::clone(&link));
+                self.log.push_back(link);
+                Ok(Applied::Added(id))
             }
             Operation::Update { id, text } => {
-                let old = self.entries.get(&id).ok_or(StoreError::UnknownId(id))?;
-                self.check_text(&text)?;
-                let vector = self.embed(&text)?;
-                let entry = Entry {
+                let newest = index_of(id)
+                    .and_then(|i| self.memories.get_mut(i))
+                    .filter(|link| link.entry().is_some())
+                    .ok_or(StoreError::UnknownId(id))?;
+                check_text(&self.config, &text)?;
+                let vector = self.dense.as_ref().map(|d| d.embed(&text)).transpose()?;
+                let old = Arc::clone(newest.entry().expect("checked above"));
+                let entry = Arc::new(Entry {
                     id,
                     text,
                     speaker: old.speaker.clone(),
                     created_session: old.created_session,
                     updated_session: session,
-                    provenance: provenance(OpKind::Update),
-                };
-                (
-                    Applied::Updated(id),
-                    Some(Arc::clone(old)),
-                    Some(Arc::new(entry)),
-                    vector,
-                )
+                    provenance: Provenance {
+                        kind: OpKind::Update,
+                        seq,
+                        generation,
+                    },
+                });
+                if index {
+                    self.bm25.replace(id, &entry.text);
+                }
+                self.whitespace_tokens =
+                    self.whitespace_tokens - whitespace_words(&old.text) + whitespace_words(&entry.text);
+                if let Some(dense) = &mut self.dense {
+                    dense.remove(id);
+                    if let Some(vector) = vector {
+                        dense.insert(id, vector);
+                    }
+                }
+                let older = Some(Arc::clone(newest));
+                *newest = HistoryLink::new(record(Applied::Updated(id), Some(old), Some(entry)), older);
+                self.log.push_back(Arc::clone(newest));
+                Ok(Applied::Updated(id))
             }
             Operation::Delete { id } => {
-                let old = self.entries.get(&id).ok_or(StoreError::UnknownId(id))?;
-                (Applied::Deleted(id), Some(Arc::clone(old)), None, None)
-            }
-            Operation::Noop => (Applied::Noop, None, None, None),
-        };
-
-        match (&before, &after) {
-            (Some(old), Some(new)) => self.bm25.replace(old.id, &new.text),
-            (Some(old), None) => self.bm25.remove(old.id),
-            (None, Some(new)) => self.bm25.insert(new.id, &new.text),
-            (None, None) => {}
-        }
-        if let Some(old) = &before {
-            self.whitespace_tokens -= whitespace_words(&old.text);
-            if after.is_none() {
-                // An UPDATE replaces the entry below in one step.
-                self.entries.remove(&old.id);
-            }
-            if let Some(dense) = &mut self.dense {
-                dense.remove(old.id);
-            }
-        }
-        if let Some(new) = &after {
-            self.whitespace_tokens += whitespace_words(&new.text);
-            self.entries.insert(new.id, Arc::clone(new));
-            if let (Some(dense), Some(vector)) = (&mut self.dense, vector) {
-                dense.insert(new.id, vector);
-            }
-        }
-        if let Applied::Added(_) = applied {
-            self.next_id += 1;
-        }
-        let record = Arc::new(OperationRecord {
-            seq,
-            session,
-            generation: self.generation,
-            applied,
-            before,
-            after,
-        });
-        if let Some(id) = applied.id() {
-            let record = Arc::clone(&record);
-            match self.histories.get_mut(&id) {
-                Some(newest) => {
-                    let older = Some(Arc::clone(newest));
-                    *newest = Arc::new(HistoryLink { record, older });
+                let newest = index_of(id)
+                    .and_then(|i| self.memories.get_mut(i))
+                    .filter(|link| link.entry().is_some())
+                    .ok_or(StoreError::UnknownId(id))?;
+                let old = Arc::clone(newest.entry().expect("checked above"));
+                if index {
+                    self.bm25.remove(id);
                 }
-                None => {
-                    self.histories
-                        .insert(id, Arc::new(HistoryLink { record, older: None }));
+                self.whitespace_tokens -= whitespace_words(&old.text);
+                if let Some(dense) = &mut self.dense {
+                    dense.remove(id);
                 }
+                self.live -= 1;
+                let older = Some(Arc::clone(newest));
+                *newest = HistoryLink::new(record(Applied::Deleted(id), Some(old), None), older);
+                self.log.push_back(Arc::clone(newest));
+                Ok(Applied::Deleted(id))
+            }
+            Operation::Noop => {
+                self.log
+                    .push_back(HistoryLink::new(record(Applied::Noop, None, None), None));
+                Ok(Applied::Noop)
             }
         }
-        self.log.push_back(record);
-        Ok(applied)
     }
 
     /// Records that a snapshot of this state is being branched, and moves to the next generation.
@@ -259,8 +317,9 @@ impl State {
         self.generation += 1;
     }
 
-    pub(crate) fn log(&self) -> &Vector<Arc<OperationRecord>> {
-        &self.log
+    /// The operation log, oldest first.
+    pub(crate) fn operations(&self) -> impl ExactSizeIterator<Item = &OperationRecord> {
+        self.log.iter().map(|link| &link.record)
     }
 
     pub(crate) fn lineage(&self) -> &Vector<BranchPoint> {
@@ -268,9 +327,8 @@ impl State {
     }
 
     fn history(&self, id: MemoryId) -> Vec<HistoryRecord> {
-        let mut records: Vec<HistoryRecord> = self
-            .histories
-            .get(&id)
+        let mut records: Vec<HistoryRecord> = index_of(id)
+            .and_then(|i| self.memories.get(i))
             .map(|newest| newest.iter().filter_map(HistoryRecord::from_record).collect())
             .unwrap_or_default();
         records.reverse();
@@ -281,7 +339,7 @@ impl State {
         if counter.counts_whitespace_words() {
             self.whitespace_tokens
         } else {
-            self.entries.values().map(|e| counter.count(&e.text)).sum()
+            self.entries().map(|e| counter.count(&e.text)).sum()
         }
     }
 }
@@ -291,32 +349,32 @@ macro_rules! read_methods {
     () => {
         /// The memory `id`, if it exists.
         pub fn get(&self, id: MemoryId) -> Option<&Entry> {
-            self.state().entries.get(&id).map(|e| &**e)
+            self.state().entry(id).map(|e| &**e)
         }
 
         /// Whether memory `id` exists.
         pub fn contains(&self, id: MemoryId) -> bool {
-            self.state().entries.contains_key(&id)
+            self.state().entry(id).is_some()
         }
 
         /// Number of memories.
         pub fn len(&self) -> usize {
-            self.state().entries.len()
+            self.state().live
         }
 
         /// Whether there are no memories.
         pub fn is_empty(&self) -> bool {
-            self.state().entries.is_empty()
+            self.state().live == 0
         }
 
         /// All memories, ordered by id.
         pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-            self.state().entries.values().map(|e| &**e)
+            self.state().entries().map(|e| &**e)
         }
 
         /// The id the next ADD will receive.
         pub fn next_id(&self) -> MemoryId {
-            MemoryId::new(self.state().next_id)
+            MemoryId::new(self.state().next_id())
         }
 
         /// The settings.
@@ -376,7 +434,7 @@ macro_rules! read_methods {
         /// The applied-operation log, oldest first, including the operations inherited from
         /// the snapshots this store descends from.
         pub fn operations(&self) -> impl ExactSizeIterator<Item = &OperationRecord> {
-            self.state().log.iter().map(|r| &**r)
+            self.state().operations()
         }
 
         /// Number of operations in the log.
@@ -427,8 +485,8 @@ impl fmt::Debug for Store {
 
 fn debug_state(name: &str, state: &State, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     f.debug_struct(name)
-        .field("len", &state.entries.len())
-        .field("next_id", &state.next_id)
+        .field("len", &state.live)
+        .field("next_id", &state.next_id())
         .field("token_count", &state.whitespace_tokens)
         .field("operations", &state.log.len())
         .field("generation", &state.generation)
@@ -484,7 +542,7 @@ impl Store {
     /// Branches and snapshots taken afterwards share the vectors.
     pub fn set_embedder(&mut self, embedder: Arc<dyn Embedder>) -> Result<(), StoreError> {
         let mut dense = DenseIndex::new(embedder);
-        for entry in self.state.entries.values() {
+        for entry in self.state.entries() {
             let vector = dense.embed(&entry.text)?;
             dense.insert(entry.id, vector);
         }

@@ -26,9 +26,22 @@ impl TokenCounter for WhitespaceCounter {
     }
 }
 
-/// Number of whitespace-separated words in `text`.
+/// Number of whitespace-separated words in `text` (Unicode whitespace, like
+/// [`str::split_whitespace`]), with a byte loop for ASCII text.
 pub(crate) fn whitespace_words(text: &str) -> usize {
-    text.split_whitespace().count()
+    if !text.is_ascii() {
+        return text.split_whitespace().count();
+    }
+    // The ASCII characters with the Unicode White_Space property (vertical tab included).
+    let space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let mut words = 0;
+    let mut in_word = false;
+    for &b in text.as_bytes() {
+        let starts = !space(b) && !in_word;
+        words += usize::from(starts);
+        in_word = !space(b);
+    }
+    words
 }
 
 #[cfg(test)]
@@ -40,5 +53,23 @@ mod tests {
         assert_eq!(WhitespaceCounter.count(""), 0);
         assert_eq!(WhitespaceCounter.count("  Alice moved\tto  Lyon\n"), 4);
         assert!(WhitespaceCounter.counts_whitespace_words());
+    }
+
+    #[test]
+    fn ascii_fast_path_agrees_with_split_whitespace() {
+        for text in [
+            "",
+            " ",
+            "a",
+            " a b\x0bc\x0cd\re\n\tf ",
+            "x\x1fy",
+            "caf\u{e9} au\u{a0}lait\u{2003}ok",
+        ] {
+            assert_eq!(
+                whitespace_words(text),
+                text.split_whitespace().count(),
+                "{text:?}"
+            );
+        }
     }
 }
