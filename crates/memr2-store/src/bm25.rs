@@ -74,16 +74,29 @@ impl Terms {
         self.spans.clear();
         self.counts.clear();
         let mut start = 0;
-        for ch in text.chars() {
-            if ch.is_alphanumeric() {
-                if ch.is_ascii() {
-                    self.buf.push(ch.to_ascii_lowercase());
-                } else {
-                    self.buf.extend(ch.to_lowercase());
+        if text.is_ascii() {
+            // The same split byte by byte: for ASCII, `char::is_alphanumeric` is
+            // `u8::is_ascii_alphanumeric`.
+            for &b in text.as_bytes() {
+                if b.is_ascii_alphanumeric() {
+                    self.buf.push(char::from(b.to_ascii_lowercase()));
+                } else if self.buf.len() > start {
+                    self.spans.push((start as u32, self.buf.len() as u32));
+                    start = self.buf.len();
                 }
-            } else if self.buf.len() > start {
-                self.spans.push((start as u32, self.buf.len() as u32));
-                start = self.buf.len();
+            }
+        } else {
+            for ch in text.chars() {
+                if ch.is_alphanumeric() {
+                    if ch.is_ascii() {
+                        self.buf.push(ch.to_ascii_lowercase());
+                    } else {
+                        self.buf.extend(ch.to_lowercase());
+                    }
+                } else if self.buf.len() > start {
+                    self.spans.push((start as u32, self.buf.len() as u32));
+                    start = self.buf.len();
+                }
             }
         }
         if self.buf.len() > start {
@@ -270,22 +283,41 @@ struct DeltaDoc {
 type UnknownTerms = Arc<[(Box<str>, u32)]>;
 
 impl DeltaDoc {
-    /// The document whose terms `terms` holds, counted ([`Terms::count`]).
+    /// The document whose terms `terms` holds ([`Terms::fill`]). Each occurrence is looked up
+    /// in the base and the term numbers are sorted as integers; only the terms the base lacks
+    /// (usually none) are sorted as strings.
     fn new(base: &Base, terms: &mut Terms) -> Self {
         let mut known = std::mem::take(&mut terms.known);
         known.clear();
-        let mut unknown = Vec::new();
-        for (term, tf) in terms.counted() {
-            match base.terms.get(term) {
-                Some(&t) => known.push((t, tf)),
-                None => unknown.push((Box::from(term), tf)),
+        let mut unknown_spans = Vec::new();
+        for &span in &terms.spans {
+            match base.terms.get(terms.get(span)) {
+                Some(&t) => known.push((t, 1)),
+                None => unknown_spans.push(span),
             }
         }
         known.sort_unstable();
+        known.dedup_by(|next, kept| {
+            let same = next.0 == kept.0;
+            kept.1 += u32::from(same);
+            same
+        });
+        let unknown = (!unknown_spans.is_empty()).then(|| {
+            let term = |&(start, end): &(u32, u32)| &terms.buf[start as usize..end as usize];
+            unknown_spans.sort_unstable_by(|a, b| term(a).cmp(term(b)));
+            let mut unknown: Vec<(Box<str>, u32)> = Vec::new();
+            for span in &unknown_spans {
+                match unknown.last_mut() {
+                    Some((last, tf)) if **last == *term(span) => *tf += 1,
+                    _ => unknown.push((Box::from(term(span)), 1)),
+                }
+            }
+            Arc::from(unknown)
+        });
         let doc = Self {
             len: terms.len(),
             known: Arc::from(&known[..]),
-            unknown: (!unknown.is_empty()).then(|| Arc::from(unknown)),
+            unknown,
         };
         terms.known = known;
         doc
@@ -295,7 +327,6 @@ impl DeltaDoc {
     fn of_text(base: &Base, text: &str) -> Self {
         TERMS.with_borrow_mut(|terms| {
             terms.fill(text);
-            terms.count();
             Self::new(base, terms)
         })
     }
