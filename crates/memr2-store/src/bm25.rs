@@ -552,11 +552,15 @@ impl Bm25Index {
         let mut doc_ends: Vec<usize> = Vec::with_capacity(docs.len());
         let mut counts: Vec<usize> = Vec::new();
         let mut text_terms = Terms::default();
+        let mut numbered: Vec<(u32, u32)> = Vec::new();
         for (id, text) in docs {
             debug_assert!(ids.last().is_none_or(|&last| last < id), "ids out of order");
             text_terms.fill(text);
-            text_terms.count();
-            for (name, tf) in text_terms.counted() {
+            // Each occurrence numbered, then the numbers sorted as integers (like
+            // `DeltaDoc::new`), rather than the terms sorted as strings.
+            numbered.clear();
+            for &span in &text_terms.spans {
+                let name = text_terms.get(span);
                 let t = match terms.get(name) {
                     Some(&t) => t,
                     None => {
@@ -568,6 +572,15 @@ impl Bm25Index {
                         t
                     }
                 };
+                numbered.push((t, 1));
+            }
+            numbered.sort_unstable();
+            numbered.dedup_by(|next, kept| {
+                let same = next.0 == kept.0;
+                kept.1 += u32::from(same);
+                same
+            });
+            for &(t, tf) in &numbered {
                 counts[t as usize] += 1;
                 doc_terms.push((t, tf));
             }
@@ -646,24 +659,35 @@ impl Bm25Index {
             doc_len.push(doc.len);
         }
 
-        // Terms: the old base's numbers, then the delta's new terms.
+        // Terms: the old base's numbers, then the delta's new terms. The delta's postings as
+        // (term, posting), reading each document's terms once: the documents lie scattered in
+        // memory, the flat list does not.
         let old_terms = old.names.len();
         let mut new_names: Vec<&str> = Vec::new();
-        let mut new_numbers: TermMap<&str, usize> = TermMap::default();
+        let mut new_numbers: TermMap<&str, u32> = TermMap::default();
         let mut delta_counts = vec![0usize; old_terms];
-        for (_, doc) in &delta_slots {
-            for &(t, _) in doc.known.iter() {
+        let mut delta_flat: Vec<(u32, BasePosting)> = Vec::with_capacity(self.delta.len() * 16);
+        for &(slot, doc) in &delta_slots {
+            let posting = |tf| BasePosting {
+                slot,
+                tf,
+                doc_len: doc.len,
+            };
+            for &(t, tf) in doc.known.iter() {
                 delta_counts[t as usize] += 1;
+                delta_flat.push((t, posting(tf)));
             }
-            for (name, _) in doc.unknown() {
+            for (name, tf) in doc.unknown() {
                 let t = *new_numbers.entry(&**name).or_insert_with(|| {
                     new_names.push(name);
                     delta_counts.push(0);
-                    delta_counts.len() - 1
+                    (delta_counts.len() - 1) as u32
                 });
-                delta_counts[t] += 1;
+                delta_counts[t as usize] += 1;
+                delta_flat.push((t, posting(*tf)));
             }
         }
+
         // The delta's postings grouped by term (a counting sort), each group ordered by slot.
         let mut delta_offsets = Vec::with_capacity(delta_counts.len() + 1);
         delta_offsets.push(0);
@@ -676,22 +700,10 @@ impl Bm25Index {
             tf: 0,
             doc_len: 0,
         };
-        let mut delta_postings = vec![empty; *delta_offsets.last().unwrap_or(&0)];
-        for &(slot, doc) in &delta_slots {
-            let mut put = |t: usize, tf: u32| {
-                delta_postings[fill[t]] = BasePosting {
-                    slot,
-                    tf,
-                    doc_len: doc.len,
-                };
-                fill[t] += 1;
-            };
-            for &(t, tf) in doc.known.iter() {
-                put(t as usize, tf);
-            }
-            for (name, tf) in doc.unknown() {
-                put(new_numbers[&**name], *tf);
-            }
+        let mut delta_postings = vec![empty; delta_flat.len()];
+        for &(t, posting) in &delta_flat {
+            delta_postings[fill[t as usize]] = posting;
+            fill[t as usize] += 1;
         }
 
         // Each term's surviving base postings merged with its delta postings, by slot.

@@ -23,11 +23,15 @@ use crate::topk::Hit;
 pub(crate) struct HistoryLink {
     pub(crate) record: OperationRecord,
     older: Option<Arc<HistoryLink>>,
+    /// Whitespace words of the memory's text after this record (0 once deleted), kept so that
+    /// the next change of the memory need not read the old text again.
+    words: usize,
 }
 
 impl HistoryLink {
-    pub(crate) fn new(record: OperationRecord, older: Option<Arc<HistoryLink>>) -> Arc<Self> {
-        Arc::new(Self { record, older })
+    fn new(record: OperationRecord, older: Option<Arc<HistoryLink>>) -> Arc<Self> {
+        let words = record.after.as_ref().map_or(0, |e| whitespace_words(&e.text));
+        Arc::new(Self { record, older, words })
     }
 
     /// The records, newest first.
@@ -235,12 +239,12 @@ impl State {
                 if index {
                     self.bm25.insert(id, &entry.text);
                 }
-                self.whitespace_tokens += whitespace_words(&entry.text);
                 if let (Some(dense), Some(vector)) = (&mut self.dense, vector) {
                     dense.insert(id, vector);
                 }
                 self.live += 1;
                 let link = HistoryLink::new(record(Applied::Added(id), None, Some(entry)), None);
+                self.whitespace_tokens += link.words;
                 self.memories.push_back(Arc::clone(&link));
                 self.log.push_back(link);
                 Ok(Applied::Added(id))
@@ -268,16 +272,16 @@ impl State {
                 if index {
                     self.bm25.replace(id, &entry.text);
                 }
-                self.whitespace_tokens =
-                    self.whitespace_tokens - whitespace_words(&old.text) + whitespace_words(&entry.text);
                 if let Some(dense) = &mut self.dense {
                     dense.remove(id);
                     if let Some(vector) = vector {
                         dense.insert(id, vector);
                     }
                 }
+                let old_words = newest.words;
                 let older = Some(Arc::clone(newest));
                 *newest = HistoryLink::new(record(Applied::Updated(id), Some(old), Some(entry)), older);
+                self.whitespace_tokens = self.whitespace_tokens - old_words + newest.words;
                 self.log.push_back(Arc::clone(newest));
                 Ok(Applied::Updated(id))
             }
@@ -290,7 +294,7 @@ impl State {
                 if index {
                     self.bm25.remove(id);
                 }
-                self.whitespace_tokens -= whitespace_words(&old.text);
+                self.whitespace_tokens -= newest.words;
                 if let Some(dense) = &mut self.dense {
                     dense.remove(id);
                 }
