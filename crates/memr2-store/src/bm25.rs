@@ -422,6 +422,18 @@ pub(crate) struct Bm25Index {
     total_len: u64,
 }
 
+/// The BM25 index as a store file holds it: the terms, and each live document's (term number,
+/// frequency) pairs ordered by term number, documents in id order.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct IndexSection {
+    /// Term number -> term.
+    pub(crate) terms: Vec<Box<str>>,
+    /// Number of distinct terms of each document.
+    pub(crate) doc_terms: Vec<u32>,
+    /// Every document's (term number, frequency) pairs, one document after the other.
+    pub(crate) postings: Vec<(u32, u32)>,
+}
+
 impl Default for Bm25Index {
     fn default() -> Self {
         Self {
@@ -630,6 +642,177 @@ impl Bm25Index {
             docs,
             total_len,
         }
+    }
+
+    /// The index as saved in a store file: every live document's terms, from which
+    /// [`Self::from_section`] rebuilds the index without tokenising the texts again.
+    pub(crate) fn section(&self) -> IndexSection {
+        let base = &*self.base;
+        let live = |slot: u32| !self.removed.contains(slot);
+        // The base's live postings transposed to slot -> (term, frequency), terms in order.
+        let mut starts = vec![0usize; base.ids.len() + 1];
+        for p in &base.postings {
+            if live(p.slot) {
+                starts[p.slot as usize + 1] += 1;
+            }
+        }
+        for slot in 0..base.ids.len() {
+            starts[slot + 1] += starts[slot];
+        }
+        let mut fill = starts.clone();
+        let mut by_slot = vec![(0u32, 0u32); starts[base.ids.len()]];
+        for t in 0..base.names.len() {
+            for p in base.postings(t as u32) {
+                if live(p.slot) {
+                    by_slot[fill[p.slot as usize]] = (t as u32, p.tf);
+                    fill[p.slot as usize] += 1;
+                }
+            }
+        }
+
+        let mut terms: Vec<Box<str>> = base.names.iter().map(|name| Box::from(&**name)).collect();
+        // Terms the base lacks (rare), numbered after the base's.
+        let mut new_numbers: TermMap<Box<str>, u32> = TermMap::default();
+        let mut section = IndexSection {
+            terms: Vec::new(),
+            doc_terms: Vec::with_capacity(self.docs),
+            postings: Vec::with_capacity(by_slot.len() + self.delta.len() * 16),
+        };
+        let mut push_delta = |section: &mut IndexSection, doc: &DeltaDoc| {
+            let start = section.postings.len();
+            section.postings.extend_from_slice(&doc.known);
+            for (name, tf) in doc.unknown() {
+                let t = match new_numbers.get(name) {
+                    Some(&t) => t,
+                    None => {
+                        terms.push(name.clone());
+                        let t = (terms.len() - 1) as u32;
+                        new_numbers.insert(name.clone(), t);
+                        t
+                    }
+                };
+                section.postings.push((t, *tf));
+            }
+            // Known terms are numbered below every new one; the new ones need sorting.
+            section.postings[start..].sort_unstable();
+            section.doc_terms.push((section.postings.len() - start) as u32);
+        };
+        let mut delta = self.delta.iter().peekable();
+        for (slot, &id) in base.ids.iter().enumerate() {
+            while let Some((_, doc)) = delta.next_if(|(delta_id, _)| **delta_id < id) {
+                push_delta(&mut section, doc);
+            }
+            if live(slot as u32) {
+                let own = &by_slot[starts[slot]..starts[slot + 1]];
+                section.postings.extend_from_slice(own);
+                section.doc_terms.push(own.len() as u32);
+            }
+        }
+        for (_, doc) in delta {
+            push_delta(&mut section, doc);
+        }
+        section.terms = terms;
+        section
+    }
+
+    /// The index of documents `ids` (increasing) whose terms `section` lists, as
+    /// [`Self::section`] wrote it; built straight into a base like [`Self::from_documents`].
+    /// Checks that the section is well formed (one term list per document, term numbers in
+    /// range and increasing within a document, frequencies positive, terms distinct) and says
+    /// what is wrong otherwise; it cannot check that the terms are those of the texts.
+    pub(crate) fn from_section(ids: Vec<MemoryId>, section: IndexSection) -> Result<Self, String> {
+        let IndexSection {
+            terms,
+            doc_terms,
+            postings: doc_postings,
+        } = section;
+        if doc_terms.len() != ids.len() {
+            return Err(format!(
+                "{} documents in the index section, {} memories in the log",
+                doc_terms.len(),
+                ids.len()
+            ));
+        }
+        let listed: u64 = doc_terms.iter().map(|&n| u64::from(n)).sum();
+        if listed != doc_postings.len() as u64 {
+            return Err(format!(
+                "{listed} terms listed by the documents of the index section, {} present",
+                doc_postings.len()
+            ));
+        }
+        // Check every document's list and count each term's postings.
+        let mut counts = vec![0usize; terms.len()];
+        let mut doc_len = Vec::with_capacity(ids.len());
+        let mut start = 0;
+        for &n in &doc_terms {
+            let own = &doc_postings[start..start + n as usize];
+            start += n as usize;
+            let mut len = 0u64;
+            for (i, &(t, tf)) in own.iter().enumerate() {
+                if t as usize >= terms.len() || tf == 0 || (i > 0 && own[i - 1].0 >= t) {
+                    return Err(format!(
+                        "bad term {t} (of {}) with frequency {tf} in the index section",
+                        terms.len()
+                    ));
+                }
+                counts[t as usize] += 1;
+                len += u64::from(tf);
+            }
+            doc_len.push(u32::try_from(len).map_err(|_| "document too long in the index section")?);
+        }
+        // Terms without postings are dropped; the others keep their order.
+        let mut number = vec![u32::MAX; terms.len()];
+        let mut names: Vec<Arc<str>> = Vec::new();
+        let mut term_map: TermMap<Arc<str>, u32> = TermMap::default();
+        let mut offsets = vec![0usize];
+        for (t, name) in terms.into_iter().enumerate() {
+            if counts[t] == 0 {
+                continue;
+            }
+            let name: Arc<str> = Arc::from(name);
+            if term_map.insert(Arc::clone(&name), names.len() as u32).is_some() {
+                return Err(format!("term {name:?} listed twice in the index section"));
+            }
+            number[t] = names.len() as u32;
+            names.push(name);
+            offsets.push(offsets.last().copied().unwrap_or(0) + counts[t]);
+        }
+        let mut fill = offsets.clone();
+        let empty = BasePosting {
+            slot: 0,
+            tf: 0,
+            doc_len: 0,
+        };
+        let mut postings = vec![empty; doc_postings.len()];
+        let mut start = 0;
+        for (slot, &n) in doc_terms.iter().enumerate() {
+            for &(t, tf) in &doc_postings[start..start + n as usize] {
+                let t = number[t as usize] as usize;
+                postings[fill[t]] = BasePosting {
+                    slot: slot as u32,
+                    tf,
+                    doc_len: doc_len[slot],
+                };
+                fill[t] += 1;
+            }
+            start += n as usize;
+        }
+        let docs = ids.len();
+        let total_len = doc_len.iter().map(|&len| u64::from(len)).sum();
+        Ok(Self {
+            removed: SlotSet::with_slots(docs),
+            base: Arc::new(Base {
+                ids,
+                doc_len,
+                terms: term_map,
+                names,
+                offsets,
+                postings,
+            }),
+            delta: OrdMap::new(),
+            docs,
+            total_len,
+        })
     }
 
     /// The base [`Self::compact`] installs: every live document, in flat arrays.

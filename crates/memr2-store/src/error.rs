@@ -52,13 +52,17 @@ pub enum StoreError {
         path: PathBuf,
     },
     /// The file was written in a format version this build cannot read.
-    #[error("{path} has store format version {found}, this build reads version {supported}")]
+    #[error(
+        "{} has store format version {found}, this build reads versions {} to {supported}",
+        path.display(),
+        crate::file::OLDEST_FORMAT_VERSION
+    )]
     UnsupportedVersion {
         /// The file concerned.
         path: PathBuf,
         /// Version found in the header.
         found: u32,
-        /// Version this build reads and writes.
+        /// Newest version this build reads (the one it writes).
         supported: u32,
     },
     /// The file is shorter than its header says.

@@ -1,6 +1,6 @@
 //! The store's file format: header (magic, version, body length, CRC32) and a bincode body
-//! holding the operation log, which is replayed on load (the BM25 index is built once, after
-//! the replay).
+//! holding the operation log, which is replayed on load without indexing, and (from version
+//! 2) an index section from which the BM25 index is built in one pass.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -9,24 +9,40 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::bm25::IndexSection;
 use crate::entry::{Applied, MemoryId, Operation};
 use crate::error::StoreError;
 use crate::store::{State, Store, StoreConfig};
 
 /// First bytes of every store file.
 pub const MAGIC: [u8; 8] = *b"MEMR2STO";
-/// Format version written by this build, and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format version written by this build. Version 2 added the index section; this build also
+/// reads version 1 files (which it indexes by tokenising the texts).
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest format version this build reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Header: magic, version (u32 LE), body length (u64 LE), CRC32 of the body (u32 LE).
 pub const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 
-/// Body as decoded. The log alone determines the store: loading replays it.
+/// Body as decoded (version 2). The log determines the entries and their histories, and
+/// loading replays it (checking each operation, without indexing); the index section spares
+/// the load tokenising every text to rebuild the BM25 index.
 #[derive(Deserialize)]
 struct Body {
     config: StoreConfig,
     /// `log_len` of each branch point, oldest first.
     lineage: Vec<u64>,
     /// (session, operation) for each log record.
+    log: Vec<(u32, Operation)>,
+    /// The BM25 index: each live memory's terms.
+    index: IndexSection,
+}
+
+/// Body of a version 1 file: [`Body`] without the index section.
+#[derive(Deserialize)]
+struct BodyV1 {
+    config: StoreConfig,
+    lineage: Vec<u64>,
     log: Vec<(u32, Operation)>,
 }
 
@@ -36,6 +52,7 @@ struct BodyRef<'a> {
     config: &'a StoreConfig,
     lineage: Vec<u64>,
     log: Vec<(u32, OperationRef<'a>)>,
+    index: IndexSection,
 }
 
 /// Mirror of [`Operation`] with borrowed text; variants in the same order.
@@ -55,8 +72,9 @@ fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) 
     }
 }
 
-fn encode(state: &State) -> Result<Vec<u8>, StoreError> {
-    let log = state
+/// The log as encoded: (session, operation) for each record.
+fn log_refs(state: &State) -> Vec<(u32, OperationRef<'_>)> {
+    state
         .operations()
         .map(|record| {
             let after = record.after.as_deref();
@@ -71,11 +89,15 @@ fn encode(state: &State) -> Result<Vec<u8>, StoreError> {
             };
             (record.session, op)
         })
-        .collect();
+        .collect()
+}
+
+fn encode(state: &State) -> Result<Vec<u8>, StoreError> {
     let body = BodyRef {
         config: &state.config,
         lineage: state.lineage().iter().map(|p| p.log_len).collect(),
-        log,
+        log: log_refs(state),
+        index: state.index_section(),
     };
     bincode::serde::encode_to_vec(&body, bincode::config::standard())
         .map_err(|source| StoreError::Encode { source })
@@ -154,7 +176,7 @@ pub(crate) fn load(path: &Path) -> Result<Store, StoreError> {
     }
     let field = |range: std::ops::Range<usize>| &header[range];
     let version = u32::from_le_bytes(field(8..12).try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(StoreError::UnsupportedVersion {
             path: path.to_owned(),
             found: version,
@@ -192,17 +214,36 @@ pub(crate) fn load(path: &Path) -> Result<Store, StoreError> {
             reason: "checksum mismatch".into(),
         });
     }
-    let (decoded, used) = decode(&body).map_err(|source| StoreError::Decode {
+    let decode_error = |source| StoreError::Decode {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let (decoded, used) = if version == 1 {
+        let (v1, used) = decode::<BodyV1>(&body).map_err(decode_error)?;
+        let decoded = Body {
+            config: v1.config,
+            lineage: v1.lineage,
+            log: v1.log,
+            index: IndexSection::default(),
+        };
+        (decoded, used)
+    } else {
+        decode::<Body>(&body).map_err(decode_error)?
+    };
     if used != body.len() {
         return Err(StoreError::Corrupt {
             path: path.to_owned(),
             reason: format!("{} undecoded bytes at the end of the body", body.len() - used),
         });
     }
-    replay(decoded, path)
+    drop(body);
+    let index = (version >= 2).then_some(decoded.index);
+    let mut state = replay(decoded.config, &decoded.lineage, decoded.log, path)?;
+    state.build_index(index).map_err(|reason| StoreError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    })?;
+    Ok(Store::from_state(state))
 }
 
 /// Reads until `buf` is full or the file ends; returns the number of bytes read.
@@ -219,38 +260,56 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// Decodes with a size limit no larger than needed for a body of this length, so that a
-/// forged length inside the body cannot make the decoder allocate much more than the file.
-fn decode(body: &[u8]) -> Result<(Body, usize), bincode::error::DecodeError> {
-    fn with_limit<const N: usize>(body: &[u8]) -> Result<(Body, usize), bincode::error::DecodeError> {
+/// Upper bound on the bytes the decoder's limit counts per byte of body: it counts every
+/// integer at its full width (8 bytes for a length or an id) however short its encoding (one
+/// byte at least), and string bytes one for one.
+const LIMIT_PER_BODY_BYTE: usize = 8;
+
+/// Decodes with a size limit no larger than a body of this length can need (the next power of
+/// two above [`LIMIT_PER_BODY_BYTE`] times its length), so that a forged length inside the body
+/// cannot make the decoder allocate much more than the file.
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<(T, usize), bincode::error::DecodeError> {
+    fn with_limit<T: serde::de::DeserializeOwned, const N: usize>(
+        body: &[u8],
+    ) -> Result<(T, usize), bincode::error::DecodeError> {
         bincode::serde::decode_from_slice(body, bincode::config::standard().with_limit::<N>())
     }
-    match body.len() {
-        0..=0x1_0000 => with_limit::<0x1_0000>(body),
-        0x1_0001..=0x10_0000 => with_limit::<0x10_0000>(body),
-        0x10_0001..=0x100_0000 => with_limit::<0x100_0000>(body),
-        0x100_0001..=0x1000_0000 => with_limit::<0x1000_0000>(body),
-        _ => with_limit::<{ usize::MAX }>(body),
+    let need = body.len().saturating_mul(LIMIT_PER_BODY_BYTE);
+    macro_rules! smallest_limit {
+        ($($bits:literal)*) => {
+            $(
+                if need <= 1usize << $bits {
+                    return with_limit::<T, { 1usize << $bits }>(body);
+                }
+            )*
+        };
     }
+    smallest_limit!(16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
+    // Bodies over 256 MiB: the file itself is the bound.
+    with_limit::<T, { usize::MAX }>(body)
 }
 
-/// Rebuilds the store by applying the logged operations in order, branching where recorded.
-/// The operations are checked and recorded one by one, but the BM25 index is built once at
-/// the end, in one pass over the final entries, rather than updated by every operation.
-fn replay(body: Body, path: &Path) -> Result<Store, StoreError> {
-    let log_len = body.log.len() as u64;
-    let lineage_ok = body.lineage.windows(2).all(|w| w[0] <= w[1])
-        && body.lineage.last().is_none_or(|&last| last <= log_len);
+/// Rebuilds the entries, histories and log by applying the logged operations in order,
+/// branching where recorded. Each operation is checked and recorded as [`Store::apply`] would,
+/// but the BM25 index is left to the caller, which builds it once for the final entries.
+fn replay(
+    config: StoreConfig,
+    lineage: &[u64],
+    log: Vec<(u32, Operation)>,
+    path: &Path,
+) -> Result<State, StoreError> {
+    let log_len = log.len() as u64;
+    let lineage_ok =
+        lineage.windows(2).all(|w| w[0] <= w[1]) && lineage.last().is_none_or(|&last| last <= log_len);
     if !lineage_ok {
         return Err(StoreError::Corrupt {
             path: path.to_owned(),
             reason: "branch points out of order or past the end of the log".into(),
         });
     }
-    let mut store = Store::with_config(body.config);
-    let state = store.state_mut();
-    let mut points = body.lineage.iter().peekable();
-    for (seq, (session, op)) in body.log.into_iter().enumerate() {
+    let mut state = State::new(config);
+    let mut points = lineage.iter().peekable();
+    for (seq, (session, op)) in log.into_iter().enumerate() {
         let seq = seq as u64;
         while points.next_if(|&&at| at == seq).is_some() {
             state.begin_branch();
@@ -266,8 +325,7 @@ fn replay(body: Body, path: &Path) -> Result<Store, StoreError> {
     for _ in points {
         state.begin_branch();
     }
-    state.reindex();
-    Ok(store)
+    Ok(state)
 }
 
 #[cfg(test)]

@@ -16,7 +16,8 @@
 //!   ([`Store::token_count`], or [`Store::size_tokens`] with any [`TokenCounter`]).
 //!
 //! [`Store::save`] and [`Store::load`] use a checked file format (magic bytes, version,
-//! length, CRC32) written atomically.
+//! length, CRC32) written atomically; loading replays the operation log without indexing and
+//! builds the BM25 index once, from the file's index section.
 //!
 //! ```
 //! use memr2_store::{Operation, Store};
@@ -46,7 +47,7 @@ pub use bm25::{Bm25Params, tokenize};
 pub use dense::Embedder;
 pub use entry::{Applied, Entry, MemoryId, OpKind, Operation, ParseMemoryIdError, Provenance};
 pub use error::StoreError;
-pub use file::{FORMAT_VERSION, HEADER_LEN, MAGIC};
+pub use file::{FORMAT_VERSION, HEADER_LEN, MAGIC, OLDEST_FORMAT_VERSION};
 pub use history::{BranchPoint, HistoryRecord, OperationRecord};
 pub use store::{Snapshot, Store, StoreConfig};
 pub use tokens::{TokenCounter, WhitespaceCounter};

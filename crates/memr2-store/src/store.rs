@@ -7,7 +7,7 @@ use std::sync::Arc;
 use imbl::Vector;
 use serde::{Deserialize, Serialize};
 
-use crate::bm25::{Bm25Index, Bm25Params};
+use crate::bm25::{Bm25Index, Bm25Params, IndexSection};
 use crate::dense::{DenseIndex, Embedder};
 use crate::entry::{Applied, Entry, MemoryId, OpKind, Operation, Provenance};
 use crate::error::StoreError;
@@ -161,7 +161,7 @@ impl PartialEq for State {
 }
 
 impl State {
-    fn new(config: StoreConfig) -> Self {
+    pub(crate) fn new(config: StoreConfig) -> Self {
         Self {
             config,
             memories: Vector::new(),
@@ -175,11 +175,23 @@ impl State {
         }
     }
 
-    /// Rebuilds the BM25 index from the current entries in one pass, after operations
-    /// applied with [`Self::apply_unindexed`].
-    pub(crate) fn reindex(&mut self) {
-        let docs: Vec<(MemoryId, &str)> = self.entries().map(|e| (e.id, e.text.as_str())).collect();
-        self.bm25 = Bm25Index::from_documents(docs.into_iter());
+    /// Builds the BM25 index of the current entries in one pass, after operations applied with
+    /// [`Self::apply_unindexed`]: from `section` (as [`Self::index_section`] saved it) when
+    /// given, otherwise by tokenising the texts. Fails, saying why, on a malformed section.
+    pub(crate) fn build_index(&mut self, section: Option<IndexSection>) -> Result<(), String> {
+        self.bm25 = match section {
+            Some(section) => Bm25Index::from_section(self.entries().map(|e| e.id).collect(), section)?,
+            None => {
+                let docs: Vec<(MemoryId, &str)> = self.entries().map(|e| (e.id, e.text.as_str())).collect();
+                Bm25Index::from_documents(docs.into_iter())
+            }
+        };
+        Ok(())
+    }
+
+    /// The BM25 index in the form a store file holds it.
+    pub(crate) fn index_section(&self) -> IndexSection {
+        self.bm25.section()
     }
 
     /// The current version of memory `id`.
@@ -511,12 +523,12 @@ impl Store {
         }
     }
 
-    fn state(&self) -> &State {
+    pub(crate) fn state(&self) -> &State {
         &self.state
     }
 
-    pub(crate) fn state_mut(&mut self) -> &mut State {
-        &mut self.state
+    pub(crate) fn from_state(state: State) -> Self {
+        Self { state }
     }
 
     read_methods!();

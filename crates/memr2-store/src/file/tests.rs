@@ -76,6 +76,30 @@ fn save_then_load_round_trips_with_lineage() {
 }
 
 #[test]
+fn bodies_that_grow_when_decoded_still_load() {
+    // The decoder's limit counts every integer at its full width, whatever its encoded length:
+    // a NOOP is two bytes in the file and eight to the limit, an index posting two bytes and
+    // eight. A limit of the body's own size refused such bodies.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("noops.bin");
+    let mut store = Store::new();
+    for _ in 0..20_000 {
+        store.apply(Operation::Noop, 1).unwrap();
+    }
+    store
+        .apply(
+            Operation::Add {
+                text: "a b c d e f g h i j k l m n o p".into(),
+                speaker: None,
+            },
+            1,
+        )
+        .unwrap();
+    store.save(&path).unwrap();
+    assert_eq!(Store::load(&path).unwrap(), store);
+}
+
+#[test]
 fn damaged_and_foreign_files_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("memory.bin");
@@ -103,10 +127,19 @@ fn damaged_and_foreign_files_give_clear_errors() {
     *flipped.last_mut().unwrap() ^= 0x40;
     assert!(matches!(write(&flipped), Err(StoreError::Corrupt { .. })));
     let mut future = good.clone();
-    future[8..12].copy_from_slice(&2u32.to_le_bytes());
+    future[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+    let err = write(&future).unwrap_err();
+    assert!(matches!(err, StoreError::UnsupportedVersion { found, .. } if found == FORMAT_VERSION + 1));
+    assert!(
+        err.to_string()
+            .contains("version 3, this build reads versions 1 to 2"),
+        "{err}"
+    );
+    let mut ancient = good.clone();
+    ancient[8..12].copy_from_slice(&0u32.to_le_bytes());
     assert!(matches!(
-        write(&future),
-        Err(StoreError::UnsupportedVersion { found: 2, .. })
+        write(&ancient),
+        Err(StoreError::UnsupportedVersion { found: 0, .. })
     ));
     // A forged length far beyond the file is refused before anything is allocated.
     let mut huge = good.clone();
@@ -117,6 +150,48 @@ fn damaged_and_foreign_files_give_clear_errors() {
     assert!(missing.to_string().contains("missing.bin"));
 }
 
+/// A file of `version` around `body`, with a correct header and checksum.
+fn file_bytes(version: u32, body: &[u8]) -> Vec<u8> {
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend_from_slice(&version.to_le_bytes());
+    bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// The body of `state` as version 1 wrote it: no index section.
+fn version_1_body(state: &State) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct BodyV1Ref<'a> {
+        config: &'a StoreConfig,
+        lineage: Vec<u64>,
+        log: Vec<(u32, OperationRef<'a>)>,
+    }
+    let v1 = BodyV1Ref {
+        config: &state.config,
+        lineage: state.lineage().iter().map(|p| p.log_len).collect(),
+        log: log_refs(state),
+    };
+    bincode::serde::encode_to_vec(&v1, bincode::config::standard()).unwrap()
+}
+
+#[test]
+fn version_1_files_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.bin");
+    let store = sample_store();
+    fs::write(&path, file_bytes(1, &version_1_body(store.state()))).unwrap();
+    let loaded = Store::load(&path).unwrap();
+    assert_eq!(loaded, store);
+    assert_eq!(loaded.lineage(), store.lineage());
+    assert_eq!(loaded.history(MemoryId::new(1)), store.history(MemoryId::new(1)));
+    // Saving it again writes the current version.
+    loaded.save(&path).unwrap();
+    assert_eq!(fs::read(&path).unwrap()[8..12], FORMAT_VERSION.to_le_bytes());
+    assert_eq!(Store::load(&path).unwrap(), store);
+}
+
 #[test]
 fn a_checksummed_body_with_a_bad_log_is_inconsistent() {
     let dir = tempfile::tempdir().unwrap();
@@ -125,18 +200,73 @@ fn a_checksummed_body_with_a_bad_log_is_inconsistent() {
         config: &StoreConfig::default(),
         lineage: vec![],
         log: vec![(1, OperationRef::Delete { id: MemoryId::new(4) })],
+        index: IndexSection::default(),
     };
     let body = bincode::serde::encode_to_vec(&body, bincode::config::standard()).unwrap();
-    let mut bytes = MAGIC.to_vec();
-    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    bytes.extend_from_slice(&body);
-    fs::write(&path, &bytes).unwrap();
+    fs::write(&path, file_bytes(FORMAT_VERSION, &body)).unwrap();
     let err = Store::load(&path).unwrap_err();
     assert!(matches!(&err, StoreError::Inconsistent { seq: 0, source, .. }
         if matches!(**source, StoreError::UnknownId(_))));
     assert!(std::error::Error::source(&err).is_some());
+}
+
+#[test]
+fn a_checksummed_body_with_a_bad_index_section_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("forged.bin");
+    let mut store = Store::new();
+    for text in ["alice likes tea", "bob likes coffee", "carol has a cat"] {
+        store
+            .apply(
+                Operation::Add {
+                    text: text.into(),
+                    speaker: None,
+                },
+                1,
+            )
+            .unwrap();
+    }
+    let good = store.state().index_section();
+    assert_eq!(good.doc_terms, [3, 3, 4]);
+    type Forgery = dyn Fn(&mut IndexSection);
+    let forge = |change: &Forgery| {
+        let mut index = IndexSection {
+            terms: good.terms.clone(),
+            doc_terms: good.doc_terms.clone(),
+            postings: good.postings.clone(),
+        };
+        change(&mut index);
+        let body = BodyRef {
+            config: &store.state().config,
+            lineage: vec![],
+            log: log_refs(store.state()),
+            index,
+        };
+        let body = bincode::serde::encode_to_vec(&body, bincode::config::standard()).unwrap();
+        fs::write(&path, file_bytes(FORMAT_VERSION, &body)).unwrap();
+        Store::load(&path)
+    };
+    assert_eq!(forge(&|_| {}).unwrap(), store);
+    let cases: [(&str, &Forgery); 7] = [
+        ("documents", &|i| i.doc_terms.push(0)),
+        ("documents", &|i| {
+            i.doc_terms.pop();
+        }),
+        ("terms listed", &|i| i.doc_terms[0] += 1),
+        ("bad term", &|i| i.postings[0].0 = i.terms.len() as u32),
+        ("bad term", &|i| i.postings[0].1 = 0),
+        ("bad term", &|i| i.postings.swap(0, 1)),
+        ("listed twice", &|i| {
+            let first = i.terms[i.postings[0].0 as usize].clone();
+            i.terms[i.postings[1].0 as usize] = first;
+        }),
+    ];
+    for (expected, change) in cases {
+        match forge(change) {
+            Err(StoreError::Corrupt { reason, .. }) => assert!(reason.contains(expected), "{reason}"),
+            other => panic!("{expected}: {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -165,6 +295,9 @@ proptest! {
         let loaded = Store::load(&path).unwrap();
         prop_assert!(loaded == store);
         prop_assert_eq!(loaded.lineage(), store.lineage());
+        // A version 1 file of the same store (no index section) loads equal too.
+        fs::write(&path, file_bytes(1, &version_1_body(store.state()))).unwrap();
+        prop_assert!(Store::load(&path).unwrap() == store);
     }
 
     #[test]
