@@ -422,15 +422,16 @@ pub(crate) struct Bm25Index {
     total_len: u64,
 }
 
-/// The BM25 index as a store file holds it: the terms, and each live document's (term number,
-/// frequency) pairs ordered by term number, documents in id order.
+/// The BM25 index as a store file holds it: each term's postings, documents numbered by their
+/// position among the live memories in id order, each number given as the gap from the
+/// previous one of the same term (small numbers, short in the file).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct IndexSection {
     /// Term number -> term.
     pub(crate) terms: Vec<Box<str>>,
-    /// Number of distinct terms of each document.
-    pub(crate) doc_terms: Vec<u32>,
-    /// Every document's (term number, frequency) pairs, one document after the other.
+    /// Term number -> number of documents containing it.
+    pub(crate) term_docs: Vec<u32>,
+    /// (position gap, frequency) of every term's documents, term after term.
     pub(crate) postings: Vec<(u32, u32)>,
 }
 
@@ -644,160 +645,98 @@ impl Bm25Index {
         }
     }
 
-    /// The index as saved in a store file: every live document's terms, from which
-    /// [`Self::from_section`] rebuilds the index without tokenising the texts again.
+    /// The index as saved in a store file: the postings of a compacted base, term by term (the
+    /// base itself when nothing changed since the last compaction).
     pub(crate) fn section(&self) -> IndexSection {
-        let base = &*self.base;
-        let live = |slot: u32| !self.removed.contains(slot);
-        // The base's live postings transposed to slot -> (term, frequency), terms in order.
-        let mut starts = vec![0usize; base.ids.len() + 1];
-        for p in &base.postings {
-            if live(p.slot) {
-                starts[p.slot as usize + 1] += 1;
-            }
-        }
-        for slot in 0..base.ids.len() {
-            starts[slot + 1] += starts[slot];
-        }
-        let mut fill = starts.clone();
-        let mut by_slot = vec![(0u32, 0u32); starts[base.ids.len()]];
+        let rebuilt;
+        let base = if self.delta.is_empty() && self.removed.count == 0 {
+            &*self.base
+        } else {
+            rebuilt = self.rebuilt_base();
+            &rebuilt
+        };
+        let mut postings = Vec::with_capacity(base.postings.len());
         for t in 0..base.names.len() {
+            let mut previous = 0;
             for p in base.postings(t as u32) {
-                if live(p.slot) {
-                    by_slot[fill[p.slot as usize]] = (t as u32, p.tf);
-                    fill[p.slot as usize] += 1;
-                }
+                postings.push((p.slot - previous, p.tf));
+                previous = p.slot;
             }
         }
-
-        let mut terms: Vec<Box<str>> = base.names.iter().map(|name| Box::from(&**name)).collect();
-        // Terms the base lacks (rare), numbered after the base's.
-        let mut new_numbers: TermMap<Box<str>, u32> = TermMap::default();
-        let mut section = IndexSection {
-            terms: Vec::new(),
-            doc_terms: Vec::with_capacity(self.docs),
-            postings: Vec::with_capacity(by_slot.len() + self.delta.len() * 16),
-        };
-        let mut push_delta = |section: &mut IndexSection, doc: &DeltaDoc| {
-            let start = section.postings.len();
-            section.postings.extend_from_slice(&doc.known);
-            for (name, tf) in doc.unknown() {
-                let t = match new_numbers.get(name) {
-                    Some(&t) => t,
-                    None => {
-                        terms.push(name.clone());
-                        let t = (terms.len() - 1) as u32;
-                        new_numbers.insert(name.clone(), t);
-                        t
-                    }
-                };
-                section.postings.push((t, *tf));
-            }
-            // Known terms are numbered below every new one; the new ones need sorting.
-            section.postings[start..].sort_unstable();
-            section.doc_terms.push((section.postings.len() - start) as u32);
-        };
-        let mut delta = self.delta.iter().peekable();
-        for (slot, &id) in base.ids.iter().enumerate() {
-            while let Some((_, doc)) = delta.next_if(|(delta_id, _)| **delta_id < id) {
-                push_delta(&mut section, doc);
-            }
-            if live(slot as u32) {
-                let own = &by_slot[starts[slot]..starts[slot + 1]];
-                section.postings.extend_from_slice(own);
-                section.doc_terms.push(own.len() as u32);
-            }
+        IndexSection {
+            terms: base.names.iter().map(|name| Box::from(&**name)).collect(),
+            term_docs: base.offsets.windows(2).map(|w| (w[1] - w[0]) as u32).collect(),
+            postings,
         }
-        for (_, doc) in delta {
-            push_delta(&mut section, doc);
-        }
-        section.terms = terms;
-        section
     }
 
-    /// The index of documents `ids` (increasing) whose terms `section` lists, as
-    /// [`Self::section`] wrote it; built straight into a base like [`Self::from_documents`].
-    /// Checks that the section is well formed (one term list per document, term numbers in
-    /// range and increasing within a document, frequencies positive, terms distinct) and says
-    /// what is wrong otherwise; it cannot check that the terms are those of the texts.
+    /// The index of documents `ids` (increasing) from `section`, as [`Self::section`] wrote it.
+    /// Checks that the section is well formed (a posting count per term, positions increasing
+    /// within a term and below the number of documents, frequencies positive, terms distinct)
+    /// and says what is wrong otherwise; it cannot check that the terms are those of the texts.
     pub(crate) fn from_section(ids: Vec<MemoryId>, section: IndexSection) -> Result<Self, String> {
         let IndexSection {
             terms,
-            doc_terms,
-            postings: doc_postings,
+            term_docs,
+            postings: gaps,
         } = section;
-        if doc_terms.len() != ids.len() {
+        if term_docs.len() != terms.len() {
             return Err(format!(
-                "{} documents in the index section, {} memories in the log",
-                doc_terms.len(),
-                ids.len()
+                "{} terms but {} posting counts in the index section",
+                terms.len(),
+                term_docs.len()
             ));
         }
-        let listed: u64 = doc_terms.iter().map(|&n| u64::from(n)).sum();
-        if listed != doc_postings.len() as u64 {
+        let listed: u64 = term_docs.iter().map(|&n| u64::from(n)).sum();
+        if listed != gaps.len() as u64 {
             return Err(format!(
-                "{listed} terms listed by the documents of the index section, {} present",
-                doc_postings.len()
+                "{listed} postings listed by the terms of the index section, {} present",
+                gaps.len()
             ));
         }
-        // Check every document's list and count each term's postings.
-        let mut counts = vec![0usize; terms.len()];
-        let mut doc_len = Vec::with_capacity(ids.len());
+        // Positions from the gaps, checked, and document lengths summed from the frequencies.
+        let docs = ids.len();
+        let mut doc_len = vec![0u64; docs];
+        let mut postings = Vec::with_capacity(gaps.len());
+        let mut offsets = Vec::with_capacity(terms.len() + 1);
+        offsets.push(0);
         let mut start = 0;
-        for &n in &doc_terms {
-            let own = &doc_postings[start..start + n as usize];
-            start += n as usize;
-            let mut len = 0u64;
-            for (i, &(t, tf)) in own.iter().enumerate() {
-                if t as usize >= terms.len() || tf == 0 || (i > 0 && own[i - 1].0 >= t) {
+        for (t, &n) in term_docs.iter().enumerate() {
+            let mut slot = 0u64;
+            for (i, &(gap, tf)) in gaps[start..start + n as usize].iter().enumerate() {
+                slot += u64::from(gap);
+                if (i > 0 && gap == 0) || slot >= docs as u64 || tf == 0 {
                     return Err(format!(
-                        "bad term {t} (of {}) with frequency {tf} in the index section",
-                        terms.len()
+                        "bad posting of term {t} (gap {gap}, frequency {tf}) in the index section of {docs} documents"
                     ));
                 }
-                counts[t as usize] += 1;
-                len += u64::from(tf);
+                doc_len[slot as usize] += u64::from(tf);
+                postings.push(BasePosting {
+                    slot: slot as u32,
+                    tf,
+                    doc_len: 0,
+                });
             }
-            doc_len.push(u32::try_from(len).map_err(|_| "document too long in the index section")?);
+            start += n as usize;
+            offsets.push(postings.len());
         }
-        // Terms without postings are dropped; the others keep their order.
-        let mut number = vec![u32::MAX; terms.len()];
-        let mut names: Vec<Arc<str>> = Vec::new();
+        let doc_len: Vec<u32> = doc_len
+            .into_iter()
+            .map(u32::try_from)
+            .collect::<Result<_, _>>()
+            .map_err(|_| "a document too long in the index section")?;
+        for p in &mut postings {
+            p.doc_len = doc_len[p.slot as usize];
+        }
+        let mut names: Vec<Arc<str>> = Vec::with_capacity(terms.len());
         let mut term_map: TermMap<Arc<str>, u32> = TermMap::default();
-        let mut offsets = vec![0usize];
-        for (t, name) in terms.into_iter().enumerate() {
-            if counts[t] == 0 {
-                continue;
-            }
+        for name in terms {
             let name: Arc<str> = Arc::from(name);
             if term_map.insert(Arc::clone(&name), names.len() as u32).is_some() {
                 return Err(format!("term {name:?} listed twice in the index section"));
             }
-            number[t] = names.len() as u32;
             names.push(name);
-            offsets.push(offsets.last().copied().unwrap_or(0) + counts[t]);
         }
-        let mut fill = offsets.clone();
-        let empty = BasePosting {
-            slot: 0,
-            tf: 0,
-            doc_len: 0,
-        };
-        let mut postings = vec![empty; doc_postings.len()];
-        let mut start = 0;
-        for (slot, &n) in doc_terms.iter().enumerate() {
-            for &(t, tf) in &doc_postings[start..start + n as usize] {
-                let t = number[t as usize] as usize;
-                postings[fill[t]] = BasePosting {
-                    slot: slot as u32,
-                    tf,
-                    doc_len: doc_len[slot],
-                };
-                fill[t] += 1;
-            }
-            start += n as usize;
-        }
-        let docs = ids.len();
         let total_len = doc_len.iter().map(|&len| u64::from(len)).sum();
         Ok(Self {
             removed: SlotSet::with_slots(docs),

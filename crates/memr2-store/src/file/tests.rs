@@ -226,13 +226,16 @@ fn a_checksummed_body_with_a_bad_index_section_is_corrupt() {
             )
             .unwrap();
     }
-    let good = store.state().index_section();
-    assert_eq!(good.doc_terms, [3, 3, 4]);
     type Forgery = dyn Fn(&mut IndexSection);
+    let good = store.state().index_section();
+    // "likes" is in the first two documents: its postings are gaps 0 then 1.
+    let likes = good.terms.iter().position(|t| &**t == "likes").unwrap();
+    let likes_at: usize = good.term_docs[..likes].iter().map(|&n| n as usize).sum();
+    assert_eq!(good.postings[likes_at..likes_at + 2], [(0, 1), (1, 1)]);
     let forge = |change: &Forgery| {
         let mut index = IndexSection {
             terms: good.terms.clone(),
-            doc_terms: good.doc_terms.clone(),
+            term_docs: good.term_docs.clone(),
             postings: good.postings.clone(),
         };
         change(&mut index);
@@ -248,18 +251,15 @@ fn a_checksummed_body_with_a_bad_index_section_is_corrupt() {
     };
     assert_eq!(forge(&|_| {}).unwrap(), store);
     let cases: [(&str, &Forgery); 7] = [
-        ("documents", &|i| i.doc_terms.push(0)),
-        ("documents", &|i| {
-            i.doc_terms.pop();
+        ("posting counts", &|i| i.term_docs.push(0)),
+        ("postings listed", &|i| i.term_docs[0] += 1),
+        ("postings listed", &|i| {
+            i.postings.pop();
         }),
-        ("terms listed", &|i| i.doc_terms[0] += 1),
-        ("bad term", &|i| i.postings[0].0 = i.terms.len() as u32),
-        ("bad term", &|i| i.postings[0].1 = 0),
-        ("bad term", &|i| i.postings.swap(0, 1)),
-        ("listed twice", &|i| {
-            let first = i.terms[i.postings[0].0 as usize].clone();
-            i.terms[i.postings[1].0 as usize] = first;
-        }),
+        ("bad posting", &move |i| i.postings[likes_at + 1].0 = 3),
+        ("bad posting", &move |i| i.postings[likes_at + 1].0 = 0),
+        ("bad posting", &move |i| i.postings[likes_at].1 = 0),
+        ("listed twice", &|i| i.terms[0] = i.terms[1].clone()),
     ];
     for (expected, change) in cases {
         match forge(change) {
