@@ -518,9 +518,13 @@ pub fn parse_answer(output: &str) -> Result<String, FormatError> {
     Ok(first_words(line, MAX_ANSWER_WORDS).to_owned())
 }
 
-/// The canonical answerer output: the answer on one line, trimmed.
+/// The canonical answerer output: the answer on one line after a single space. The space
+/// matters with a byte-level BPE: the answer's words appear inside the memories with a space
+/// in front, and ` Boston` is one token where `Boston` at the start of a text is two
+/// (`B`, `oston`), so without it the answerer would have to learn to respell every word
+/// it copies. [`parse_answer`] trims it away.
 pub fn render_answer(answer: &str) -> String {
-    one_line(answer).trim().to_owned()
+    format!(" {}", one_line(answer).trim())
 }
 
 #[cfg(test)]
@@ -853,7 +857,7 @@ mod tests {
         assert!(long.starts_with(&cut));
         assert!(matches!(parse_answer(" \n\t "), Err(FormatError::EmptyAnswer)));
         assert!(matches!(parse_answer(""), Err(FormatError::EmptyAnswer)));
-        assert_eq!(render_answer(" in\nLyon "), "in Lyon");
+        assert_eq!(render_answer(" in\nLyon "), " in Lyon");
     }
 
     #[test]

@@ -22,6 +22,11 @@ pub enum Phase {
         /// Completed epochs.
         epochs_done: usize,
     },
+    /// Tuning the frozen answerer after the warm start, after `epochs_done` epochs.
+    Answerer {
+        /// Completed epochs.
+        epochs_done: usize,
+    },
     /// Curriculum stage `stage` (index into the horizons), after `steps_done` steps of it.
     Rl {
         /// Stage index.

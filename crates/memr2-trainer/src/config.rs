@@ -84,6 +84,10 @@ pub struct SftConfig {
     pub min_lr_fraction: f64,
     /// Sequences per optimiser step.
     pub batch_size: usize,
+    /// Weight of the prompt tokens in the loss against 1 for a completion token (0: the
+    /// completions alone, as in instruction tuning of a pretrained model).
+    #[serde(default)]
+    pub prompt_loss_weight: f64,
     /// Teacher mistakes: probability of ADD where UPDATE was right.
     pub add_instead_of_update: f64,
     /// Teacher mistakes: probability of leaving out a DELETE.
@@ -111,6 +115,37 @@ impl SftConfig {
         let progress = ((step - self.warmup_steps) as f64 / span as f64).min(1.0);
         let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
         peak * (self.min_lr_fraction + (1.0 - self.min_lr_fraction) * cosine)
+    }
+}
+
+/// The frozen answerer: the SFT model tuned further on answerer examples alone, so that it
+/// learns to copy the answer out of the memories it is shown. The policy (extractor and
+/// manager) and the KL reference stay the SFT model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswererConfig {
+    /// Passes over the answerer examples (0: the SFT model itself answers).
+    pub epochs: usize,
+    /// Peak AdamW learning rate (warm-up and cosine decay as in the SFT stage).
+    pub learning_rate: f64,
+    /// Answerer examples are drawn from the perfect teacher's memory after every this many
+    /// sessions, up to the largest curriculum horizon, so the answerer reads memories of
+    /// every size.
+    pub horizon_stride: usize,
+    /// Weight of the prompt tokens in the loss (see `SftConfig::prompt_loss_weight`).
+    #[serde(default)]
+    pub prompt_loss_weight: f64,
+}
+
+impl Default for AnswererConfig {
+    /// No separate answerer: what a configuration written without this section means.
+    fn default() -> Self {
+        Self {
+            epochs: 0,
+            learning_rate: 2e-3,
+            horizon_stride: 4,
+            prompt_loss_weight: 0.0,
+        }
     }
 }
 
@@ -194,6 +229,9 @@ pub struct TrainConfig {
     pub agent: AgentConfig,
     /// Supervised warm start.
     pub sft: SftConfig,
+    /// The frozen answerer's own tuning after the warm start.
+    #[serde(default)]
+    pub answerer: AnswererConfig,
     /// Reinforcement learning.
     pub rl: RlConfig,
     /// Curriculum.
@@ -239,9 +277,15 @@ impl TrainConfig {
                 warmup_steps: default_warmup_steps(),
                 min_lr_fraction: default_min_lr_fraction(),
                 batch_size: 16,
+                prompt_loss_weight: 0.1,
                 add_instead_of_update: 0.25,
                 miss_delete: 0.25,
                 drop_fact: 0.1,
+            },
+            answerer: AnswererConfig {
+                epochs: 4,
+                prompt_loss_weight: 0.1,
+                ..AnswererConfig::default()
             },
             rl: RlConfig {
                 logo,
@@ -258,7 +302,7 @@ impl TrainConfig {
                 validate_every: 4,
             },
             eval: EvalConfig {
-                validation_episodes: 2,
+                validation_episodes: 8,
                 test_episodes: 8,
                 sessions: 32,
             },
@@ -348,6 +392,23 @@ impl TrainConfig {
                 "sft.min_lr_fraction must be in [0, 1], got {}",
                 self.sft.min_lr_fraction
             ));
+        }
+        if !(self.answerer.learning_rate > 0.0 && self.answerer.learning_rate.is_finite()) {
+            return bad(format!(
+                "answerer.learning_rate must be positive, got {}",
+                self.answerer.learning_rate
+            ));
+        }
+        for (name, w) in [
+            ("sft.prompt_loss_weight", self.sft.prompt_loss_weight),
+            ("answerer.prompt_loss_weight", self.answerer.prompt_loss_weight),
+        ] {
+            if !(w >= 0.0 && w.is_finite()) {
+                return bad(format!("{name} must be a finite weight >= 0, got {w}"));
+            }
+        }
+        if self.answerer.horizon_stride == 0 {
+            return bad("answerer.horizon_stride must be at least 1".into());
         }
         if self.sft.batch_size == 0 {
             return bad("sft.batch_size must be at least 1".into());
@@ -469,6 +530,21 @@ mod tests {
         let mut c = TrainConfig::smoke();
         c.sft.drop_fact = 1.5;
         assert!(c.validate().is_err());
+        let mut c = TrainConfig::smoke();
+        c.answerer.horizon_stride = 0;
+        assert!(c.validate().is_err());
+        let mut c = TrainConfig::smoke();
+        c.answerer.learning_rate = f64::NAN;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_config_without_an_answerer_section_keeps_the_sft_answerer() {
+        let mut value = serde_json::to_value(TrainConfig::default_cpu()).unwrap();
+        value.as_object_mut().unwrap().remove("answerer");
+        let config: TrainConfig = serde_json::from_value(value).unwrap();
+        assert_eq!(config.answerer.epochs, 0);
+        assert!(config.validate().is_ok());
     }
 
     #[test]

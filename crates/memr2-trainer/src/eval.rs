@@ -14,7 +14,7 @@ use crate::agent::{
     Agent, RolloutSampling, RolloutState, SessionJob, answer_prompt, answer_questions, run_sessions,
 };
 use crate::config::AgentConfig;
-use crate::sft::teacher_replay;
+use crate::sft::{answer_in_text, teacher_replay};
 
 /// How far the oracle memory and retrieval reach: the upper bound on what any answerer can get
 /// from memory.
@@ -31,11 +31,7 @@ pub struct RetrievalCeiling {
 
 /// Measures [`RetrievalCeiling`] over episodes at their full horizon.
 pub fn retrieval_ceiling(episodes: &[Episode], cfg: &AgentConfig) -> RetrievalCeiling {
-    use memr2_sim::normalize_answer;
-    let contains = |haystack: &str, needle: &str| {
-        let needle = normalize_answer(needle);
-        !needle.is_empty() && format!(" {} ", normalize_answer(haystack)).contains(&format!(" {needle} "))
-    };
+    let contains = answer_in_text;
     let (mut n, mut in_memory, mut in_prompt) = (0usize, 0usize, 0usize);
     for episode in episodes {
         let mut teacher = Teacher::new(TeacherConfig::perfect(), 0);
@@ -148,6 +144,7 @@ pub fn score_memories<B: Backend>(
     let (answers, _) = answer_questions(&agent, &items, rng);
     let mut board = ScoreBoard::default();
     for ((_, q), a) in items.iter().zip(&answers) {
+        tracing::debug!(category = q.category.name(), question = %q.question, gold = %q.answer, answer = %a, "answered");
         board.add(q.category, a, &q.answer);
     }
     board

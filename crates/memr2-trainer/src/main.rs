@@ -96,6 +96,10 @@ struct TrainArgs {
     /// Epochs of the supervised warm start.
     #[arg(long)]
     sft_epochs: Option<usize>,
+    /// Epochs of the frozen answerer's own tuning after the warm start (0: the SFT model
+    /// answers).
+    #[arg(long)]
+    answerer_epochs: Option<usize>,
     /// Print the resolved configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -312,6 +316,9 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     if let Some(e) = args.sft_epochs {
         config.sft.epochs = e;
     }
+    if let Some(e) = args.answerer_epochs {
+        config.answerer.epochs = e;
+    }
     if let Some(s) = args.steps_per_stage {
         config.curriculum.steps_per_stage = s;
     }
@@ -435,6 +442,10 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
     let tokenizer = Tokenizer::from_file(&run.tokenizer())?;
     let load = |dir: &Path| -> Result<_> { Ok(checkpoint::load::<B>(dir, device)?.model.valid()) };
     let sft = load(&run.checkpoint("sft"))?;
+    let answerer = match run.checkpoint("answerer") {
+        dir if dir.exists() => Some(load(&dir)?),
+        _ => None,
+    };
     let logo = load(&run.checkpoint("final"))?;
     let grpo = args
         .grpo
@@ -452,7 +463,14 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
         "GRPO (global only)"
     };
     systems.push((name, Some(&logo)));
-    let rows = train::final_evaluation(&config, &data, &tokenizer, &sft, &systems, &mut |_| {})?;
+    let rows = train::final_evaluation(
+        &config,
+        &data,
+        &tokenizer,
+        answerer.as_ref().unwrap_or(&sft),
+        &systems,
+        &mut |_| {},
+    )?;
     println!(
         "Test conversations: {}, horizon {} sessions\n\n{}",
         config.eval.test_episodes.min(data.test.len()),

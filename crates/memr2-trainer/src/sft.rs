@@ -7,7 +7,7 @@ use burn::tensor::backend::AutodiffBackend;
 use memr2_policy::roles::{self, ChatPrompt, ExtractedFact, MemoryOperation, MemoryView, Role, TurnView};
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{Transformer, completion_logprobs};
-use memr2_sim::{Episode, OracleOp, Teacher, TeacherConfig};
+use memr2_sim::{Episode, OracleOp, Teacher, TeacherConfig, UNKNOWN_ANSWER, normalize_answer};
 use memr2_store::{Operation, Snapshot, Store};
 use rand_chacha::ChaCha8Rng;
 
@@ -116,16 +116,32 @@ pub fn teacher_replay(
     (examples, snapshots)
 }
 
-/// Answerer examples: each question of the episode at `horizon`, with the memories retrieved
-/// from `memory` (normally the perfect teacher's), and its gold answer.
+/// Whether the normalised `answer` occurs in `text` as whole words.
+pub fn answer_in_text(text: &str, answer: &str) -> bool {
+    let answer = normalize_answer(answer);
+    !answer.is_empty() && format!(" {} ", normalize_answer(text)).contains(&format!(" {answer} "))
+}
+
+/// Answerer examples: the questions of the episode at `horizon` that can be answered from the
+/// memories retrieved from `memory` (normally the perfect teacher's), with their gold answers.
+///
+/// A question is kept when its answer is among the memories shown, or is one of the closed
+/// answers (`yes`, `no`, `unknown`) that are read off the memories rather than copied. A
+/// question whose answer the retrieved memories do not hold is left out: training on it would
+/// teach the answerer to guess from priors, which makes the reward less a function of the
+/// memory.
 pub fn answerer_examples(episode: &Episode, memory: &Snapshot, cfg: &AgentConfig) -> Vec<TeacherExample> {
     episode
         .questions
         .iter()
-        .map(|q| TeacherExample {
-            role: Role::Answerer,
-            prompt: answer_prompt(memory, &q.question, cfg),
-            completion: q.answer.clone(),
+        .filter_map(|q| {
+            let prompt = answer_prompt(memory, &q.question, cfg);
+            let closed = ["yes", "no", UNKNOWN_ANSWER].contains(&normalize_answer(&q.answer).as_str());
+            (closed || answer_in_text(&prompt.user, &q.answer)).then(|| TeacherExample {
+                role: Role::Answerer,
+                prompt,
+                completion: roles::render_answer(&q.answer),
+            })
         })
         .collect()
 }
@@ -158,6 +174,37 @@ pub fn build_examples(
     out
 }
 
+/// The horizons the answerer's own examples are drawn at: every `stride` sessions up to
+/// `max`, and `max` itself.
+pub fn answerer_horizons(max: usize, stride: usize) -> Vec<usize> {
+    let mut out: Vec<usize> = (1..=max / stride.max(1)).map(|i| i * stride.max(1)).collect();
+    if out.last() != Some(&max) && max > 0 {
+        out.push(max);
+    }
+    out
+}
+
+/// Answerer examples only, from the perfect teacher's memory at each of `horizons`: the
+/// corpus that tunes the frozen answerer.
+pub fn answerer_corpus(episodes: &[Episode], horizons: &[usize], cfg: &AgentConfig) -> Vec<TeacherExample> {
+    let mut out = Vec::new();
+    let max = horizons.iter().copied().max().unwrap_or(0);
+    for episode in episodes {
+        let episode = episode.with_horizon(max);
+        let mut perfect = Teacher::new(TeacherConfig::perfect(), 0);
+        let (_, snapshots) = teacher_replay(&episode, max, &mut perfect, cfg);
+        for &h in horizons {
+            let at = episode.with_horizon(h);
+            out.extend(answerer_examples(
+                &at,
+                &snapshots[h.min(snapshots.len() - 1)],
+                cfg,
+            ));
+        }
+    }
+    out
+}
+
 /// A tokenized example.
 #[derive(Clone, Debug)]
 pub struct TokenizedExample {
@@ -178,25 +225,73 @@ pub fn tokenize(examples: &[TeacherExample], tokenizer: &Tokenizer) -> Vec<Token
         .collect()
 }
 
-/// Mean negative log-likelihood of the completions: `[1]`.
-pub fn sft_loss<B: Backend>(model: &Transformer<B>, batch: &[TokenizedExample]) -> Tensor<B, 1> {
+/// The SFT objective of a minibatch: the training loss (`[1]`, differentiable) and the mean
+/// negative log-likelihood of the completion tokens alone (`[1]`, what the logs report).
+///
+/// With `prompt_weight` 0 the two are the same. Otherwise every prompt token after the first
+/// is a target too, weighted `prompt_weight` against 1 for a completion token, and the loss is
+/// the weighted mean. A model trained from scratch sees the language of the prompts only this
+/// way, and the prompts are full of repeated names and values: predicting them teaches the
+/// in-context copying the answerer and the manager need, with 6x more targets than the
+/// completions alone give, at the cost of the same forward pass.
+pub fn sft_loss<B: Backend>(
+    model: &Transformer<B>,
+    batch: &[TokenizedExample],
+    prompt_weight: f64,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    if prompt_weight == 0.0 {
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> = batch
+            .iter()
+            .map(|e| (e.prompt.clone(), e.completion.clone()))
+            .collect();
+        let out = completion_logprobs(model, &pairs);
+        let tokens = out.mask.clone().sum();
+        let loss = (out.logprobs * out.mask).sum().neg() / tokens.clamp_min(1.0);
+        return (loss.clone(), loss);
+    }
+    // The whole sequence after its first token is the "completion"; weights tell the prompt's
+    // part from the completion's.
     let pairs: Vec<(Vec<u32>, Vec<u32>)> = batch
         .iter()
-        .map(|e| (e.prompt.clone(), e.completion.clone()))
+        .map(|e| {
+            let (first, rest) = e.prompt.split_first().expect("a chat prompt is never empty");
+            (vec![*first], rest.iter().chain(&e.completion).copied().collect())
+        })
         .collect();
+    let width = pairs.iter().map(|(_, c)| c.len()).max().unwrap_or(0).max(1);
+    let (mut weights, mut completion) = (Vec::with_capacity(batch.len() * width), Vec::new());
+    for e in batch {
+        let prompt = e.prompt.len() - 1;
+        for j in 0..width {
+            let in_completion = j >= prompt && j < prompt + e.completion.len();
+            weights.push(if j < prompt {
+                prompt_weight as f32
+            } else {
+                f32::from(u8::from(in_completion))
+            });
+            completion.push(f32::from(u8::from(in_completion)));
+        }
+    }
     let out = completion_logprobs(model, &pairs);
-    let tokens = out.mask.clone().sum();
-    (out.logprobs * out.mask).sum().neg() / tokens.clamp_min(1.0)
+    let device = out.mask.device();
+    let shape = [batch.len(), width];
+    let weights = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(weights, shape), &device);
+    let completion = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(completion, shape), &device);
+    let loss = (out.logprobs.clone() * weights.clone()).sum().neg() / weights.sum().clamp_min(1e-6);
+    let nll = (out.logprobs.detach() * completion.clone()).sum().neg() / completion.sum().clamp_min(1.0);
+    (loss, nll)
 }
 
 /// One pass over the examples in shuffled minibatches, the `i`-th minibatch stepped at
-/// `learning_rate(i)`. Returns the model and the mean loss; a minibatch with a non-finite loss
-/// is skipped and counted in the third value.
+/// `learning_rate(i)`, on [`sft_loss`] with `prompt_weight`. Returns the model and the mean
+/// completion loss (nats per completion token); a minibatch with a non-finite loss is skipped
+/// and counted in the third value.
 pub fn sft_epoch<B, O>(
     mut model: Transformer<B>,
     optim: &mut O,
     examples: &[TokenizedExample],
     batch_size: usize,
+    prompt_weight: f64,
     learning_rate: impl Fn(usize) -> f64,
     rng: &mut ChaCha8Rng,
     mut progress: impl FnMut(usize, f64),
@@ -214,8 +309,9 @@ where
     let (mut total, mut n, mut skipped) = (0.0, 0usize, 0u64);
     for (done, batch) in batches.iter().enumerate() {
         let items: Vec<TokenizedExample> = batch.iter().map(|&i| examples[i].clone()).collect();
-        let loss = sft_loss(&model, &items);
+        let (loss, nll) = sft_loss(&model, &items, prompt_weight);
         let value: f64 = loss.clone().into_scalar().elem();
+        let nll: f64 = nll.into_scalar().elem();
         if !value.is_finite() {
             tracing::warn!(loss = value, "non-finite SFT loss: minibatch skipped");
             skipped += 1;
@@ -223,9 +319,61 @@ where
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(learning_rate(done), model, grads);
-        total += value;
+        total += nll;
         n += 1;
-        progress(done + 1, value);
+        progress(done + 1, nll);
     }
     (model, if n == 0 { f64::NAN } else { total / n as f64 }, skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use memr2_sim::{Environment, Split, SyntheticWorld, WorldConfig};
+
+    use super::*;
+
+    #[test]
+    fn answerer_horizons_step_by_the_stride_and_end_at_the_largest() {
+        assert_eq!(answerer_horizons(32, 8), vec![8, 16, 24, 32]);
+        assert_eq!(answerer_horizons(10, 4), vec![4, 8, 10]);
+        assert_eq!(answerer_horizons(3, 4), vec![3]);
+        assert_eq!(answerer_horizons(0, 4), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn answerer_corpus_holds_answerer_examples_of_every_horizon() {
+        let world = SyntheticWorld::new(WorldConfig::smoke(), 7).unwrap();
+        let episodes = world.episodes(Split::Train);
+        let cfg = AgentConfig::default();
+        let corpus = answerer_corpus(&episodes[..2], &[4, 8], &cfg);
+        let asked: usize = episodes[..2]
+            .iter()
+            .map(|e| e.with_horizon(4).questions.len() + e.with_horizon(8).questions.len())
+            .sum();
+        assert!(!corpus.is_empty() && corpus.len() <= asked);
+        for e in &corpus {
+            assert_eq!(e.role, Role::Answerer);
+            let answer = e
+                .completion
+                .strip_prefix(' ')
+                .expect("rendered with a leading space");
+            let closed = ["yes", "no", "unknown"].contains(&answer);
+            assert!(
+                closed || answer_in_text(&e.prompt.user, answer),
+                "{answer}: {}",
+                e.prompt.user
+            );
+        }
+    }
+
+    #[test]
+    fn answers_are_found_as_whole_words() {
+        assert!(answer_in_text(
+            "memories:\nHugo lives in Boston, previously Paris",
+            "boston"
+        ));
+        assert!(answer_in_text("Paul works as a nurse", "a nurse"));
+        assert!(!answer_in_text("Paul works as a nurse", "nur"));
+        assert!(!answer_in_text("anything", ""));
+    }
 }

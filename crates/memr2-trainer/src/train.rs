@@ -16,11 +16,11 @@ use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::checkpoint::{self, Phase, TrainState};
-use crate::config::{ModelSpec, TrainConfig};
+use crate::config::{ModelSpec, SftConfig, TrainConfig};
 use crate::data::{Splits, splits};
 use crate::eval::{MemorySource, evaluate, report_table};
 use crate::metrics::MetricsLog;
-use crate::sft::{build_examples, sft_epoch, tokenize};
+use crate::sft::{answerer_corpus, answerer_horizons, build_examples, sft_epoch, tokenize};
 use crate::step::{StepContext, StepMetrics, rl_step};
 use crate::{TrainError, plot};
 
@@ -224,8 +224,18 @@ pub fn run<B: AutodiffBackend>(
         if let Some(from) = &options.init_from {
             let from = RunDir(from.clone());
             std::fs::copy(from.tokenizer(), run.tokenizer()).map_err(io(&from.tokenizer()))?;
-            let sft = checkpoint::load::<B>(&from.checkpoint("sft"), device)?;
-            checkpoint::save::<B, ()>(&run.checkpoint("sft"), &sft.model, &sft.config, None, None)?;
+            for name in ["sft", "answerer"] {
+                if name == "sft" || from.checkpoint(name).exists() {
+                    let loaded = checkpoint::load::<B>(&from.checkpoint(name), device)?;
+                    checkpoint::save::<B, ()>(
+                        &run.checkpoint(name),
+                        &loaded.model,
+                        &loaded.config,
+                        None,
+                        None,
+                    )?;
+                }
+            }
         }
         config
     };
@@ -236,6 +246,16 @@ pub fn run<B: AutodiffBackend>(
     let horizons = config.curriculum.horizons.clone();
     let sft_adam = AdamWConfig::new().with_weight_decay(0.0);
     let rl_adam = AdamWConfig::new().with_weight_decay(0.0);
+    // After the warm start: the answerer's own tuning unless there is nothing to tune or it
+    // was copied from the run this one starts from.
+    let after_sft = if config.answerer.epochs > 0 && !run.checkpoint("answerer").exists() {
+        Phase::Answerer { epochs_done: 0 }
+    } else {
+        Phase::Rl {
+            stage: 0,
+            steps_done: 0,
+        }
+    };
     let (mut model, arch, mut optim, mut state) = if options.resume {
         let loaded = checkpoint::load::<B>(&run.checkpoint("latest"), device)?;
         let state = loaded.state.clone().ok_or_else(|| TrainError::Checkpoint {
@@ -253,10 +273,7 @@ pub fn run<B: AutodiffBackend>(
     } else if options.init_from.is_some() {
         let sft = checkpoint::load::<B>(&run.checkpoint("sft"), device)?;
         let state = TrainState {
-            phase: Phase::Rl {
-                stage: 0,
-                steps_done: 0,
-            },
+            phase: after_sft.clone(),
             step: 0,
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             metrics_lines: 0,
@@ -313,6 +330,7 @@ pub fn run<B: AutodiffBackend>(
                 &mut optim,
                 &tokens,
                 config.sft.batch_size,
+                config.sft.prompt_loss_weight,
                 |i| {
                     let step = epoch * batches as usize + i;
                     config
@@ -339,6 +357,93 @@ pub fn run<B: AutodiffBackend>(
             save_latest(&model, optim.to_record(), &state)?;
         }
         checkpoint::save::<B, ()>(&run.checkpoint("sft"), &model, &arch, None, None)?;
+        state.phase = after_sft;
+        optim = rl_adam.init::<B, Transformer<B>>();
+        save_latest(&model, optim.to_record(), &state)?;
+    }
+
+    // 4. The frozen answerer: the SFT weights tuned on answerer examples alone, judged after
+    //    each epoch by how well it answers the validation questions from the oracle's memory.
+    if let Phase::Answerer { epochs_done } = state.phase {
+        let a = &config.answerer;
+        let max = horizons.iter().copied().max().unwrap_or(0);
+        let examples = answerer_corpus(
+            &data.train,
+            &answerer_horizons(max, a.horizon_stride),
+            &config.agent,
+        );
+        let tokens = tokenize(&examples, &tokenizer);
+        tracing::info!(
+            examples = tokens.len(),
+            prompt_tokens = tokens.iter().map(|e| e.prompt.len()).sum::<usize>(),
+            completion_tokens = tokens.iter().map(|e| e.completion.len()).sum::<usize>(),
+            "answerer corpus"
+        );
+        let validation = at_horizon(&data.validation, max, usize::MAX);
+        let schedule = SftConfig {
+            learning_rate: a.learning_rate,
+            ..config.sft.clone()
+        };
+        let batches = tokens.len().div_ceil(config.sft.batch_size) as u64;
+        for epoch in epochs_done..a.epochs {
+            observe(Event::Phase {
+                name: format!("answerer epoch {}/{}", epoch + 1, a.epochs),
+                total: batches,
+            });
+            let (next, loss, skipped) = sft_epoch(
+                model,
+                &mut optim,
+                &tokens,
+                config.sft.batch_size,
+                a.prompt_loss_weight,
+                |i| schedule.learning_rate_at(epoch * batches as usize + i, a.epochs * batches as usize),
+                &mut state.rng,
+                |done, loss| {
+                    observe(Event::Progress {
+                        done: done as u64,
+                        message: format!("loss {loss:.3}"),
+                    })
+                },
+            );
+            model = next;
+            let answerer = model.valid();
+            let mut score = |source: MemorySource<'_, B::InnerBackend>| {
+                evaluate(
+                    &source,
+                    &answerer,
+                    &tokenizer,
+                    &config.agent,
+                    &validation,
+                    &mut state.rng,
+                )
+                .overall()
+                .f1
+            };
+            let (oracle_f1, no_memory_f1) = (score(MemorySource::Oracle), score(MemorySource::Empty));
+            tracing::info!(
+                epoch,
+                loss,
+                skipped,
+                oracle_f1,
+                no_memory_f1,
+                "answerer epoch done"
+            );
+            log.append(&serde_json::json!({
+                "answerer_epoch": epoch + 1,
+                "loss": loss,
+                "skipped_nonfinite": skipped,
+                "validation_oracle_f1": oracle_f1,
+                "validation_no_memory_f1": no_memory_f1,
+            }))?;
+            state.phase = Phase::Answerer {
+                epochs_done: epoch + 1,
+            };
+            state.metrics_lines = log.lines();
+            save_latest(&model, optim.to_record(), &state)?;
+        }
+        checkpoint::save::<B, ()>(&run.checkpoint("answerer"), &model, &arch, None, None)?;
+        // The policy starts the curriculum from the SFT weights, not the answerer's.
+        model = checkpoint::load::<B>(&run.checkpoint("sft"), device)?.model;
         state.phase = Phase::Rl {
             stage: 0,
             steps_done: 0,
@@ -347,19 +452,25 @@ pub fn run<B: AutodiffBackend>(
         save_latest(&model, optim.to_record(), &state)?;
     }
 
-    // 4. The frozen answerer and reference: the SFT model, read back from its checkpoint.
+    // 5. The frozen answerer (its own checkpoint, or the SFT model when it has none) and the
+    //    KL reference (the SFT model), read back from their checkpoints.
     let sft_model = checkpoint::load::<B>(&run.checkpoint("sft"), device)?
         .model
         .valid();
+    let answerer_model = match run.checkpoint("answerer") {
+        dir if dir.exists() => Some(checkpoint::load::<B>(&dir, device)?.model.valid()),
+        _ => None,
+    };
+    let answerer = answerer_model.as_ref().unwrap_or(&sft_model);
     let logo = &config.rl.logo;
     let context = StepContext::<B> {
         tokenizer: &tokenizer,
-        answerer: &sft_model,
+        answerer,
         reference: (logo.kl_coef > 0.0).then_some(&sft_model),
         config: &config,
     };
 
-    // 5. The curriculum: each stage starts from the best validation checkpoint of the last.
+    // 6. The curriculum: each stage starts from the best validation checkpoint of the last.
     while let Phase::Rl { stage, steps_done } = state.phase {
         let h = horizons[stage];
         let train_pool = at_horizon(&data.train, h, usize::MAX);
@@ -373,7 +484,7 @@ pub fn run<B: AutodiffBackend>(
         if steps_done == 0 {
             let f1 = validate(
                 &model.valid(),
-                &sft_model,
+                answerer,
                 &tokenizer,
                 &config,
                 &validation,
@@ -401,7 +512,7 @@ pub fn run<B: AutodiffBackend>(
             if done % config.curriculum.validate_every == 0 || done == config.curriculum.steps_per_stage {
                 let f1 = validate(
                     &model.valid(),
-                    &sft_model,
+                    answerer,
                     &tokenizer,
                     &config,
                     &validation,
@@ -442,7 +553,7 @@ pub fn run<B: AutodiffBackend>(
     }
     checkpoint::save::<B, ()>(&run.checkpoint("final"), &model, &arch, None, None)?;
 
-    // 6. Plots and the final evaluation.
+    // 7. Plots and the final evaluation.
     if let Ok(records) = MetricsLog::read(&run.metrics()) {
         let steps: Vec<_> = records
             .into_iter()
@@ -458,7 +569,7 @@ pub fn run<B: AutodiffBackend>(
     let final_model = model.valid();
     let systems: Vec<(&str, Option<&Transformer<B::InnerBackend>>)> =
         vec![("SFT only", Some(&sft_model)), (name, Some(&final_model))];
-    let rows = final_evaluation(&config, &data, &tokenizer, &sft_model, &systems, observe)?;
+    let rows = final_evaluation(&config, &data, &tokenizer, answerer, &systems, observe)?;
     let table = report_table(&rows);
     let report = format!(
         "# Evaluation\n\nTest conversations: {}, horizon {} sessions, seed {}.\n\n{table}",

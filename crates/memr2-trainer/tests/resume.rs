@@ -12,6 +12,7 @@ type B = Autodiff<Flex>;
 fn tiny_config() -> TrainConfig {
     let mut config = TrainConfig::smoke();
     config.sft.epochs = 1;
+    config.answerer.epochs = 2;
     config.curriculum = CurriculumConfig {
         horizons: vec![2, 3],
         steps_per_stage: 2,
@@ -83,11 +84,22 @@ fn resumed_run_matches_uninterrupted_run() {
         "RL steps were logged"
     );
 
+    let answerer_epochs: Vec<&Value> = a.iter().filter(|r| r.get("answerer_epoch").is_some()).collect();
+    assert_eq!(answerer_epochs.len(), 2, "one line per answerer epoch");
+    assert!(
+        answerer_epochs[0]
+            .get("validation_oracle_f1")
+            .is_some_and(Value::is_f64)
+    );
+
     // The run directory has what a user expects.
     for file in ["config.json", "tokenizer.json", "report.md", "plots/reward.svg"] {
         assert!(straight.dir.join(file).exists(), "{file} is missing");
     }
-    assert!(checkpoint::load::<B>(&straight.dir.join("checkpoints/final"), &device).is_ok());
+    for name in ["final", "sft", "answerer"] {
+        let dir = straight.dir.join("checkpoints").join(name);
+        assert!(checkpoint::load::<B>(&dir, &device).is_ok(), "checkpoint {name}");
+    }
 }
 
 #[test]
