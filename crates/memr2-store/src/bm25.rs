@@ -1,9 +1,10 @@
 //! BM25 retrieval over memory texts: a frozen base of flat posting arrays shared by every
 //! branch, a small persistent delta of the documents written since, and compaction.
 //!
-//! An ADD, UPDATE or DELETE touches one persistent map (the delta) and at most one bit of a
+//! An ADD, UPDATE or DELETE touches at most one persistent map (the delta) and one bit of a
 //! chunked bitmap (the base documents that were removed or overwritten), whatever the size of
-//! the index. When the delta and the removed documents together outgrow a fraction of the base,
+//! the index; indexing a text allocates only its posting list. A store file holds the index
+//! term by term, so loading builds the base without tokenising. When the delta and the removed documents together outgrow a fraction of the base,
 //! the next change rebuilds the base from the live documents; since that fraction is fixed,
 //! rebuilding costs amortised O(1) per change. Corpus statistics (document count, total length,
 //! document frequencies) are always exact, so scores equal those of an index built from scratch.
