@@ -3,11 +3,12 @@
 //!
 //! An ADD, UPDATE or DELETE touches at most one persistent map (the delta) and one bit of a
 //! chunked bitmap (the base documents that were removed or overwritten), whatever the size of
-//! the index; indexing a text allocates only its posting list. A store file holds the index
-//! term by term, so loading builds the base without tokenising. When the delta and the removed documents together outgrow a fraction of the base,
-//! the next change rebuilds the base from the live documents; since that fraction is fixed,
-//! rebuilding costs amortised O(1) per change. Corpus statistics (document count, total length,
-//! document frequencies) are always exact, so scores equal those of an index built from scratch.
+//! the index; indexing a text allocates only its posting list. When the delta and the removed
+//! documents together outgrow a fraction of the base, the next change rebuilds the base from
+//! the live documents; since that fraction is fixed, rebuilding costs amortised O(1) per
+//! change. Corpus statistics (document count, total length, document frequencies) are always
+//! exact, so scores equal those of an index built from scratch. A store file holds the index
+//! term by term, so loading builds the base without tokenising.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -554,8 +555,8 @@ impl Bm25Index {
     }
 
     /// The index of `docs` (ids increasing), built in one pass straight into a base, as
-    /// [`Self::compact`] would leave it: what loading a store uses instead of indexing its
-    /// documents one by one.
+    /// [`Self::compact`] would leave it: what loading a version 1 store file (which has no
+    /// index section) uses instead of indexing its documents one by one.
     pub(crate) fn from_documents<'a>(docs: impl ExactSizeIterator<Item = (MemoryId, &'a str)>) -> Self {
         let mut ids = Vec::with_capacity(docs.len());
         let mut doc_len = Vec::with_capacity(docs.len());
@@ -708,7 +709,8 @@ impl Bm25Index {
                 slot += u64::from(gap);
                 if (i > 0 && gap == 0) || slot >= docs as u64 || tf == 0 {
                     return Err(format!(
-                        "bad posting of term {t} (gap {gap}, frequency {tf}) in the index section of {docs} documents"
+                        "bad posting of term {t} (gap {gap}, frequency {tf}, {docs} documents) \
+                         in the index section"
                     ));
                 }
                 doc_len[slot as usize] += u64::from(tf);

@@ -212,7 +212,7 @@ impl State {
     }
 
     /// [`Self::apply`] leaving the BM25 index as it is, for replaying a log that
-    /// [`Self::reindex`] follows.
+    /// [`Self::build_index`] follows.
     pub(crate) fn apply_unindexed(&mut self, op: Operation, session: u32) -> Result<Applied, StoreError> {
         self.apply_inner(op, session, false)
     }
