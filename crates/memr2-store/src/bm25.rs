@@ -377,6 +377,20 @@ impl SlotSet {
         *word |= 1 << (slot % 64);
         self.count += 1;
     }
+
+    /// The slots in the set, increasing.
+    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.chunks.iter().enumerate().flat_map(|(c, chunk)| {
+            chunk.iter().flat_map(move |words| {
+                words.iter().enumerate().flat_map(move |(w, &word)| {
+                    let base = (c * CHUNK_WORDS + w) * 64;
+                    (0..64)
+                        .filter(move |bit| (word >> bit) & 1 == 1)
+                        .map(move |bit| (base + bit) as u32)
+                })
+            })
+        })
+    }
 }
 
 /// A query term with its base term number (if the base knows it) and its weight.
@@ -424,17 +438,26 @@ pub(crate) struct Bm25Index {
     total_len: u64,
 }
 
-/// The BM25 index as a store file holds it: each term's postings, documents numbered by their
-/// position among the live memories in id order, each number given as the gap from the
-/// previous one of the same term (small numbers, short in the file).
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The BM25 index as a store file holds it: its layout as it is in memory (the base, its
+/// removed slots and the delta), so that saving copies it and loading restores it, neither
+/// merging nor tokenising. Increasing numbers are written as gaps from the previous one (the
+/// first from 0): small numbers, short in the file.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub(crate) struct IndexSection {
-    /// Term number -> term.
+    /// Base slot -> document id, as gaps.
+    pub(crate) base_ids: Vec<u64>,
+    /// Base slots removed or overwritten since the base was built, as gaps.
+    pub(crate) removed: Vec<u32>,
+    /// Term number -> term: the base's terms, then the terms only delta documents have.
     pub(crate) terms: Vec<Box<str>>,
-    /// Term number -> number of documents containing it.
+    /// Base term -> number of its postings.
     pub(crate) term_docs: Vec<u32>,
-    /// (position gap, frequency) of every term's documents, term after term.
+    /// (slot gap, frequency) of each base term's postings, term after term.
     pub(crate) postings: Vec<(u32, u32)>,
+    /// Delta documents, increasing: (id gap, number of distinct terms).
+    pub(crate) delta_docs: Vec<(u64, u32)>,
+    /// (term number, frequency) of each delta document, by term number, one after the other.
+    pub(crate) delta_terms: Vec<(u32, u32)>,
 }
 
 impl Default for Bm25Index {
@@ -647,15 +670,18 @@ impl Bm25Index {
         }
     }
 
-    /// The index as saved in a store file: the postings of a compacted base, term by term (the
-    /// base itself when nothing changed since the last compaction).
+    /// The index as saved in a store file: a copy of its layout.
     pub(crate) fn section(&self) -> IndexSection {
-        let rebuilt;
-        let base = if self.delta.is_empty() && self.removed.count == 0 {
-            &*self.base
-        } else {
-            rebuilt = self.rebuilt_base();
-            &rebuilt
+        let base = &*self.base;
+        let gaps64 = |values: &mut dyn Iterator<Item = u64>| {
+            let mut previous = 0;
+            values
+                .map(|value| {
+                    let gap = value - previous;
+                    previous = value;
+                    gap
+                })
+                .collect::<Vec<u64>>()
         };
         let mut postings = Vec::with_capacity(base.postings.len());
         for t in 0..base.names.len() {
@@ -665,28 +691,84 @@ impl Bm25Index {
                 previous = p.slot;
             }
         }
+        let mut terms: Vec<Box<str>> = base.names.iter().map(|name| Box::from(&**name)).collect();
+        // Terms the base lacks (rare), numbered after the base's.
+        let mut new_numbers: TermMap<&str, u32> = TermMap::default();
+        let mut delta_docs = Vec::with_capacity(self.delta.len());
+        let mut delta_terms = Vec::new();
+        let mut previous = 0;
+        for (id, doc) in &self.delta {
+            let start = delta_terms.len();
+            delta_terms.extend_from_slice(&doc.known);
+            for (name, tf) in doc.unknown() {
+                let t = *new_numbers.entry(&**name).or_insert_with(|| {
+                    terms.push(name.clone());
+                    (terms.len() - 1) as u32
+                });
+                delta_terms.push((t, *tf));
+            }
+            // Known terms are numbered below every new one; the new ones need sorting.
+            delta_terms[start..].sort_unstable();
+            delta_docs.push((id.get() - previous, (delta_terms.len() - start) as u32));
+            previous = id.get();
+        }
+        let removed = gaps64(&mut self.removed.iter().map(u64::from));
         IndexSection {
-            terms: base.names.iter().map(|name| Box::from(&**name)).collect(),
+            base_ids: gaps64(&mut base.ids.iter().map(|id| id.get())),
+            removed: removed.into_iter().map(|gap| gap as u32).collect(),
+            terms,
             term_docs: base.offsets.windows(2).map(|w| (w[1] - w[0]) as u32).collect(),
             postings,
+            delta_docs,
+            delta_terms,
         }
     }
 
-    /// The index of documents `ids` (increasing) from `section`, as [`Self::section`] wrote it.
-    /// Checks that the section is well formed (a posting count per term, positions increasing
-    /// within a term and below the number of documents, frequencies positive, terms distinct)
-    /// and says what is wrong otherwise; it cannot check that the terms are those of the texts.
-    pub(crate) fn from_section(ids: Vec<MemoryId>, section: IndexSection) -> Result<Self, String> {
+    /// The index [`Self::section`] saved, for the live documents `live` (increasing). Checks
+    /// that the section is well formed and agrees with `live` (increasing ids and slots, every
+    /// number in range, positive frequencies, distinct terms, and the base's documents not
+    /// removed plus the delta's being exactly `live`), and says what is wrong otherwise; it
+    /// cannot check that the terms are those of the texts.
+    pub(crate) fn from_section(live: &[MemoryId], section: IndexSection) -> Result<Self, String> {
         let IndexSection {
+            base_ids,
+            removed,
             terms,
             term_docs,
             postings: gaps,
+            delta_docs,
+            delta_terms,
         } = section;
-        if term_docs.len() != terms.len() {
+        // Increasing numbers from their gaps (every gap after the first at least 1).
+        fn ungap(gaps: impl Iterator<Item = u64>, what: &str) -> Result<Vec<u64>, String> {
+            let mut value = 0u64;
+            gaps.enumerate()
+                .map(|(i, gap)| {
+                    value = value
+                        .checked_add(gap)
+                        .filter(|_| i == 0 || gap > 0)
+                        .ok_or_else(|| format!("{what} not increasing in the index section"))?;
+                    Ok(value)
+                })
+                .collect()
+        }
+        let ids: Vec<MemoryId> = ungap(base_ids.into_iter(), "base ids")?
+            .into_iter()
+            .map(MemoryId::new)
+            .collect();
+        let slots = ids.len();
+        let mut removed_set = SlotSet::with_slots(slots);
+        for slot in ungap(removed.into_iter().map(u64::from), "removed slots")? {
+            if slot >= slots as u64 {
+                return Err(format!("removed slot {slot} of {slots} in the index section"));
+            }
+            removed_set.insert(slot as u32);
+        }
+        if term_docs.len() > terms.len() {
             return Err(format!(
-                "{} terms but {} posting counts in the index section",
-                terms.len(),
-                term_docs.len()
+                "{} base terms but {} terms in the index section",
+                term_docs.len(),
+                terms.len()
             ));
         }
         let listed: u64 = term_docs.iter().map(|&n| u64::from(n)).sum();
@@ -696,20 +778,19 @@ impl Bm25Index {
                 gaps.len()
             ));
         }
-        // Positions from the gaps, checked, and document lengths summed from the frequencies.
-        let docs = ids.len();
-        let mut doc_len = vec![0u64; docs];
+        // Base postings from their gaps, and document lengths summed from the frequencies.
+        let mut doc_len = vec![0u64; slots];
         let mut postings = Vec::with_capacity(gaps.len());
-        let mut offsets = Vec::with_capacity(terms.len() + 1);
+        let mut offsets = Vec::with_capacity(term_docs.len() + 1);
         offsets.push(0);
         let mut start = 0;
         for (t, &n) in term_docs.iter().enumerate() {
             let mut slot = 0u64;
             for (i, &(gap, tf)) in gaps[start..start + n as usize].iter().enumerate() {
                 slot += u64::from(gap);
-                if (i > 0 && gap == 0) || slot >= docs as u64 || tf == 0 {
+                if (i > 0 && gap == 0) || slot >= slots as u64 || tf == 0 {
                     return Err(format!(
-                        "bad posting of term {t} (gap {gap}, frequency {tf}, {docs} documents) \
+                        "bad posting of term {t} (gap {gap}, frequency {tf}, {slots} slots) \
                          in the index section"
                     ));
                 }
@@ -731,28 +812,101 @@ impl Bm25Index {
         for p in &mut postings {
             p.doc_len = doc_len[p.slot as usize];
         }
-        let mut names: Vec<Arc<str>> = Vec::with_capacity(terms.len());
+        let base_terms = term_docs.len();
+        let mut names: Vec<Arc<str>> = Vec::with_capacity(base_terms);
         let mut term_map: TermMap<Arc<str>, u32> = TermMap::default();
-        for name in terms {
-            let name: Arc<str> = Arc::from(name);
-            if term_map.insert(Arc::clone(&name), names.len() as u32).is_some() {
+        let mut new_names: TermMap<&str, ()> = TermMap::default();
+        for (t, name) in terms.iter().enumerate() {
+            let twice = if t < base_terms {
+                let name: Arc<str> = Arc::from(&**name);
+                names.push(Arc::clone(&name));
+                term_map.insert(name, t as u32).is_some()
+            } else {
+                term_map.contains_key(&**name) || new_names.insert(name, ()).is_some()
+            };
+            if twice {
                 return Err(format!("term {name:?} listed twice in the index section"));
             }
-            names.push(name);
         }
-        let total_len = doc_len.iter().map(|&len| u64::from(len)).sum();
+        let base = Base {
+            ids,
+            doc_len,
+            terms: term_map,
+            names,
+            offsets,
+            postings,
+        };
+
+        // Delta documents.
+        let listed: u64 = delta_docs.iter().map(|&(_, n)| u64::from(n)).sum();
+        if listed != delta_terms.len() as u64 {
+            return Err(format!(
+                "{listed} terms listed by the delta documents of the index section, {} present",
+                delta_terms.len()
+            ));
+        }
+        let delta_ids = ungap(delta_docs.iter().map(|&(gap, _)| gap), "delta ids")?;
+        let mut delta = OrdMap::new();
+        let mut start = 0;
+        for (&id, &(_, n)) in delta_ids.iter().zip(&delta_docs) {
+            let own = &delta_terms[start..start + n as usize];
+            start += n as usize;
+            let mut known = Vec::with_capacity(own.len());
+            let mut unknown: Vec<(Box<str>, u32)> = Vec::new();
+            let mut len = 0u64;
+            for (i, &(t, tf)) in own.iter().enumerate() {
+                if t as usize >= terms.len() || tf == 0 || (i > 0 && own[i - 1].0 >= t) {
+                    return Err(format!(
+                        "bad term {t} (of {}) with frequency {tf} in a delta document of the \
+                         index section",
+                        terms.len()
+                    ));
+                }
+                if (t as usize) < base_terms {
+                    known.push((t, tf));
+                } else {
+                    unknown.push((terms[t as usize].clone(), tf));
+                }
+                len += u64::from(tf);
+            }
+            unknown.sort_unstable();
+            let doc = DeltaDoc {
+                len: u32::try_from(len).map_err(|_| "a document too long in the index section")?,
+                known: Arc::from(known),
+                unknown: (!unknown.is_empty()).then(|| Arc::from(unknown)),
+            };
+            delta.insert(MemoryId::new(id), doc);
+        }
+
+        // The base's documents not removed, and the delta's, must be the live ones, once each.
+        let mut in_base = base
+            .ids
+            .iter()
+            .zip(&base.doc_len)
+            .enumerate()
+            .filter(|&(slot, _)| !removed_set.contains(slot as u32))
+            .map(|(_, (&id, &len))| (id, len))
+            .peekable();
+        let mut in_delta = delta.iter().map(|(&id, doc)| (id, doc.len)).peekable();
+        let mut total_len = 0u64;
+        for &id in live {
+            let from_base = in_base.next_if(|&(base_id, _)| base_id == id);
+            let from_delta = in_delta.next_if(|&(delta_id, _)| delta_id == id);
+            match (from_base, from_delta) {
+                (Some((_, len)), None) | (None, Some((_, len))) => total_len += u64::from(len),
+                _ => return Err(format!("the index section and the log disagree on memory {id}")),
+            }
+        }
+        if let Some((id, _)) = in_base.next().or_else(|| in_delta.next()) {
+            return Err(format!(
+                "the index section indexes memory {id}, which the log does not keep"
+            ));
+        }
         Ok(Self {
-            removed: SlotSet::with_slots(docs),
-            base: Arc::new(Base {
-                ids,
-                doc_len,
-                terms: term_map,
-                names,
-                offsets,
-                postings,
-            }),
-            delta: OrdMap::new(),
-            docs,
+            base: Arc::new(base),
+            removed: removed_set,
+            delta,
+            docs: live.len(),
             total_len,
         })
     }

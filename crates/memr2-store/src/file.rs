@@ -34,7 +34,7 @@ struct Body {
     lineage: Vec<u64>,
     /// (session, operation) for each log record.
     log: Vec<(u32, Operation)>,
-    /// The BM25 index: each live memory's terms.
+    /// The BM25 index, as it was laid out in memory.
     index: IndexSection,
 }
 

@@ -180,7 +180,10 @@ impl State {
     /// given, otherwise by tokenising the texts. Fails, saying why, on a malformed section.
     pub(crate) fn build_index(&mut self, section: Option<IndexSection>) -> Result<(), String> {
         self.bm25 = match section {
-            Some(section) => Bm25Index::from_section(self.entries().map(|e| e.id).collect(), section)?,
+            Some(section) => {
+                let live: Vec<MemoryId> = self.entries().map(|e| e.id).collect();
+                Bm25Index::from_section(&live, section)?
+            }
             None => {
                 let docs: Vec<(MemoryId, &str)> = self.entries().map(|e| (e.id, e.text.as_str())).collect();
                 Bm25Index::from_documents(docs.into_iter())

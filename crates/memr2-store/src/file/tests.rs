@@ -214,30 +214,29 @@ fn a_checksummed_body_with_a_bad_log_is_inconsistent() {
 fn a_checksummed_body_with_a_bad_index_section_is_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("forged.bin");
+    // Nine memories (the ninth ADD compacts them into the base under test settings), then an
+    // UPDATE of the first and a tenth ADD (both in the delta; the first's slot is removed).
     let mut store = Store::new();
-    for text in ["alice likes tea", "bob likes coffee", "carol has a cat"] {
-        store
-            .apply(
-                Operation::Add {
-                    text: text.into(),
-                    speaker: None,
-                },
-                1,
-            )
-            .unwrap();
+    for i in 0..9 {
+        let text = format!("fact {i} likes tea");
+        store.apply(Operation::Add { text, speaker: None }, 1).unwrap();
     }
+    let update = Operation::Update {
+        id: MemoryId::new(1),
+        text: "fresh words here".into(),
+    };
+    store.apply(update, 2).unwrap();
+    let add = Operation::Add {
+        text: "tea again".into(),
+        speaker: None,
+    };
+    store.apply(add, 2).unwrap();
     type Forgery = dyn Fn(&mut IndexSection);
     let good = store.state().index_section();
-    // "likes" is in the first two documents: its postings are gaps 0 then 1.
-    let likes = good.terms.iter().position(|t| &**t == "likes").unwrap();
-    let likes_at: usize = good.term_docs[..likes].iter().map(|&n| n as usize).sum();
-    assert_eq!(good.postings[likes_at..likes_at + 2], [(0, 1), (1, 1)]);
+    assert_eq!((good.base_ids.len(), good.removed.as_slice()), (9, &[0][..]));
+    assert_eq!(good.delta_docs, [(1, 3), (9, 2)]);
     let forge = |change: &Forgery| {
-        let mut index = IndexSection {
-            terms: good.terms.clone(),
-            term_docs: good.term_docs.clone(),
-            postings: good.postings.clone(),
-        };
+        let mut index = good.clone();
         change(&mut index);
         let body = BodyRef {
             config: &store.state().config,
@@ -250,16 +249,25 @@ fn a_checksummed_body_with_a_bad_index_section_is_corrupt() {
         Store::load(&path)
     };
     assert_eq!(forge(&|_| {}).unwrap(), store);
-    let cases: [(&str, &Forgery); 7] = [
-        ("posting counts", &|i| i.term_docs.push(0)),
-        ("postings listed", &|i| i.term_docs[0] += 1),
-        ("postings listed", &|i| {
-            i.postings.pop();
+    let cases: [(&str, &Forgery); 13] = [
+        ("base ids not increasing", &|i| i.base_ids[1] = 0),
+        ("removed slot 9", &|i| i.removed[0] = 9),
+        ("terms", &|i| {
+            i.term_docs.extend(std::iter::repeat_n(0, i.terms.len()))
         }),
-        ("bad posting", &move |i| i.postings[likes_at + 1].0 = 3),
-        ("bad posting", &move |i| i.postings[likes_at + 1].0 = 0),
-        ("bad posting", &move |i| i.postings[likes_at].1 = 0),
-        ("listed twice", &|i| i.terms[0] = i.terms[1].clone()),
+        ("postings listed", &|i| i.term_docs[0] += 1),
+        ("bad posting", &|i| i.postings[0].1 = 0),
+        ("bad posting", &|i| i.postings[0].0 = 9),
+        ("listed twice", &|i| i.terms[1] = i.terms[0].clone()),
+        ("listed twice", &|i| {
+            let last = i.terms.len() - 1;
+            i.terms[last] = i.terms[0].clone();
+        }),
+        ("terms listed by the delta", &|i| i.delta_docs[0].1 += 1),
+        ("bad term", &|i| i.delta_terms[0].1 = 0),
+        ("disagree on memory m1", &|i| i.removed.clear()),
+        ("disagree on memory m10", &|i| i.delta_docs[1].0 += 1),
+        ("disagree on memory m9", &|i| *i.base_ids.last_mut().unwrap() += 1),
     ];
     for (expected, change) in cases {
         match forge(change) {
