@@ -7,8 +7,9 @@
 //! documents together outgrow a fraction of the base, the next change rebuilds the base from
 //! the live documents; since that fraction is fixed, rebuilding costs amortised O(1) per
 //! change. Corpus statistics (document count, total length, document frequencies) are always
-//! exact, so scores equal those of an index built from scratch. A store file holds the index
-//! term by term, so loading builds the base without tokenising.
+//! exact, so scores equal those of an index built from scratch. A store file holds the index's
+//! layout as it is (base postings term by term, removed slots, delta documents), so saving
+//! copies it and loading restores it without tokenising.
 
 use std::cell::RefCell;
 use std::collections::HashMap;

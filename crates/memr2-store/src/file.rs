@@ -1,6 +1,6 @@
 //! The store's file format: header (magic, version, body length, CRC32) and a bincode body
 //! holding the operation log, which is replayed on load without indexing, and (from version
-//! 2) an index section from which the BM25 index is built in one pass.
+//! 2) an index section from which the BM25 index is restored as it was.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -26,7 +26,8 @@ pub const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 
 /// Body as decoded (version 2). The log determines the entries and their histories, and
 /// loading replays it (checking each operation, without indexing); the index section spares
-/// the load tokenising every text to rebuild the BM25 index.
+/// the load tokenising every text to rebuild the BM25 index, and is checked against the
+/// memories the replay leaves.
 #[derive(Deserialize)]
 struct Body {
     config: StoreConfig,

@@ -17,7 +17,7 @@
 //!
 //! [`Store::save`] and [`Store::load`] use a checked file format (magic bytes, version,
 //! length, CRC32) written atomically; loading replays the operation log without indexing and
-//! builds the BM25 index once, from the file's index section.
+//! restores the BM25 index from the file's index section.
 //!
 //! ```
 //! use memr2_store::{Operation, Store};
