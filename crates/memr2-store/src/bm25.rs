@@ -1227,6 +1227,20 @@ mod tests {
         assert!(tokenize(" ... ").is_empty());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn tokenize_splits_any_text_like_a_char_by_char_split(
+            text in proptest::prop_oneof!["[ -~\t\n]{0,40}", "\\PC{0,40}"],
+        ) {
+            let expected: Vec<String> = text
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|word| !word.is_empty())
+                .map(|word| word.chars().flat_map(char::to_lowercase).collect())
+                .collect();
+            proptest::prop_assert_eq!(tokenize(&text), expected);
+        }
+    }
+
     #[test]
     fn term_frequencies_count_repeats() {
         let mut terms = Terms::of("the cat saw the dog");

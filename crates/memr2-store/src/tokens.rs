@@ -56,6 +56,15 @@ mod tests {
         assert!(WhitespaceCounter.counts_whitespace_words());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn word_count_agrees_with_split_whitespace(
+            text in proptest::prop_oneof!["[ -~\t\n\x0b\x0c\r]{0,40}", "\\PC{0,40}"],
+        ) {
+            proptest::prop_assert_eq!(whitespace_words(&text), text.split_whitespace().count());
+        }
+    }
+
     #[test]
     fn ascii_fast_path_agrees_with_split_whitespace() {
         for text in [
