@@ -135,8 +135,13 @@ pub fn extractor_prompt(date: &str, turns: &[TurnView<'_>]) -> ChatPrompt {
     ChatPrompt::new(Role::Extractor, user)
 }
 
-/// Appends `memories:` and one line per memory (`{alias}: {text}` when `aliased`), or
-/// `memories: none`.
+/// Appends `memories:` and one line per memory, or `memories: none`: `{alias}: {text}` when
+/// `aliased`, else `- {text}`.
+///
+/// Either way a space comes before the memory's first word. With a byte-level BPE, `Hugo` at
+/// the start of a line and ` Hugo` after a space are different tokens, and the question asks
+/// about ` Hugo`: a line that opened with the bare word would make the model learn that the
+/// two are the same name before it could match a question to a memory.
 fn push_memories(user: &mut String, memories: &[MemoryView<'_>], aliased: bool) {
     if memories.is_empty() {
         user.push_str("memories: none");
@@ -148,6 +153,8 @@ fn push_memories(user: &mut String, memories: &[MemoryView<'_>], aliased: bool) 
         if aliased {
             user.push_str(&one_line(memory.alias));
             user.push_str(": ");
+        } else {
+            user.push_str("- ");
         }
         user.push_str(&one_line(memory.text));
     }
@@ -161,8 +168,8 @@ pub fn manager_prompt(fact: &str, memories: &[MemoryView<'_>]) -> ChatPrompt {
     ChatPrompt::new(Role::Manager, user)
 }
 
-/// The answerer's prompt: `memories:`, one line of text per memory (the aliases are not shown),
-/// then `question: {question}`.
+/// The answerer's prompt: `memories:`, one `- {text}` line per memory (the aliases are not
+/// shown), then `question: {question}`.
 pub fn answerer_prompt(question: &str, memories: &[MemoryView<'_>]) -> ChatPrompt {
     let mut user = String::new();
     push_memories(&mut user, memories, false);
@@ -594,7 +601,7 @@ mod tests {
         assert_eq!(prompt.system, Role::Answerer.system_prompt());
         assert_eq!(
             prompt.user,
-            "memories:\nAlice lives in Paris\nAlice works as a nurse\nquestion: Where does Alice live?"
+            "memories:\n- Alice lives in Paris\n- Alice works as a nurse\nquestion: Where does Alice live?"
         );
         assert_eq!(
             answerer_prompt("Why?", &[]).user,

@@ -59,6 +59,18 @@ impl<B: Backend> Agent<'_, B> {
             return Vec::new();
         }
         let ids: Vec<Vec<u32>> = parallel::map(prompts, |p| self.tokenizer.chat_prompt(&p.system, &p.user));
+        let context = self.model.max_positions();
+        let too_long = ids.iter().filter(|p| p.len() >= context).count();
+        if too_long > 0 {
+            // `generate` gives such prompts an empty completion, which then fails to parse.
+            tracing::warn!(
+                prompts = too_long,
+                of = ids.len(),
+                longest = ids.iter().map(Vec::len).max().unwrap_or(0),
+                context,
+                "prompts fill the model's context (max_position_embeddings) and get no completion"
+            );
+        }
         let sampling = SamplingConfig {
             max_new_tokens,
             temperature,

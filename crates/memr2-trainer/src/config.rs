@@ -284,6 +284,7 @@ impl TrainConfig {
             },
             answerer: AnswererConfig {
                 epochs: 4,
+                learning_rate: 4e-3,
                 prompt_loss_weight: 0.1,
                 ..AnswererConfig::default()
             },

@@ -225,6 +225,25 @@ pub fn tokenize(examples: &[TeacherExample], tokenizer: &Tokenizer) -> Vec<Token
         .collect()
 }
 
+/// Keeps the examples that fit in a context of `context` positions, warning about the rest
+/// (a pretrained model's `max_position_embeddings` can be shorter than a long prompt).
+pub fn fit_context(examples: Vec<TokenizedExample>, context: usize) -> Vec<TokenizedExample> {
+    let before = examples.len();
+    let kept: Vec<TokenizedExample> = examples
+        .into_iter()
+        .filter(|e| e.prompt.len() + e.completion.len() <= context)
+        .collect();
+    if kept.len() < before {
+        tracing::warn!(
+            dropped = before - kept.len(),
+            of = before,
+            context,
+            "teacher examples longer than the model's context were left out"
+        );
+    }
+    kept
+}
+
 /// The SFT objective of a minibatch: the training loss (`[1]`, differentiable) and the mean
 /// negative log-likelihood of the completion tokens alone (`[1]`, what the logs report).
 ///

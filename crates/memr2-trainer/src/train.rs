@@ -20,7 +20,7 @@ use crate::config::{ModelSpec, SftConfig, TrainConfig};
 use crate::data::{Splits, splits};
 use crate::eval::{MemorySource, evaluate, report_table};
 use crate::metrics::MetricsLog;
-use crate::sft::{answerer_corpus, answerer_horizons, build_examples, sft_epoch, tokenize};
+use crate::sft::{answerer_corpus, answerer_horizons, build_examples, fit_context, sft_epoch, tokenize};
 use crate::step::{StepContext, StepMetrics, rl_step};
 use crate::{TrainError, plot};
 
@@ -312,7 +312,7 @@ pub fn run<B: AutodiffBackend>(
             &config.agent,
             config.seed,
         );
-        let tokens = tokenize(&examples, &tokenizer);
+        let tokens = fit_context(tokenize(&examples, &tokenizer), model.max_positions());
         tracing::info!(
             examples = tokens.len(),
             prompt_tokens = tokens.iter().map(|e| e.prompt.len()).sum::<usize>(),
@@ -372,7 +372,7 @@ pub fn run<B: AutodiffBackend>(
             &answerer_horizons(max, a.horizon_stride),
             &config.agent,
         );
-        let tokens = tokenize(&examples, &tokenizer);
+        let tokens = fit_context(tokenize(&examples, &tokenizer), model.max_positions());
         tracing::info!(
             examples = tokens.len(),
             prompt_tokens = tokens.iter().map(|e| e.prompt.len()).sum::<usize>(),
