@@ -5,9 +5,11 @@ use std::fmt::Write as _;
 
 use burn::prelude::Backend;
 use memr2_policy::Transformer;
+use memr2_policy::roles::{self, TurnView};
 use memr2_policy::tokenizer::Tokenizer;
-use memr2_sim::{Category, Episode, ScoreBoard, Teacher, TeacherConfig};
+use memr2_sim::{Category, Episode, ScoreBoard, Teacher, TeacherConfig, facts_in_chunk, normalize_answer};
 use memr2_store::{Snapshot, Store};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::agent::{
@@ -52,6 +54,82 @@ pub fn retrieval_ceiling(episodes: &[Episode], cfg: &AgentConfig) -> RetrievalCe
         questions: n,
         in_memory: frac(in_memory),
         in_prompt: frac(in_prompt),
+    }
+}
+
+/// How well the extractor, run greedily, writes the facts the oracle knows.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ExtractionScore {
+    /// Fraction of written facts that are oracle facts of their chunk (normalised text).
+    pub precision: f64,
+    /// Fraction of the oracle's facts that were written.
+    pub recall: f64,
+    /// Chunks whose output did not parse (counted as writing nothing).
+    pub format_errors: usize,
+}
+
+/// Runs the extractor over every chunk of every session of `episodes` in one batch and compares
+/// its facts with the oracle's, as normalised text.
+pub fn extraction_score<B: Backend>(
+    model: &Transformer<B>,
+    tokenizer: &Tokenizer,
+    cfg: &AgentConfig,
+    episodes: &[Episode],
+) -> ExtractionScore {
+    let _span = tracing::info_span!("extraction_score", episodes = episodes.len()).entered();
+    let agent = Agent {
+        model,
+        tokenizer,
+        config: cfg,
+    };
+    let (mut prompts, mut gold) = (Vec::new(), Vec::new());
+    for episode in episodes {
+        for session in &episode.sessions {
+            for chunk in session.chunks(cfg.chunks_per_session) {
+                let dia: Vec<String> = chunk.iter().map(|t| t.dia_id.to_string()).collect();
+                let turns: Vec<TurnView<'_>> = chunk
+                    .iter()
+                    .zip(&dia)
+                    .map(|(t, d)| TurnView {
+                        dia_id: d,
+                        speaker: &t.speaker,
+                        text: &t.text,
+                    })
+                    .collect();
+                prompts.push(roles::extractor_prompt(&session.date, &turns));
+                let facts: Vec<String> = facts_in_chunk(episode, chunk)
+                    .iter()
+                    .map(|f| normalize_answer(&f.text))
+                    .collect();
+                gold.push(facts);
+            }
+        }
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let outputs = agent.generate(&prompts, cfg.max_extract_tokens, 0.0, 1.0, &mut rng);
+    let (mut written, mut right, mut known, mut found, mut format_errors) = (0, 0, 0, 0, 0);
+    for (output, gold) in outputs.iter().zip(&gold) {
+        let facts: Vec<String> = match roles::parse_facts(&output.text) {
+            Ok(facts) => facts
+                .iter()
+                .take(cfg.max_facts_per_chunk)
+                .map(|f| normalize_answer(&f.fact))
+                .collect(),
+            Err(_) => {
+                format_errors += 1;
+                Vec::new()
+            }
+        };
+        written += facts.len();
+        right += facts.iter().filter(|f| gold.contains(f)).count();
+        known += gold.len();
+        found += gold.iter().filter(|g| facts.contains(g)).count();
+    }
+    let frac = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    ExtractionScore {
+        precision: frac(right, written),
+        recall: frac(found, known),
+        format_errors,
     }
 }
 

@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::checkpoint::{self, Phase, TrainState};
 use crate::config::{ModelSpec, SftConfig, TrainConfig};
 use crate::data::{Splits, splits};
-use crate::eval::{MemorySource, evaluate, report_table};
+use crate::eval::{MemorySource, evaluate, extraction_score, report_table};
 use crate::metrics::MetricsLog;
 use crate::sft::{answerer_corpus, answerer_horizons, build_examples, fit_context, sft_epoch, tokenize};
 use crate::step::{StepContext, StepMetrics, rl_step};
@@ -346,10 +346,25 @@ pub fn run<B: AutodiffBackend>(
                 },
             );
             model = next;
-            tracing::info!(epoch, loss, skipped, "sft epoch done");
-            log.append(
-                &serde_json::json!({ "sft_epoch": epoch + 1, "loss": loss, "skipped_nonfinite": skipped }),
-            )?;
+            // How well the extractor copies facts out of the turns, on validation conversations.
+            let probe = at_horizon(&data.validation, horizons[0], config.eval.validation_episodes);
+            let extraction = extraction_score(&model.valid(), &tokenizer, &config.agent, &probe);
+            tracing::info!(
+                epoch,
+                loss,
+                skipped,
+                extractor_precision = extraction.precision,
+                extractor_recall = extraction.recall,
+                "sft epoch done"
+            );
+            log.append(&serde_json::json!({
+                "sft_epoch": epoch + 1,
+                "loss": loss,
+                "skipped_nonfinite": skipped,
+                "validation_extractor_precision": extraction.precision,
+                "validation_extractor_recall": extraction.recall,
+                "validation_extractor_format_errors": extraction.format_errors,
+            }))?;
             state.phase = Phase::Sft {
                 epochs_done: epoch + 1,
             };
