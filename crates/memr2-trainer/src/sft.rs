@@ -301,16 +301,24 @@ pub fn sft_loss<B: Backend>(
     (loss, nll)
 }
 
+/// How an epoch batches and weighs its examples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EpochSettings {
+    /// Sequences per optimiser step.
+    pub batch_size: usize,
+    /// Weight of prompt tokens in [`sft_loss`].
+    pub prompt_weight: f64,
+}
+
 /// One pass over the examples in shuffled minibatches, the `i`-th minibatch stepped at
-/// `learning_rate(i)`, on [`sft_loss`] with `prompt_weight`. Returns the model and the mean
+/// `learning_rate(i)`, on [`sft_loss`] with the settings' prompt weight. Returns the model and the mean
 /// completion loss (nats per completion token); a minibatch with a non-finite loss is skipped
 /// and counted in the third value.
 pub fn sft_epoch<B, O>(
     mut model: Transformer<B>,
     optim: &mut O,
     examples: &[TokenizedExample],
-    batch_size: usize,
-    prompt_weight: f64,
+    settings: EpochSettings,
     learning_rate: impl Fn(usize) -> f64,
     rng: &mut ChaCha8Rng,
     mut progress: impl FnMut(usize, f64),
@@ -324,11 +332,11 @@ where
         .iter()
         .map(|e| e.prompt.len() + e.completion.len())
         .collect();
-    let batches = length_bucketed(&lengths, batch_size, rng);
+    let batches = length_bucketed(&lengths, settings.batch_size, rng);
     let (mut total, mut n, mut skipped) = (0.0, 0usize, 0u64);
     for (done, batch) in batches.iter().enumerate() {
         let items: Vec<TokenizedExample> = batch.iter().map(|&i| examples[i].clone()).collect();
-        let (loss, nll) = sft_loss(&model, &items, prompt_weight);
+        let (loss, nll) = sft_loss(&model, &items, settings.prompt_weight);
         let value: f64 = loss.clone().into_scalar().elem();
         let nll: f64 = nll.into_scalar().elem();
         if !value.is_finite() {

@@ -20,7 +20,9 @@ use crate::config::{ModelSpec, SftConfig, TrainConfig};
 use crate::data::{Splits, splits};
 use crate::eval::{MemorySource, evaluate, extraction_score, report_table};
 use crate::metrics::MetricsLog;
-use crate::sft::{answerer_corpus, answerer_horizons, build_examples, fit_context, sft_epoch, tokenize};
+use crate::sft::{
+    EpochSettings, answerer_corpus, answerer_horizons, build_examples, fit_context, sft_epoch, tokenize,
+};
 use crate::step::{StepContext, StepMetrics, rl_step};
 use crate::{TrainError, plot};
 
@@ -329,8 +331,10 @@ pub fn run<B: AutodiffBackend>(
                 model,
                 &mut optim,
                 &tokens,
-                config.sft.batch_size,
-                config.sft.prompt_loss_weight,
+                EpochSettings {
+                    batch_size: config.sft.batch_size,
+                    prompt_weight: config.sft.prompt_loss_weight,
+                },
                 |i| {
                     let step = epoch * batches as usize + i;
                     config
@@ -409,8 +413,10 @@ pub fn run<B: AutodiffBackend>(
                 model,
                 &mut optim,
                 &tokens,
-                config.sft.batch_size,
-                a.prompt_loss_weight,
+                EpochSettings {
+                    batch_size: config.sft.batch_size,
+                    prompt_weight: a.prompt_loss_weight,
+                },
                 |i| schedule.learning_rate_at(epoch * batches as usize + i, a.epochs * batches as usize),
                 &mut state.rng,
                 |done, loss| {
