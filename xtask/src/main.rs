@@ -267,6 +267,8 @@ fn backends() -> Result<(), String> {
             "smoke",
             "--sft-epochs",
             "2",
+            "--answerer-epochs",
+            "1",
             "--backend",
             "wgpu",
             "--run-dir",
