@@ -122,8 +122,9 @@ pub fn answer_in_text(text: &str, answer: &str) -> bool {
     !answer.is_empty() && format!(" {} ", normalize_answer(text)).contains(&format!(" {answer} "))
 }
 
-/// Answerer examples: the questions of the episode at `horizon` that can be answered from the
-/// memories retrieved from `memory` (normally the perfect teacher's), with their gold answers.
+/// Answerer examples: the questions of `episode` (cut to a horizon) that can be answered from
+/// the memories retrieved from `memory` (normally the perfect teacher's at that horizon), with
+/// their gold answers.
 ///
 /// A question is kept when its answer is among the memories shown, or is one of the closed
 /// answers (`yes`, `no`, `unknown`) that are read off the memories rather than copied. A
@@ -251,7 +252,7 @@ pub fn fit_context(examples: Vec<TokenizedExample>, context: usize) -> Vec<Token
 /// is a target too, weighted `prompt_weight` against 1 for a completion token, and the loss is
 /// the weighted mean. A model trained from scratch sees the language of the prompts only this
 /// way, and the prompts are full of repeated names and values: predicting them teaches the
-/// in-context copying the answerer and the manager need, with 6x more targets than the
+/// in-context copying all three roles need, with 6x more targets than the
 /// completions alone give, at the cost of the same forward pass.
 pub fn sft_loss<B: Backend>(
     model: &Transformer<B>,
@@ -391,6 +392,45 @@ mod tests {
                 e.prompt.user
             );
         }
+    }
+
+    #[test]
+    fn prompt_weight_changes_the_loss_but_not_the_completion_nll() {
+        use burn::backend::Flex;
+        use memr2_policy::TransformerConfig;
+        let mut c = TransformerConfig::tiny(64);
+        c.hidden_size = 16;
+        c.intermediate_size = 32;
+        c.num_hidden_layers = 1;
+        c.num_attention_heads = 2;
+        c.num_key_value_heads = Some(2);
+        let model = c.init_seeded::<Flex>(3, &Default::default());
+        let batch = vec![
+            TokenizedExample {
+                prompt: vec![1, 5, 9, 13],
+                completion: vec![7, 2],
+            },
+            TokenizedExample {
+                prompt: vec![1, 4],
+                completion: vec![8, 8, 2],
+            },
+        ];
+        let value = |t: Tensor<Flex, 1>| t.into_scalar();
+        let (plain, plain_nll) = sft_loss(&model, &batch, 0.0);
+        let (weighted, weighted_nll) = sft_loss(&model, &batch, 0.5);
+        let (plain, plain_nll, weighted, weighted_nll) = (
+            value(plain),
+            value(plain_nll),
+            value(weighted),
+            value(weighted_nll),
+        );
+        assert!((plain - plain_nll).abs() < 1e-6);
+        assert!(
+            (plain_nll - weighted_nll).abs() < 1e-4,
+            "{plain_nll} vs {weighted_nll}"
+        );
+        assert!((plain - weighted).abs() > 1e-4, "prompt tokens change the loss");
+        assert!(weighted.is_finite() && weighted > 0.0);
     }
 
     #[test]
