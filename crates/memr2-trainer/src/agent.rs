@@ -5,7 +5,7 @@ use burn::prelude::Backend;
 use memr2_policy::roles::{self, ChatPrompt, ExtractedFact, MemoryOperation, MemoryView, Role, TurnView};
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{SamplingConfig, Transformer};
-use memr2_sim::{Episode, Question};
+use memr2_sim::{Episode, Question, Turn};
 use memr2_store::{MemoryId, Operation, Snapshot, Store, TokenCounter};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -225,6 +225,21 @@ pub fn answer_prompt(memory: &Snapshot, question: &str, cfg: &AgentConfig) -> Ch
     roles::answerer_prompt(question, &views)
 }
 
+/// The extractor's prompt for a chunk of turns of a session held on `date`.
+pub fn extractor_prompt_for(date: &str, chunk: &[Turn]) -> ChatPrompt {
+    let dia: Vec<String> = chunk.iter().map(|t| t.dia_id.to_string()).collect();
+    let turns: Vec<TurnView<'_>> = chunk
+        .iter()
+        .zip(&dia)
+        .map(|(t, d)| TurnView {
+            dia_id: d,
+            speaker: &t.speaker,
+            text: &t.text,
+        })
+        .collect();
+    roles::extractor_prompt(date, &turns)
+}
+
 /// Runs one session for every job, batching each generation across all of them: first the
 /// extractor over every chunk, then the manager fact by fact (round `j` handles the `j`-th fact
 /// of every rollout that has one), applying operations to each rollout's store. Ends by
@@ -244,17 +259,7 @@ pub fn run_sessions<B: Backend>(
     for (j, job) in jobs.iter().enumerate() {
         let session = &job.episode.sessions[job.session as usize - 1];
         for chunk in session.chunks(cfg.chunks_per_session) {
-            let dia: Vec<String> = chunk.iter().map(|t| t.dia_id.to_string()).collect();
-            let turns: Vec<TurnView<'_>> = chunk
-                .iter()
-                .zip(&dia)
-                .map(|(t, d)| TurnView {
-                    dia_id: d,
-                    speaker: &t.speaker,
-                    text: &t.text,
-                })
-                .collect();
-            prompts.push(roles::extractor_prompt(&session.date, &turns));
+            prompts.push(extractor_prompt_for(&session.date, chunk));
             owners.push(j);
         }
     }

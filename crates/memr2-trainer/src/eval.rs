@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use burn::prelude::Backend;
 use memr2_policy::Transformer;
-use memr2_policy::roles::{self, TurnView};
+use memr2_policy::roles;
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_sim::{Category, Episode, ScoreBoard, Teacher, TeacherConfig, facts_in_chunk, normalize_answer};
 use memr2_store::{Snapshot, Store};
@@ -13,7 +13,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::agent::{
-    Agent, RolloutSampling, RolloutState, SessionJob, answer_prompt, answer_questions, run_sessions,
+    Agent, RolloutSampling, RolloutState, SessionJob, answer_prompt, answer_questions, extractor_prompt_for,
+    run_sessions,
 };
 use crate::config::AgentConfig;
 use crate::sft::{answer_in_text, teacher_replay};
@@ -86,17 +87,7 @@ pub fn extraction_score<B: Backend>(
     for episode in episodes {
         for session in &episode.sessions {
             for chunk in session.chunks(cfg.chunks_per_session) {
-                let dia: Vec<String> = chunk.iter().map(|t| t.dia_id.to_string()).collect();
-                let turns: Vec<TurnView<'_>> = chunk
-                    .iter()
-                    .zip(&dia)
-                    .map(|(t, d)| TurnView {
-                        dia_id: d,
-                        speaker: &t.speaker,
-                        text: &t.text,
-                    })
-                    .collect();
-                prompts.push(roles::extractor_prompt(&session.date, &turns));
+                prompts.push(extractor_prompt_for(&session.date, chunk));
                 let facts: Vec<String> = facts_in_chunk(episode, chunk)
                     .iter()
                     .map(|f| normalize_answer(&f.text))

@@ -4,14 +4,14 @@
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use memr2_policy::roles::{self, ChatPrompt, ExtractedFact, MemoryOperation, MemoryView, Role, TurnView};
+use memr2_policy::roles::{self, ChatPrompt, ExtractedFact, MemoryOperation, MemoryView, Role};
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{Transformer, completion_logprobs};
 use memr2_sim::{Episode, OracleOp, Teacher, TeacherConfig, UNKNOWN_ANSWER, normalize_answer};
 use memr2_store::{Operation, Snapshot, Store};
 use rand_chacha::ChaCha8Rng;
 
-use crate::agent::{answer_prompt, retrieve};
+use crate::agent::{answer_prompt, extractor_prompt_for, retrieve};
 use crate::config::AgentConfig;
 use crate::update::length_bucketed;
 
@@ -40,16 +40,6 @@ pub fn teacher_replay(
     let mut snapshots = vec![store.snapshot()];
     for session in episode.sessions.iter().take(horizon) {
         for chunk in session.chunks(cfg.chunks_per_session) {
-            let dia: Vec<String> = chunk.iter().map(|t| t.dia_id.to_string()).collect();
-            let turns: Vec<TurnView<'_>> = chunk
-                .iter()
-                .zip(&dia)
-                .map(|(t, d)| TurnView {
-                    dia_id: d,
-                    speaker: &t.speaker,
-                    text: &t.text,
-                })
-                .collect();
             let mut facts = teacher.facts(episode, chunk);
             facts.truncate(cfg.max_facts_per_chunk);
             let extracted: Vec<ExtractedFact> = facts
@@ -62,7 +52,7 @@ pub fn teacher_replay(
                 .collect();
             examples.push(TeacherExample {
                 role: Role::Extractor,
-                prompt: roles::extractor_prompt(&session.date, &turns),
+                prompt: extractor_prompt_for(&session.date, chunk),
                 completion: roles::render_facts(&extracted),
             });
             for fact in &facts {

@@ -21,7 +21,8 @@ use crate::data::{Splits, splits};
 use crate::eval::{MemorySource, evaluate, extraction_score, report_table};
 use crate::metrics::MetricsLog;
 use crate::sft::{
-    EpochSettings, answerer_corpus, answerer_horizons, build_examples, fit_context, sft_epoch, tokenize,
+    EpochSettings, TokenizedExample, answerer_corpus, answerer_horizons, build_examples, fit_context,
+    sft_epoch, tokenize,
 };
 use crate::step::{StepContext, StepMetrics, rl_step};
 use crate::{TrainError, plot};
@@ -197,6 +198,17 @@ fn validate<B: Backend>(
     .f1
 }
 
+/// Logs the size of a training corpus.
+fn log_corpus(name: &str, tokens: &[TokenizedExample]) {
+    tracing::info!(
+        corpus = name,
+        examples = tokens.len(),
+        prompt_tokens = tokens.iter().map(|e| e.prompt.len()).sum::<usize>(),
+        completion_tokens = tokens.iter().map(|e| e.completion.len()).sum::<usize>(),
+        "corpus"
+    );
+}
+
 fn at_horizon(episodes: &[Episode], h: usize, limit: usize) -> Vec<Episode> {
     episodes.iter().take(limit).map(|e| e.with_horizon(h)).collect()
 }
@@ -315,12 +327,7 @@ pub fn run<B: AutodiffBackend>(
             config.seed,
         );
         let tokens = fit_context(tokenize(&examples, &tokenizer), model.max_positions());
-        tracing::info!(
-            examples = tokens.len(),
-            prompt_tokens = tokens.iter().map(|e| e.prompt.len()).sum::<usize>(),
-            completion_tokens = tokens.iter().map(|e| e.completion.len()).sum::<usize>(),
-            "sft corpus"
-        );
+        log_corpus("sft", &tokens);
         let batches = tokens.len().div_ceil(config.sft.batch_size) as u64;
         for epoch in epochs_done..config.sft.epochs {
             observe(Event::Phase {
@@ -392,12 +399,7 @@ pub fn run<B: AutodiffBackend>(
             &config.agent,
         );
         let tokens = fit_context(tokenize(&examples, &tokenizer), model.max_positions());
-        tracing::info!(
-            examples = tokens.len(),
-            prompt_tokens = tokens.iter().map(|e| e.prompt.len()).sum::<usize>(),
-            completion_tokens = tokens.iter().map(|e| e.completion.len()).sum::<usize>(),
-            "answerer corpus"
-        );
+        log_corpus("answerer", &tokens);
         let validation = at_horizon(&data.validation, max, usize::MAX);
         let schedule = SftConfig {
             learning_rate: a.learning_rate,
