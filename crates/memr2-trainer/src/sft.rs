@@ -386,15 +386,8 @@ mod tests {
 
     #[test]
     fn prompt_weight_changes_the_loss_but_not_the_completion_nll() {
-        use burn::backend::Flex;
-        use memr2_policy::TransformerConfig;
-        let mut c = TransformerConfig::tiny(64);
-        c.hidden_size = 16;
-        c.intermediate_size = 32;
-        c.num_hidden_layers = 1;
-        c.num_attention_heads = 2;
-        c.num_key_value_heads = Some(2);
-        let model = c.init_seeded::<Flex>(3, &Default::default());
+        use crate::update::tests::{B, model};
+        let model = model();
         let batch = vec![
             TokenizedExample {
                 prompt: vec![1, 5, 9, 13],
@@ -405,7 +398,7 @@ mod tests {
                 completion: vec![8, 8, 2],
             },
         ];
-        let value = |t: Tensor<Flex, 1>| t.into_scalar();
+        let value = |t: Tensor<B, 1>| -> f32 { t.into_scalar().elem() };
         let (plain, plain_nll) = sft_loss(&model, &batch, 0.0);
         let (weighted, weighted_nll) = sft_loss(&model, &batch, 0.5);
         let (plain, plain_nll, weighted, weighted_nll) = (

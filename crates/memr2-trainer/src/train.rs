@@ -198,6 +198,16 @@ fn validate<B: Backend>(
     .f1
 }
 
+/// Reports an SFT-style epoch's progress: minibatches done and the last loss.
+fn loss_progress<'a>(observe: &'a mut dyn FnMut(Event<'_>)) -> impl FnMut(usize, f64) + 'a {
+    move |done, loss| {
+        observe(Event::Progress {
+            done: done as u64,
+            message: format!("loss {loss:.3}"),
+        })
+    }
+}
+
 /// Logs the size of a training corpus.
 fn log_corpus(name: &str, tokens: &[TokenizedExample]) {
     tracing::info!(
@@ -349,12 +359,7 @@ pub fn run<B: AutodiffBackend>(
                         .learning_rate_at(step, config.sft.epochs * batches as usize)
                 },
                 &mut state.rng,
-                |done, loss| {
-                    observe(Event::Progress {
-                        done: done as u64,
-                        message: format!("loss {loss:.3}"),
-                    })
-                },
+                loss_progress(observe),
             );
             model = next;
             // How well the extractor copies facts out of the turns, on validation conversations.
@@ -421,12 +426,7 @@ pub fn run<B: AutodiffBackend>(
                 },
                 |i| schedule.learning_rate_at(epoch * batches as usize + i, a.epochs * batches as usize),
                 &mut state.rng,
-                |done, loss| {
-                    observe(Event::Progress {
-                        done: done as u64,
-                        message: format!("loss {loss:.3}"),
-                    })
-                },
+                loss_progress(observe),
             );
             model = next;
             let answerer = model.valid();

@@ -259,7 +259,7 @@ fn scale_grads<B: AutodiffBackend>(model: &Transformer<B>, grads: &mut Gradients
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
     use burn::optim::AdamWConfig;
@@ -267,9 +267,10 @@ mod tests {
     use memr2_policy::TransformerConfig;
     use rand::SeedableRng;
 
-    type B = Autodiff<Flex>;
+    pub(crate) type B = Autodiff<Flex>;
 
-    fn model() -> Transformer<B> {
+    /// A one-layer model for tests, seeded.
+    pub(crate) fn model() -> Transformer<B> {
         let mut c = TransformerConfig::tiny(64);
         c.hidden_size = 32;
         c.intermediate_size = 64;
