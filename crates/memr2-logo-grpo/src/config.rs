@@ -46,6 +46,8 @@ pub struct LogoGrpoConfig {
     /// Coefficient of the k3 KL to the reference policy. Memory-R2 curriculum runs: 0.01
     /// (DeepSeekMath: 0.04).
     pub kl_coef: f32,
+    /// Cap on a token's k3 KL estimate (see [`LossConfig::kl_max`]). verl: 10.
+    pub kl_max: f32,
     /// Coefficient of the entropy bonus. Memory-R2: 0.001.
     pub entropy_coef: f32,
     /// Token-mean or sequence-mean aggregation of token losses. Memory-R2: token mean.
@@ -72,6 +74,7 @@ impl Default for LogoGrpoConfig {
             clip_low: loss.clip_low,
             clip_high: loss.clip_high,
             kl_coef: loss.kl_coef,
+            kl_max: loss.kl_max,
             entropy_coef: loss.entropy_coef,
             aggregation: loss.aggregation,
             local_weight: loss.local_weight,
@@ -86,6 +89,7 @@ impl LogoGrpoConfig {
             clip_low: self.clip_low,
             clip_high: self.clip_high,
             kl_coef: self.kl_coef,
+            kl_max: self.kl_max,
             entropy_coef: self.entropy_coef,
             aggregation: self.aggregation,
             local_weight: self.local_weight,
@@ -230,6 +234,7 @@ mod tests {
         assert_eq!(invalid(LogoGrpoConfig { clip_low: 1.0, ..d }), "clip_low");
         assert_eq!(invalid(LogoGrpoConfig { clip_high: -0.2, ..d }), "clip_high");
         assert_eq!(invalid(LogoGrpoConfig { kl_coef: -0.01, ..d }), "kl_coef");
+        assert_eq!(invalid(LogoGrpoConfig { kl_max: 0.0, ..d }), "kl_max");
         assert_eq!(
             invalid(LogoGrpoConfig {
                 entropy_coef: f32::INFINITY,

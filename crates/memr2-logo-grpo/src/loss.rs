@@ -34,6 +34,10 @@ pub struct LossConfig {
     /// `beta`: coefficient of the k3 KL estimate to the reference policy. Memory-R2's
     /// curriculum runs: 0.01 (DeepSeekMath used 0.04; Dr. GRPO and DAPO drop it, 0.0).
     pub kl_coef: f32,
+    /// Cap on a token's k3 KL estimate. k3 grows as `exp(ref - new)`, so one sampled token
+    /// the reference finds far likelier than the policy does can outweigh a whole batch;
+    /// capped tokens add no KL gradient. 10, as verl's `low_var_kl`.
+    pub kl_max: f32,
     /// Coefficient of the entropy bonus. Memory-R2: 0.001.
     pub entropy_coef: f32,
     /// How token losses are averaged. Memory-R2: token mean.
@@ -49,6 +53,7 @@ impl Default for LossConfig {
             clip_low: 0.2,
             clip_high: 0.2,
             kl_coef: 0.01,
+            kl_max: 10.0,
             entropy_coef: 0.001,
             aggregation: Aggregation::TokenMean,
             local_weight: 1.0,
@@ -58,7 +63,8 @@ impl Default for LossConfig {
 
 impl LossConfig {
     /// Checks that every coefficient is finite and in range: `0 <= clip_low < 1`,
-    /// `clip_high >= 0`, `kl_coef >= 0`, `entropy_coef >= 0`, `local_weight >= 0`.
+    /// `clip_high >= 0`, `kl_coef >= 0`, `kl_max > 0`, `entropy_coef >= 0`,
+    /// `local_weight >= 0`.
     ///
     /// # Errors
     ///
@@ -76,6 +82,10 @@ impl LossConfig {
         }
         non_negative("clip_high", self.clip_high)?;
         non_negative("kl_coef", self.kl_coef)?;
+        non_negative("kl_max", self.kl_max)?;
+        if self.kl_max == 0.0 {
+            return Err(GrpoError::config("kl_max", "must be > 0, got 0".to_string()));
+        }
         non_negative("entropy_coef", self.entropy_coef)?;
         non_negative("local_weight", self.local_weight)?;
         Ok(())
@@ -218,10 +228,11 @@ pub fn logo_grpo_loss<B: Backend>(config: &LossConfig, inputs: LossInputs<B>) ->
     let policy = surrogate.neg();
     let mut token_loss = policy.clone();
 
-    // k3 estimator of KL(pi_theta || pi_ref): exp(ref - new) - (ref - new) - 1 >= 0.
+    // k3 estimator of KL(pi_theta || pi_ref): exp(ref - new) - (ref - new) - 1 >= 0, capped
+    // per token at `kl_max`.
     let ref_kl = ref_logp.map(|ref_logp| {
         let diff = (ref_logp - new_logp).mask_fill(pad.clone(), 0.0);
-        diff.clone().exp() - diff - 1.0
+        (diff.clone().exp() - diff - 1.0).clamp_max(config.kl_max)
     });
     if let Some(kl) = &ref_kl
         && config.kl_coef != 0.0
@@ -423,6 +434,7 @@ mod tests {
             clip_low: 0.2,
             clip_high: 0.2,
             kl_coef: 0.1,
+            kl_max: 10.0,
             entropy_coef: 0.01,
             aggregation: Aggregation::TokenMean,
             local_weight: 2.0,
@@ -692,6 +704,31 @@ mod tests {
     }
 
     #[test]
+    fn k3_kl_is_capped_per_token_and_the_capped_token_gets_no_kl_gradient() {
+        // d = ref - new = [8, 0.5]: k3(8) = e^8 - 9 ~ 2972 is capped at 10.
+        let batch = Batch {
+            new: vec![vec![-9.0, -1.0]],
+            old: vec![vec![-9.0, -1.0]],
+            reference: Some(vec![vec![-1.0, -0.5]]),
+            entropy: None,
+            mask: vec![vec![1.0, 1.0]],
+            advantages: vec![0.0],
+            is_local: vec![0.0],
+        };
+        let config = LossConfig {
+            kl_coef: 1.0,
+            entropy_coef: 0.0,
+            ..Default::default()
+        };
+        let (loss, grad) = batch.loss_and_grad(&config);
+        let k3 = |d: f32| d.exp() - d - 1.0;
+        assert_close(loss, (10.0 + k3(0.5)) / 2.0, 1e-5);
+        // d(k3)/d(new) = 1 - e^d, over 2 tokens; the capped token's is zero.
+        assert_close(grad[0], 0.0, 1e-6);
+        assert_close(grad[1], (1.0 - 0.5f32.exp()) / 2.0, 1e-5);
+    }
+
+    #[test]
     fn validate_rejects_bad_coefficients() {
         LossConfig::default().validate().unwrap();
         for bad in [
@@ -705,6 +742,10 @@ mod tests {
             },
             LossConfig {
                 kl_coef: -1.0,
+                ..Default::default()
+            },
+            LossConfig {
+                kl_max: 0.0,
                 ..Default::default()
             },
             LossConfig {

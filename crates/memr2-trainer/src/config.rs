@@ -272,7 +272,7 @@ impl TrainConfig {
             },
             agent: AgentConfig::default(),
             sft: SftConfig {
-                epochs: 2,
+                epochs: 6,
                 learning_rate: 4e-3,
                 warmup_steps: default_warmup_steps(),
                 min_lr_fraction: default_min_lr_fraction(),
@@ -285,8 +285,8 @@ impl TrainConfig {
             answerer: AnswererConfig {
                 epochs: 4,
                 learning_rate: 4e-3,
+                horizon_stride: 8,
                 prompt_loss_weight: 0.1,
-                ..AnswererConfig::default()
             },
             rl: RlConfig {
                 logo,
@@ -304,7 +304,7 @@ impl TrainConfig {
             },
             eval: EvalConfig {
                 validation_episodes: 8,
-                test_episodes: 8,
+                test_episodes: 16,
                 sessions: 32,
             },
         }

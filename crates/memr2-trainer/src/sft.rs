@@ -137,26 +137,29 @@ pub fn answerer_examples(episode: &Episode, memory: &Snapshot, cfg: &AgentConfig
         .collect()
 }
 
-/// Every teacher example of the training episodes: extractor and manager examples from the
-/// imperfect teacher at the largest horizon, answerer examples from the perfect teacher's
-/// memory at every horizon (so the frozen answerer reads memories of every size).
+/// The teacher examples of the training episodes: extractor and manager examples from the
+/// imperfect teacher through the first `horizon` sessions, and answerer examples from the
+/// perfect teacher's memory after each of `answerer_at` sessions (none when it is empty).
 pub fn build_examples(
     episodes: &[Episode],
-    horizons: &[usize],
+    horizon: usize,
+    answerer_at: &[usize],
     teacher_config: &TeacherConfig,
     cfg: &AgentConfig,
     seed: u64,
 ) -> Vec<TeacherExample> {
     let mut out = Vec::new();
-    let max = horizons.iter().copied().max().unwrap_or(0);
     for (i, episode) in episodes.iter().enumerate() {
-        let episode = episode.with_horizon(max);
+        let episode = episode.with_horizon(horizon);
         let mut imperfect = Teacher::new(teacher_config.clone(), seed.wrapping_add(i as u64));
-        let (examples, _) = teacher_replay(&episode, max, &mut imperfect, cfg);
+        let (examples, _) = teacher_replay(&episode, horizon, &mut imperfect, cfg);
         out.extend(examples);
+        if answerer_at.is_empty() {
+            continue;
+        }
         let mut perfect = Teacher::new(TeacherConfig::perfect(), 0);
-        let (_, snapshots) = teacher_replay(&episode, max, &mut perfect, cfg);
-        for &h in horizons {
+        let (_, snapshots) = teacher_replay(&episode, horizon, &mut perfect, cfg);
+        for &h in answerer_at {
             let at = episode.with_horizon(h);
             let memory = &snapshots[h.min(snapshots.len() - 1)];
             out.extend(answerer_examples(&at, memory, cfg));
@@ -199,6 +202,8 @@ pub fn answerer_corpus(episodes: &[Episode], horizons: &[usize], cfg: &AgentConf
 /// A tokenized example.
 #[derive(Clone, Debug)]
 pub struct TokenizedExample {
+    /// The role the example trains.
+    pub role: Role,
     /// Prompt ids.
     pub prompt: Vec<u32>,
     /// Completion ids, end-of-turn token included.
@@ -210,6 +215,7 @@ pub fn tokenize(examples: &[TeacherExample], tokenizer: &Tokenizer) -> Vec<Token
     examples
         .iter()
         .map(|e| TokenizedExample {
+            role: e.role,
             prompt: tokenizer.chat_prompt(&e.prompt.system, &e.prompt.user),
             completion: tokenizer.completion(&e.completion),
         })
@@ -390,10 +396,12 @@ mod tests {
         let model = model();
         let batch = vec![
             TokenizedExample {
+                role: Role::Extractor,
                 prompt: vec![1, 5, 9, 13],
                 completion: vec![7, 2],
             },
             TokenizedExample {
+                role: Role::Answerer,
                 prompt: vec![1, 4],
                 completion: vec![8, 8, 2],
             },

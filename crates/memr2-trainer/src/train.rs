@@ -9,6 +9,7 @@ use burn::optim::{AdamWConfig, Optimizer};
 use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
 use memr2_policy::tokenizer::Tokenizer;
+use memr2_policy::roles::Role;
 use memr2_policy::{Transformer, TransformerConfig};
 use memr2_sim::{Episode, ScoreBoard, TeacherConfig};
 use rand::SeedableRng;
@@ -127,9 +128,11 @@ fn tokenizer_for(config: &TrainConfig, run: &RunDir, data: &Splits) -> Result<To
         ModelSpec::Pretrained { dir } => Tokenizer::from_dir(dir)?,
         ModelSpec::Tiny { vocab_size, .. } => {
             let _span = tracing::info_span!("tokenizer").entered();
+            let horizons = &config.curriculum.horizons;
             let examples = build_examples(
                 &data.train,
-                &config.curriculum.horizons,
+                horizons.iter().copied().max().unwrap_or(0),
+                horizons,
                 &teacher_config(config),
                 &config.agent,
                 config.seed,
@@ -208,15 +211,28 @@ fn loss_progress<'a>(observe: &'a mut dyn FnMut(Event<'_>)) -> impl FnMut(usize,
     }
 }
 
-/// Logs the size of a training corpus.
+/// Logs the size of a training corpus, in all and per role.
 fn log_corpus(name: &str, tokens: &[TokenizedExample]) {
+    let count = |of: &dyn Fn(&TokenizedExample) -> bool| {
+        let chosen = tokens.iter().filter(|e| of(e));
+        chosen.fold((0, 0, 0), |(n, p, c), e| {
+            (n + 1, p + e.prompt.len(), c + e.completion.len())
+        })
+    };
+    let (examples, prompt_tokens, completion_tokens) = count(&|_| true);
     tracing::info!(
         corpus = name,
-        examples = tokens.len(),
-        prompt_tokens = tokens.iter().map(|e| e.prompt.len()).sum::<usize>(),
-        completion_tokens = tokens.iter().map(|e| e.completion.len()).sum::<usize>(),
+        examples,
+        prompt_tokens,
+        completion_tokens,
         "corpus"
     );
+    for role in [Role::Extractor, Role::Manager, Role::Answerer] {
+        let (examples, prompt_tokens, completion_tokens) = count(&|e| e.role == role);
+        if examples > 0 {
+            tracing::info!(corpus = name, ?role, examples, prompt_tokens, completion_tokens, "corpus role");
+        }
+    }
 }
 
 fn at_horizon(episodes: &[Episode], h: usize, limit: usize) -> Vec<Episode> {
@@ -329,9 +345,12 @@ pub fn run<B: AutodiffBackend>(
 
     // 3. Supervised warm start on the imperfect teacher.
     if let Phase::Sft { epochs_done } = state.phase {
+        // The answerer's examples join the warm start only when it has no phase of its own.
+        let answerer_at: &[usize] = if config.answerer.epochs == 0 { &horizons } else { &[] };
         let examples = build_examples(
             &data.train,
-            &horizons,
+            horizons.iter().copied().max().unwrap_or(0),
+            answerer_at,
             &teacher_config(&config),
             &config.agent,
             config.seed,
