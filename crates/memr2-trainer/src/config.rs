@@ -167,6 +167,11 @@ pub struct RlConfig {
     pub temperature: f32,
     /// Nucleus sampling threshold.
     pub top_p: f32,
+    /// Train on the first this many training conversations only (absent: all of them). One
+    /// conversation is the overfitting check of a new environment or objective: the step
+    /// reward, on the same conversation every step, should climb.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_episodes: Option<usize>,
 }
 
 /// The progressive curriculum over horizons.
@@ -296,6 +301,7 @@ impl TrainConfig {
                 minibatch_size: 32,
                 temperature: 1.0,
                 top_p: 1.0,
+                train_episodes: None,
             },
             curriculum: CurriculumConfig {
                 horizons: vec![8, 16, 32],
@@ -372,6 +378,9 @@ impl TrainConfig {
         }
         if self.curriculum.validate_every == 0 {
             return bad("curriculum.validate_every must be at least 1".into());
+        }
+        if self.rl.train_episodes == Some(0) {
+            return bad("rl.train_episodes must be at least 1 when given".into());
         }
         if self.rl.episodes_per_step == 0 || self.rl.minibatch_size == 0 {
             return bad("rl.episodes_per_step and rl.minibatch_size must be at least 1".into());
@@ -537,6 +546,11 @@ mod tests {
         let mut c = TrainConfig::smoke();
         c.answerer.learning_rate = f64::NAN;
         assert!(c.validate().is_err());
+        let mut c = TrainConfig::smoke();
+        c.rl.train_episodes = Some(0);
+        assert!(c.validate().is_err());
+        c.rl.train_episodes = Some(1);
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Supervised warm start: the simulator's teacher replayed through conversations gives
-//! extractor, manager and answerer examples; the model imitates them.
+//! extractor, manager and answerer examples; the model imitates them. The answerer's examples
+//! have a phase of their own after the warm start (`answerer_corpus`) unless it is switched off.
 
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
