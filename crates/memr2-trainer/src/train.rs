@@ -8,8 +8,8 @@ use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, Optimizer};
 use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
-use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::roles::Role;
+use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{Transformer, TransformerConfig};
 use memr2_sim::{Episode, ScoreBoard, TeacherConfig};
 use rand::SeedableRng;
@@ -230,7 +230,14 @@ fn log_corpus(name: &str, tokens: &[TokenizedExample]) {
     for role in [Role::Extractor, Role::Manager, Role::Answerer] {
         let (examples, prompt_tokens, completion_tokens) = count(&|e| e.role == role);
         if examples > 0 {
-            tracing::info!(corpus = name, ?role, examples, prompt_tokens, completion_tokens, "corpus role");
+            tracing::info!(
+                corpus = name,
+                ?role,
+                examples,
+                prompt_tokens,
+                completion_tokens,
+                "corpus role"
+            );
         }
     }
 }
@@ -346,7 +353,11 @@ pub fn run<B: AutodiffBackend>(
     // 3. Supervised warm start on the imperfect teacher.
     if let Phase::Sft { epochs_done } = state.phase {
         // The answerer's examples join the warm start only when it has no phase of its own.
-        let answerer_at: &[usize] = if config.answerer.epochs == 0 { &horizons } else { &[] };
+        let answerer_at: &[usize] = if config.answerer.epochs == 0 {
+            &horizons
+        } else {
+            &[]
+        };
         let examples = build_examples(
             &data.train,
             horizons.iter().copied().max().unwrap_or(0),
