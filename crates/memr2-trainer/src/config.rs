@@ -290,8 +290,8 @@ impl TrainConfig {
             answerer: AnswererConfig {
                 epochs: 4,
                 learning_rate: 4e-3,
-                horizon_stride: 8,
                 prompt_loss_weight: 0.1,
+                ..AnswererConfig::default()
             },
             rl: RlConfig {
                 logo,

@@ -1,6 +1,6 @@
 //! Supervised warm start: the simulator's teacher replayed through conversations gives
-//! extractor, manager and answerer examples; the model imitates them. The answerer's examples
-//! have a phase of their own after the warm start (`answerer_corpus`) unless it is switched off.
+//! extractor, manager and answerer examples; the model imitates them. The frozen answerer is
+//! then tuned further on answerer examples alone (`answerer_corpus`).
 
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;

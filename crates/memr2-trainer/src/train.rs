@@ -352,16 +352,12 @@ pub fn run<B: AutodiffBackend>(
 
     // 3. Supervised warm start on the imperfect teacher.
     if let Phase::Sft { epochs_done } = state.phase {
-        // The answerer's examples join the warm start only when it has no phase of its own.
-        let answerer_at: &[usize] = if config.answerer.epochs == 0 {
-            &horizons
-        } else {
-            &[]
-        };
+        // The answerer's examples stay in the warm start even when it has a phase of its
+        // own: without them the extractor learns to copy more slowly (docs/RESULTS.md).
         let examples = build_examples(
             &data.train,
             horizons.iter().copied().max().unwrap_or(0),
-            answerer_at,
+            &horizons,
             &teacher_config(&config),
             &config.agent,
             config.seed,
