@@ -254,10 +254,11 @@ impl TrainConfig {
         }
     }
 
-    /// The built-in CPU run. Sizes are chosen from the measured CPU rates in docs/PERF.md so
-    /// that the whole run (SFT, three curriculum stages, evaluation) fits well under an hour on
-    /// two cores; the objective's defaults are the paper's, except the group sizes (n = 4,
-    /// k = 4 instead of 8 and 4), which the CPU budget forces.
+    /// The built-in CPU run. Sizes are chosen from the measured CPU rates in docs/PERF.md: the
+    /// whole run (6 SFT epochs, the answerer, three curriculum stages, evaluation) takes about
+    /// an hour alone on two cores, most of it the SFT epochs the extractor needs before it
+    /// copies facts (docs/RESULTS.md). The objective's defaults are the paper's, except the
+    /// group sizes (n = 4, k = 4 instead of 8 and 4), which the CPU budget forces.
     pub fn default_cpu() -> Self {
         let logo = LogoGrpoConfig {
             n_rollouts: 4,
