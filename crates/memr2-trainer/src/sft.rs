@@ -138,35 +138,46 @@ pub fn answerer_examples(episode: &Episode, memory: &Snapshot, cfg: &AgentConfig
         .collect()
 }
 
-/// The teacher examples of the training episodes: extractor and manager examples from the
-/// imperfect teacher through the first `horizon` sessions, and answerer examples from the
-/// perfect teacher's memory after each of `answerer_at` sessions (none when it is empty).
+/// Every teacher example of the training episodes: extractor and manager examples from the
+/// imperfect teacher at the largest horizon, answerer examples from the perfect teacher's
+/// memory at every horizon (so the frozen answerer reads memories of every size).
 pub fn build_examples(
     episodes: &[Episode],
-    horizon: usize,
-    answerer_at: &[usize],
+    horizons: &[usize],
     teacher_config: &TeacherConfig,
     cfg: &AgentConfig,
     seed: u64,
 ) -> Vec<TeacherExample> {
     let mut out = Vec::new();
+    let max = horizons.iter().copied().max().unwrap_or(0);
     for (i, episode) in episodes.iter().enumerate() {
-        let episode = episode.with_horizon(horizon);
+        let episode = episode.with_horizon(max);
         let mut imperfect = Teacher::new(teacher_config.clone(), seed.wrapping_add(i as u64));
-        let (examples, _) = teacher_replay(&episode, horizon, &mut imperfect, cfg);
+        let (examples, _) = teacher_replay(&episode, max, &mut imperfect, cfg);
         out.extend(examples);
-        if answerer_at.is_empty() {
-            continue;
-        }
-        let mut perfect = Teacher::new(TeacherConfig::perfect(), 0);
-        let (_, snapshots) = teacher_replay(&episode, horizon, &mut perfect, cfg);
-        for &h in answerer_at {
-            let at = episode.with_horizon(h);
-            let memory = &snapshots[h.min(snapshots.len() - 1)];
-            out.extend(answerer_examples(&at, memory, cfg));
-        }
+        out.extend(perfect_answerer_examples(&episode, horizons, cfg));
     }
     out
+}
+
+/// One episode's answerer examples from the perfect teacher's memory after each of
+/// `horizons` sessions.
+fn perfect_answerer_examples(
+    episode: &Episode,
+    horizons: &[usize],
+    cfg: &AgentConfig,
+) -> Vec<TeacherExample> {
+    let max = horizons.iter().copied().max().unwrap_or(0);
+    let episode = episode.with_horizon(max);
+    let mut perfect = Teacher::new(TeacherConfig::perfect(), 0);
+    let (_, snapshots) = teacher_replay(&episode, max, &mut perfect, cfg);
+    horizons
+        .iter()
+        .flat_map(|&h| {
+            let memory = &snapshots[h.min(snapshots.len() - 1)];
+            answerer_examples(&episode.with_horizon(h), memory, cfg)
+        })
+        .collect()
 }
 
 /// The horizons the answerer's own examples are drawn at: every `stride` sessions up to
@@ -182,22 +193,10 @@ pub fn answerer_horizons(max: usize, stride: usize) -> Vec<usize> {
 /// Answerer examples only, from the perfect teacher's memory at each of `horizons`: the
 /// corpus that tunes the frozen answerer.
 pub fn answerer_corpus(episodes: &[Episode], horizons: &[usize], cfg: &AgentConfig) -> Vec<TeacherExample> {
-    let mut out = Vec::new();
-    let max = horizons.iter().copied().max().unwrap_or(0);
-    for episode in episodes {
-        let episode = episode.with_horizon(max);
-        let mut perfect = Teacher::new(TeacherConfig::perfect(), 0);
-        let (_, snapshots) = teacher_replay(&episode, max, &mut perfect, cfg);
-        for &h in horizons {
-            let at = episode.with_horizon(h);
-            out.extend(answerer_examples(
-                &at,
-                &snapshots[h.min(snapshots.len() - 1)],
-                cfg,
-            ));
-        }
-    }
-    out
+    episodes
+        .iter()
+        .flat_map(|episode| perfect_answerer_examples(episode, horizons, cfg))
+        .collect()
 }
 
 /// A tokenized example.

@@ -128,11 +128,9 @@ fn tokenizer_for(config: &TrainConfig, run: &RunDir, data: &Splits) -> Result<To
         ModelSpec::Pretrained { dir } => Tokenizer::from_dir(dir)?,
         ModelSpec::Tiny { vocab_size, .. } => {
             let _span = tracing::info_span!("tokenizer").entered();
-            let horizons = &config.curriculum.horizons;
             let examples = build_examples(
                 &data.train,
-                horizons.iter().copied().max().unwrap_or(0),
-                horizons,
+                &config.curriculum.horizons,
                 &teacher_config(config),
                 &config.agent,
                 config.seed,
@@ -356,7 +354,6 @@ pub fn run<B: AutodiffBackend>(
         // own: without them the extractor learns to copy more slowly (docs/RESULTS.md).
         let examples = build_examples(
             &data.train,
-            horizons.iter().copied().max().unwrap_or(0),
             &horizons,
             &teacher_config(&config),
             &config.agent,
