@@ -243,6 +243,19 @@ pub struct TrainConfig {
     pub curriculum: CurriculumConfig,
     /// Evaluation.
     pub eval: EvalConfig,
+    /// Data parallelism: every training minibatch (SFT, the answerer's tuning, the RL update)
+    /// is split into this many shards whose gradients are computed on up to as many threads
+    /// as the machine has cores, and summed (`memr2_trainer::shard`). The sum is the whole
+    /// minibatch's gradient up to rounding, and a run's numbers depend on this value, not on
+    /// the machine's core count. Small shards are also faster per token on one core (less
+    /// padding, activations in cache; docs/PERF.md), so the CPU preset uses 8; a GPU wants 1.
+    /// Absent from a configuration, it is 1.
+    #[serde(default = "one_shard")]
+    pub shards: usize,
+}
+
+fn one_shard() -> usize {
+    1
 }
 
 impl TrainConfig {
@@ -314,6 +327,7 @@ impl TrainConfig {
                 test_episodes: 16,
                 sessions: 32,
             },
+            shards: 8,
         }
     }
 
@@ -420,6 +434,9 @@ impl TrainConfig {
         }
         if self.answerer.horizon_stride == 0 {
             return bad("answerer.horizon_stride must be at least 1".into());
+        }
+        if self.shards == 0 {
+            return bad("shards must be at least 1".into());
         }
         if self.sft.batch_size == 0 {
             return bad("sft.batch_size must be at least 1".into());
@@ -552,6 +569,18 @@ mod tests {
         assert!(c.validate().is_err());
         c.rl.train_episodes = Some(1);
         assert!(c.validate().is_ok());
+        let mut c = TrainConfig::smoke();
+        c.shards = 0;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_config_without_shards_is_not_sharded() {
+        let mut value = serde_json::to_value(TrainConfig::default_cpu()).unwrap();
+        value.as_object_mut().unwrap().remove("shards");
+        let config: TrainConfig = serde_json::from_value(value).unwrap();
+        assert_eq!(config.shards, 1);
+        assert_eq!(TrainConfig::default_cpu().shards, 8);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod parallel;
 pub mod plot;
 pub mod reward;
 pub mod sft;
+pub mod shard;
 pub mod step;
 pub mod train;
 pub mod update;

@@ -100,6 +100,10 @@ struct TrainArgs {
     /// answers).
     #[arg(long)]
     answerer_epochs: Option<usize>,
+    /// Shards of each training minibatch, their gradients computed side by side on the
+    /// machine's cores (1: no data parallelism; the presets' default on `wgpu` and `cuda`).
+    #[arg(long)]
+    shards: Option<usize>,
     /// Print the resolved configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -290,7 +294,14 @@ fn real_main() -> Result<()> {
 fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     let mut config = match &args.config {
         Some(path) => TrainConfig::from_file(path)?,
-        None => TrainConfig::preset(args.preset),
+        None => {
+            let mut config = TrainConfig::preset(args.preset);
+            // The presets' shards spread a minibatch over CPU cores; a GPU wants it whole.
+            if matches!(args.backend, BackendKind::Wgpu | BackendKind::Cuda) {
+                config.shards = 1;
+            }
+            config
+        }
     };
     if let Some(seed) = args.seed {
         config.seed = seed;
@@ -321,6 +332,9 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(s) = args.steps_per_stage {
         config.curriculum.steps_per_stage = s;
+    }
+    if let Some(s) = args.shards {
+        config.shards = s;
     }
     config.validate()?;
     Ok(config)

@@ -2,7 +2,7 @@
 //! extractor, manager and answerer examples; the model imitates them. The frozen answerer is
 //! then tuned further on answerer examples alone (`answerer_corpus`).
 
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::Optimizer;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use memr2_policy::roles::{self, ChatPrompt, ExtractedFact, MemoryOperation, MemoryView, Role};
@@ -305,6 +305,9 @@ pub struct EpochSettings {
     pub batch_size: usize,
     /// Weight of prompt tokens in [`sft_loss`].
     pub prompt_weight: f64,
+    /// Shards each minibatch is split into, their gradients computed side by side
+    /// ([`crate::shard`]).
+    pub shards: usize,
 }
 
 /// One pass over the examples in shuffled minibatches, the `i`-th minibatch stepped at
@@ -331,17 +334,31 @@ where
         .collect();
     let batches = length_bucketed(&lengths, settings.batch_size, rng);
     let (mut total, mut n, mut skipped) = (0.0, 0usize, 0u64);
+    // A shard's share of the minibatch's loss: its share of the loss weights (prompt tokens
+    // after the first at `prompt_weight`, completion tokens at 1), and of the completion tokens
+    // for the reported NLL.
+    let weight = |e: &TokenizedExample| {
+        settings.prompt_weight * e.prompt.len().saturating_sub(1) as f64 + e.completion.len() as f64
+    };
     for (done, batch) in batches.iter().enumerate() {
         let items: Vec<TokenizedExample> = batch.iter().map(|&i| examples[i].clone()).collect();
-        let (loss, nll) = sft_loss(&model, &items, settings.prompt_weight);
-        let value: f64 = loss.clone().into_scalar().elem();
-        let nll: f64 = nll.into_scalar().elem();
-        if !value.is_finite() {
+        let total_weight: f64 = items.iter().map(weight).sum::<f64>().max(1e-6);
+        let total_completion = items.iter().map(|e| e.completion.len()).sum::<usize>().max(1) as f64;
+        let shards = crate::shard::deal(&items, settings.shards);
+        let (grads, outputs) = crate::shard::sharded_gradients(&model, &shards, |m, part| {
+            let (loss, nll) = sft_loss(m, part, settings.prompt_weight);
+            let share = part.iter().map(weight).sum::<f64>() / total_weight;
+            let completion = part.iter().map(|e| e.completion.len()).sum::<usize>() as f64;
+            let nll: f64 = nll.into_scalar().elem();
+            (loss.mul_scalar(share), nll * completion / total_completion)
+        });
+        let value: f64 = outputs.iter().map(|(v, _)| v).sum();
+        let nll: f64 = outputs.iter().map(|(_, nll)| nll).sum();
+        let Some(grads) = grads else {
             tracing::warn!(loss = value, "non-finite SFT loss: minibatch skipped");
             skipped += 1;
             continue;
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        };
         model = optim.step(learning_rate(done), model, grads);
         total += nll;
         n += 1;

@@ -377,6 +377,7 @@ where
         minibatch_size: cfg.rl.minibatch_size,
         learning_rate: cfg.rl.learning_rate,
         max_grad_norm: cfg.rl.max_grad_norm,
+        shards: cfg.shards,
     };
     let (model, update) = ppo_update(model, optim, ctx.reference, &train, &settings, rng);
     metrics.update_s = update_start.elapsed().as_secs_f64();

@@ -374,6 +374,7 @@ pub fn run<B: AutodiffBackend>(
                 EpochSettings {
                     batch_size: config.sft.batch_size,
                     prompt_weight: config.sft.prompt_loss_weight,
+                    shards: config.shards,
                 },
                 |i| {
                     let step = epoch * batches as usize + i;
@@ -446,6 +447,7 @@ pub fn run<B: AutodiffBackend>(
                 EpochSettings {
                     batch_size: config.sft.batch_size,
                     prompt_weight: a.prompt_loss_weight,
+                    shards: config.shards,
                 },
                 |i| schedule.learning_rate_at(epoch * batches as usize + i, a.epochs * batches as usize),
                 &mut state.rng,

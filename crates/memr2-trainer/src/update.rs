@@ -5,7 +5,7 @@ use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use memr2_logo_grpo::{LossConfig, LossInputs, logo_grpo_loss};
+use memr2_logo_grpo::{Aggregation, LossConfig, LossInputs, LossOutput, LossStats, logo_grpo_loss};
 use memr2_policy::{Transformer, completion_logprobs};
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -61,9 +61,52 @@ pub struct UpdateSettings<'a> {
     pub learning_rate: f64,
     /// Global gradient-norm clip.
     pub max_grad_norm: f64,
+    /// Shards each minibatch is split into, their gradients computed side by side
+    /// ([`crate::shard`]).
+    pub shards: usize,
+}
+
+/// The LoGo-GRPO loss of the samples `batch` (indices into `samples`) under `model`, against
+/// their old and (when given) reference log-probs.
+fn minibatch_loss<B: Backend>(
+    model: &Transformer<B>,
+    batch: &[usize],
+    samples: &[TrainSample],
+    old: &[Vec<f32>],
+    reference: Option<&[Vec<f32>]>,
+    loss: &LossConfig,
+) -> LossOutput<B> {
+    let device = model.device();
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = batch
+        .iter()
+        .map(|&i| (samples[i].prompt.clone(), samples[i].completion.clone()))
+        .collect();
+    let out = completion_logprobs(model, &pairs);
+    let [rows, width] = out.logprobs.dims();
+    let rows_of = |logps: &[Vec<f32>]| {
+        let rows: Vec<&[f32]> = batch.iter().map(|&i| logps[i].as_slice()).collect();
+        padded::<B>(&rows, width, &device)
+    };
+    let advantages: Vec<f32> = batch.iter().map(|&i| samples[i].advantage).collect();
+    let local: Vec<f32> = batch
+        .iter()
+        .map(|&i| if samples[i].local { 1.0 } else { 0.0 })
+        .collect();
+    let inputs = LossInputs {
+        new_logp: out.logprobs,
+        old_logp: rows_of(old),
+        ref_logp: reference.map(rows_of),
+        entropy: Some(out.entropy),
+        mask: out.mask,
+        advantages: Tensor::from_data(TensorData::new(advantages, [rows]), &device),
+        is_local: Tensor::from_data(TensorData::new(local, [rows]), &device),
+    };
+    logo_grpo_loss(loss, inputs)
 }
 
 /// Log-probs of each sample's completion under `model`, without gradients, as host vectors.
+/// Batches of `chunk` samples of similar lengths run side by side on the machine's cores
+/// (each batch's numbers are the same whichever thread computes it).
 pub fn host_logprobs<B: Backend>(
     model: &Transformer<B>,
     samples: &[&TrainSample],
@@ -72,15 +115,54 @@ pub fn host_logprobs<B: Backend>(
     // Batches of similar lengths waste less compute on padding; results go back in input order.
     let mut by_length: Vec<usize> = (0..samples.len()).collect();
     by_length.sort_by_key(|&i| samples[i].prompt.len() + samples[i].completion.len());
-    let mut out = vec![Vec::new(); samples.len()];
-    for batch in by_length.chunks(chunk.max(1)) {
+    let batches: Vec<&[usize]> = by_length.chunks(chunk.max(1)).collect();
+    let run = |model: &Transformer<B>, batch: &[usize]| -> Vec<f32> {
         let pairs: Vec<(Vec<u32>, Vec<u32>)> = batch
             .iter()
             .map(|&i| (samples[i].prompt.clone(), samples[i].completion.clone()))
             .collect();
-        let lp = completion_logprobs(model, &pairs).logprobs;
-        let [_, width] = lp.dims();
-        let data: Vec<f32> = lp.into_data().to_vec().expect("f32 log-probs");
+        completion_logprobs(model, &pairs)
+            .logprobs
+            .into_data()
+            .to_vec()
+            .expect("f32 log-probs")
+    };
+    let threads = std::thread::available_parallelism()
+        .map(std::num::NonZeroUsize::get)
+        .unwrap_or(1)
+        .min(batches.len())
+        .max(1);
+    // Thread `t` computes batches `t, t + threads, ...`.
+    let computed: Vec<(usize, Vec<f32>)> = if threads == 1 {
+        batches
+            .iter()
+            .enumerate()
+            .map(|(b, batch)| (b, run(model, batch)))
+            .collect()
+    } else {
+        let (run, batches) = (&run, &batches);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let model = model.clone();
+                    scope.spawn(move || {
+                        (t..batches.len())
+                            .step_by(threads)
+                            .map(|b| (b, run(&model, batches[b])))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        })
+    };
+    let mut out = vec![Vec::new(); samples.len()];
+    for (b, data) in computed {
+        let batch = batches[b];
+        let width = data.len() / batch.len();
         for (row, &i) in batch.iter().enumerate() {
             out[i] = data[row * width..row * width + samples[i].completion.len()].to_vec();
         }
@@ -138,7 +220,6 @@ where
     // Old log-probs: the current policy before any step, recomputed by the training forward.
     let old = host_logprobs(&model.valid(), &refs, chunk);
     let reference = reference.map(|r| host_logprobs(r, &refs, chunk));
-    let device = model.devices()[0].clone();
 
     let lengths: Vec<usize> = samples
         .iter()
@@ -147,43 +228,36 @@ where
     let mut sums = UpdateStats::default();
     for _epoch in 0..settings.epochs {
         for batch in &length_bucketed(&lengths, chunk, rng) {
-            let pairs: Vec<(Vec<u32>, Vec<u32>)> = batch
+            stats.tokens += batch
                 .iter()
-                .map(|&i| (samples[i].prompt.clone(), samples[i].completion.clone()))
-                .collect();
-            stats.tokens += pairs.iter().map(|(p, c)| (p.len() + c.len()) as u64).sum::<u64>();
-            let out = completion_logprobs(&model, &pairs);
-            let [rows, width] = out.logprobs.dims();
-            let old_rows: Vec<&[f32]> = batch.iter().map(|&i| old[i].as_slice()).collect();
-            let ref_rows = reference.as_ref().map(|r| {
-                padded::<B>(
-                    &batch.iter().map(|&i| r[i].as_slice()).collect::<Vec<_>>(),
-                    width,
-                    &device,
-                )
-            });
-            let advantages: Vec<f32> = batch.iter().map(|&i| samples[i].advantage).collect();
-            let local: Vec<f32> = batch
-                .iter()
-                .map(|&i| if samples[i].local { 1.0 } else { 0.0 })
-                .collect();
-            let inputs = LossInputs {
-                new_logp: out.logprobs,
-                old_logp: padded::<B>(&old_rows, width, &device),
-                ref_logp: ref_rows,
-                entropy: Some(out.entropy),
-                mask: out.mask,
-                advantages: Tensor::from_data(TensorData::new(advantages, [rows]), &device),
-                is_local: Tensor::from_data(TensorData::new(local, [rows]), &device),
+                .map(|&i| (samples[i].prompt.len() + samples[i].completion.len()) as u64)
+                .sum::<u64>();
+            // A shard's share of the minibatch's loss: of its generated tokens under a token
+            // mean, of its (non-empty) sequences under a sequence mean.
+            let share_of = |part: &[usize]| -> f64 {
+                match settings.loss.aggregation {
+                    Aggregation::TokenMean => {
+                        part.iter().map(|&i| samples[i].completion.len()).sum::<usize>() as f64
+                    }
+                    Aggregation::SequenceMean => part
+                        .iter()
+                        .filter(|&&i| !samples[i].completion.is_empty())
+                        .count() as f64,
+                }
             };
-            let output = logo_grpo_loss(settings.loss, inputs);
-            let loss_value: f64 = output.loss.clone().into_scalar().elem();
-            if !loss_value.is_finite() {
+            let total = share_of(batch).max(1.0);
+            let shards = crate::shard::deal(batch, settings.shards);
+            let (grads, outputs) = crate::shard::sharded_gradients(&model, &shards, |m, part| {
+                let output = minibatch_loss(m, part, samples, &old, reference.as_deref(), settings.loss);
+                let share = share_of(part) / total;
+                (output.loss.mul_scalar(share), (share, output.stats))
+            });
+            let loss_value: f64 = outputs.iter().map(|(v, _)| v).sum();
+            let Some(mut grads) = grads else {
                 tracing::warn!(loss = loss_value, "non-finite loss: minibatch skipped");
                 stats.skipped_nonfinite += 1;
                 continue;
-            }
-            let mut grads = GradientsParams::from_grads(output.loss.backward(), &model);
+            };
             let norm = grad_norm::<B>(&model, &grads);
             if !norm.is_finite() {
                 tracing::warn!(grad_norm = norm, "non-finite gradient: minibatch skipped");
@@ -194,13 +268,18 @@ where
                 scale_grads::<B>(&model, &mut grads, (settings.max_grad_norm / norm) as f32);
             }
             model = optim.step(settings.learning_rate, model, grads);
-            let s = &output.stats;
+            let weighted = |f: &dyn Fn(&LossStats) -> f32| -> f64 {
+                outputs
+                    .iter()
+                    .map(|(_, (share, s))| share * f64::from(f(s)))
+                    .sum()
+            };
             sums.loss += loss_value;
-            sums.clip_fraction += s.clip_fraction as f64;
-            sums.kl += s.ref_kl.unwrap_or(0.0) as f64;
-            sums.approx_kl_old += s.approx_kl as f64;
-            sums.ratio_mean += s.mean_ratio as f64;
-            sums.entropy += s.entropy.unwrap_or(0.0) as f64;
+            sums.clip_fraction += weighted(&|s| s.clip_fraction);
+            sums.kl += weighted(&|s| s.ref_kl.unwrap_or(0.0));
+            sums.approx_kl_old += weighted(&|s| s.approx_kl);
+            sums.ratio_mean += weighted(&|s| s.mean_ratio);
+            sums.entropy += weighted(&|s| s.entropy.unwrap_or(0.0));
             sums.grad_norm += norm;
             stats.minibatches += 1;
         }
@@ -313,6 +392,7 @@ pub(crate) mod tests {
             minibatch_size: 2,
             learning_rate: 1e-2,
             max_grad_norm: 1.0,
+            shards: 2,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let mut last = UpdateStats::default();

@@ -1,0 +1,161 @@
+//! Data parallelism on the CPU: training tokens/s of the default preset's model with each
+//! minibatch split into 1, 2, 4 and 8 shards (`TrainConfig::shards`), for the two training
+//! loops that take most of a run: an SFT epoch on the real teacher corpus and the RL update.
+//!
+//! `cargo bench -p memr2-trainer --bench shards` (about 5 minutes). Runs of each setting are
+//! interleaved and the table gives medians, so a load that comes and goes hits all alike.
+
+use std::time::Instant;
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+use burn::optim::AdamWConfig;
+use memr2_logo_grpo::LossConfig;
+use memr2_policy::tokenizer::Tokenizer;
+use memr2_policy::{Transformer, TransformerConfig};
+use memr2_sim::{Environment, Split, SyntheticWorld, WorldConfig};
+use memr2_trainer::TrainConfig;
+use memr2_trainer::config::ModelSpec;
+use memr2_trainer::sft::{EpochSettings, TokenizedExample, build_examples, sft_epoch, tokenize};
+use memr2_trainer::train::teacher_config;
+use memr2_trainer::update::{TrainSample, UpdateSettings, ppo_update};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+type B = Autodiff<Flex>;
+
+const ROUNDS: usize = 5;
+
+fn main() {
+    let config = TrainConfig::default_cpu();
+    let world = SyntheticWorld::new(WorldConfig::default_cpu(), 7).expect("world");
+    let episodes = world.episodes(Split::Train);
+    let examples = build_examples(
+        &episodes[..3],
+        &config.curriculum.horizons,
+        &teacher_config(&config),
+        &config.agent,
+        0,
+    );
+    let corpus = examples.iter().flat_map(|e| {
+        [
+            e.prompt.system.clone(),
+            e.prompt.user.clone(),
+            e.completion.clone(),
+        ]
+    });
+    let ModelSpec::Tiny {
+        vocab_size,
+        hidden_size,
+        layers,
+        heads,
+    } = config.model
+    else {
+        unreachable!("the default preset is the tiny model")
+    };
+    let tokenizer = Tokenizer::train_bpe(corpus, vocab_size).expect("tokenizer");
+    let mut tokens = tokenize(&examples, &tokenizer);
+    // A fixed slice of the corpus, the same for every setting.
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    rand::seq::SliceRandom::shuffle(tokens.as_mut_slice(), &mut rng);
+    let sft: Vec<TokenizedExample> = tokens.iter().take(config.sft.batch_size * 12).cloned().collect();
+    // RL samples: the same sequences with random advantages, one update's worth.
+    let rl: Vec<TrainSample> = tokens
+        .iter()
+        .skip(sft.len())
+        .take(config.rl.minibatch_size * 6)
+        .enumerate()
+        .map(|(i, e)| TrainSample {
+            prompt: e.prompt.clone(),
+            completion: e.completion.clone(),
+            advantage: if i % 2 == 0 { 1.0 } else { -1.0 },
+            local: i % 5 == 0,
+        })
+        .collect();
+
+    let device = Default::default();
+    let mut arch = TransformerConfig::tiny(tokenizer.vocab_size());
+    arch.hidden_size = hidden_size;
+    arch.intermediate_size = hidden_size * 8 / 3 / 16 * 16;
+    arch.num_hidden_layers = layers;
+    arch.num_attention_heads = heads;
+    arch.num_key_value_heads = Some(heads);
+    let model: Transformer<B> = arch.init(&device);
+    let reference = model.valid();
+    let loss = LossConfig::default();
+
+    let sft_tokens: usize = sft.iter().map(|e| e.prompt.len() + e.completion.len()).sum();
+    let shard_counts = [1usize, 2, 4, 8];
+    let mut sft_times = vec![Vec::new(); shard_counts.len()];
+    let mut rl_times = vec![Vec::new(); shard_counts.len()];
+    let mut rl_tokens = 0u64;
+    for _round in 0..ROUNDS {
+        for (k, &shards) in shard_counts.iter().enumerate() {
+            let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+            let mut rng = ChaCha8Rng::seed_from_u64(1);
+            let start = Instant::now();
+            let settings = EpochSettings {
+                batch_size: config.sft.batch_size,
+                prompt_weight: config.sft.prompt_loss_weight,
+                shards,
+            };
+            let _ = sft_epoch(
+                model.clone(),
+                &mut optim,
+                &sft,
+                settings,
+                |_| 1e-3,
+                &mut rng,
+                |_, _| {},
+            );
+            sft_times[k].push(start.elapsed().as_secs_f64());
+
+            let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+            let settings = UpdateSettings {
+                loss: &loss,
+                epochs: config.rl.logo.ppo_epochs,
+                minibatch_size: config.rl.minibatch_size,
+                learning_rate: 1e-4,
+                max_grad_norm: 1.0,
+                shards,
+            };
+            let start = Instant::now();
+            let (_, stats) = ppo_update(
+                model.clone(),
+                &mut optim,
+                Some(&reference),
+                &rl,
+                &settings,
+                &mut rng,
+            );
+            rl_times[k].push(start.elapsed().as_secs_f64());
+            rl_tokens = stats.tokens;
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "SFT: {} sequences in minibatches of {}; RL update: {} samples, minibatches of {}, {} epochs (old and reference log-probs included)",
+        sft.len(),
+        config.sft.batch_size,
+        rl.len(),
+        config.rl.minibatch_size,
+        config.rl.logo.ppo_epochs
+    );
+    println!("| shards | SFT tokens/s | vs 1 | RL update tokens/s | vs 1 |");
+    println!("|---:|---:|---:|---:|---:|");
+    let (sft1, rl1) = (median(&sft_times[0]), median(&rl_times[0]));
+    for (k, &shards) in shard_counts.iter().enumerate() {
+        let (s, r) = (median(&sft_times[k]), median(&rl_times[k]));
+        println!(
+            "| {shards} | {:.0} | {:.2}x | {:.0} | {:.2}x |",
+            sft_tokens as f64 / s,
+            sft1 / s,
+            rl_tokens as f64 / r,
+            rl1 / r
+        );
+    }
+}

@@ -1,0 +1,241 @@
+//! Data parallelism on one device: a minibatch is split into shards, each shard's loss and
+//! gradients are computed on its own thread, and the gradients are summed.
+//!
+//! At the tiny model's sizes one forward/backward keeps about one core busy (the matmuls are
+//! below the size where gemm splits work, element-wise kernels are single-threaded), so a
+//! second core only helps if it runs a second shard. Each thread works on its own fork of
+//! the model: the same parameters (same tensors, same [`ParamId`](burn::module::ParamId)s)
+//! under a separate autodiff graph, so the graphs never merge and neither thread waits on the
+//! other's graph lock.
+//!
+//! The caller weighs each shard's loss so that the shard losses add up to the loss of the
+//! whole minibatch; the summed gradient is then that of the whole minibatch, up to rounding.
+//! Shards are summed in shard order whatever the number of threads, so a run's numbers depend
+//! on the number of shards (a configuration value) and not on the machine's cores.
+
+use std::num::NonZeroUsize;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use memr2_policy::Transformer;
+
+/// `items` dealt into at most `shards` non-empty parts: item `i` goes to part `i % shards`, so
+/// that each part of a length-sorted minibatch gets the same mix of lengths.
+pub fn deal<T: Clone>(items: &[T], shards: usize) -> Vec<Vec<T>> {
+    let parts = shards.clamp(1, items.len().max(1));
+    let mut out = vec![Vec::with_capacity(items.len().div_ceil(parts)); parts];
+    for (i, item) in items.iter().enumerate() {
+        out[i % parts].push(item.clone());
+    }
+    out.retain(|part| !part.is_empty());
+    out
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(NonZeroUsize::get)
+        .unwrap_or(1)
+}
+
+/// The gradients of `Σ_s loss(model, shard_s)` and each shard's loss value and extra output,
+/// in shard order. Shards run on up to as many threads as the machine has cores, each thread
+/// on its own fork of `model`. The gradients are `None` when some shard's loss is not finite
+/// (nothing is back-propagated then), so the caller can skip the minibatch.
+pub fn sharded_gradients<B, S, X, F>(
+    model: &Transformer<B>,
+    shards: &[S],
+    loss: F,
+) -> (Option<GradientsParams>, Vec<(f64, X)>)
+where
+    B: AutodiffBackend,
+    S: Sync,
+    X: Send,
+    F: Fn(&Transformer<B>, &S) -> (Tensor<B, 1>, X) + Sync,
+{
+    let threads = cores().min(shards.len()).max(1);
+    // Thread `t` takes shards `t, t + threads, ...`.
+    let run = |model: &Transformer<B>, t: usize| -> Vec<(usize, f64, X, Option<GradientsParams>)> {
+        (t..shards.len())
+            .step_by(threads)
+            .map(|s| {
+                let (value, extra) = loss(model, &shards[s]);
+                let scalar: f64 = value.clone().into_scalar().elem();
+                let grads = scalar
+                    .is_finite()
+                    .then(|| GradientsParams::from_grads(value.backward(), model));
+                (s, scalar, extra, grads)
+            })
+            .collect()
+    };
+    let mut results = if threads == 1 {
+        run(model, 0)
+    } else {
+        let device = model.devices()[0].clone();
+        let forks: Vec<Transformer<B>> = (1..threads).map(|_| model.clone().fork(&device)).collect();
+        let run = &run;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = forks
+                .into_iter()
+                .enumerate()
+                .map(|(i, fork)| scope.spawn(move || run(&fork, i + 1)))
+                .collect();
+            let mut all = run(model, 0);
+            for handle in handles {
+                all.extend(
+                    handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                );
+            }
+            all
+        })
+    };
+    results.sort_by_key(|(s, ..)| *s);
+    let finite = results.iter().all(|(_, value, ..)| value.is_finite());
+    let mut grads = Vec::with_capacity(results.len());
+    let mut outputs = Vec::with_capacity(results.len());
+    for (_, value, extra, g) in results {
+        outputs.push((value, extra));
+        grads.extend(g);
+    }
+    let summed = finite.then(|| sum_gradients(model, grads));
+    (summed, outputs)
+}
+
+/// The sum of several gradient sets of `model`'s parameters, added in the order given.
+pub fn sum_gradients<B: AutodiffBackend>(
+    model: &Transformer<B>,
+    parts: Vec<GradientsParams>,
+) -> GradientsParams {
+    struct Sum<'a> {
+        parts: &'a mut [GradientsParams],
+        out: GradientsParams,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Sum<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let total = self
+                .parts
+                .iter_mut()
+                .filter_map(|g| g.remove::<B::InnerBackend, D>(param.id))
+                .reduce(|a, b| a + b);
+            if let Some(total) = total {
+                self.out.register::<B::InnerBackend, D>(param.id, total);
+            }
+        }
+    }
+    let mut parts = parts;
+    if parts.len() == 1 {
+        return parts.pop().expect("one part");
+    }
+    let mut visitor = Sum {
+        parts: &mut parts,
+        out: GradientsParams::new(),
+    };
+    model.visit(&mut visitor);
+    visitor.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::update::tests::{B, model};
+
+    #[test]
+    fn deal_keeps_every_item_once_in_balanced_parts() {
+        let items: Vec<usize> = (0..7).collect();
+        let parts = deal(&items, 3);
+        assert_eq!(parts, vec![vec![0, 3, 6], vec![1, 4], vec![2, 5]]);
+        assert_eq!(deal(&items[..2], 4), vec![vec![0], vec![1]]);
+        assert_eq!(deal(&items, 1), vec![items.clone()]);
+        assert!(deal::<usize>(&[], 2).is_empty());
+    }
+
+    fn sample_loss(model: &Transformer<B>, rows: &[(Vec<u32>, Vec<u32>)], total_tokens: f32) -> Tensor<B, 1> {
+        let out = memr2_policy::completion_logprobs(model, rows);
+        (out.logprobs * out.mask).sum().neg() / total_tokens
+    }
+
+    /// Gradient of every parameter, flattened in visiting order.
+    fn flat(model: &Transformer<B>, grads: &GradientsParams) -> Vec<f32> {
+        struct Flat<'a> {
+            grads: &'a GradientsParams,
+            out: Vec<f32>,
+        }
+        impl ModuleVisitor<B> for Flat<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                if let Some(g) = self
+                    .grads
+                    .get::<<B as AutodiffBackend>::InnerBackend, D>(param.id)
+                {
+                    self.out.extend(g.into_data().to_vec::<f32>().expect("f32"));
+                }
+            }
+        }
+        let mut visitor = Flat {
+            grads,
+            out: Vec::new(),
+        };
+        model.visit(&mut visitor);
+        visitor.out
+    }
+
+    #[test]
+    fn sharded_gradients_equal_the_whole_batch_gradient() {
+        let model = model();
+        let batch: Vec<(Vec<u32>, Vec<u32>)> = vec![
+            (vec![1, 5, 9, 13], vec![7, 2]),
+            (vec![1, 4], vec![8, 8, 2]),
+            (vec![1, 6, 6], vec![3, 2]),
+            (vec![1, 9, 4, 4, 7], vec![5, 5, 5, 2]),
+            (vec![1, 2], vec![9, 2]),
+        ];
+        let tokens: f32 = batch.iter().map(|(_, c)| c.len() as f32).sum();
+        let whole = sample_loss(&model, &batch, tokens);
+        let whole_value: f64 = whole.clone().into_scalar().elem();
+        let whole = GradientsParams::from_grads(whole.backward(), &model);
+        let whole = flat(&model, &whole);
+        for shards in [1, 2, 3] {
+            let parts = deal(&batch, shards);
+            let (grads, outputs) = sharded_gradients(&model, &parts, |m, rows| {
+                (sample_loss(m, rows, tokens), rows.len())
+            });
+            let grads = flat(&model, &grads.expect("finite"));
+            assert_eq!(outputs.iter().map(|(_, n)| n).sum::<usize>(), batch.len());
+            let value: f64 = outputs.iter().map(|(v, _)| v).sum();
+            assert!(
+                (value - whole_value).abs() < 1e-5,
+                "{shards}: {value} vs {whole_value}"
+            );
+            assert_eq!(grads.len(), whole.len());
+            let worst = grads
+                .iter()
+                .zip(&whole)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-5, "{shards} shards: largest difference {worst}");
+            assert!(
+                whole.iter().any(|g| g.abs() > 1e-4),
+                "the gradient is not trivially zero"
+            );
+        }
+    }
+
+    #[test]
+    fn a_non_finite_shard_loss_gives_no_gradients() {
+        let model = model();
+        let parts = vec![
+            vec![(vec![1u32, 5], vec![7u32, 2])],
+            vec![(vec![1u32, 4], vec![8u32, 2])],
+        ];
+        let (grads, outputs) = sharded_gradients(&model, &parts, |m, rows| {
+            let loss = sample_loss(m, rows, 2.0);
+            // The second shard's loss is NaN.
+            let loss = if rows[0].0[1] == 4 { loss * f32::NAN } else { loss };
+            (loss, ())
+        });
+        assert!(grads.is_none());
+        assert!(outputs[0].0.is_finite() && outputs[1].0.is_nan());
+    }
+}
