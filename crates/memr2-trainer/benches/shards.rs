@@ -1,9 +1,12 @@
 //! Data parallelism on the CPU: training tokens/s of the default preset's model with each
 //! minibatch split into 1, 2, 4 and 8 shards (`TrainConfig::shards`), for the two training
-//! loops that take most of a run: an SFT epoch on the real teacher corpus and the RL update.
+//! loops that take most of a run: an SFT epoch on the real teacher corpus and the RL update;
+//! and generation tokens/s of a rollout's batched extractor and manager calls split into 1, 2
+//! and 4 parts (`AgentConfig::generation_shards`).
 //!
-//! `cargo bench -p memr2-trainer --bench shards` (about 5 minutes). Runs of each setting are
-//! interleaved and the table gives medians, so a load that comes and goes hits all alike.
+//! `cargo bench -p memr2-trainer --bench shards` (about 5 minutes; `SHARDS_BENCH=generate`
+//! runs the generation table alone). Runs of each setting are interleaved and the tables give
+//! medians, so a load that comes and goes hits all alike.
 
 use std::time::Instant;
 
@@ -11,11 +14,13 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::optim::AdamWConfig;
 use memr2_logo_grpo::LossConfig;
+use memr2_policy::roles::Role;
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{Transformer, TransformerConfig};
 use memr2_sim::{Environment, Split, SyntheticWorld, WorldConfig};
 use memr2_trainer::TrainConfig;
-use memr2_trainer::config::ModelSpec;
+use memr2_trainer::agent::Agent;
+use memr2_trainer::config::{AgentConfig, ModelSpec};
 use memr2_trainer::sft::{EpochSettings, TokenizedExample, build_examples, sft_epoch, tokenize};
 use memr2_trainer::train::teacher_config;
 use memr2_trainer::update::{TrainSample, UpdateSettings, ppo_update};
@@ -84,6 +89,61 @@ fn main() {
     let reference = model.valid();
     let loss = LossConfig::default();
 
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+
+    // Generation: the prompts of one lockstep call of each role, 4 rollouts x 2 conversations.
+    let inference = model.valid();
+    let parts = [1usize, 2, 4];
+    println!("| role | prompts | parts | generated tokens/s | vs 1 |");
+    println!("|---|---:|---:|---:|---:|");
+    for (role, budget) in [
+        (Role::Extractor, config.agent.max_extract_tokens),
+        (Role::Manager, config.agent.max_manage_tokens),
+    ] {
+        let prompts: Vec<_> = examples
+            .iter()
+            .filter(|e| e.role == role)
+            .take(8)
+            .map(|e| e.prompt.clone())
+            .collect();
+        let mut times = vec![Vec::new(); parts.len()];
+        let mut generated = vec![0usize; parts.len()];
+        for _round in 0..ROUNDS {
+            for (k, &generation_shards) in parts.iter().enumerate() {
+                let agent_config = AgentConfig {
+                    generation_shards,
+                    ..config.agent.clone()
+                };
+                let agent = Agent {
+                    model: &inference,
+                    tokenizer: &tokenizer,
+                    config: &agent_config,
+                };
+                let mut rng = ChaCha8Rng::seed_from_u64(2);
+                let start = Instant::now();
+                let out = agent.generate(&prompts, budget, 1.0, 1.0, &mut rng);
+                times[k].push(start.elapsed().as_secs_f64());
+                generated[k] = out.iter().map(|g| g.completion.len()).sum();
+            }
+        }
+        let base = generated[0] as f64 / median(&times[0]);
+        for (k, &p) in parts.iter().enumerate() {
+            let rate = generated[k] as f64 / median(&times[k]);
+            println!(
+                "| {role:?} | {} | {p} | {rate:.0} | {:.2}x |",
+                prompts.len(),
+                rate / base
+            );
+        }
+    }
+    if std::env::var("SHARDS_BENCH").is_ok_and(|v| v == "generate") {
+        return;
+    }
+
     let sft_tokens: usize = sft.iter().map(|e| e.prompt.len() + e.completion.len()).sum();
     let shard_counts = [1usize, 2, 4, 8];
     let mut sft_times = vec![Vec::new(); shard_counts.len()];
@@ -132,11 +192,6 @@ fn main() {
             rl_tokens = stats.tokens;
         }
     }
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     println!(
         "SFT: {} sequences in minibatches of {}; RL update: {} samples, minibatches of {}, {} epochs (old and reference log-probs included)",
         sft.len(),

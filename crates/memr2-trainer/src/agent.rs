@@ -7,6 +7,7 @@ use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{SamplingConfig, Transformer};
 use memr2_sim::{Episode, Question, Turn};
 use memr2_store::{MemoryId, Operation, Snapshot, Store, TokenCounter};
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -77,7 +78,14 @@ impl<B: Backend> Agent<'_, B> {
             top_p,
         };
         let stop = self.tokenizer.stop_ids();
-        let out = memr2_policy::generate(self.model, &ids, &sampling, &stop, rng);
+        let out = sharded_generate(
+            self.model,
+            &ids,
+            &sampling,
+            &stop,
+            self.config.generation_shards,
+            rng,
+        );
         let texts = parallel::map(&out, |g| self.tokenizer.decode(&g.tokens));
         ids.into_iter()
             .zip(out)
@@ -90,6 +98,64 @@ impl<B: Backend> Agent<'_, B> {
             })
             .collect()
     }
+}
+
+/// [`memr2_policy::generate`] over `shards` contiguous parts of the batch, side by side on up
+/// to as many threads as the machine has cores, each part sampling from its own generator
+/// seeded from `rng` in part order: the output depends on `shards`, not on the core count.
+/// One part (or one prompt) is the plain batched call.
+fn sharded_generate<B: Backend>(
+    model: &Transformer<B>,
+    prompts: &[Vec<u32>],
+    sampling: &SamplingConfig,
+    stop: &[u32],
+    shards: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<memr2_policy::Generation> {
+    let parts = shards.clamp(1, prompts.len().max(1));
+    if parts == 1 {
+        return memr2_policy::generate(model, prompts, sampling, stop, rng);
+    }
+    let size = prompts.len().div_ceil(parts);
+    let chunks: Vec<(&[Vec<u32>], u64)> = prompts.chunks(size).map(|c| (c, rng.next_u64())).collect();
+    let threads = std::thread::available_parallelism()
+        .map(std::num::NonZeroUsize::get)
+        .unwrap_or(1)
+        .min(chunks.len());
+    let run = |model: &Transformer<B>, t: usize| {
+        (t..chunks.len())
+            .step_by(threads)
+            .map(|c| {
+                let (part, seed) = chunks[c];
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                (c, memr2_policy::generate(model, part, sampling, stop, &mut rng))
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut done = if threads <= 1 {
+        run(model, 0)
+    } else {
+        let run = &run;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (1..threads)
+                .map(|t| {
+                    let model = model.clone();
+                    scope.spawn(move || run(&model, t))
+                })
+                .collect();
+            let mut all = run(model, 0);
+            for handle in handles {
+                all.extend(
+                    handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                );
+            }
+            all
+        })
+    };
+    done.sort_by_key(|(c, _)| *c);
+    done.into_iter().flat_map(|(_, out)| out).collect()
 }
 
 /// A recorded generation of a trained role, kept for the policy-gradient update.
@@ -410,4 +476,61 @@ pub fn answer_questions<B: Backend>(
         })
         .collect();
     (answers, failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::AutodiffModule;
+
+    use super::*;
+    use crate::update::tests::model;
+
+    #[test]
+    fn sharded_generation_is_each_part_generated_from_its_own_seed() {
+        let model = model().valid();
+        let prompts: Vec<Vec<u32>> = (0..5u32).map(|i| vec![1, 3 + i, 7, 2 + i]).collect();
+        let sampling = SamplingConfig {
+            max_new_tokens: 6,
+            temperature: 1.0,
+            top_p: 1.0,
+        };
+        let stop = [2u32];
+        let tokens = |g: Vec<memr2_policy::Generation>| g.into_iter().map(|g| g.tokens).collect::<Vec<_>>();
+        let sharded = sharded_generate(
+            &model,
+            &prompts,
+            &sampling,
+            &stop,
+            2,
+            &mut ChaCha8Rng::seed_from_u64(9),
+        );
+        // The same by hand: parts of ceil(5 / 2) = 3 and 2 prompts, seeds drawn in part order.
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let seeds = [rng.next_u64(), rng.next_u64()];
+        let mut expected = Vec::new();
+        for (part, seed) in [&prompts[..3], &prompts[3..]].into_iter().zip(seeds) {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            expected.extend(memr2_policy::generate(&model, part, &sampling, &stop, &mut rng));
+        }
+        let sharded = tokens(sharded);
+        assert_eq!(sharded, tokens(expected));
+        assert!(sharded.iter().all(|t| !t.is_empty()));
+        // One part is the plain batched call.
+        let plain = memr2_policy::generate(
+            &model,
+            &prompts,
+            &sampling,
+            &stop,
+            &mut ChaCha8Rng::seed_from_u64(9),
+        );
+        let one = sharded_generate(
+            &model,
+            &prompts,
+            &sampling,
+            &stop,
+            1,
+            &mut ChaCha8Rng::seed_from_u64(9),
+        );
+        assert_eq!(tokens(one), tokens(plain));
+    }
 }

@@ -27,6 +27,12 @@ pub enum DataSpec {
         size: WorldSize,
         /// Seed of the world (independent of the training seed).
         seed: u64,
+        /// Questions per conversation at its full length (absent: the size's own, 16 for
+        /// `default`). The conversations do not depend on it, only their questions do; more
+        /// questions give each rollout's reward and the evaluation more to go on, at the cost
+        /// of answering them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        questions: Option<usize>,
     },
     /// LoCoMo from a local `locomo10.json` (the paper's split).
     Locomo {
@@ -206,6 +212,12 @@ pub struct AgentConfig {
     pub max_answer_tokens: usize,
     /// At most this many facts a chunk may contribute (longer lists are cut).
     pub max_facts_per_chunk: usize,
+    /// Each batched generation is split into this many parts generated side by side on the
+    /// machine's cores, each sampling from its own seeded generator: the output depends on
+    /// this value, not on the core count. 1 keeps the batch whole (what a GPU wants); absent
+    /// from a configuration, it is 1.
+    #[serde(default = "one_shard")]
+    pub generation_shards: usize,
 }
 
 /// Evaluation sizes.
@@ -282,6 +294,7 @@ impl TrainConfig {
             data: DataSpec::Synthetic {
                 size: WorldSize::Default,
                 seed: 7,
+                questions: None,
             },
             model: ModelSpec::Tiny {
                 vocab_size: 1024,
@@ -289,7 +302,10 @@ impl TrainConfig {
                 layers: 4,
                 heads: 4,
             },
-            agent: AgentConfig::default(),
+            agent: AgentConfig {
+                generation_shards: 2,
+                ..AgentConfig::default()
+            },
             sft: SftConfig {
                 epochs: 6,
                 learning_rate: 4e-3,
@@ -337,6 +353,7 @@ impl TrainConfig {
         config.data = DataSpec::Synthetic {
             size: WorldSize::Smoke,
             seed: 7,
+            questions: None,
         };
         config.model = ModelSpec::Tiny {
             vocab_size: 512,
@@ -435,6 +452,12 @@ impl TrainConfig {
         if self.answerer.horizon_stride == 0 {
             return bad("answerer.horizon_stride must be at least 1".into());
         }
+        if let DataSpec::Synthetic {
+            questions: Some(0), ..
+        } = self.data
+        {
+            return bad("data.questions must be at least 1 when given".into());
+        }
         if self.shards == 0 {
             return bad("shards must be at least 1".into());
         }
@@ -461,6 +484,9 @@ impl TrainConfig {
         let a = &self.agent;
         if a.chunks_per_session == 0 || a.manager_top_k == 0 || a.answer_top_k == 0 {
             return bad("agent.chunks_per_session, manager_top_k and answer_top_k must be at least 1".into());
+        }
+        if a.generation_shards == 0 {
+            return bad("agent.generation_shards must be at least 1".into());
         }
         if a.max_extract_tokens == 0 || a.max_manage_tokens == 0 || a.max_answer_tokens == 0 {
             return bad("agent token budgets must be at least 1".into());
@@ -501,6 +527,7 @@ impl Default for AgentConfig {
             max_manage_tokens: 48,
             max_answer_tokens: 12,
             max_facts_per_chunk: 6,
+            generation_shards: 1,
         }
     }
 }

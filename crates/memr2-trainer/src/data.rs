@@ -19,11 +19,18 @@ pub struct Splits {
 /// Builds the environment a spec names. A missing or malformed data file is an error naming it.
 pub fn environment(spec: &DataSpec) -> Result<Box<dyn Environment>, TrainError> {
     Ok(match spec {
-        DataSpec::Synthetic { size, seed } => {
-            let config = match size {
+        DataSpec::Synthetic {
+            size,
+            seed,
+            questions,
+        } => {
+            let mut config = match size {
                 WorldSize::Default => WorldConfig::default_cpu(),
                 WorldSize::Smoke => WorldConfig::smoke(),
             };
+            if let Some(questions) = questions {
+                config.questions = *questions;
+            }
             Box::new(SyntheticWorld::new(config, *seed)?)
         }
         DataSpec::Locomo { path } => {
@@ -51,4 +58,34 @@ pub fn splits(spec: &DataSpec) -> Result<Splits, TrainError> {
         )));
     }
     Ok(splits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synthetic(questions: Option<usize>) -> Splits {
+        splits(&DataSpec::Synthetic {
+            size: WorldSize::Default,
+            seed: 7,
+            questions,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn more_questions_leave_the_conversations_as_they_are() {
+        let (base, more) = (synthetic(None), synthetic(Some(48)));
+        for (a, b) in [(&base.train, &more.train), (&base.test, &more.test)] {
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(b) {
+                assert_eq!(x.sessions, y.sessions);
+                assert_eq!(x.facts, y.facts);
+                assert_eq!(x.questions.len(), 16);
+                assert!(y.questions.len() > 32, "{}", y.questions.len());
+            }
+        }
+        let total: usize = more.test.iter().map(|e| e.questions.len()).sum();
+        eprintln!("test questions at 48 per conversation: {total}");
+    }
 }

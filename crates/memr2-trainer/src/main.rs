@@ -100,6 +100,9 @@ struct TrainArgs {
     /// answers).
     #[arg(long)]
     answerer_epochs: Option<usize>,
+    /// Questions per conversation of the synthetic world (its default: 16).
+    #[arg(long)]
+    questions: Option<usize>,
     /// Shards of each training minibatch, their gradients computed side by side on the
     /// machine's cores (1: no data parallelism; the presets' default on `wgpu` and `cuda`).
     #[arg(long)]
@@ -296,9 +299,11 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
         Some(path) => TrainConfig::from_file(path)?,
         None => {
             let mut config = TrainConfig::preset(args.preset);
-            // The presets' shards spread a minibatch over CPU cores; a GPU wants it whole.
+            // The presets' shards spread minibatches and generation batches over CPU cores; a
+            // GPU wants them whole.
             if matches!(args.backend, BackendKind::Wgpu | BackendKind::Cuda) {
                 config.shards = 1;
+                config.agent.generation_shards = 1;
             }
             config
         }
@@ -332,6 +337,12 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(s) = args.steps_per_stage {
         config.curriculum.steps_per_stage = s;
+    }
+    if let Some(q) = args.questions {
+        match &mut config.data {
+            DataSpec::Synthetic { questions, .. } => *questions = Some(q),
+            DataSpec::Locomo { .. } => bail!("--questions applies to the synthetic world, not to LoCoMo"),
+        }
     }
     if let Some(s) = args.shards {
         config.shards = s;
