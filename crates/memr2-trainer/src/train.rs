@@ -521,7 +521,12 @@ pub fn run<B: AutodiffBackend>(
     // 6. The curriculum: each stage starts from the best validation checkpoint of the last.
     while let Phase::Rl { stage, steps_done } = state.phase {
         let h = horizons[stage];
-        let train_pool = at_horizon(&data.train, h, config.rl.train_episodes.unwrap_or(usize::MAX));
+        let mut train_pool = at_horizon(&data.train, h, config.rl.train_episodes.unwrap_or(usize::MAX));
+        for episode in &mut train_pool {
+            episode
+                .questions
+                .retain(|q| !config.rl.reward_excludes.contains(&q.category));
+        }
         let validation = at_horizon(&data.validation, h, config.eval.validation_episodes);
         let best_dir = run.checkpoint(&format!("best-stage-{h}"));
         let total = config.curriculum.steps_per_stage as u64;
