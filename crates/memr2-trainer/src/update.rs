@@ -105,12 +105,13 @@ fn minibatch_loss<B: Backend>(
 }
 
 /// Log-probs of each sample's completion under `model`, without gradients, as host vectors.
-/// Batches of `chunk` samples of similar lengths run side by side on the machine's cores
-/// (each batch's numbers are the same whichever thread computes it).
+/// Batches of `chunk` samples of similar lengths run side by side on the machine's cores when
+/// `side_by_side` is set (each batch's numbers are the same whichever thread computes it).
 pub fn host_logprobs<B: Backend>(
     model: &Transformer<B>,
     samples: &[&TrainSample],
     chunk: usize,
+    side_by_side: bool,
 ) -> Vec<Vec<f32>> {
     // Batches of similar lengths waste less compute on padding; results go back in input order.
     let mut by_length: Vec<usize> = (0..samples.len()).collect();
@@ -127,11 +128,15 @@ pub fn host_logprobs<B: Backend>(
             .to_vec()
             .expect("f32 log-probs")
     };
-    let threads = std::thread::available_parallelism()
-        .map(std::num::NonZeroUsize::get)
-        .unwrap_or(1)
-        .min(batches.len())
-        .max(1);
+    let threads = if side_by_side {
+        std::thread::available_parallelism()
+            .map(std::num::NonZeroUsize::get)
+            .unwrap_or(1)
+            .min(batches.len())
+            .max(1)
+    } else {
+        1
+    };
     // Thread `t` computes batches `t, t + threads, ...`.
     let computed: Vec<(usize, Vec<f32>)> = if threads == 1 {
         batches
@@ -218,8 +223,10 @@ where
     let refs: Vec<&TrainSample> = samples.iter().collect();
     let chunk = settings.minibatch_size;
     // Old log-probs: the current policy before any step, recomputed by the training forward.
-    let old = host_logprobs(&model.valid(), &refs, chunk);
-    let reference = reference.map(|r| host_logprobs(r, &refs, chunk));
+    // Unsharded runs (a GPU) keep these passes on the calling thread too.
+    let side_by_side = settings.shards > 1;
+    let old = host_logprobs(&model.valid(), &refs, chunk, side_by_side);
+    let reference = reference.map(|r| host_logprobs(r, &refs, chunk, side_by_side));
 
     let lengths: Vec<usize> = samples
         .iter()
@@ -360,7 +367,7 @@ pub(crate) mod tests {
     }
 
     fn mean_logprob(model: &Transformer<B>, sample: &TrainSample) -> f32 {
-        let lp = host_logprobs(&model.valid(), &[sample], 1);
+        let lp = host_logprobs(&model.valid(), &[sample], 1, false);
         lp[0].iter().sum::<f32>() / lp[0].len() as f32
     }
 
@@ -417,6 +424,27 @@ pub(crate) mod tests {
             mean_logprob(&model, &bad) < bad0,
             "the negative sample became less likely"
         );
+    }
+
+    #[test]
+    fn host_logprobs_side_by_side_equal_the_sequential_ones() {
+        let model = model().valid();
+        let samples: Vec<TrainSample> = (0..7u32)
+            .map(|i| TrainSample {
+                prompt: (1..3 + i).collect(),
+                completion: vec![5 + i % 3; 1 + (i as usize % 4)],
+                advantage: 0.0,
+                local: false,
+            })
+            .collect();
+        let refs: Vec<&TrainSample> = samples.iter().collect();
+        let sequential = host_logprobs(&model, &refs, 2, false);
+        let side_by_side = host_logprobs(&model, &refs, 2, true);
+        assert_eq!(sequential, side_by_side);
+        for (s, lp) in samples.iter().zip(&sequential) {
+            assert_eq!(lp.len(), s.completion.len());
+            assert!(lp.iter().all(|x| x.is_finite() && *x < 0.0));
+        }
     }
 
     #[test]
