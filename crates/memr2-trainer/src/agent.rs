@@ -118,44 +118,13 @@ fn sharded_generate<B: Backend>(
     }
     let size = prompts.len().div_ceil(parts);
     let chunks: Vec<(&[Vec<u32>], u64)> = prompts.chunks(size).map(|c| (c, rng.next_u64())).collect();
-    let threads = std::thread::available_parallelism()
-        .map(std::num::NonZeroUsize::get)
-        .unwrap_or(1)
-        .min(chunks.len());
-    let run = |model: &Transformer<B>, t: usize| {
-        (t..chunks.len())
-            .step_by(threads)
-            .map(|c| {
-                let (part, seed) = chunks[c];
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                (c, memr2_policy::generate(model, part, sampling, stop, &mut rng))
-            })
-            .collect::<Vec<_>>()
-    };
-    let mut done = if threads <= 1 {
-        run(model, 0)
-    } else {
-        let run = &run;
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (1..threads)
-                .map(|t| {
-                    let model = model.clone();
-                    scope.spawn(move || run(&model, t))
-                })
-                .collect();
-            let mut all = run(model, 0);
-            for handle in handles {
-                all.extend(
-                    handle
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                );
-            }
-            all
-        })
-    };
-    done.sort_by_key(|(c, _)| *c);
-    done.into_iter().flat_map(|(_, out)| out).collect()
+    crate::shard::round_robin(model, chunks.len(), usize::MAX, Clone::clone, |model, c| {
+        let (part, seed) = chunks[c];
+        memr2_policy::generate(model, part, sampling, stop, &mut ChaCha8Rng::seed_from_u64(seed))
+    })
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// A recorded generation of a trained role, kept for the policy-gradient update.

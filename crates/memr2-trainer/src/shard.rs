@@ -39,6 +39,54 @@ fn cores() -> usize {
         .unwrap_or(1)
 }
 
+/// `(0..n).map(|i| work(model, i))` on up to `max_threads` threads, and no more than the
+/// machine has cores: thread `t` takes `t, t + threads, ...`, the calling thread with `model`
+/// itself and every other thread with its own `copy(model)`. Results come back in index
+/// order, so they do not depend on the number of threads when `work` does not.
+pub fn round_robin<M, R>(
+    model: &M,
+    n: usize,
+    max_threads: usize,
+    copy: impl Fn(&M) -> M,
+    work: impl Fn(&M, usize) -> R + Sync,
+) -> Vec<R>
+where
+    M: Send,
+    R: Send,
+{
+    let threads = cores().min(max_threads).min(n).max(1);
+    let run = |m: &M, t: usize| {
+        (t..n)
+            .step_by(threads)
+            .map(|i| (i, work(m, i)))
+            .collect::<Vec<_>>()
+    };
+    let mut out = if threads == 1 {
+        run(model, 0)
+    } else {
+        let copies: Vec<M> = (1..threads).map(|_| copy(model)).collect();
+        let run = &run;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = copies
+                .into_iter()
+                .enumerate()
+                .map(|(k, m)| scope.spawn(move || run(&m, k + 1)))
+                .collect();
+            let mut all = run(model, 0);
+            for handle in handles {
+                all.extend(
+                    handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                );
+            }
+            all
+        })
+    };
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
 /// The gradients of `Σ_s loss(model, shard_s)` and each shard's loss value and extra output,
 /// in shard order. Shards run on up to as many threads as the machine has cores, each thread
 /// on its own fork of `model`. The gradients are `None` when some shard's loss is not finite
@@ -54,49 +102,25 @@ where
     X: Send,
     F: Fn(&Transformer<B>, &S) -> (Tensor<B, 1>, X) + Sync,
 {
-    let threads = cores().min(shards.len()).max(1);
-    // Thread `t` takes shards `t, t + threads, ...`.
-    let run = |model: &Transformer<B>, t: usize| -> Vec<(usize, f64, X, Option<GradientsParams>)> {
-        (t..shards.len())
-            .step_by(threads)
-            .map(|s| {
-                let (value, extra) = loss(model, &shards[s]);
-                let scalar: f64 = value.clone().into_scalar().elem();
-                let grads = scalar
-                    .is_finite()
-                    .then(|| GradientsParams::from_grads(value.backward(), model));
-                (s, scalar, extra, grads)
-            })
-            .collect()
-    };
-    let mut results = if threads == 1 {
-        run(model, 0)
-    } else {
-        let device = model.devices()[0].clone();
-        let forks: Vec<Transformer<B>> = (1..threads).map(|_| model.clone().fork(&device)).collect();
-        let run = &run;
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = forks
-                .into_iter()
-                .enumerate()
-                .map(|(i, fork)| scope.spawn(move || run(&fork, i + 1)))
-                .collect();
-            let mut all = run(model, 0);
-            for handle in handles {
-                all.extend(
-                    handle
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                );
-            }
-            all
-        })
-    };
-    results.sort_by_key(|(s, ..)| *s);
-    let finite = results.iter().all(|(_, value, ..)| value.is_finite());
+    let device = model.devices()[0].clone();
+    let results = round_robin(
+        model,
+        shards.len(),
+        usize::MAX,
+        |m| m.clone().fork(&device),
+        |m, s| {
+            let (value, extra) = loss(m, &shards[s]);
+            let scalar: f64 = value.clone().into_scalar().elem();
+            let grads = scalar
+                .is_finite()
+                .then(|| GradientsParams::from_grads(value.backward(), m));
+            (scalar, extra, grads)
+        },
+    );
+    let finite = results.iter().all(|(value, ..)| value.is_finite());
     let mut grads = Vec::with_capacity(results.len());
     let mut outputs = Vec::with_capacity(results.len());
-    for (_, value, extra, g) in results {
+    for (value, extra, g) in results {
         outputs.push((value, extra));
         grads.extend(g);
     }

@@ -117,56 +117,20 @@ pub fn host_logprobs<B: Backend>(
     let mut by_length: Vec<usize> = (0..samples.len()).collect();
     by_length.sort_by_key(|&i| samples[i].prompt.len() + samples[i].completion.len());
     let batches: Vec<&[usize]> = by_length.chunks(chunk.max(1)).collect();
-    let run = |model: &Transformer<B>, batch: &[usize]| -> Vec<f32> {
-        let pairs: Vec<(Vec<u32>, Vec<u32>)> = batch
+    let threads = if side_by_side { usize::MAX } else { 1 };
+    let computed = crate::shard::round_robin(model, batches.len(), threads, Clone::clone, |model, b| {
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> = batches[b]
             .iter()
             .map(|&i| (samples[i].prompt.clone(), samples[i].completion.clone()))
             .collect();
         completion_logprobs(model, &pairs)
             .logprobs
             .into_data()
-            .to_vec()
+            .to_vec::<f32>()
             .expect("f32 log-probs")
-    };
-    let threads = if side_by_side {
-        std::thread::available_parallelism()
-            .map(std::num::NonZeroUsize::get)
-            .unwrap_or(1)
-            .min(batches.len())
-            .max(1)
-    } else {
-        1
-    };
-    // Thread `t` computes batches `t, t + threads, ...`.
-    let computed: Vec<(usize, Vec<f32>)> = if threads == 1 {
-        batches
-            .iter()
-            .enumerate()
-            .map(|(b, batch)| (b, run(model, batch)))
-            .collect()
-    } else {
-        let (run, batches) = (&run, &batches);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let model = model.clone();
-                    scope.spawn(move || {
-                        (t..batches.len())
-                            .step_by(threads)
-                            .map(|b| (b, run(&model, batches[b])))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                .collect()
-        })
-    };
+    });
     let mut out = vec![Vec::new(); samples.len()];
-    for (b, data) in computed {
-        let batch = batches[b];
+    for (batch, data) in batches.iter().zip(computed) {
         let width = data.len() / batch.len();
         for (row, &i) in batch.iter().enumerate() {
             out[i] = data[row * width..row * width + samples[i].completion.len()].to_vec();
