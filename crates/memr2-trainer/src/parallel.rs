@@ -10,7 +10,8 @@ use std::num::NonZeroUsize;
 /// Items below which [`map`] does not spawn.
 const MIN_PARALLEL: usize = 8;
 
-fn threads() -> usize {
+/// The machine's cores (1 when it cannot tell).
+pub(crate) fn threads() -> usize {
     std::thread::available_parallelism()
         .map(NonZeroUsize::get)
         .unwrap_or(1)

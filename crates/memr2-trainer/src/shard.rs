@@ -13,8 +13,6 @@
 //! Shards are summed in shard order whatever the number of threads, so a run's numbers depend
 //! on the number of shards (a configuration value) and not on the machine's cores.
 
-use std::num::NonZeroUsize;
-
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
@@ -33,12 +31,6 @@ pub fn deal<T: Clone>(items: &[T], shards: usize) -> Vec<Vec<T>> {
     out
 }
 
-fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(NonZeroUsize::get)
-        .unwrap_or(1)
-}
-
 /// `(0..n).map(|i| work(model, i))` on up to `max_threads` threads, and no more than the
 /// machine has cores: thread `t` takes `t, t + threads, ...`, the calling thread with `model`
 /// itself and every other thread with its own `copy(model)`. Results come back in index
@@ -54,7 +46,7 @@ where
     M: Send,
     R: Send,
 {
-    let threads = cores().min(max_threads).min(n).max(1);
+    let threads = crate::parallel::threads().min(max_threads).min(n).max(1);
     let run = |m: &M, t: usize| {
         (t..n)
             .step_by(threads)
