@@ -14,6 +14,7 @@ use memr2_trainer::checkpoint;
 use memr2_trainer::config::{DataSpec, ModelSpec, Preset, TrainConfig};
 use memr2_trainer::data::{environment, splits};
 use memr2_trainer::eval::report_table;
+use memr2_trainer::TrainError;
 use memr2_trainer::train::{self, Event, RunDir, RunOptions};
 
 #[derive(Parser)]
@@ -107,6 +108,10 @@ struct TrainArgs {
     /// machine's cores (1: no data parallelism; the presets' default on `wgpu` and `cuda`).
     #[arg(long)]
     shards: Option<usize>,
+    /// Stop once this many RL steps have been taken in total, leaving the run to continue
+    /// with `--resume` (its `latest` checkpoint holds the policy after that step).
+    #[arg(long)]
+    stop_after_steps: Option<u64>,
     /// Print the resolved configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -371,6 +376,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
             RunOptions {
                 dir: dir.clone(),
                 resume: true,
+                stop_after_steps: args.stop_after_steps,
                 ..RunOptions::default()
             },
         ),
@@ -389,6 +395,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
                 RunOptions {
                     dir,
                     init_from: args.init_from.clone(),
+                    stop_after_steps: args.stop_after_steps,
                     ..RunOptions::default()
                 },
             )
@@ -441,14 +448,23 @@ fn train_command(args: TrainArgs) -> Result<()> {
         )),
     }
     };
-    let report = with_backend!(args.backend, |B, device| train::run::<B>(
+    let outcome = with_backend!(args.backend, |B, device| train::run::<B>(
         config,
         &options,
         &device,
         &mut observe
-    )
-    .with_context(|| format!("training run {}", options.dir.display()))?);
+    ));
     bar.finish_and_clear();
+    let report = match outcome {
+        Err(TrainError::Stopped { step }) => {
+            println!(
+                "stopped after {step} RL steps as asked; continue with: memr2 train --resume {}",
+                options.dir.display()
+            );
+            return Ok(());
+        }
+        other => other.with_context(|| format!("training run {}", options.dir.display()))?,
+    };
     println!("{}", report.table);
     println!("run directory: {}", report.dir.display());
     Ok(())
