@@ -10,11 +10,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_sim::{Environment, Split};
+use memr2_trainer::TrainError;
 use memr2_trainer::checkpoint;
 use memr2_trainer::config::{DataSpec, ModelSpec, Preset, TrainConfig};
 use memr2_trainer::data::{environment, splits};
 use memr2_trainer::eval::report_table;
-use memr2_trainer::TrainError;
 use memr2_trainer::train::{self, Event, RunDir, RunOptions};
 
 #[derive(Parser)]
