@@ -287,8 +287,8 @@ impl TrainConfig {
     }
 
     /// The built-in CPU run. Sizes are chosen from the measured CPU rates in docs/PERF.md: the
-    /// whole run (6 SFT epochs, the answerer, three curriculum stages, evaluation) takes about
-    /// 40 minutes alone on two cores (projected from timed phases), most of it the SFT epochs
+    /// whole run (6 SFT epochs, the answerer, three curriculum stages, evaluation) takes 29
+    /// minutes alone on two cores (the release build, timed), half of it the SFT epochs
     /// the extractor needs before it copies facts (docs/RESULTS.md). The objective's defaults
     /// are the paper's, except the group sizes (n = 4, k = 4 instead of 8 and 4), which the
     /// CPU budget forces. The RL learning rate (5e-5) was chosen over 2e-4 on three seeds.
