@@ -166,6 +166,12 @@ pub struct RlConfig {
     pub episodes_per_step: usize,
     /// AdamW learning rate.
     pub learning_rate: f64,
+    /// RL steps at the start of each stage over which the learning rate ramps up linearly:
+    /// step `j` of a stage (from 0) uses `(j + 1) / (warmup_steps + 1)` of `learning_rate`
+    /// (absent: 0, no ramp). Each stage starts with a fresh AdamW, whose first updates move
+    /// every parameter by about the learning rate, however small and noisy its gradient.
+    #[serde(default)]
+    pub warmup_steps: usize,
     /// Global gradient-norm clip.
     pub max_grad_norm: f64,
     /// Sequences per minibatch in the update.
@@ -185,6 +191,14 @@ pub struct RlConfig {
     /// earns by answering "unknown" (docs/RESULTS.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reward_excludes: Vec<Category>,
+}
+
+impl RlConfig {
+    /// The learning rate of step `step_in_stage` (from 0) of a curriculum stage.
+    pub fn learning_rate_at(&self, step_in_stage: usize) -> f64 {
+        let ramp = (step_in_stage + 1) as f64 / (self.warmup_steps + 1) as f64;
+        self.learning_rate * ramp.min(1.0)
+    }
 }
 
 /// The progressive curriculum over horizons.
@@ -233,6 +247,11 @@ pub struct AgentConfig {
 pub struct EvalConfig {
     /// Validation conversations used to pick the best checkpoint of a stage.
     pub validation_episodes: usize,
+    /// Horizon of the validation that picks a stage's best checkpoint (absent: the stage's
+    /// own horizon). Validating every stage at the evaluation's horizon scores all candidates
+    /// on more questions and on what the run is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_sessions: Option<usize>,
     /// Test conversations of the final evaluation.
     pub test_episodes: usize,
     /// Horizon of the final evaluation.
@@ -335,6 +354,7 @@ impl TrainConfig {
                 logo,
                 episodes_per_step: 1,
                 learning_rate: 5e-5,
+                warmup_steps: 0,
                 max_grad_norm: 1.0,
                 minibatch_size: 32,
                 temperature: 1.0,
@@ -349,6 +369,7 @@ impl TrainConfig {
             },
             eval: EvalConfig {
                 validation_episodes: 8,
+                validation_sessions: None,
                 test_episodes: 16,
                 sessions: 32,
             },
@@ -381,6 +402,7 @@ impl TrainConfig {
         };
         config.eval = EvalConfig {
             validation_episodes: 1,
+            validation_sessions: None,
             test_episodes: 2,
             sessions: 8,
         };
@@ -500,8 +522,8 @@ impl TrainConfig {
         if a.max_extract_tokens == 0 || a.max_manage_tokens == 0 || a.max_answer_tokens == 0 {
             return bad("agent token budgets must be at least 1".into());
         }
-        if self.eval.sessions == 0 {
-            return bad("eval.sessions must be at least 1".into());
+        if self.eval.sessions == 0 || self.eval.validation_sessions == Some(0) {
+            return bad("eval.sessions and eval.validation_sessions must be at least 1".into());
         }
         if let ModelSpec::Tiny {
             vocab_size,
@@ -608,6 +630,29 @@ mod tests {
         let mut c = TrainConfig::smoke();
         c.shards = 0;
         assert!(c.validate().is_err());
+        let mut c = TrainConfig::smoke();
+        c.eval.validation_sessions = Some(0);
+        assert!(c.validate().is_err());
+        c.eval.validation_sessions = Some(8);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn rl_warmup_ramps_the_learning_rate_then_holds_it() {
+        let mut rl = TrainConfig::default_cpu().rl;
+        rl.learning_rate = 6e-5;
+        rl.warmup_steps = 2;
+        let rates: Vec<f64> = (0..5).map(|j| rl.learning_rate_at(j)).collect();
+        for (got, want) in rates.iter().zip([2e-5, 4e-5, 6e-5, 6e-5, 6e-5]) {
+            assert!((got - want).abs() < 1e-12, "{rates:?}");
+        }
+        rl.warmup_steps = 0;
+        assert_eq!(rl.learning_rate_at(0), 6e-5);
+        // Configurations written before the field existed have no ramp.
+        let mut value = serde_json::to_value(TrainConfig::default_cpu()).unwrap();
+        value["rl"].as_object_mut().unwrap().remove("warmup_steps");
+        let config: TrainConfig = serde_json::from_value(value).unwrap();
+        assert_eq!(config.rl.warmup_steps, 0);
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub struct StepMetrics {
     pub step: u64,
     /// Curriculum horizon of the step.
     pub horizon: usize,
+    /// Learning rate of the step's update.
+    #[serde(default)]
+    pub learning_rate: f64,
     /// Per-session rewards of global samples.
     pub reward_global: MeanStd,
     /// Rewards of local rerollouts.
@@ -113,13 +116,14 @@ pub struct StepMetrics {
     pub step_s: f64,
 }
 
-/// Runs one step on `episodes` (already cut to the stage's horizon) and returns the updated
-/// model with the step's metrics.
+/// Runs one step on `episodes` (already cut to the stage's horizon), updating at
+/// `learning_rate`, and returns the updated model with the step's metrics.
 pub fn rl_step<B, O>(
     model: Transformer<B>,
     optim: &mut O,
     ctx: &StepContext<'_, B>,
     episodes: &[Episode],
+    learning_rate: f64,
     rng: &mut ChaCha8Rng,
 ) -> Result<(Transformer<B>, StepMetrics), crate::TrainError>
 where
@@ -145,6 +149,7 @@ where
     };
     let mut metrics = StepMetrics {
         horizon,
+        learning_rate,
         ..StepMetrics::default()
     };
 
@@ -375,7 +380,7 @@ where
         loss: &loss,
         epochs: logo.ppo_epochs,
         minibatch_size: cfg.rl.minibatch_size,
-        learning_rate: cfg.rl.learning_rate,
+        learning_rate,
         max_grad_norm: cfg.rl.max_grad_norm,
         shards: cfg.shards,
     };

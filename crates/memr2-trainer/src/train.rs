@@ -527,7 +527,8 @@ pub fn run<B: AutodiffBackend>(
                 .questions
                 .retain(|q| !config.rl.reward_excludes.contains(&q.category));
         }
-        let validation = at_horizon(&data.validation, h, config.eval.validation_episodes);
+        let validation_h = config.eval.validation_sessions.unwrap_or(h);
+        let validation = at_horizon(&data.validation, validation_h, config.eval.validation_episodes);
         let best_dir = run.checkpoint(&format!("best-stage-{h}"));
         let total = config.curriculum.steps_per_stage as u64;
         observe(Event::Phase {
@@ -544,7 +545,12 @@ pub fn run<B: AutodiffBackend>(
                 &mut state.rng,
             );
             state.best = Some((f1, state.step));
-            log.append(&serde_json::json!({ "step": state.step, "horizon": h, "validation_f1": f1 }))?;
+            log.append(&serde_json::json!({
+                "step": state.step,
+                "horizon": h,
+                "validation_sessions": validation_h,
+                "validation_f1": f1
+            }))?;
             checkpoint::save::<B, ()>(&best_dir, &model, &arch, None, None)?;
         }
         for step_in_stage in steps_done..config.curriculum.steps_per_stage {
@@ -555,7 +561,14 @@ pub fn run<B: AutodiffBackend>(
                 .choose_multiple(&mut state.rng, config.rl.episodes_per_step.min(train_pool.len()))
                 .cloned()
                 .collect();
-            let (next, mut metrics) = rl_step(model, &mut optim, &context, &episodes, &mut state.rng)?;
+            let (next, mut metrics) = rl_step(
+                model,
+                &mut optim,
+                &context,
+                &episodes,
+                config.rl.learning_rate_at(step_in_stage),
+                &mut state.rng,
+            )?;
             model = next;
             state.step += 1;
             metrics.step = state.step;
@@ -571,7 +584,12 @@ pub fn run<B: AutodiffBackend>(
                     &validation,
                     &mut state.rng,
                 );
-                log.append(&serde_json::json!({ "step": state.step, "horizon": h, "validation_f1": f1 }))?;
+                log.append(&serde_json::json!({
+                    "step": state.step,
+                    "horizon": h,
+                    "validation_sessions": validation_h,
+                    "validation_f1": f1
+                }))?;
                 if state.best.is_none_or(|(best, _)| f1 > best) {
                     state.best = Some((f1, state.step));
                     checkpoint::save::<B, ()>(&best_dir, &model, &arch, None, None)?;
