@@ -50,6 +50,7 @@ fn locomo_config(model: PathBuf) -> TrainConfig {
     };
     config.eval = EvalConfig {
         validation_episodes: 1,
+        validation_sessions: None,
         test_episodes: 1,
         sessions: 2,
     };

@@ -18,8 +18,12 @@ fn tiny_config() -> TrainConfig {
         steps_per_stage: 2,
         validate_every: 1,
     };
+    config.rl.warmup_steps = 1;
     config.eval = EvalConfig {
         validation_episodes: 1,
+        // Every stage validated at the evaluation's horizon (and the learning rate ramped
+        // above): a resumed run must reproduce both.
+        validation_sessions: Some(3),
         test_episodes: 1,
         sessions: 3,
     };
