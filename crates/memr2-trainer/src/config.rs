@@ -191,6 +191,11 @@ pub struct RlConfig {
     /// earns by answering "unknown" (docs/RESULTS.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reward_excludes: Vec<Category>,
+    /// A control, not a way to train: permute the rewards within every group before the
+    /// advantages, so that each update has the real one's sizes and tokens and none of its
+    /// information. What RL learns should beat a placebo run (absent: false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub placebo: bool,
 }
 
 impl RlConfig {
@@ -361,6 +366,7 @@ impl TrainConfig {
                 top_p: 1.0,
                 train_episodes: None,
                 reward_excludes: Vec::new(),
+                placebo: false,
             },
             curriculum: CurriculumConfig {
                 horizons: vec![8, 16, 32],

@@ -12,7 +12,7 @@ use memr2_policy::Transformer;
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_sim::{Episode, Question, ScoreBoard};
 use rand::Rng;
-use rand::seq::IndexedRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -114,6 +114,23 @@ pub struct StepMetrics {
     pub update_s: f64,
     /// Seconds of the whole step.
     pub step_s: f64,
+}
+
+/// Permutes the rewards among the members of each group: the placebo update of
+/// `rl.placebo`, with the real update's advantages (the same values per group) attached to
+/// the wrong samples.
+fn shuffle_within_groups(samples: &mut [Sample], rng: &mut ChaCha8Rng) {
+    let mut groups: BTreeMap<GroupKey, Vec<usize>> = BTreeMap::new();
+    for (i, sample) in samples.iter().enumerate() {
+        groups.entry(sample.key).or_default().push(i);
+    }
+    for members in groups.values() {
+        let mut rewards: Vec<f32> = members.iter().map(|&i| samples[i].reward).collect();
+        rewards.shuffle(rng);
+        for (&i, reward) in members.iter().zip(rewards) {
+            samples[i].reward = reward;
+        }
+    }
 }
 
 /// Runs one step on `episodes` (already cut to the stage's horizon), updating at
@@ -315,6 +332,9 @@ where
     metrics.rollout_s += local_start.elapsed().as_secs_f64();
 
     // 4. Advantages per group, then the samples to train on.
+    if cfg.rl.placebo {
+        shuffle_within_groups(&mut samples, rng);
+    }
     let advantages = compute_advantages(&samples, logo.advantage_scaling, logo.advantage_eps)?;
     metrics.groups = advantages.groups;
     metrics.local_groups = local_meta.len() / logo.k_rerollouts.max(1);
@@ -390,4 +410,45 @@ where
     metrics.update = update;
     metrics.step_s = start.elapsed().as_secs_f64();
     Ok((model, metrics))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn the_placebo_permutes_rewards_within_each_group_only() {
+        let mut samples = Vec::new();
+        for session in 1..=3u32 {
+            for r in 0..4 {
+                let key = GroupKey::global(0, session);
+                let reward = session as f32 * 10.0 + r as f32;
+                samples.push(Sample::new(key, reward, samples.len()));
+            }
+        }
+        for r in 0..4 {
+            let reward = 100.0 + r as f32;
+            samples.push(Sample::new(GroupKey::local(0, 2, 1), reward, samples.len()));
+        }
+        let before = samples.clone();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        shuffle_within_groups(&mut samples, &mut rng);
+        let mut moved = false;
+        for (a, b) in before.chunks(4).zip(samples.chunks(4)) {
+            // Same keys and sequences in place, the same rewards per group, in another order.
+            assert!(
+                a.iter()
+                    .zip(b)
+                    .all(|(x, y)| x.key == y.key && x.sequence == y.sequence)
+            );
+            let mut x: Vec<f32> = a.iter().map(|s| s.reward).collect();
+            let mut y: Vec<f32> = b.iter().map(|s| s.reward).collect();
+            moved |= x != y;
+            x.sort_by(f32::total_cmp);
+            y.sort_by(f32::total_cmp);
+            assert_eq!(x, y);
+        }
+        assert!(moved, "four groups of four kept their order");
+    }
 }
