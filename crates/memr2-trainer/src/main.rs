@@ -44,7 +44,7 @@ enum BackendKind {
 #[derive(Subcommand)]
 enum Command {
     /// Train: SFT warm start, then the LoGo-GRPO curriculum, then the evaluation table.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a run's checkpoints per category on held-out conversations.
     Eval(EvalArgs),
     /// Show one conversation's memory and operation history, session by session.
@@ -288,7 +288,7 @@ fn main() {
 
 fn real_main() -> Result<()> {
     match Cli::parse().command {
-        Command::Train(args) => train_command(args),
+        Command::Train(args) => train_command(*args),
         Command::Eval(args) => with_backend!(args.backend, |B, device| eval_command::<B>(&args, &device)),
         Command::Inspect(args) => {
             with_backend!(args.backend, |B, device| inspect_command::<B>(&args, &device))
