@@ -535,22 +535,21 @@ pub fn run<B: AutodiffBackend>(
             name: format!("LoGo-GRPO stage {}/{} ({h} sessions)", stage + 1, horizons.len()),
             total,
         });
-        if steps_done == 0 {
-            let f1 = validate(
-                &model.valid(),
-                answerer,
-                &tokenizer,
-                &config,
-                &validation,
-                &mut state.rng,
-            );
-            state.best = Some((f1, state.step));
-            log.append(&serde_json::json!({
-                "step": state.step,
+        let score = |model: &Transformer<B>, rng: &mut ChaCha8Rng| {
+            validate(&model.valid(), answerer, &tokenizer, &config, &validation, rng)
+        };
+        let record = |step: u64, f1: f64| {
+            serde_json::json!({
+                "step": step,
                 "horizon": h,
                 "validation_sessions": validation_h,
                 "validation_f1": f1
-            }))?;
+            })
+        };
+        if steps_done == 0 {
+            let f1 = score(&model, &mut state.rng);
+            state.best = Some((f1, state.step));
+            log.append(&record(state.step, f1))?;
             checkpoint::save::<B, ()>(&best_dir, &model, &arch, None, None)?;
         }
         for step_in_stage in steps_done..config.curriculum.steps_per_stage {
@@ -576,20 +575,8 @@ pub fn run<B: AutodiffBackend>(
             log.append(&metrics)?;
             let done = step_in_stage + 1;
             if done % config.curriculum.validate_every == 0 || done == config.curriculum.steps_per_stage {
-                let f1 = validate(
-                    &model.valid(),
-                    answerer,
-                    &tokenizer,
-                    &config,
-                    &validation,
-                    &mut state.rng,
-                );
-                log.append(&serde_json::json!({
-                    "step": state.step,
-                    "horizon": h,
-                    "validation_sessions": validation_h,
-                    "validation_f1": f1
-                }))?;
+                let f1 = score(&model, &mut state.rng);
+                log.append(&record(state.step, f1))?;
                 if state.best.is_none_or(|(best, _)| f1 > best) {
                     state.best = Some((f1, state.step));
                     checkpoint::save::<B, ()>(&best_dir, &model, &arch, None, None)?;
