@@ -223,6 +223,22 @@ fn same_seed_same_bytes_different_seed_different() {
 }
 
 #[test]
+fn growing_a_split_keeps_its_first_episodes() {
+    let small = WorldConfig {
+        train_episodes: 4,
+        validation_episodes: 2,
+        test_episodes: 3,
+        ..WorldConfig::default_cpu()
+    };
+    let (small, large) = (SyntheticWorld::new(small, 7).unwrap(), world(7));
+    for split in Split::ALL {
+        let (a, b) = (small.episodes(split), large.episodes(split));
+        assert!(b.len() > a.len(), "{split:?}: {} <= {}", b.len(), a.len());
+        assert_eq!(a[..], b[..a.len()], "{split:?}");
+    }
+}
+
+#[test]
 fn default_world_is_small() {
     let w = world(1);
     let cfg = w.config();

@@ -54,7 +54,11 @@ impl Default for WorldConfig {
 impl WorldConfig {
     /// The default world, sized for a model of a few million parameters trained on a 2-core
     /// CPU: two speakers and one relative, 32 sessions of 4-6 short turns of which 1-2 state a
-    /// fact, a vocabulary of a few hundred words, 16 questions per episode.
+    /// fact, a vocabulary of a few hundred words, 16 questions per episode. 64 training
+    /// conversations, 16 for validation and 64 for test: a question of the test split is worth
+    /// 0.1 F1 point, finer than the differences between policies that it has to tell apart.
+    /// Every episode is a function of its split and index alone, so growing a split adds
+    /// conversations and leaves the existing ones as they were.
     pub fn default_cpu() -> Self {
         Self {
             people: 3,
@@ -67,8 +71,8 @@ impl WorldConfig {
             max_changes: 3,
             questions: 16,
             train_episodes: 64,
-            validation_episodes: 8,
-            test_episodes: 16,
+            validation_episodes: 16,
+            test_episodes: 64,
         }
     }
 
