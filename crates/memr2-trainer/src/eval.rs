@@ -191,6 +191,23 @@ pub fn final_memories<B: Backend>(
     }
 }
 
+/// A system's scores on a set of episodes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scores {
+    /// F1 / EM / BLEU-1 overall and per category.
+    pub board: ScoreBoard,
+    /// Each episode's question count and its questions' summed F1, in the episodes' order:
+    /// what [`paired_differences`] compares, one conversation at a time.
+    pub per_episode: Vec<(usize, f64)>,
+}
+
+impl Scores {
+    /// Mean F1 over every question.
+    pub fn f1(&self) -> f64 {
+        self.board.overall().f1
+    }
+}
+
 /// Answers every question of every episode from the final memories and scores them.
 pub fn score_memories<B: Backend>(
     answerer: &Transformer<B>,
@@ -199,24 +216,32 @@ pub fn score_memories<B: Backend>(
     episodes: &[Episode],
     memories: &[RolloutState],
     rng: &mut ChaCha8Rng,
-) -> ScoreBoard {
+) -> Scores {
     let agent = Agent {
         model: answerer,
         tokenizer,
         config: cfg,
     };
     let mut items = Vec::new();
-    for (episode, state) in episodes.iter().zip(memories) {
+    let mut owner = Vec::new();
+    for (e, (episode, state)) in episodes.iter().zip(memories).enumerate() {
         let last = state.snapshots.last().expect("a rollout has a snapshot");
         items.extend(episode.questions.iter().map(|q| (last, q)));
+        owner.extend(episode.questions.iter().map(|_| e));
     }
     let (answers, _) = answer_questions(&agent, &items, rng);
-    let mut board = ScoreBoard::default();
-    for ((_, q), a) in items.iter().zip(&answers) {
+    let mut scores = Scores {
+        board: ScoreBoard::default(),
+        per_episode: vec![(0, 0.0); episodes.len()],
+    };
+    for (((_, q), a), &e) in items.iter().zip(&answers).zip(&owner) {
         tracing::debug!(category = q.category.name(), question = %q.question, gold = %q.answer, answer = %a, "answered");
-        board.add(q.category, a, &q.answer);
+        let score = scores.board.add(q.category, a, &q.answer);
+        let slot = &mut scores.per_episode[e];
+        slot.0 += 1;
+        slot.1 += score.f1;
     }
-    board
+    scores
 }
 
 /// Evaluates one memory source end to end.
@@ -227,20 +252,107 @@ pub fn evaluate<B: Backend>(
     cfg: &AgentConfig,
     episodes: &[Episode],
     rng: &mut ChaCha8Rng,
-) -> ScoreBoard {
+) -> Scores {
     let _span = tracing::info_span!("evaluate", episodes = episodes.len()).entered();
     let memories = final_memories(source, episodes, tokenizer, cfg, rng);
     score_memories(answerer, tokenizer, cfg, episodes, &memories, rng)
 }
 
+/// The difference in mean F1 between two systems scored on the same episodes, paired by
+/// episode.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PairedDifference {
+    /// `F1(a) - F1(b)` over all questions: the difference of the two rows of the table.
+    pub mean: f64,
+    /// Its standard error with the episodes as the unit (a memory's failure costs several of
+    /// its conversation's questions at once, so questions are not independent samples).
+    pub std_error: f64,
+    /// Episodes on which `a` scored higher, lower, and the same.
+    pub better: usize,
+    /// See `better`.
+    pub worse: usize,
+    /// See `better`.
+    pub level: usize,
+}
+
+/// `a - b`, paired by episode, weighted by each episode's questions; `None` when the two were
+/// not scored on the same episodes or have no question.
+pub fn paired_difference(a: &Scores, b: &Scores) -> Option<PairedDifference> {
+    if a.per_episode.len() != b.per_episode.len()
+        || a.per_episode.iter().zip(&b.per_episode).any(|(x, y)| x.0 != y.0)
+    {
+        return None;
+    }
+    let total: usize = a.per_episode.iter().map(|e| e.0).sum();
+    if total == 0 {
+        return None;
+    }
+    let n = total as f64;
+    // Per episode: its questions n_c and its summed difference; the mean is sum(d_c) / N and
+    // its cluster-robust variance C/(C-1) * sum((d_c - n_c * mean)^2) / N^2.
+    let diffs: Vec<(f64, f64)> = a
+        .per_episode
+        .iter()
+        .zip(&b.per_episode)
+        .filter(|(x, _)| x.0 > 0)
+        .map(|(x, y)| (x.0 as f64, x.1 - y.1))
+        .collect();
+    let mean = diffs.iter().map(|d| d.1).sum::<f64>() / n;
+    let clusters = diffs.len() as f64;
+    let std_error = if clusters > 1.0 {
+        let ss: f64 = diffs.iter().map(|(nc, d)| (d - nc * mean).powi(2)).sum();
+        (clusters / (clusters - 1.0) * ss).sqrt() / n
+    } else {
+        0.0
+    };
+    let tolerance = 1e-9;
+    Some(PairedDifference {
+        mean,
+        std_error,
+        better: diffs.iter().filter(|d| d.1 > tolerance).count(),
+        worse: diffs.iter().filter(|d| d.1 < -tolerance).count(),
+        level: diffs.iter().filter(|d| d.1.abs() <= tolerance).count(),
+    })
+}
+
+/// A Markdown table of paired differences in F1 between the rows of an evaluation (each later
+/// row minus each earlier one, leaving out the rows named in `skip`), with standard errors
+/// over the test conversations: whether the table's ordering is more than the choice of test
+/// conversations.
+pub fn differences_table(rows: &[(String, Scores)], skip: &[&str]) -> String {
+    let kept: Vec<&(String, Scores)> = rows
+        .iter()
+        .filter(|(name, _)| !skip.contains(&name.as_str()))
+        .collect();
+    let mut out = String::from(
+        "| comparison | F1 difference | standard error | conversations better / worse / level |\n|---|---:|---:|---|\n",
+    );
+    for (j, (later, b)) in kept.iter().enumerate() {
+        for (earlier, a) in &kept[..j] {
+            if let Some(d) = paired_difference(b, a) {
+                let _ = writeln!(
+                    out,
+                    "| {later} - {earlier} | {:+.1} | {:.1} | {} / {} / {} |",
+                    100.0 * d.mean,
+                    100.0 * d.std_error,
+                    d.better,
+                    d.worse,
+                    d.level
+                );
+            }
+        }
+    }
+    out
+}
+
 /// A Markdown table: one row per system, F1 / EM / BLEU-1 overall and F1 per category.
-pub fn report_table(rows: &[(String, ScoreBoard)]) -> String {
+pub fn report_table(rows: &[(String, Scores)]) -> String {
     let categories: Vec<Category> = Category::ALL
         .iter()
         .copied()
         .filter(|c| {
             rows.iter()
-                .any(|(_, b)| b.categories().iter().any(|(k, _)| k == c))
+                .any(|(_, s)| s.board.categories().iter().any(|(k, _)| k == c))
         })
         .collect();
     let mut out = String::new();
@@ -253,7 +365,8 @@ pub fn report_table(rows: &[(String, ScoreBoard)]) -> String {
         out.push_str("---:|");
     }
     out.push_str("---:|\n");
-    for (name, board) in rows {
+    for (name, scores) in rows {
+        let board = &scores.board;
         let all = board.overall();
         let _ = write!(
             out,
@@ -274,4 +387,105 @@ pub fn report_table(rows: &[(String, ScoreBoard)]) -> String {
         let _ = writeln!(out, " {} |", all.count);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memr2_sim::AnswerScore;
+    use proptest::prelude::*;
+
+    /// Scores whose episode `e` has `f1s[e]` as its questions' F1 values.
+    fn scores(f1s: &[Vec<f64>]) -> Scores {
+        let mut out = Scores::default();
+        for values in f1s {
+            for &f1 in values {
+                let score = AnswerScore {
+                    f1,
+                    em: f1,
+                    bleu1: f1,
+                };
+                out.board.add_score(Category::SingleHop, score);
+            }
+            out.per_episode.push((values.len(), values.iter().sum()));
+        }
+        out
+    }
+
+    #[test]
+    fn a_constant_gap_has_no_spread() {
+        let a = scores(&[vec![1.0, 0.5], vec![0.5, 0.5], vec![1.0, 1.0]]);
+        let b = scores(&[vec![0.5, 0.5], vec![0.5, 0.0], vec![1.0, 0.5]]);
+        let d = paired_difference(&a, &b).unwrap();
+        assert!((d.mean - 0.25).abs() < 1e-12, "{d:?}");
+        assert!(d.std_error < 1e-12, "{d:?}");
+        assert_eq!((d.better, d.worse, d.level), (3, 0, 0));
+    }
+
+    #[test]
+    fn other_episodes_cannot_be_paired() {
+        let a = scores(&[vec![1.0], vec![0.0]]);
+        assert_eq!(paired_difference(&a, &scores(&[vec![1.0]])), None);
+        assert_eq!(paired_difference(&a, &scores(&[vec![1.0], vec![0.0, 1.0]])), None);
+        assert_eq!(paired_difference(&scores(&[vec![]]), &scores(&[vec![]])), None);
+    }
+
+    #[test]
+    fn the_table_lists_each_later_row_against_each_earlier_one() {
+        let rows = vec![
+            ("no memory".to_string(), scores(&[vec![0.0], vec![1.0]])),
+            (ORACLE.to_string(), scores(&[vec![1.0], vec![1.0]])),
+            ("SFT only".to_string(), scores(&[vec![1.0], vec![1.0]])),
+            ("LoGo-GRPO".to_string(), scores(&[vec![1.0], vec![0.0]])),
+        ];
+        let table = differences_table(&rows, &[ORACLE]);
+        assert!(
+            table.contains("| SFT only - no memory | +50.0 | 50.0 | 1 / 0 / 1 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| LoGo-GRPO - SFT only | -50.0 | 50.0 | 0 / 1 / 1 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| LoGo-GRPO - no memory | +0.0 | 100.0 | 1 / 1 / 0 |"),
+            "{table}"
+        );
+        assert!(!table.contains(ORACLE), "{table}");
+    }
+
+    const ORACLE: &str = "oracle memory";
+
+    fn episodes() -> impl Strategy<Value = Vec<Vec<f64>>> {
+        prop::collection::vec(prop::collection::vec(0.0..=1.0f64, 0..6), 1..12)
+    }
+
+    proptest! {
+        #[test]
+        fn the_mean_is_the_gap_between_the_rows_and_swapping_negates_it(
+            a in episodes(),
+            shift in prop::collection::vec(-1.0..=1.0f64, 12),
+        ) {
+            // b: the same episodes and question counts, other F1 values.
+            let b: Vec<Vec<f64>> = a
+                .iter()
+                .zip(&shift)
+                .map(|(v, s)| v.iter().map(|x| (x + s).clamp(0.0, 1.0)).collect())
+                .collect();
+            let (sa, sb) = (scores(&a), scores(&b));
+            match paired_difference(&sa, &sb) {
+                None => prop_assert!(a.iter().all(Vec::is_empty)),
+                Some(d) => {
+                    prop_assert!((d.mean - (sa.f1() - sb.f1())).abs() < 1e-9);
+                    let r = paired_difference(&sb, &sa).unwrap();
+                    prop_assert!((r.mean + d.mean).abs() < 1e-12);
+                    prop_assert!((r.std_error - d.std_error).abs() < 1e-12);
+                    prop_assert_eq!((r.better, r.worse, r.level), (d.worse, d.better, d.level));
+                    let answered = a.iter().filter(|v| !v.is_empty()).count();
+                    prop_assert_eq!(d.better + d.worse + d.level, answered);
+                    prop_assert!(d.std_error >= 0.0 && d.std_error.is_finite());
+                }
+            }
+        }
+    }
 }

@@ -11,7 +11,7 @@ use burn::tensor::backend::AutodiffBackend;
 use memr2_policy::roles::Role;
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{Transformer, TransformerConfig};
-use memr2_sim::{Episode, ScoreBoard, TeacherConfig};
+use memr2_sim::{Episode, TeacherConfig};
 use rand::SeedableRng;
 use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;
@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::checkpoint::{self, Phase, TrainState};
 use crate::config::{ModelSpec, SftConfig, TrainConfig};
 use crate::data::{Splits, splits};
-use crate::eval::{MemorySource, evaluate, extraction_score, report_table};
+use crate::eval::{MemorySource, Scores, differences_table, evaluate, extraction_score, report_table};
 use crate::metrics::MetricsLog;
 use crate::sft::{
     EpochSettings, TokenizedExample, answerer_corpus, answerer_horizons, build_examples, fit_context,
@@ -67,7 +67,7 @@ pub struct RunReport {
     /// The evaluation table (Markdown).
     pub table: String,
     /// Rows of the table.
-    pub rows: Vec<(String, ScoreBoard)>,
+    pub rows: Vec<(String, Scores)>,
     /// The run directory.
     pub dir: PathBuf,
 }
@@ -195,8 +195,7 @@ fn validate<B: Backend>(
         episodes,
         rng,
     )
-    .overall()
-    .f1
+    .f1()
 }
 
 /// Reports an SFT-style epoch's progress: minibatches done and the last loss.
@@ -464,8 +463,7 @@ pub fn run<B: AutodiffBackend>(
                     &validation,
                     &mut state.rng,
                 )
-                .overall()
-                .f1
+                .f1()
             };
             let (oracle_f1, no_memory_f1) = (score(MemorySource::Oracle), score(MemorySource::Empty));
             tracing::info!(
@@ -630,10 +628,12 @@ pub fn run<B: AutodiffBackend>(
     let rows = final_evaluation(&config, &data, &tokenizer, answerer, &systems, observe)?;
     let table = report_table(&rows);
     let report = format!(
-        "# Evaluation\n\nTest conversations: {}, horizon {} sessions, seed {}.\n\n{table}",
+        "# Evaluation\n\nTest conversations: {}, horizon {} sessions, seed {}.\n\n{table}\n\
+         Differences paired by test conversation:\n\n{}",
         config.eval.test_episodes.min(data.test.len()),
         config.eval.sessions,
-        config.seed
+        config.seed,
+        differences_table(&rows, &[ORACLE_ROW]),
     );
     std::fs::write(run.report(), &report).map_err(io(&run.report()))?;
     Ok(RunReport {
@@ -642,6 +642,9 @@ pub fn run<B: AutodiffBackend>(
         dir: run.0,
     })
 }
+
+/// The name of the evaluation's upper-bound row.
+pub const ORACLE_ROW: &str = "oracle memory";
 
 /// The evaluation table: no memory, oracle memory, then each named policy's memory, all
 /// answered by the same frozen answerer on the test conversations.
@@ -652,7 +655,7 @@ pub fn final_evaluation<B: Backend>(
     answerer: &Transformer<B>,
     systems: &[(&str, Option<&Transformer<B>>)],
     observe: &mut dyn FnMut(Event<'_>),
-) -> Result<Vec<(String, ScoreBoard)>, TrainError> {
+) -> Result<Vec<(String, Scores)>, TrainError> {
     let test = at_horizon(&data.test, config.eval.sessions, config.eval.test_episodes);
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed);
     let mut rows = Vec::new();
@@ -662,7 +665,7 @@ pub fn final_evaluation<B: Backend>(
     });
     let fixed: [(&str, MemorySource<'_, B>); 2] = [
         ("no memory", MemorySource::Empty),
-        ("oracle memory", MemorySource::Oracle),
+        (ORACLE_ROW, MemorySource::Oracle),
     ];
     for (name, source) in fixed.iter() {
         rows.push((

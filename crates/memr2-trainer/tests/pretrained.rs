@@ -86,7 +86,12 @@ fn a_hf_checkpoint_trains_on_locomo_end_to_end() {
             .all(|s| s["rollout_tokens_per_s"].as_f64().unwrap() > 0.0)
     );
     // The evaluation is over LoCoMo's held-out conversation, in its categories.
-    assert!(report.rows.iter().all(|(_, board)| board.overall().count > 0));
+    assert!(
+        report
+            .rows
+            .iter()
+            .all(|(_, scores)| scores.board.overall().count > 0)
+    );
     assert!(report.table.contains("single_hop"), "{}", report.table);
     // Checkpoints keep the HF architecture.
     let loaded = checkpoint::load::<B>(&options.dir.join("checkpoints/final"), &device).unwrap();
