@@ -197,7 +197,7 @@ pub struct Scores {
     /// F1 / EM / BLEU-1 overall and per category.
     pub board: ScoreBoard,
     /// Each episode's question count and its questions' summed F1, in the episodes' order:
-    /// what [`paired_differences`] compares, one conversation at a time.
+    /// what [`paired_difference`] compares, one conversation at a time.
     pub per_episode: Vec<(usize, f64)>,
 }
 
