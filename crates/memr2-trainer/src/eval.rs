@@ -395,6 +395,8 @@ mod tests {
     use memr2_sim::AnswerScore;
     use proptest::prelude::*;
 
+    use crate::train::ORACLE_ROW as ORACLE;
+
     /// Scores whose episode `e` has `f1s[e]` as its questions' F1 values.
     fn scores(f1s: &[Vec<f64>]) -> Scores {
         let mut out = Scores::default();
@@ -453,8 +455,6 @@ mod tests {
         );
         assert!(!table.contains(ORACLE), "{table}");
     }
-
-    const ORACLE: &str = "oracle memory";
 
     fn episodes() -> impl Strategy<Value = Vec<Vec<f64>>> {
         prop::collection::vec(prop::collection::vec(0.0..=1.0f64, 0..6), 1..12)
