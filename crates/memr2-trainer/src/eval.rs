@@ -315,15 +315,15 @@ pub fn paired_difference(a: &Scores, b: &Scores) -> Option<PairedDifference> {
     })
 }
 
+/// The name of the evaluation's upper-bound row, which [`differences_table`] leaves out.
+pub const ORACLE_ROW: &str = "oracle memory";
+
 /// A Markdown table of paired differences in F1 between the rows of an evaluation (each later
-/// row minus each earlier one, leaving out the rows named in `skip`), with standard errors
-/// over the test conversations: whether the table's ordering is more than the choice of test
+/// row minus each earlier one, all but the oracle's upper bound), with standard errors over
+/// the test conversations: whether the table's ordering is more than the choice of test
 /// conversations.
-pub fn differences_table(rows: &[(String, Scores)], skip: &[&str]) -> String {
-    let kept: Vec<&(String, Scores)> = rows
-        .iter()
-        .filter(|(name, _)| !skip.contains(&name.as_str()))
-        .collect();
+pub fn differences_table(rows: &[(String, Scores)]) -> String {
+    let kept: Vec<&(String, Scores)> = rows.iter().filter(|(name, _)| name != ORACLE_ROW).collect();
     let mut out = String::from(
         "| comparison | F1 difference | standard error | conversations better / worse / level |\n|---|---:|---:|---|\n",
     );
@@ -343,6 +343,15 @@ pub fn differences_table(rows: &[(String, Scores)], skip: &[&str]) -> String {
         }
     }
     out
+}
+
+/// The evaluation's Markdown: [`report_table`], then [`differences_table`].
+pub fn report_tables(rows: &[(String, Scores)]) -> String {
+    format!(
+        "{}\nDifferences paired by test conversation:\n\n{}",
+        report_table(rows),
+        differences_table(rows)
+    )
 }
 
 /// A Markdown table: one row per system, F1 / EM / BLEU-1 overall and F1 per category.
@@ -395,8 +404,6 @@ mod tests {
     use memr2_sim::AnswerScore;
     use proptest::prelude::*;
 
-    use crate::train::ORACLE_ROW as ORACLE;
-
     /// Scores whose episode `e` has `f1s[e]` as its questions' F1 values.
     fn scores(f1s: &[Vec<f64>]) -> Scores {
         let mut out = Scores::default();
@@ -436,11 +443,11 @@ mod tests {
     fn the_table_lists_each_later_row_against_each_earlier_one() {
         let rows = vec![
             ("no memory".to_string(), scores(&[vec![0.0], vec![1.0]])),
-            (ORACLE.to_string(), scores(&[vec![1.0], vec![1.0]])),
+            (ORACLE_ROW.to_string(), scores(&[vec![1.0], vec![1.0]])),
             ("SFT only".to_string(), scores(&[vec![1.0], vec![1.0]])),
             ("LoGo-GRPO".to_string(), scores(&[vec![1.0], vec![0.0]])),
         ];
-        let table = differences_table(&rows, &[ORACLE]);
+        let table = differences_table(&rows);
         assert!(
             table.contains("| SFT only - no memory | +50.0 | 50.0 | 1 / 0 / 1 |"),
             "{table}"
@@ -453,7 +460,7 @@ mod tests {
             table.contains("| LoGo-GRPO - no memory | +0.0 | 100.0 | 1 / 1 / 0 |"),
             "{table}"
         );
-        assert!(!table.contains(ORACLE), "{table}");
+        assert!(!table.contains(ORACLE_ROW), "{table}");
     }
 
     fn episodes() -> impl Strategy<Value = Vec<Vec<f64>>> {

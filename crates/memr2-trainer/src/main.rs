@@ -14,7 +14,7 @@ use memr2_trainer::TrainError;
 use memr2_trainer::checkpoint;
 use memr2_trainer::config::{DataSpec, ModelSpec, Preset, TrainConfig};
 use memr2_trainer::data::{environment, splits};
-use memr2_trainer::eval::{differences_table, report_table};
+use memr2_trainer::eval::report_tables;
 use memr2_trainer::train::{self, Event, RunDir, RunOptions};
 
 #[derive(Parser)]
@@ -465,11 +465,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
         }
         other => other.with_context(|| format!("training run {}", options.dir.display()))?,
     };
-    println!(
-        "{}\nDifferences paired by test conversation:\n\n{}",
-        report.table,
-        differences_table(&report.rows, &[train::ORACLE_ROW])
-    );
+    println!("{}", report.table);
     println!("run directory: {}", report.dir.display());
     Ok(())
 }
@@ -517,11 +513,10 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
         &mut |_| {},
     )?;
     println!(
-        "Test conversations: {}, horizon {} sessions\n\n{}\nDifferences paired by test conversation:\n\n{}",
+        "Test conversations: {}, horizon {} sessions\n\n{}",
         config.eval.test_episodes.min(data.test.len()),
         config.eval.sessions,
-        report_table(&rows),
-        differences_table(&rows, &[train::ORACLE_ROW]),
+        report_tables(&rows)
     );
     Ok(())
 }

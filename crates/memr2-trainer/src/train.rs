@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::checkpoint::{self, Phase, TrainState};
 use crate::config::{ModelSpec, SftConfig, TrainConfig};
 use crate::data::{Splits, splits};
-use crate::eval::{MemorySource, Scores, differences_table, evaluate, extraction_score, report_table};
+use crate::eval::{MemorySource, ORACLE_ROW, Scores, evaluate, extraction_score, report_tables};
 use crate::metrics::MetricsLog;
 use crate::sft::{
     EpochSettings, TokenizedExample, answerer_corpus, answerer_horizons, build_examples, fit_context,
@@ -64,7 +64,7 @@ pub struct RunOptions {
 
 /// The outcome of a finished run.
 pub struct RunReport {
-    /// The evaluation table (Markdown).
+    /// The evaluation tables (Markdown): scores per system, then paired differences.
     pub table: String,
     /// Rows of the table.
     pub rows: Vec<(String, Scores)>,
@@ -626,14 +626,12 @@ pub fn run<B: AutodiffBackend>(
     let systems: Vec<(&str, Option<&Transformer<B::InnerBackend>>)> =
         vec![("SFT only", Some(&sft_model)), (name, Some(&final_model))];
     let rows = final_evaluation(&config, &data, &tokenizer, answerer, &systems, observe)?;
-    let table = report_table(&rows);
+    let table = report_tables(&rows);
     let report = format!(
-        "# Evaluation\n\nTest conversations: {}, horizon {} sessions, seed {}.\n\n{table}\n\
-         Differences paired by test conversation:\n\n{}",
+        "# Evaluation\n\nTest conversations: {}, horizon {} sessions, seed {}.\n\n{table}",
         config.eval.test_episodes.min(data.test.len()),
         config.eval.sessions,
-        config.seed,
-        differences_table(&rows, &[ORACLE_ROW]),
+        config.seed
     );
     std::fs::write(run.report(), &report).map_err(io(&run.report()))?;
     Ok(RunReport {
@@ -642,9 +640,6 @@ pub fn run<B: AutodiffBackend>(
         dir: run.0,
     })
 }
-
-/// The name of the evaluation's upper-bound row.
-pub const ORACLE_ROW: &str = "oracle memory";
 
 /// The evaluation table: no memory, oracle memory, then each named policy's memory, all
 /// answered by the same frozen answerer on the test conversations.
