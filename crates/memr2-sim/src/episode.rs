@@ -282,6 +282,53 @@ impl Episode {
     }
 }
 
+/// Checks that an episode is well formed: session `i` (1-based position) has index `i`; turn
+/// `k` of session `i` has the dialogue id `D{i}:{k}`; every question's evidence and every fact
+/// names a turn of the episode. The loaders check every episode they return, so code that reads
+/// episodes may index turns by their ids.
+pub fn validate_episode(episode: &Episode) -> Result<(), SimError> {
+    let invalid = |question: Option<usize>, what: String| SimError::InvalidEpisode {
+        episode: episode.id.clone(),
+        question,
+        what,
+    };
+    for (position, session) in (1u32..).zip(&episode.sessions) {
+        if session.index != position {
+            return Err(invalid(
+                None,
+                format!("session {position} has index {}", session.index),
+            ));
+        }
+        for (k, turn) in (1u32..).zip(&session.turns) {
+            let expected = DiaId::new(position, k);
+            if turn.dia_id != expected {
+                return Err(invalid(
+                    None,
+                    format!(
+                        "turn {k} of session {position} has id {}, expected {expected}",
+                        turn.dia_id
+                    ),
+                ));
+            }
+        }
+    }
+    for (i, q) in episode.questions.iter().enumerate() {
+        if let Some(d) = q.evidence.iter().find(|&&d| episode.turn(d).is_none()) {
+            return Err(invalid(
+                Some(i),
+                format!("evidence {d} of {:?} names no turn of the episode", q.question),
+            ));
+        }
+    }
+    if let Some(f) = episode.facts.iter().find(|f| episode.turn(f.dia_id).is_none()) {
+        return Err(invalid(
+            None,
+            format!("fact {:?} names {}, no turn of the episode", f.text, f.dia_id),
+        ));
+    }
+    Ok(())
+}
+
 /// Which part of an environment's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -314,13 +361,30 @@ impl fmt::Display for Split {
     }
 }
 
-/// A source of episodes by split. Implemented by [`crate::SyntheticWorld`] and
-/// [`crate::Locomo`]; users may implement it for their own data.
+/// What an environment can offer beyond episodes; the trainer checks these before using them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Gold facts per turn and so oracle operations (needed by SFT without a teacher and by the
+    /// oracle row).
+    pub gold_facts: bool,
+    /// Questions carry meaningful categories.
+    pub categories: bool,
+}
+
+/// A source of episodes by split. Implemented by [`crate::SyntheticWorld`], [`crate::Locomo`],
+/// [`crate::LongMemEval`] and [`crate::EpisodeFile`]; users may implement it for their own data.
 pub trait Environment: Send + Sync {
     /// A short name for logs and reports.
     fn name(&self) -> &str;
     /// The episodes of a split, in a stable order.
     fn episodes(&self, split: Split) -> Vec<Episode>;
+    /// What the environment offers beyond episodes (gold facts, question categories).
+    fn capabilities(&self) -> Capabilities;
+    /// What is done with a memory after a session and how it is scored (default: answer the
+    /// episodes' questions, scored by token F1).
+    fn task(&self) -> &dyn crate::task::Task {
+        &crate::task::QuestionAnswering
+    }
 }
 
 /// Size figures of a set of episodes.
@@ -443,6 +507,65 @@ mod tests {
         );
         assert_eq!(e.questions_up_to(2).len(), 2);
         assert_eq!(e.questions_up_to(4).len(), 3);
+    }
+
+    #[test]
+    fn validation_names_the_episode_question_and_rule() {
+        let valid = Episode {
+            id: "e".into(),
+            speakers: vec!["A".into()],
+            sessions: (1..=2).map(|i| session(i, 2)).collect(),
+            questions: vec![question(&[(1, 1)]), question(&[(2, 2)])],
+            facts: Vec::new(),
+        };
+        validate_episode(&valid).unwrap();
+        let message = |e: &Episode| validate_episode(e).unwrap_err().to_string();
+
+        let mut e = valid.clone();
+        e.sessions[1].index = 3;
+        assert_eq!(message(&e), "episode e: session 2 has index 3");
+
+        let mut e = valid.clone();
+        e.sessions[0].turns.remove(0);
+        assert_eq!(
+            message(&e),
+            "episode e: turn 1 of session 1 has id D1:2, expected D1:1"
+        );
+
+        let mut e = valid.clone();
+        e.questions[1].evidence = vec![DiaId::new(2, 3)];
+        let err = validate_episode(&e).unwrap_err();
+        assert!(matches!(
+            err,
+            SimError::InvalidEpisode {
+                question: Some(1),
+                ..
+            }
+        ));
+        assert_eq!(
+            err.to_string(),
+            "episode e, question 1: evidence D2:3 of \"q\" names no turn of the episode"
+        );
+
+        let mut e = valid.clone();
+        e.questions[0].evidence = vec![DiaId::new(3, 1)];
+        assert!(message(&e).contains("evidence D3:1"));
+
+        let mut e = valid;
+        e.facts.push(Fact {
+            speaker: "A".into(),
+            dia_id: DiaId::new(1, 9),
+            text: "A likes tea".into(),
+            subject: "A".into(),
+            attribute: "drink".into(),
+            value: "tea".into(),
+            change: crate::fact::Change::New,
+            previous: None,
+        });
+        assert_eq!(
+            message(&e),
+            "episode e: fact \"A likes tea\" names D1:9, no turn of the episode"
+        );
     }
 
     #[test]

@@ -14,6 +14,15 @@ pub enum SimError {
         #[source]
         source: std::io::Error,
     },
+    /// A data file could not be written.
+    #[error("cannot write {path}")]
+    Write {
+        /// The file that was being written.
+        path: PathBuf,
+        /// The underlying IO error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A data file is not valid JSON (malformed or truncated).
     #[error("{path} is not valid JSON (malformed or truncated file)")]
     Json {
@@ -29,6 +38,19 @@ pub enum SimError {
         /// The file that was being loaded.
         path: PathBuf,
         /// What is wrong, and where in the file.
+        what: String,
+    },
+    /// An episode that breaks [`crate::validate_episode`]'s rules.
+    #[error(
+        "episode {episode}{}: {what}",
+        .question.map(|q| format!(", question {q}")).unwrap_or_default()
+    )]
+    InvalidEpisode {
+        /// The episode's id.
+        episode: String,
+        /// The index of the question at fault, when one is.
+        question: Option<usize>,
+        /// What is wrong.
         what: String,
     },
     /// A dialogue id that is not of the form `D{session}:{turn}`.

@@ -3,15 +3,26 @@
 //! Quirks handled: adversarial items carry `adversarial_answer` instead of `answer`; some
 //! answers are integers; some evidence strings are malformed ("D8:6; D9:17", "D:11:26",
 //! "D30:05", "D"); some `session_N_date_time` keys have no session; images are described by a
-//! `blip_caption`, appended to the turn text as the official evaluation code does. Whatever is
-//! dropped is listed by [`Locomo::skipped`], whatever is repaired by [`Locomo::notes`].
+//! `blip_caption`, appended to the turn text as the official evaluation code does; two
+//! evidence ids name turns that do not exist ("D10:19" in conv-42, "D4:36" in conv-47), each
+//! beside other evidence of its question. Whatever is dropped is listed by [`Locomo::skipped`],
+//! whatever is repaired by [`Locomo::notes`].
+//!
+//! Every episode passes [`crate::validate_episode`]: sessions are numbered by position
+//! (`session_N` keys in increasing order), turns by position among the turns kept, and evidence
+//! follows the turns it named. An evidence id that names no turn is dropped, and a question
+//! whose every evidence id names no turn is dropped with it.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::episode::{Category, DiaId, Environment, Episode, Question, Session, Split, Turn};
+use crate::dataset::{DataFormat, environment_name};
+use crate::episode::{
+    Capabilities, Category, DiaId, Environment, Episode, Question, Session, Split, Turn, validate_episode,
+};
 use crate::error::SimError;
 
 /// The gold answer given to adversarial questions (their `adversarial_answer` is the trap).
@@ -26,6 +37,7 @@ pub const VALIDATION_IDS: [&str; 1] = ["conv-44"];
 #[derive(Debug, Clone)]
 pub struct Locomo {
     path: PathBuf,
+    name: String,
     episodes: Vec<Episode>,
     skipped: Vec<String>,
     notes: Vec<String>,
@@ -61,9 +73,12 @@ impl Locomo {
             .ok_or_else(|| loader.schema("expected a JSON array of conversations at the top level".into()))?;
         let mut episodes = Vec::with_capacity(convs.len());
         for (i, conv) in convs.iter().enumerate() {
-            episodes.push(loader.conversation(i, conv)?);
+            let episode = loader.conversation(i, conv)?;
+            validate_episode(&episode).map_err(|e| loader.schema(format!("conversation {i}: {e}")))?;
+            episodes.push(episode);
         }
         Ok(Locomo {
+            name: environment_name(DataFormat::Locomo, &loader.path),
             path: loader.path,
             episodes,
             skipped: loader.skipped,
@@ -114,7 +129,14 @@ impl Locomo {
 
 impl Environment for Locomo {
     fn name(&self) -> &str {
-        "locomo"
+        &self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            gold_facts: false,
+            categories: true,
+        }
     }
 
     fn episodes(&self, split: Split) -> Vec<Episode> {
@@ -194,19 +216,42 @@ impl Loader {
                 .push(format!("{id}: session_{n}_date_time has no session"));
         }
         let mut sessions = Vec::with_capacity(turns_of.len());
-        for (&n, turns) in &turns_of {
+        // The id each turn has in the data, mapped to its id in the episode.
+        let mut renamed: BTreeMap<DiaId, DiaId> = BTreeMap::new();
+        for (index, (&n, turns)) in (1u32..).zip(&turns_of) {
+            if n != index {
+                self.notes
+                    .push(format!("{id}: session_{n} numbered {index}, its position"));
+            }
             let date = dates.get(&n).cloned().unwrap_or_else(|| {
                 self.notes.push(format!("{id}: session_{n} has no date"));
                 String::new()
             });
-            let mut out = Vec::with_capacity(turns.len());
+            let mut out: Vec<Turn> = Vec::with_capacity(turns.len());
             for (k, t) in turns.iter().enumerate() {
-                if let Some(turn) = self.turn(&id, n, k, t) {
-                    out.push(turn);
+                let Some(mut turn) = self.turn(&id, n, k, t) else {
+                    continue;
+                };
+                let named = turn.dia_id;
+                turn.dia_id = DiaId::new(index, out.len() as u32 + 1);
+                if named != turn.dia_id {
+                    self.notes.push(format!(
+                        "{id}: turn {named} numbered {}, its position",
+                        turn.dia_id
+                    ));
                 }
+                match renamed.entry(named) {
+                    Entry::Vacant(slot) => {
+                        slot.insert(turn.dia_id);
+                    }
+                    Entry::Occupied(_) => self.notes.push(format!(
+                        "{id}: turn id {named} repeats; evidence naming it means its first turn"
+                    )),
+                }
+                out.push(turn);
             }
             sessions.push(Session {
-                index: n,
+                index,
                 date,
                 turns: out,
             });
@@ -218,7 +263,7 @@ impl Loader {
             .ok_or_else(|| self.schema(format!("{id} has no \"qa\" array")))?;
         let mut questions = Vec::with_capacity(qa.len());
         for (k, q) in qa.iter().enumerate() {
-            if let Some(q) = self.question(&id, k, q, &sessions) {
+            if let Some(q) = self.question(&id, k, q, &renamed) {
                 questions.push(q);
             }
         }
@@ -231,6 +276,8 @@ impl Loader {
         })
     }
 
+    /// Turn `k` (0-based) of `session_{n}`, with the id the data gives it (its position when
+    /// that id is unusable); `None` when it has no speaker or text.
     fn turn(&mut self, id: &str, n: u32, k: usize, t: &Value) -> Option<Turn> {
         let (Some(speaker), Some(text)) = (
             t.get("speaker").and_then(Value::as_str),
@@ -261,7 +308,15 @@ impl Loader {
         })
     }
 
-    fn question(&mut self, id: &str, k: usize, q: &Value, sessions: &[Session]) -> Option<Question> {
+    /// One question, its evidence renamed as the turns were (`renamed` maps the turn ids of the
+    /// data to those of the episode).
+    fn question(
+        &mut self,
+        id: &str,
+        k: usize,
+        q: &Value,
+        renamed: &BTreeMap<DiaId, DiaId>,
+    ) -> Option<Question> {
         let Some(text) = q.get("question").and_then(Value::as_str) else {
             self.skipped.push(format!("{id}: qa {k} has no question"));
             return None;
@@ -297,6 +352,7 @@ impl Loader {
             _ => Vec::new(),
         };
         let mut evidence = Vec::new();
+        let mut missing = Vec::new();
         for r in raw {
             let parsed = parse_evidence(r);
             let canonical = parsed.iter().map(DiaId::to_string).collect::<Vec<_>>().join("; ");
@@ -308,16 +364,23 @@ impl Loader {
                     .push(format!("{id}: qa {k} evidence {r:?} read as {canonical}"));
             }
             for d in parsed {
-                let exists = sessions
-                    .iter()
-                    .any(|s| s.index == d.session && s.turns.iter().any(|t| t.dia_id == d));
-                if !exists {
-                    self.notes.push(format!(
-                        "{id}: qa {k} evidence {d} names no turn of the conversation (kept)"
-                    ));
+                match renamed.get(&d) {
+                    Some(&turn) => evidence.push(turn),
+                    None => missing.push(d.to_string()),
                 }
-                evidence.push(d);
             }
+        }
+        if !missing.is_empty() {
+            let missing = missing.join(", ");
+            if evidence.is_empty() {
+                self.skipped.push(format!(
+                    "{id}: qa {k} dropped: its evidence {missing} names no turn of the conversation"
+                ));
+                return None;
+            }
+            self.skipped.push(format!(
+                "{id}: qa {k} evidence {missing} names no turn of the conversation (dropped)"
+            ));
         }
         evidence.sort_unstable();
         evidence.dedup();

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use memr2_sim::locomo::ADVERSARIAL_ANSWER;
-use memr2_sim::{Category, DiaId, Environment, Locomo, SimError, Split, stats};
+use memr2_sim::{
+    Capabilities, Category, DiaId, Environment, Locomo, SimError, Split, stats, validate_episode,
+};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/locomo_mini.json")
@@ -15,7 +17,14 @@ fn fixture_loads_with_every_quirk() {
     let data = Locomo::load(fixture()).unwrap();
     let s = stats(data.all_episodes());
     assert_eq!((s.conversations, s.sessions, s.turns), (3, 5, 11));
-    assert_eq!((s.questions, s.questions_non_adversarial), (12, 9));
+    assert_eq!(
+        (s.questions, s.questions_non_adversarial),
+        (11, 8),
+        "conv-43 qa 2 names only a missing turn"
+    );
+    for e in data.all_episodes() {
+        validate_episode(e).unwrap();
+    }
 
     let conv26 = &data.all_episodes()[0];
     assert_eq!(conv26.id, "conv-26");
@@ -46,9 +55,9 @@ fn fixture_loads_with_every_quirk() {
     );
     assert_eq!(conv43.questions[1].evidence, vec![DiaId::new(1, 2)]);
     assert_eq!(
-        conv43.questions[2].evidence,
-        vec![DiaId::new(2, 9)],
-        "kept, with a note"
+        conv43.questions.len(),
+        2,
+        "qa 2 (evidence D2:9 only) and qa 3 dropped"
     );
 
     let skipped = data.skipped().join("\n");
@@ -61,16 +70,27 @@ fn fixture_loads_with_every_quirk() {
         skipped.contains("conv-43: qa 3 has no known category"),
         "{skipped}"
     );
-    assert_eq!(data.skipped().len(), 3, "{skipped}");
+    assert!(
+        skipped.contains("conv-43: qa 2 dropped: its evidence D2:9 names no turn"),
+        "{skipped}"
+    );
+    assert_eq!(data.skipped().len(), 4, "{skipped}");
     let notes = data.notes().join("\n");
     assert!(notes.contains("\"D:2:1\" read as D2:1"), "{notes}");
-    assert!(notes.contains("D2:9 names no turn"), "{notes}");
 }
 
 #[test]
 fn fixture_splits_follow_the_paper_without_adversarial() {
     let data = Locomo::load(fixture()).unwrap();
-    assert_eq!(data.name(), "locomo");
+    assert!(data.name().starts_with("locomo ("), "{}", data.name());
+    assert!(data.name().ends_with("locomo_mini.json)"), "{}", data.name());
+    assert_eq!(
+        data.capabilities(),
+        Capabilities {
+            gold_facts: false,
+            categories: true
+        }
+    );
     let train = data.episodes(Split::Train);
     let validation = data.episodes(Split::Validation);
     let test = data.episodes(Split::Test);
@@ -155,7 +175,17 @@ fn real_file_counts_when_present() {
         .map(|&sp| stats(&data.episodes(sp)).questions)
         .sum();
     assert_eq!(kept, 1_540);
+    let skipped = data.skipped().join("\n");
+    assert!(
+        skipped.contains("conv-42: qa 58 evidence D10:19 names no turn of the conversation (dropped)"),
+        "{skipped}"
+    );
+    assert!(
+        skipped.contains("conv-47: qa 38 evidence D4:36 names no turn of the conversation (dropped)"),
+        "{skipped}"
+    );
     for e in data.all_episodes() {
+        validate_episode(e).unwrap();
         for (i, session) in e.sessions.iter().enumerate() {
             for (k, t) in session.turns.iter().enumerate() {
                 assert_eq!(t.dia_id, DiaId::new(session.index, k as u32 + 1));

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 use memr2_sim::attribute::PREVIOUSLY;
 use memr2_sim::{
-    Attribute, Category, Change, Environment, Episode, OracleOp, Split, SyntheticWorld, Teacher,
-    TeacherConfig, UNKNOWN_ANSWER, WorldConfig, stats,
+    Attribute, Capabilities, Category, Change, Environment, Episode, OracleOp, Split, SyntheticWorld,
+    Teacher, TeacherConfig, UNKNOWN_ANSWER, WorldConfig, stats, validate_episode,
 };
 use proptest::prelude::*;
 
@@ -294,6 +294,26 @@ fn every_category_and_change_occurs() {
 }
 
 #[test]
+fn every_episode_of_every_split_is_valid() {
+    let w = world(0);
+    assert_eq!(
+        w.capabilities(),
+        Capabilities {
+            gold_facts: true,
+            categories: true
+        }
+    );
+    for split in Split::ALL {
+        let episodes = w.episodes(split);
+        assert_eq!(episodes.len(), WorldConfig::default_cpu().episodes_in(split));
+        for e in &episodes {
+            validate_episode(e).unwrap();
+            validate_episode(&e.with_horizon(8)).unwrap();
+        }
+    }
+}
+
+#[test]
 fn facts_are_tied_to_their_turns() {
     for e in world(3).episodes(Split::Validation) {
         let mut seen = 0;
@@ -400,6 +420,7 @@ proptest! {
         let w = SyntheticWorld::new(WorldConfig::default_cpu(), seed).unwrap();
         let e = w.episode(Split::Train, 0);
         let cut = e.with_horizon(h);
+        prop_assert!(validate_episode(&cut).is_ok());
         let last = h.min(e.sessions.len()) as u32;
         prop_assert_eq!(cut.sessions.len(), last as usize);
         for q in &cut.questions {

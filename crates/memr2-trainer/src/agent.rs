@@ -1,11 +1,11 @@
 //! The agent loop: extractor and manager over a session, stepped in lockstep across rollouts,
-//! and the answerer over a final memory.
+//! and the frozen actor asked a task's probes over a memory.
 
 use burn::prelude::Backend;
 use memr2_policy::roles::{self, ChatPrompt, ExtractedFact, MemoryOperation, MemoryView, Role, TurnView};
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{SamplingConfig, Transformer};
-use memr2_sim::{Episode, Question, Turn};
+use memr2_sim::{AnswerScore, Episode, Probe, Request, Response, Task, Turn};
 use memr2_store::{MemoryId, Operation, Snapshot, Store, TokenCounter};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -245,19 +245,24 @@ pub fn retrieve(store: &Store, query: &str, k: usize, min_score: f32) -> Vec<(St
         .collect()
 }
 
+/// The texts of the memories the answerer is shown for a query: the top `answer_top_k` by
+/// BM25, best first.
+pub fn memory_texts(memory: &Snapshot, query: &str, cfg: &AgentConfig) -> Vec<String> {
+    memory
+        .search(query, cfg.answer_top_k, cfg.min_score)
+        .iter()
+        .filter_map(|h| memory.get(h.id).map(|e| e.text.clone()))
+        .collect()
+}
+
 /// The answerer's prompt for a question over a memory: the top-k retrieved memories.
 pub fn answer_prompt(memory: &Snapshot, question: &str, cfg: &AgentConfig) -> ChatPrompt {
-    let texts: Vec<(String, String)> = memory
-        .search(question, cfg.answer_top_k, cfg.min_score)
-        .iter()
-        .enumerate()
-        .filter_map(|(i, h)| memory.get(h.id).map(|e| (i.to_string(), e.text.clone())))
-        .collect();
-    let views: Vec<MemoryView<'_>> = texts
-        .iter()
-        .map(|(alias, text)| MemoryView { alias, text })
-        .collect();
-    roles::answerer_prompt(question, &views)
+    let memories = memory_texts(memory, question, cfg);
+    let shown: Vec<&str> = memories.iter().map(String::as_str).collect();
+    let request = Request::Answer {
+        question: question.to_string(),
+    };
+    request_prompt(&request, &shown, cfg).0
 }
 
 /// The extractor's prompt for a chunk of turns of a session held on `date`.
@@ -419,32 +424,88 @@ fn apply(
     }
 }
 
-/// Answers each `(memory, question)` pair with the answerer (greedy), batched. Returns the
-/// answers; an answer that does not parse is the empty string (scored 0) and counted.
-pub fn answer_questions<B: Backend>(
-    answerer: &Agent<'_, B>,
-    items: &[(&Snapshot, &Question)],
+/// One probe of a task asked of one memory.
+#[derive(Clone, Copy)]
+pub struct ProbeItem<'a> {
+    /// The memory the probe is asked of.
+    pub memory: &'a Snapshot,
+    /// The episode the probe belongs to.
+    pub episode: &'a Episode,
+    /// The probe.
+    pub probe: &'a Probe,
+}
+
+/// The actor's prompt for one request, over the memories retrieved for it (aliases "0", "1",
+/// ... in retrieval order), and the most tokens it may write.
+fn request_prompt(request: &Request, memories: &[&str], cfg: &AgentConfig) -> (ChatPrompt, usize) {
+    match request {
+        Request::Answer { question } => {
+            let aliases: Vec<String> = (0..memories.len()).map(|i| i.to_string()).collect();
+            let views: Vec<MemoryView<'_>> = aliases
+                .iter()
+                .zip(memories)
+                .map(|(alias, text)| MemoryView { alias, text })
+                .collect();
+            (roles::answerer_prompt(question, &views), cfg.max_answer_tokens)
+        }
+        Request::Chat {
+            system,
+            user,
+            max_tokens,
+        } => (
+            ChatPrompt {
+                system: system.clone(),
+                user: user.clone(),
+            },
+            *max_tokens,
+        ),
+    }
+}
+
+/// Asks every probe of its memory with the frozen actor (greedy, one batch) and scores the
+/// responses with `task`. Returns one score per item and the number of outputs that did not
+/// parse (scored as the task scores [`Response::Unparsed`]).
+pub fn ask_probes<B: Backend>(
+    actor: &Agent<'_, B>,
+    task: &dyn Task,
+    items: &[ProbeItem<'_>],
     rng: &mut ChaCha8Rng,
-) -> (Vec<String>, u64) {
-    let cfg = answerer.config;
-    let _span = tracing::info_span!("answer", questions = items.len()).entered();
-    let prompts: Vec<ChatPrompt> = items
+) -> (Vec<AnswerScore>, u64) {
+    let cfg = actor.config;
+    let _span = tracing::info_span!("answer", probes = items.len()).entered();
+    let (asked, limits): (Vec<(ChatPrompt, Request)>, Vec<usize>) = items
         .iter()
-        .map(|(memory, q)| answer_prompt(memory, &q.question, cfg))
-        .collect();
+        .map(|item| {
+            let memories = memory_texts(item.memory, &item.probe.query, cfg);
+            let shown: Vec<&str> = memories.iter().map(String::as_str).collect();
+            let request = task.request(item.episode, item.probe, &shown);
+            let (prompt, limit) = request_prompt(&request, &shown, cfg);
+            ((prompt, request), limit)
+        })
+        .unzip();
+    let (prompts, requests): (Vec<ChatPrompt>, Vec<Request>) = asked.into_iter().unzip();
+    let max_tokens = limits.iter().copied().max().unwrap_or(0);
     let mut failures = 0;
-    let answers = answerer
-        .generate(&prompts, cfg.max_answer_tokens, 0.0, 1.0, rng)
+    let scores = actor
+        .generate(&prompts, max_tokens, 0.0, 1.0, rng)
         .into_iter()
-        .map(|g| match roles::parse_answer(&g.text) {
-            Ok(a) => a,
-            Err(_) => {
-                failures += 1;
-                String::new()
-            }
+        .zip(items.iter().zip(&requests))
+        .map(|(g, (item, request))| {
+            let response = match request {
+                Request::Answer { .. } => match roles::parse_answer(&g.text) {
+                    Ok(a) => Response::Answer(a),
+                    Err(_) => {
+                        failures += 1;
+                        Response::Unparsed(g.text)
+                    }
+                },
+                Request::Chat { .. } => Response::Text(g.text),
+            };
+            tracing::debug!(category = item.probe.category.name(), probe = %item.probe.query, ?response, "asked");
+            task.score(item.episode, item.probe, &response)
         })
         .collect();
-    (answers, failures)
+    (scores, failures)
 }
 
 #[cfg(test)]

@@ -40,6 +40,18 @@ pub enum DataSpec {
         /// Path to `locomo10.json`.
         path: PathBuf,
     },
+    /// A data file in any format `memr2_sim::load_dataset` reads (LoCoMo JSON, LongMemEval
+    /// JSON, memr2 episodes as JSON Lines), told apart by its content.
+    File {
+        /// Path to the file.
+        path: PathBuf,
+    },
+    /// An environment defined in code outside memr2 and passed to `train::run_with`; only
+    /// its name is recorded.
+    External {
+        /// The environment's name.
+        name: String,
+    },
 }
 
 /// Size of the synthetic world.

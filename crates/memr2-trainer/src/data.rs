@@ -1,4 +1,5 @@
-//! Episodes for training, validation and test, from the synthetic world or LoCoMo.
+//! The environments a configuration names (the synthetic world, or a data file in one of the
+//! formats `memr2_sim::load_dataset` tells apart), and the three splits of any environment.
 
 use memr2_sim::{Environment, Episode, Locomo, Split, SyntheticWorld, WorldConfig};
 
@@ -40,24 +41,37 @@ pub fn environment(spec: &DataSpec) -> Result<Box<dyn Environment>, TrainError> 
             }
             Box::new(locomo)
         }
+        DataSpec::File { path } => memr2_sim::load_dataset(path)?,
+        DataSpec::External { name } => {
+            return Err(TrainError::Invalid(format!(
+                "environment {name} is defined by the program that trained this run, not by memr2; \
+                 use that program (memr2's library API, `train::run_with`) to resume or evaluate it"
+            )));
+        }
     })
 }
 
-/// Loads every split.
-pub fn splits(spec: &DataSpec) -> Result<Splits, TrainError> {
-    let env = environment(spec)?;
-    let splits = Splits {
-        train: env.episodes(Split::Train),
-        validation: env.episodes(Split::Validation),
-        test: env.episodes(Split::Test),
-    };
-    if splits.train.is_empty() {
-        return Err(TrainError::Invalid(format!(
-            "environment {} has no training episodes",
-            env.name()
-        )));
+impl Splits {
+    /// Every split of an environment; one without training episodes is an error.
+    pub fn of(env: &dyn Environment) -> Result<Splits, TrainError> {
+        let splits = Splits {
+            train: env.episodes(Split::Train),
+            validation: env.episodes(Split::Validation),
+            test: env.episodes(Split::Test),
+        };
+        if splits.train.is_empty() {
+            return Err(TrainError::Invalid(format!(
+                "environment {} has no training episodes",
+                env.name()
+            )));
+        }
+        Ok(splits)
     }
-    Ok(splits)
+}
+
+/// Loads every split of the environment a spec names.
+pub fn splits(spec: &DataSpec) -> Result<Splits, TrainError> {
+    Splits::of(environment(spec)?.as_ref())
 }
 
 #[cfg(test)]

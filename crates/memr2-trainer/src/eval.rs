@@ -1,5 +1,6 @@
-//! Evaluation: answer held-out questions from a memory built by no one, by the oracle, or by a
-//! policy (greedy), and report F1 / EM / BLEU-1 per category.
+//! Evaluation: ask a task's probes (held-out questions, for question answering) of a memory
+//! built by no one, by the oracle, or by a policy (greedy), and report F1 / EM / BLEU-1 per
+//! category.
 
 use std::fmt::Write as _;
 
@@ -7,14 +8,16 @@ use burn::prelude::Backend;
 use memr2_policy::Transformer;
 use memr2_policy::roles;
 use memr2_policy::tokenizer::Tokenizer;
-use memr2_sim::{Category, Episode, ScoreBoard, Teacher, TeacherConfig, facts_in_chunk, normalize_answer};
+use memr2_sim::{
+    Category, Episode, Probe, ScoreBoard, Task, Teacher, TeacherConfig, facts_in_chunk, normalize_answer,
+};
 use memr2_store::{Snapshot, Store};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::agent::{
-    Agent, RolloutSampling, RolloutState, SessionJob, answer_prompt, answer_questions, extractor_prompt_for,
-    run_sessions,
+    Agent, ProbeItem, RolloutSampling, RolloutState, SessionJob, answer_prompt, ask_probes,
+    extractor_prompt_for, run_sessions,
 };
 use crate::config::AgentConfig;
 use crate::sft::{answer_in_text, teacher_replay};
@@ -208,11 +211,13 @@ impl Scores {
     }
 }
 
-/// Answers every question of every episode from the final memories and scores them.
+/// Asks every probe of every episode of its final memory and scores the responses with the
+/// task.
 pub fn score_memories<B: Backend>(
     answerer: &Transformer<B>,
     tokenizer: &Tokenizer,
     cfg: &AgentConfig,
+    task: &dyn Task,
     episodes: &[Episode],
     memories: &[RolloutState],
     rng: &mut ChaCha8Rng,
@@ -222,21 +227,25 @@ pub fn score_memories<B: Backend>(
         tokenizer,
         config: cfg,
     };
+    let probes: Vec<Vec<Probe>> = episodes.iter().map(|e| task.probes(e)).collect();
     let mut items = Vec::new();
     let mut owner = Vec::new();
     for (e, (episode, state)) in episodes.iter().zip(memories).enumerate() {
-        let last = state.snapshots.last().expect("a rollout has a snapshot");
-        items.extend(episode.questions.iter().map(|q| (last, q)));
-        owner.extend(episode.questions.iter().map(|_| e));
+        let memory = state.snapshots.last().expect("a rollout has a snapshot");
+        items.extend(probes[e].iter().map(|probe| ProbeItem {
+            memory,
+            episode,
+            probe,
+        }));
+        owner.extend(probes[e].iter().map(|_| e));
     }
-    let (answers, _) = answer_questions(&agent, &items, rng);
+    let (scored, _) = ask_probes(&agent, task, &items, rng);
     let mut scores = Scores {
         board: ScoreBoard::default(),
         per_episode: vec![(0, 0.0); episodes.len()],
     };
-    for (((_, q), a), &e) in items.iter().zip(&answers).zip(&owner) {
-        tracing::debug!(category = q.category.name(), question = %q.question, gold = %q.answer, answer = %a, "answered");
-        let score = scores.board.add(q.category, a, &q.answer);
+    for ((item, score), &e) in items.iter().zip(scored).zip(&owner) {
+        scores.board.add_score(item.probe.category, score);
         let slot = &mut scores.per_episode[e];
         slot.0 += 1;
         slot.1 += score.f1;
@@ -250,12 +259,13 @@ pub fn evaluate<B: Backend>(
     answerer: &Transformer<B>,
     tokenizer: &Tokenizer,
     cfg: &AgentConfig,
+    task: &dyn Task,
     episodes: &[Episode],
     rng: &mut ChaCha8Rng,
 ) -> Scores {
     let _span = tracing::info_span!("evaluate", episodes = episodes.len()).entered();
     let memories = final_memories(source, episodes, tokenizer, cfg, rng);
-    score_memories(answerer, tokenizer, cfg, episodes, &memories, rng)
+    score_memories(answerer, tokenizer, cfg, task, episodes, &memories, rng)
 }
 
 /// The difference in mean F1 between two systems scored on the same episodes, paired by
@@ -345,13 +355,46 @@ pub fn differences_table(rows: &[(String, Scores)]) -> String {
     out
 }
 
+/// A row of the evaluation that could not be computed, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unavailable {
+    /// The system's name (e.g. [`ORACLE_ROW`]).
+    pub system: String,
+    /// Why it is missing.
+    pub reason: String,
+}
+
+/// An evaluation: the scored rows, and the rows the environment could not offer.
+#[derive(Clone, Debug, Default)]
+pub struct Evaluation {
+    /// Each system's scores, in table order.
+    pub rows: Vec<(String, Scores)>,
+    /// Systems left out, with the reason, shown as such in the table.
+    pub unavailable: Vec<Unavailable>,
+}
+
+impl Evaluation {
+    /// The evaluation's Markdown: [`report_table`] with a line per unavailable row, then
+    /// [`differences_table`].
+    pub fn tables(&self) -> String {
+        let mut table = report_table(&self.rows);
+        for missing in &self.unavailable {
+            let _ = writeln!(table, "| {} | unavailable: {} |", missing.system, missing.reason);
+        }
+        format!(
+            "{table}\nDifferences paired by test conversation:\n\n{}",
+            differences_table(&self.rows)
+        )
+    }
+}
+
 /// The evaluation's Markdown: [`report_table`], then [`differences_table`].
 pub fn report_tables(rows: &[(String, Scores)]) -> String {
-    format!(
-        "{}\nDifferences paired by test conversation:\n\n{}",
-        report_table(rows),
-        differences_table(rows)
-    )
+    Evaluation {
+        rows: rows.to_vec(),
+        unavailable: Vec::new(),
+    }
+    .tables()
 }
 
 /// A Markdown table: one row per system, F1 / EM / BLEU-1 overall and F1 per category.
@@ -437,6 +480,23 @@ mod tests {
         assert_eq!(paired_difference(&a, &scores(&[vec![1.0]])), None);
         assert_eq!(paired_difference(&a, &scores(&[vec![1.0], vec![0.0, 1.0]])), None);
         assert_eq!(paired_difference(&scores(&[vec![]]), &scores(&[vec![]])), None);
+    }
+
+    #[test]
+    fn an_unavailable_row_says_so_and_has_no_scores() {
+        let evaluation = Evaluation {
+            rows: vec![("no memory".to_string(), scores(&[vec![0.5]]))],
+            unavailable: vec![Unavailable {
+                system: ORACLE_ROW.to_string(),
+                reason: "environment x has no gold facts".into(),
+            }],
+        };
+        let tables = evaluation.tables();
+        assert!(
+            tables.contains("| oracle memory | unavailable: environment x has no gold facts |"),
+            "{tables}"
+        );
+        assert!(!tables.contains("| oracle memory | 0.0"), "{tables}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub use config::{Preset, TrainConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("cannot read or write {}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -38,7 +38,7 @@ pub enum TrainError {
         source: std::io::Error,
     },
     /// A configuration file is not valid JSON for [`TrainConfig`].
-    #[error("malformed config {}: {source}", path.display())]
+    #[error("malformed config {}", path.display())]
     Config {
         /// The file.
         path: PathBuf,
@@ -50,20 +50,32 @@ pub enum TrainError {
     #[error("invalid config: {0}")]
     Invalid(String),
     /// The data could not be loaded.
-    #[error("data: {0}")]
+    #[error(transparent)]
     Data(#[from] memr2_sim::SimError),
     /// The model, tokenizer or a checkpoint could not be loaded or saved.
-    #[error("policy: {0}")]
+    #[error(transparent)]
     Policy(#[from] memr2_policy::PolicyError),
     /// The tokenizer could not be trained, loaded or saved.
-    #[error("tokenizer: {0}")]
+    #[error(transparent)]
     Tokenizer(#[from] memr2_policy::tokenizer::TokenizerError),
     /// The objective rejected its inputs.
-    #[error("objective: {0}")]
+    #[error(transparent)]
     Objective(#[from] memr2_logo_grpo::GrpoError),
     /// A memory store could not be saved or loaded.
-    #[error("store: {0}")]
+    #[error(transparent)]
     Store(#[from] memr2_store::StoreError),
+    /// The environment lacks a capability a phase of the run needs.
+    #[error("environment {environment} has no {capability}, which {needed_by} needs: {fix}")]
+    Capability {
+        /// The environment's name.
+        environment: String,
+        /// What it lacks (e.g. "gold facts").
+        capability: &'static str,
+        /// The phase that needs it, and what for.
+        needed_by: String,
+        /// What the user can do instead.
+        fix: String,
+    },
     /// The run stopped early because it was asked to (`RunOptions::stop_after_steps`).
     #[error("stopped after {step} steps as asked")]
     Stopped {

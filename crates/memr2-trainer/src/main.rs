@@ -13,8 +13,7 @@ use memr2_sim::{Environment, Split};
 use memr2_trainer::TrainError;
 use memr2_trainer::checkpoint;
 use memr2_trainer::config::{DataSpec, ModelSpec, Preset, TrainConfig};
-use memr2_trainer::data::{environment, splits};
-use memr2_trainer::eval::report_tables;
+use memr2_trainer::data::{Splits, environment};
 use memr2_trainer::train::{self, Event, RunDir, RunOptions};
 
 #[derive(Parser)]
@@ -73,7 +72,8 @@ struct TrainArgs {
     /// A pretrained Hugging Face model directory (Qwen2 / Llama) instead of the tiny model.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Train on LoCoMo from this `locomo10.json` instead of the synthetic world.
+    /// Train on this data file instead of the synthetic world: LoCoMo JSON, LongMemEval JSON,
+    /// or memr2 episodes as JSON Lines, told apart by content.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Compute backend.
@@ -156,7 +156,8 @@ struct InspectArgs {
 enum DataCommand {
     /// Counts of an environment: conversations, sessions, turns, questions.
     Stats {
-        /// A `locomo10.json` file; without it, the synthetic world of the preset.
+        /// A data file (LoCoMo JSON, LongMemEval JSON, or memr2 episodes as JSON Lines);
+        /// without it, the synthetic world of the preset.
         #[arg(long)]
         data: Option<PathBuf>,
         /// Synthetic world size.
@@ -273,11 +274,14 @@ fn compiled_backends() -> Vec<&'static str> {
 }
 
 fn main() {
+    use std::io::IsTerminal;
+    // Colour codes only on a terminal: a log written to a file or a pipe stays plain text.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "warn,memr2=info".into()),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = real_main() {
@@ -329,7 +333,7 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
         if !path.is_file() {
             bail!("data file {} does not exist", path.display());
         }
-        config.data = DataSpec::Locomo { path: path.clone() };
+        config.data = DataSpec::File { path: path.clone() };
     }
     if let Some(h) = &args.horizons {
         config.curriculum.horizons = h.clone();
@@ -346,7 +350,7 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     if let Some(q) = args.questions {
         match &mut config.data {
             DataSpec::Synthetic { questions, .. } => *questions = Some(q),
-            DataSpec::Locomo { .. } => bail!("--questions applies to the synthetic world, not to LoCoMo"),
+            _ => bail!("--questions applies to the synthetic world, not to a data file"),
         }
     }
     if let Some(s) = args.shards {
@@ -479,7 +483,8 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
     if let Some(e) = args.episodes {
         config.eval.test_episodes = e;
     }
-    let data = splits(&config.data)?;
+    let env = environment(&config.data)?;
+    let data = Splits::of(env.as_ref())?;
     let tokenizer = Tokenizer::from_file(&run.tokenizer())?;
     let load = |dir: &Path| -> Result<_> { Ok(checkpoint::load::<B>(dir, device)?.model.valid()) };
     let sft = load(&run.checkpoint("sft"))?;
@@ -504,8 +509,9 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
         "GRPO (global only)"
     };
     systems.push((name, Some(&logo)));
-    let rows = train::final_evaluation(
+    let evaluation = train::final_evaluation(
         &config,
+        env.as_ref(),
         &data,
         &tokenizer,
         answerer.as_ref().unwrap_or(&sft),
@@ -516,7 +522,7 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
         "Test conversations: {}, horizon {} sessions\n\n{}",
         config.eval.test_episodes.min(data.test.len()),
         config.eval.sessions,
-        report_tables(&rows)
+        evaluation.tables()
     );
     Ok(())
 }
@@ -526,7 +532,8 @@ fn inspect_command<B: AutodiffBackend>(args: &InspectArgs, device: &B::Device) -
     use rand::SeedableRng;
     let run = RunDir(args.checkpoint.clone());
     let config = TrainConfig::from_file(&run.config())?;
-    let data = splits(&config.data)?;
+    let env = environment(&config.data)?;
+    let data = Splits::of(env.as_ref())?;
     let tokenizer = Tokenizer::from_file(&run.tokenizer())?;
     let dir = if run.checkpoint("final").exists() {
         run.checkpoint("final")
@@ -614,28 +621,36 @@ fn inspect_command<B: AutodiffBackend>(args: &InspectArgs, device: &B::Device) -
 
 fn data_stats(data: Option<PathBuf>, preset: Preset) -> Result<()> {
     if let Some(path) = &data {
-        // Every conversation and question, adversarial ones included, as the file has them.
-        let locomo = memr2_sim::Locomo::load(path)?;
-        let s = memr2_sim::stats(locomo.all_episodes());
-        println!(
-            "LoCoMo {}: {} conversations, {} sessions, {} turns, {} questions ({} without adversarial)",
-            path.display(),
-            s.conversations,
-            s.sessions,
-            s.turns,
-            s.questions,
-            s.questions_non_adversarial
-        );
-        for note in locomo.skipped() {
-            println!("skipped: {note}");
+        if let Ok(locomo) = memr2_sim::Locomo::load(path) {
+            // Every conversation and question, adversarial ones included, as the file has them.
+            let s = memr2_sim::stats(locomo.all_episodes());
+            println!(
+                "LoCoMo {}: {} conversations, {} sessions, {} turns, {} questions ({} without adversarial)",
+                path.display(),
+                s.conversations,
+                s.sessions,
+                s.turns,
+                s.questions,
+                s.questions_non_adversarial
+            );
+            for note in locomo.skipped() {
+                println!("skipped: {note}");
+            }
         }
     }
     let spec = match data {
-        Some(path) => DataSpec::Locomo { path },
+        Some(path) => DataSpec::File { path },
         None => TrainConfig::preset(preset).data,
     };
     let env: Box<dyn Environment> = environment(&spec)?;
-    println!("environment: {}", env.name());
+    let caps = env.capabilities();
+    println!(
+        "environment: {} (task: {}; gold facts: {}; categories: {})",
+        env.name(),
+        env.task().name(),
+        if caps.gold_facts { "yes" } else { "no" },
+        if caps.categories { "yes" } else { "no" }
+    );
     println!("| split | conversations | sessions | turns | questions | without adversarial |");
     println!("|---|---:|---:|---:|---:|---:|");
     let mut all = Vec::new();
@@ -657,6 +672,10 @@ fn data_stats(data: Option<PathBuf>, preset: Preset) -> Result<()> {
         "| all | {} | {} | {} | {} | {} |",
         s.conversations, s.sessions, s.turns, s.questions, s.questions_non_adversarial
     );
+    if !caps.gold_facts {
+        println!("oracle memory: unavailable (the environment has no gold facts)");
+        return Ok(());
+    }
     let agent = TrainConfig::preset(preset).agent;
     let ceiling = memr2_trainer::eval::retrieval_ceiling(&env.episodes(Split::Test), &agent);
     println!(

@@ -1,8 +1,8 @@
-//! Rewards: token F1 of the frozen answerer on a memory, the memory-size penalty, and the
-//! per-session assignment of DESIGN section 2.
+//! Rewards: the task's values of the frozen answerer's responses on a memory (token F1 for
+//! questions), the memory-size penalty, and the per-session assignment of LoGo-GRPO.
 
 use memr2_logo_grpo::{GrpoError, RewardMode, session_rewards};
-use memr2_sim::{Episode, Question, ScoreBoard, memory_penalty, token_f1};
+use memr2_sim::{Episode, memory_penalty};
 use memr2_store::{Snapshot, TokenCounter};
 
 /// Tokens of the conversation up to and including each session: `[s-1]` holds sessions `1..=s`.
@@ -34,23 +34,24 @@ pub struct RolloutReward {
     pub mean_penalty: f64,
 }
 
-/// Scores a global rollout: `f1[i]` is the answerer's F1 on `questions[i]` over the final
-/// memory; `snapshots[s]` is the memory after session `s`. A question belongs to the last
-/// session of its evidence; one without evidence to the last session.
+/// Scores a global rollout: `values[i]` is the task's value (F1 for a question) of probe `i`
+/// over the final memory and `sessions[i]` the last session it depends on; `snapshots[s]` is
+/// the memory after session `s`. A probe belongs to its session; one without a session to
+/// the last session.
 pub fn rollout_reward(
     mode: RewardMode,
     lambda: f64,
-    questions: &[&Question],
-    f1: &[f64],
+    sessions: &[Option<u32>],
+    values: &[f64],
     snapshots: &[Snapshot],
     session_tokens: &[usize],
     counter: &dyn TokenCounter,
 ) -> Result<RolloutReward, GrpoError> {
     let horizon = snapshots.len() - 1;
     let mut sums = vec![(0.0, 0usize); horizon];
-    for (q, f) in questions.iter().zip(f1) {
-        // A question without evidence (unanswerable) belongs to the last session.
-        let s = q.last_session().unwrap_or(horizon as u32);
+    for (session, f) in sessions.iter().zip(values) {
+        // A probe without a session (an unanswerable question) belongs to the last session.
+        let s = session.unwrap_or(horizon as u32);
         if (1..=horizon as u32).contains(&s) {
             let slot = &mut sums[s as usize - 1];
             slot.0 += f;
@@ -61,10 +62,10 @@ pub fn rollout_reward(
         .iter()
         .map(|&(sum, n)| (n > 0).then(|| sum / n as f64))
         .collect();
-    let mean_f1 = if f1.is_empty() {
+    let mean_f1 = if values.is_empty() {
         0.0
     } else {
-        f1.iter().sum::<f64>() / f1.len() as f64
+        values.iter().sum::<f64>() / values.len() as f64
     };
     let penalties: Vec<f64> = (1..=horizon)
         .map(|s| penalty_after(&snapshots[s], session_tokens[s - 1], counter))
@@ -78,32 +79,10 @@ pub fn rollout_reward(
     })
 }
 
-/// F1 of predictions against their questions, also added to a per-category board.
-pub fn score(questions: &[&Question], answers: &[String], board: &mut ScoreBoard) -> Vec<f64> {
-    questions
-        .iter()
-        .zip(answers)
-        .map(|(q, a)| {
-            board.add(q.category, a, &q.answer);
-            token_f1(a, &q.answer)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use memr2_sim::{Category, DiaId};
     use memr2_store::{Operation, Store, WhitespaceCounter};
-
-    fn q(session: u32) -> Question {
-        Question {
-            question: "where?".into(),
-            answer: "lyon".into(),
-            evidence: vec![DiaId { session, turn: 1 }],
-            category: Category::SingleHop,
-        }
-    }
 
     #[test]
     fn per_session_rewards_follow_question_sessions() {
@@ -120,12 +99,10 @@ mod tests {
             .unwrap();
         snaps.push(store.snapshot());
         snaps.push(store.snapshot());
-        let (q1, q2) = (q(1), q(2));
-        let questions = vec![&q1, &q2];
         let r = rollout_reward(
             RewardMode::PerSession,
             0.3,
-            &questions,
+            &[Some(1), Some(2)],
             &[1.0, 0.0],
             &snaps,
             &[100, 200],
@@ -152,11 +129,10 @@ mod tests {
             )
             .unwrap();
         snaps.push(store.snapshot());
-        let q1 = q(1);
         let r = rollout_reward(
             RewardMode::Global,
             0.3,
-            &[&q1],
+            &[Some(1)],
             &[1.0],
             &snaps,
             &[10],

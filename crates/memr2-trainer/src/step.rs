@@ -10,18 +10,18 @@ use burn::tensor::backend::AutodiffBackend;
 use memr2_logo_grpo::{GroupKey, Sample, compute_advantages};
 use memr2_policy::Transformer;
 use memr2_policy::tokenizer::Tokenizer;
-use memr2_sim::{Episode, Question, ScoreBoard};
+use memr2_sim::{Episode, Probe, ScoreBoard, Task, probes_up_to};
 use rand::Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{
-    Agent, OpCounts, RolloutSampling, RolloutState, SessionJob, TokenizerCounter, answer_questions,
+    Agent, OpCounts, ProbeItem, RolloutSampling, RolloutState, SessionJob, TokenizerCounter, ask_probes,
     run_sessions,
 };
 use crate::config::TrainConfig;
-use crate::reward::{cumulative_session_tokens, penalty_after, rollout_reward, score};
+use crate::reward::{cumulative_session_tokens, penalty_after, rollout_reward};
 use crate::update::{TrainSample, UpdateSettings, UpdateStats, ppo_update};
 
 /// The frozen parts of a step.
@@ -30,6 +30,8 @@ pub struct StepContext<'a, B: AutodiffBackend> {
     pub tokenizer: &'a Tokenizer,
     /// The frozen answerer that supplies the reward.
     pub answerer: &'a Transformer<B::InnerBackend>,
+    /// What the answerer does with a memory and how it is scored.
+    pub task: &'a dyn Task,
     /// The frozen reference policy of the KL term (`None` when its coefficient is zero).
     pub reference: Option<&'a Transformer<B::InnerBackend>>,
     /// The run's configuration.
@@ -198,36 +200,45 @@ where
     }
     metrics.rollout_s = rollout_start.elapsed().as_secs_f64();
 
-    // 2. Rewards of the global rollouts from their final memories.
+    // 2. Rewards of the global rollouts: the task's probes asked of their final memories.
     let scoring_start = Instant::now();
     let mut board = ScoreBoard::default();
     let mut samples = Vec::new();
     let mut sample_records: Vec<(usize, usize, u32)> = Vec::new(); // (episode, rollout, session)
+    let probes: Vec<Vec<Probe>> = episodes.iter().map(|e| ctx.task.probes(e)).collect();
     {
         let _span = tracing::info_span!("scoring").entered();
         let mut items = Vec::new();
         for (e, episode) in episodes.iter().enumerate() {
             for state in &states[e] {
-                let last = state.snapshots.last().expect("a rollout has its start snapshot");
-                items.extend(episode.questions.iter().map(|q| (last, q)));
+                let memory = state.snapshots.last().expect("a rollout has its start snapshot");
+                items.extend(probes[e].iter().map(|probe| ProbeItem {
+                    memory,
+                    episode,
+                    probe,
+                }));
             }
         }
-        let (answers, failures) = answer_questions(&answerer, &items, rng);
+        let (scores, failures) = ask_probes(&answerer, ctx.task, &items, rng);
         metrics.answer_format_errors = failures;
         let mut offset = 0;
         let mut penalties = Vec::new();
         let mut f1_all = Vec::new();
         for (e, episode) in episodes.iter().enumerate() {
-            let questions: Vec<&Question> = episode.questions.iter().collect();
+            let sessions: Vec<Option<u32>> = probes[e].iter().map(|p| p.session).collect();
             let session_tokens = cumulative_session_tokens(episode, &counter);
             for (r, state) in states[e].iter().enumerate() {
-                let f1 = score(&questions, &answers[offset..offset + questions.len()], &mut board);
-                offset += questions.len();
+                let scored = &scores[offset..offset + probes[e].len()];
+                offset += probes[e].len();
+                for (probe, score) in probes[e].iter().zip(scored) {
+                    board.add_score(probe.category, *score);
+                }
+                let values: Vec<f64> = scored.iter().map(|s| s.f1).collect();
                 let reward = rollout_reward(
                     logo.reward_mode,
                     logo.lambda,
-                    &questions,
-                    &f1,
+                    &sessions,
+                    &values,
                     &state.snapshots,
                     &session_tokens,
                     &counter,
@@ -248,14 +259,14 @@ where
     let n_global = samples.len();
 
     // 3. Local rerollouts: branch one rollout's memory after session s-1, rerun session s k
-    //    times with sampling, score at once on questions from sessions 1..=s.
+    //    times with sampling, score at once on probes from sessions 1..=s.
     let local_start = Instant::now();
     let mut local_states: Vec<RolloutState> = Vec::new();
     let mut local_meta: Vec<(usize, u32, usize)> = Vec::new(); // (episode, session, branch rollout)
     if logo.p_local > 0.0 {
         for (e, episode) in episodes.iter().enumerate() {
             for s in 1..=episode.sessions.len() as u32 {
-                if !rng.random_bool(logo.p_local) || episode.questions_up_to(s).is_empty() {
+                if !rng.random_bool(logo.p_local) || probes_up_to(&probes[e], s).is_empty() {
                     continue;
                 }
                 let r = rng.random_range(0..n);
@@ -286,11 +297,11 @@ where
     let mut local_rewards = Vec::new();
     if !local_states.is_empty() {
         let _span = tracing::info_span!("local_scoring").entered();
-        // The same questions for the k members of a group.
-        let mut chosen: BTreeMap<(usize, u32, usize), Vec<&Question>> = BTreeMap::new();
+        // The same probes for the k members of a group.
+        let mut chosen: BTreeMap<(usize, u32, usize), Vec<&Probe>> = BTreeMap::new();
         for &(e, s, r) in &local_meta {
             chosen.entry((e, s, r)).or_insert_with(|| {
-                let pool = episodes[e].questions_up_to(s);
+                let pool = probes_up_to(&probes[e], s);
                 pool.choose_multiple(rng, logo.local_questions.min(pool.len()))
                     .copied()
                     .collect()
@@ -298,24 +309,24 @@ where
         }
         let mut items = Vec::new();
         for (state, meta) in local_states.iter().zip(&local_meta) {
-            let last = state
+            let memory = state
                 .snapshots
                 .last()
                 .expect("a rerollout ends with its snapshot");
-            items.extend(chosen[meta].iter().map(|q| (last, *q)));
+            let episode = &episodes[meta.0];
+            items.extend(chosen[meta].iter().map(|&probe| ProbeItem {
+                memory,
+                episode,
+                probe,
+            }));
         }
-        let (answers, failures) = answer_questions(&answerer, &items, rng);
+        let (scores, failures) = ask_probes(&answerer, ctx.task, &items, rng);
         metrics.answer_format_errors += failures;
         let mut offset = 0;
-        let mut scratch = ScoreBoard::default();
         for (state, meta @ &(e, s, r)) in local_states.iter().zip(&local_meta) {
-            let questions = &chosen[meta];
-            let f1 = score(
-                questions,
-                &answers[offset..offset + questions.len()],
-                &mut scratch,
-            );
-            offset += questions.len();
+            let n_probes = chosen[meta].len();
+            let f1: Vec<f64> = scores[offset..offset + n_probes].iter().map(|s| s.f1).collect();
+            offset += n_probes;
             let mean_f1 = f1.iter().sum::<f64>() / f1.len().max(1) as f64;
             let session_tokens = cumulative_session_tokens(&episodes[e], &counter);
             let c = penalty_after(

@@ -1,25 +1,28 @@
-//! The training run, top to bottom: data, tokenizer, model, supervised warm start, the
-//! LoGo-GRPO curriculum with validation and best-checkpoint selection, the final evaluation.
+//! The training run, phase by phase: [`run_with`] takes any [`Environment`], builds the
+//! tokenizer and model, then runs the supervised warm start ([`warm_start`]), the frozen
+//! answerer's tuning ([`tune_answerer`]), the LoGo-GRPO curriculum with validation and
+//! best-checkpoint selection ([`curriculum`]), and the final evaluation ([`evaluation`]).
 //! Every phase checkpoints so that `resume` continues exactly where a killed run stopped.
 
 use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, Optimizer};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, Optimizer};
 use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
 use memr2_policy::roles::Role;
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{Transformer, TransformerConfig};
-use memr2_sim::{Episode, TeacherConfig};
+use memr2_sim::{Environment, Episode, TeacherConfig};
 use rand::SeedableRng;
 use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::checkpoint::{self, Phase, TrainState};
 use crate::config::{ModelSpec, SftConfig, TrainConfig};
-use crate::data::{Splits, splits};
-use crate::eval::{MemorySource, ORACLE_ROW, Scores, evaluate, extraction_score, report_tables};
+use crate::data::{Splits, environment};
+use crate::eval::{Evaluation, MemorySource, ORACLE_ROW, Scores, Unavailable, evaluate, extraction_score};
 use crate::metrics::MetricsLog;
 use crate::sft::{
     EpochSettings, TokenizedExample, answerer_corpus, answerer_horizons, build_examples, fit_context,
@@ -68,6 +71,8 @@ pub struct RunReport {
     pub table: String,
     /// Rows of the table.
     pub rows: Vec<(String, Scores)>,
+    /// Rows the environment could not offer (the oracle's without gold facts), and why.
+    pub unavailable: Vec<Unavailable>,
     /// The run directory.
     pub dir: PathBuf,
 }
@@ -177,27 +182,6 @@ fn initial_model<B: Backend>(
     }
 }
 
-/// Mean F1 of the policy's greedy memories on validation episodes at a horizon.
-fn validate<B: Backend>(
-    policy: &Transformer<B>,
-    answerer: &Transformer<B>,
-    tokenizer: &Tokenizer,
-    config: &TrainConfig,
-    episodes: &[Episode],
-    rng: &mut ChaCha8Rng,
-) -> f64 {
-    let _span = tracing::info_span!("validate").entered();
-    evaluate(
-        &MemorySource::Policy(policy),
-        answerer,
-        tokenizer,
-        &config.agent,
-        episodes,
-        rng,
-    )
-    .f1()
-}
-
 /// Reports an SFT-style epoch's progress: minibatches done and the last loss.
 fn loss_progress<'a>(observe: &'a mut dyn FnMut(Event<'_>)) -> impl FnMut(usize, f64) + 'a {
     move |done, loss| {
@@ -243,281 +227,476 @@ fn at_horizon(episodes: &[Episode], h: usize, limit: usize) -> Vec<Episode> {
     episodes.iter().take(limit).map(|e| e.with_horizon(h)).collect()
 }
 
-/// Runs (or resumes) a training run to the end and evaluates it.
+/// The optimizer of every phase: AdamW without weight decay.
+type Adam<B> = OptimizerAdaptor<AdamW, Transformer<B>, B>;
+
+fn adam<B: AutodiffBackend>() -> Adam<B> {
+    AdamWConfig::new()
+        .with_weight_decay(0.0)
+        .init::<B, Transformer<B>>()
+}
+
+/// What a run carries from phase to phase: the model being trained, its optimizer, where the
+/// run stands, and its metrics log.
+struct Training<B: AutodiffBackend> {
+    model: Transformer<B>,
+    arch: TransformerConfig,
+    optim: Adam<B>,
+    state: TrainState,
+    log: MetricsLog,
+    run: RunDir,
+}
+
+impl<B: AutodiffBackend> Training<B> {
+    /// Saves the resumable checkpoint: weights, optimizer state and where the run stands.
+    fn save_latest(&mut self) -> Result<(), TrainError> {
+        self.state.metrics_lines = self.log.lines();
+        checkpoint::save(
+            &self.run.checkpoint("latest"),
+            &self.model,
+            &self.arch,
+            Some(self.optim.to_record()),
+            Some(&self.state),
+        )
+    }
+
+    /// Saves the model alone under a checkpoint name.
+    fn save_as(&self, name: &str) -> Result<(), TrainError> {
+        checkpoint::save::<B, ()>(&self.run.checkpoint(name), &self.model, &self.arch, None, None)
+    }
+
+    /// Moves to `phase` with a fresh optimizer and saves.
+    fn enter(&mut self, phase: Phase) -> Result<(), TrainError> {
+        self.state.phase = phase;
+        self.optim = adam::<B>();
+        self.save_latest()
+    }
+}
+
+/// Runs (or resumes) a training run on the environment its configuration names
+/// ([`TrainConfig::data`]) to the end and evaluates it.
 pub fn run<B: AutodiffBackend>(
     config: TrainConfig,
     options: &RunOptions,
     device: &B::Device,
     observe: &mut dyn FnMut(Event<'_>),
 ) -> Result<RunReport, TrainError> {
+    let config = if options.resume {
+        TrainConfig::from_file(&RunDir(options.dir.clone()).config())?
+    } else {
+        config
+    };
+    let env = environment(&config.data)?;
+    run_with::<B>(env.as_ref(), config, options, device, observe)
+}
+
+/// Runs (or resumes) a training run on any environment to the end and evaluates it: the
+/// library's entry point for environments defined outside memr2. `config.data` is recorded
+/// in the run's `config.json` but not read; on resume, pass the same environment again.
+///
+/// The phases, in order: the supervised warm start ([`Environment::capabilities`] must offer
+/// gold facts), the frozen answerer's tuning, the LoGo-GRPO curriculum, the evaluation.
+pub fn run_with<B: AutodiffBackend>(
+    env: &dyn Environment,
+    config: TrainConfig,
+    options: &RunOptions,
+    device: &B::Device,
+    observe: &mut dyn FnMut(Event<'_>),
+) -> Result<RunReport, TrainError> {
     let run = RunDir(options.dir.clone());
-    // 1. The run directory and its configuration.
     let config = if options.resume {
         TrainConfig::from_file(&run.config())?
     } else {
         config.validate()?;
-        if run.0.exists() && std::fs::read_dir(&run.0).map_err(io(&run.0))?.next().is_some() {
-            return Err(TrainError::Invalid(format!(
-                "run directory {} is not empty: pass --resume to continue it, or choose another",
-                run.0.display()
-            )));
-        }
-        std::fs::create_dir_all(&run.0).map_err(io(&run.0))?;
-        let text = serde_json::to_string_pretty(&config).expect("config serialises");
-        std::fs::write(run.config(), text).map_err(io(&run.config()))?;
-        if let Some(from) = &options.init_from {
-            let from = RunDir(from.clone());
-            std::fs::copy(from.tokenizer(), run.tokenizer()).map_err(io(&from.tokenizer()))?;
-            for name in ["sft", "answerer"] {
-                if name == "sft" || from.checkpoint(name).exists() {
-                    let loaded = checkpoint::load::<B>(&from.checkpoint(name), device)?;
-                    checkpoint::save::<B, ()>(
-                        &run.checkpoint(name),
-                        &loaded.model,
-                        &loaded.config,
-                        None,
-                        None,
-                    )?;
-                }
-            }
-        }
         config
     };
-
-    // 2. Data, tokenizer, model, optimizer, state.
-    let data = splits(&config.data)?;
+    check_capabilities(env, &config, options)?;
+    let data = Splits::of(env)?;
+    if !options.resume {
+        create_run_dir::<B>(&run, &config, options, device)?;
+    }
     let tokenizer = tokenizer_for(&config, &run, &data)?;
-    let horizons = config.curriculum.horizons.clone();
-    let sft_adam = AdamWConfig::new().with_weight_decay(0.0);
-    let rl_adam = AdamWConfig::new().with_weight_decay(0.0);
-    // After the warm start: the answerer's own tuning unless there is nothing to tune or it
-    // was copied from the run this one starts from.
-    let after_sft = if config.answerer.epochs > 0 && !run.checkpoint("answerer").exists() {
-        Phase::Answerer { epochs_done: 0 }
-    } else {
-        Phase::Rl {
-            stage: 0,
-            steps_done: 0,
-        }
+    let mut training = start_or_resume::<B>(&config, options, run, &tokenizer, device)?;
+    tracing::info!(
+        parameters = training.arch.num_parameters(),
+        vocab = tokenizer.vocab_size(),
+        environment = env.name(),
+        task = env.task().name(),
+        "model ready"
+    );
+    if let Phase::Sft { epochs_done } = training.state.phase {
+        training = warm_start(training, &config, &data, &tokenizer, epochs_done, observe)?;
+    }
+    if let Phase::Answerer { epochs_done } = training.state.phase {
+        training = tune_answerer(
+            training,
+            &config,
+            env,
+            &data,
+            &tokenizer,
+            epochs_done,
+            device,
+            observe,
+        )?;
+    }
+    let frozen = Frozen::<B>::load(&training.run, device)?;
+    let context = StepContext::<B> {
+        tokenizer: &tokenizer,
+        answerer: frozen.answerer(),
+        task: env.task(),
+        reference: (config.rl.logo.kl_coef > 0.0).then_some(&frozen.sft),
+        config: &config,
     };
-    let (mut model, arch, mut optim, mut state) = if options.resume {
+    let training = curriculum(training, &context, &data, options, device, observe)?;
+    training.save_as("final")?;
+    evaluation(&training, &config, env, &data, &tokenizer, &frozen, observe)
+}
+
+/// Refuses, before any work, what the environment cannot support.
+fn check_capabilities(
+    env: &dyn Environment,
+    config: &TrainConfig,
+    options: &RunOptions,
+) -> Result<(), TrainError> {
+    if env.capabilities().gold_facts {
+        return Ok(());
+    }
+    let missing = |needed_by: &str, fix: &str| TrainError::Capability {
+        environment: env.name().to_string(),
+        capability: "gold facts",
+        needed_by: needed_by.to_string(),
+        fix: fix.to_string(),
+    };
+    let from_run = options.init_from.as_ref().map(|d| RunDir(d.clone()));
+    if config.sft.epochs > 0 && from_run.is_none() {
+        return Err(missing(
+            "the supervised warm start (its extractor and manager examples are written from them)",
+            "pass --sft-epochs 0 --answerer-epochs 0 to start RL from the initial model, or \
+             --init-from RUN to start from another run's warm start",
+        ));
+    }
+    let answerer_copied = from_run.is_some_and(|r| r.checkpoint("answerer").exists());
+    if config.answerer.epochs > 0 && !answerer_copied {
+        return Err(missing(
+            "the answerer's tuning (it answers from the memory the gold facts make)",
+            "pass --answerer-epochs 0 to let the warm-start model answer",
+        ));
+    }
+    Ok(())
+}
+
+/// Creates the run directory with its `config.json` and, for `init_from`, the tokenizer and
+/// checkpoints of the run it starts from.
+fn create_run_dir<B: AutodiffBackend>(
+    run: &RunDir,
+    config: &TrainConfig,
+    options: &RunOptions,
+    device: &B::Device,
+) -> Result<(), TrainError> {
+    if run.0.exists() && std::fs::read_dir(&run.0).map_err(io(&run.0))?.next().is_some() {
+        return Err(TrainError::Invalid(format!(
+            "run directory {} is not empty: pass --resume to continue it, or choose another",
+            run.0.display()
+        )));
+    }
+    std::fs::create_dir_all(&run.0).map_err(io(&run.0))?;
+    let text = serde_json::to_string_pretty(config).expect("config serialises");
+    std::fs::write(run.config(), text).map_err(io(&run.config()))?;
+    if let Some(from) = &options.init_from {
+        let from = RunDir(from.clone());
+        std::fs::copy(from.tokenizer(), run.tokenizer()).map_err(io(&from.tokenizer()))?;
+        for name in ["sft", "answerer"] {
+            if name == "sft" || from.checkpoint(name).exists() {
+                let loaded = checkpoint::load::<B>(&from.checkpoint(name), device)?;
+                checkpoint::save::<B, ()>(&run.checkpoint(name), &loaded.model, &loaded.config, None, None)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The model, optimizer and state a run starts from: its `latest` checkpoint on resume,
+/// another run's warm start for `init_from`, else a fresh model before the warm start.
+fn start_or_resume<B: AutodiffBackend>(
+    config: &TrainConfig,
+    options: &RunOptions,
+    run: RunDir,
+    tokenizer: &Tokenizer,
+    device: &B::Device,
+) -> Result<Training<B>, TrainError> {
+    let fresh_state = |phase| TrainState {
+        phase,
+        step: 0,
+        rng: ChaCha8Rng::seed_from_u64(config.seed),
+        metrics_lines: 0,
+        best: None,
+    };
+    let (model, arch, optim, state) = if options.resume {
         let loaded = checkpoint::load::<B>(&run.checkpoint("latest"), device)?;
         let state = loaded.state.clone().ok_or_else(|| TrainError::Checkpoint {
             path: run.checkpoint("latest"),
             reason: "checkpoint has no training state".into(),
         })?;
-        let mut optim = match state.phase {
-            Phase::Sft { .. } => sft_adam.init::<B, Transformer<B>>(),
-            _ => rl_adam.init::<B, Transformer<B>>(),
-        };
+        let mut optim = adam::<B>();
         if let Some(record) = loaded.optimizer(device)? {
             optim = optim.load_record(record);
         }
         (loaded.model, loaded.config, optim, state)
     } else if options.init_from.is_some() {
         let sft = checkpoint::load::<B>(&run.checkpoint("sft"), device)?;
-        let state = TrainState {
-            phase: after_sft.clone(),
-            step: 0,
-            rng: ChaCha8Rng::seed_from_u64(config.seed),
-            metrics_lines: 0,
-            best: None,
-        };
-        (sft.model, sft.config, rl_adam.init::<B, Transformer<B>>(), state)
+        let state = fresh_state(after_warm_start(config, &run));
+        (sft.model, sft.config, adam::<B>(), state)
     } else {
-        let (model, arch) = initial_model::<B>(&config, &tokenizer, device)?;
-        let state = TrainState {
-            phase: Phase::Sft { epochs_done: 0 },
-            step: 0,
-            rng: ChaCha8Rng::seed_from_u64(config.seed),
-            metrics_lines: 0,
-            best: None,
-        };
-        (model, arch, sft_adam.init::<B, Transformer<B>>(), state)
+        let (model, arch) = initial_model::<B>(config, tokenizer, device)?;
+        (
+            model,
+            arch,
+            adam::<B>(),
+            fresh_state(Phase::Sft { epochs_done: 0 }),
+        )
     };
-    let mut log = MetricsLog::open(&run.metrics(), state.metrics_lines)?;
-    // The resumable checkpoint: weights, optimiser state and where the run stands.
-    let latest = run.checkpoint("latest");
-    let save_latest = |model: &Transformer<B>, optim_record, state: &TrainState| {
-        checkpoint::save(&latest, model, &arch, Some(optim_record), Some(state))
-    };
-    tracing::info!(
-        parameters = arch.num_parameters(),
-        vocab = tokenizer.vocab_size(),
-        "model ready"
-    );
+    let log = MetricsLog::open(&run.metrics(), state.metrics_lines)?;
+    Ok(Training {
+        model,
+        arch,
+        optim,
+        state,
+        log,
+        run,
+    })
+}
 
-    // 3. Supervised warm start on the imperfect teacher.
-    if let Phase::Sft { epochs_done } = state.phase {
-        // The answerer's examples stay in the warm start even when it has a phase of its
-        // own: without them the extractor learns to copy more slowly (docs/RESULTS.md).
-        let examples = build_examples(
-            &data.train,
-            &horizons,
-            &teacher_config(&config),
-            &config.agent,
-            config.seed,
-        );
-        let tokens = fit_context(tokenize(&examples, &tokenizer), model.max_positions());
-        log_corpus("sft", &tokens);
-        let batches = tokens.len().div_ceil(config.sft.batch_size) as u64;
-        for epoch in epochs_done..config.sft.epochs {
-            observe(Event::Phase {
-                name: format!("SFT epoch {}/{}", epoch + 1, config.sft.epochs),
-                total: batches,
-            });
-            let (next, loss, skipped) = sft_epoch(
-                model,
-                &mut optim,
-                &tokens,
-                EpochSettings {
-                    batch_size: config.sft.batch_size,
-                    prompt_weight: config.sft.prompt_loss_weight,
-                    shards: config.shards,
-                },
-                |i| {
-                    let step = epoch * batches as usize + i;
-                    config
-                        .sft
-                        .learning_rate_at(step, config.sft.epochs * batches as usize)
-                },
-                &mut state.rng,
-                loss_progress(observe),
-            );
-            model = next;
-            // How well the extractor copies facts out of the turns, on validation conversations.
-            let probe = at_horizon(&data.validation, horizons[0], config.eval.validation_episodes);
-            let extraction = extraction_score(&model.valid(), &tokenizer, &config.agent, &probe);
-            tracing::info!(
-                epoch,
-                loss,
-                skipped,
-                extractor_precision = extraction.precision,
-                extractor_recall = extraction.recall,
-                "sft epoch done"
-            );
-            log.append(&serde_json::json!({
-                "sft_epoch": epoch + 1,
-                "loss": loss,
-                "skipped_nonfinite": skipped,
-                "validation_extractor_precision": extraction.precision,
-                "validation_extractor_recall": extraction.recall,
-                "validation_extractor_format_errors": extraction.format_errors,
-            }))?;
-            state.phase = Phase::Sft {
-                epochs_done: epoch + 1,
-            };
-            state.metrics_lines = log.lines();
-            save_latest(&model, optim.to_record(), &state)?;
-        }
-        checkpoint::save::<B, ()>(&run.checkpoint("sft"), &model, &arch, None, None)?;
-        state.phase = after_sft;
-        optim = rl_adam.init::<B, Transformer<B>>();
-        save_latest(&model, optim.to_record(), &state)?;
-    }
-
-    // 4. The frozen answerer: the SFT weights tuned on answerer examples alone, judged after
-    //    each epoch by how well it answers the validation questions from the oracle's memory.
-    if let Phase::Answerer { epochs_done } = state.phase {
-        let a = &config.answerer;
-        let max = horizons.iter().copied().max().unwrap_or(0);
-        let examples = answerer_corpus(
-            &data.train,
-            &answerer_horizons(max, a.horizon_stride),
-            &config.agent,
-        );
-        let tokens = fit_context(tokenize(&examples, &tokenizer), model.max_positions());
-        log_corpus("answerer", &tokens);
-        let validation = at_horizon(&data.validation, max, usize::MAX);
-        let schedule = SftConfig {
-            learning_rate: a.learning_rate,
-            ..config.sft.clone()
-        };
-        let batches = tokens.len().div_ceil(config.sft.batch_size) as u64;
-        for epoch in epochs_done..a.epochs {
-            observe(Event::Phase {
-                name: format!("answerer epoch {}/{}", epoch + 1, a.epochs),
-                total: batches,
-            });
-            let (next, loss, skipped) = sft_epoch(
-                model,
-                &mut optim,
-                &tokens,
-                EpochSettings {
-                    batch_size: config.sft.batch_size,
-                    prompt_weight: a.prompt_loss_weight,
-                    shards: config.shards,
-                },
-                |i| schedule.learning_rate_at(epoch * batches as usize + i, a.epochs * batches as usize),
-                &mut state.rng,
-                loss_progress(observe),
-            );
-            model = next;
-            let answerer = model.valid();
-            let mut score = |source: MemorySource<'_, B::InnerBackend>| {
-                evaluate(
-                    &source,
-                    &answerer,
-                    &tokenizer,
-                    &config.agent,
-                    &validation,
-                    &mut state.rng,
-                )
-                .f1()
-            };
-            let (oracle_f1, no_memory_f1) = (score(MemorySource::Oracle), score(MemorySource::Empty));
-            tracing::info!(
-                epoch,
-                loss,
-                skipped,
-                oracle_f1,
-                no_memory_f1,
-                "answerer epoch done"
-            );
-            log.append(&serde_json::json!({
-                "answerer_epoch": epoch + 1,
-                "loss": loss,
-                "skipped_nonfinite": skipped,
-                "validation_oracle_f1": oracle_f1,
-                "validation_no_memory_f1": no_memory_f1,
-            }))?;
-            state.phase = Phase::Answerer {
-                epochs_done: epoch + 1,
-            };
-            state.metrics_lines = log.lines();
-            save_latest(&model, optim.to_record(), &state)?;
-        }
-        checkpoint::save::<B, ()>(&run.checkpoint("answerer"), &model, &arch, None, None)?;
-        // The policy starts the curriculum from the SFT weights, not the answerer's.
-        model = checkpoint::load::<B>(&run.checkpoint("sft"), device)?.model;
-        state.phase = Phase::Rl {
+/// The phase after the warm start: the answerer's own tuning unless there is nothing to tune
+/// or it was copied from the run this one starts from.
+fn after_warm_start(config: &TrainConfig, run: &RunDir) -> Phase {
+    if config.answerer.epochs > 0 && !run.checkpoint("answerer").exists() {
+        Phase::Answerer { epochs_done: 0 }
+    } else {
+        Phase::Rl {
             stage: 0,
             steps_done: 0,
+        }
+    }
+}
+
+/// One supervised phase: epochs over a corpus, each followed by a probe of the model whose
+/// figures join the epoch's metrics line, the resumable checkpoint saved after each.
+struct Supervised<'a> {
+    /// Name in progress bars and the key of the epoch in the metrics (`{name}_epoch`).
+    name: &'a str,
+    tokens: &'a [TokenizedExample],
+    epochs_done: usize,
+    /// Learning-rate schedule and epoch count.
+    schedule: SftConfig,
+    prompt_weight: f64,
+    /// The phase after `n` epochs.
+    phase: fn(usize) -> Phase,
+}
+
+fn supervised_epochs<B: AutodiffBackend>(
+    mut training: Training<B>,
+    config: &TrainConfig,
+    spec: Supervised<'_>,
+    probe: &mut dyn FnMut(
+        &Transformer<B::InnerBackend>,
+        &mut ChaCha8Rng,
+    ) -> serde_json::Map<String, serde_json::Value>,
+    observe: &mut dyn FnMut(Event<'_>),
+) -> Result<Training<B>, TrainError> {
+    let batches = spec.tokens.len().div_ceil(config.sft.batch_size) as u64;
+    let epochs = spec.schedule.epochs;
+    for epoch in spec.epochs_done..epochs {
+        observe(Event::Phase {
+            name: format!("{} epoch {}/{}", spec.name, epoch + 1, epochs),
+            total: batches,
+        });
+        let (next, loss, skipped) = sft_epoch(
+            training.model,
+            &mut training.optim,
+            spec.tokens,
+            EpochSettings {
+                batch_size: config.sft.batch_size,
+                prompt_weight: spec.prompt_weight,
+                shards: config.shards,
+            },
+            |i| {
+                let step = epoch * batches as usize + i;
+                spec.schedule.learning_rate_at(step, epochs * batches as usize)
+            },
+            &mut training.state.rng,
+            loss_progress(observe),
+        );
+        training.model = next;
+        let mut record = probe(&training.model.valid(), &mut training.state.rng);
+        tracing::info!(phase = spec.name, epoch, loss, skipped, probe = ?record, "epoch done");
+        record.insert(format!("{}_epoch", spec.name.to_lowercase()), (epoch + 1).into());
+        record.insert("loss".into(), loss.into());
+        record.insert("skipped_nonfinite".into(), skipped.into());
+        training.log.append(&record)?;
+        training.state.phase = (spec.phase)(epoch + 1);
+        training.save_latest()?;
+    }
+    Ok(training)
+}
+
+/// The supervised warm start on the imperfect teacher's examples.
+fn warm_start<B: AutodiffBackend>(
+    training: Training<B>,
+    config: &TrainConfig,
+    data: &Splits,
+    tokenizer: &Tokenizer,
+    epochs_done: usize,
+    observe: &mut dyn FnMut(Event<'_>),
+) -> Result<Training<B>, TrainError> {
+    let horizons = &config.curriculum.horizons;
+    // The answerer's examples stay in the warm start even when it has a phase of its own:
+    // without them the extractor learns to copy more slowly (docs/RESULTS.md).
+    let examples = build_examples(
+        &data.train,
+        horizons,
+        &teacher_config(config),
+        &config.agent,
+        config.seed,
+    );
+    let tokens = fit_context(tokenize(&examples, tokenizer), training.model.max_positions());
+    log_corpus("sft", &tokens);
+    // How well the extractor copies facts out of the turns, on validation conversations.
+    let probe_episodes = at_horizon(&data.validation, horizons[0], config.eval.validation_episodes);
+    let mut probe = |model: &Transformer<B::InnerBackend>, _: &mut ChaCha8Rng| {
+        let extraction = extraction_score(model, tokenizer, &config.agent, &probe_episodes);
+        let mut record = serde_json::Map::new();
+        record.insert(
+            "validation_extractor_precision".into(),
+            extraction.precision.into(),
+        );
+        record.insert("validation_extractor_recall".into(), extraction.recall.into());
+        record.insert(
+            "validation_extractor_format_errors".into(),
+            extraction.format_errors.into(),
+        );
+        record
+    };
+    let spec = Supervised {
+        name: "SFT",
+        tokens: &tokens,
+        epochs_done,
+        schedule: config.sft.clone(),
+        prompt_weight: config.sft.prompt_loss_weight,
+        phase: |epochs_done| Phase::Sft { epochs_done },
+    };
+    let mut training = supervised_epochs(training, config, spec, &mut probe, observe)?;
+    training.save_as("sft")?;
+    let next = after_warm_start(config, &training.run);
+    training.enter(next)?;
+    Ok(training)
+}
+
+/// The frozen answerer: the warm-start weights tuned on answerer examples alone, judged after
+/// each epoch by how well it answers the validation probes from the oracle's memory. The
+/// policy then goes back to the warm-start weights.
+#[allow(clippy::too_many_arguments)]
+fn tune_answerer<B: AutodiffBackend>(
+    training: Training<B>,
+    config: &TrainConfig,
+    env: &dyn Environment,
+    data: &Splits,
+    tokenizer: &Tokenizer,
+    epochs_done: usize,
+    device: &B::Device,
+    observe: &mut dyn FnMut(Event<'_>),
+) -> Result<Training<B>, TrainError> {
+    let a = &config.answerer;
+    let max = config.curriculum.horizons.iter().copied().max().unwrap_or(0);
+    let examples = answerer_corpus(
+        &data.train,
+        &answerer_horizons(max, a.horizon_stride),
+        &config.agent,
+    );
+    let tokens = fit_context(tokenize(&examples, tokenizer), training.model.max_positions());
+    log_corpus("answerer", &tokens);
+    let validation = at_horizon(&data.validation, max, usize::MAX);
+    let mut probe = |answerer: &Transformer<B::InnerBackend>, rng: &mut ChaCha8Rng| {
+        let mut score = |source: MemorySource<'_, B::InnerBackend>| {
+            evaluate(
+                &source,
+                answerer,
+                tokenizer,
+                &config.agent,
+                env.task(),
+                &validation,
+                rng,
+            )
+            .f1()
         };
-        optim = rl_adam.init::<B, Transformer<B>>();
-        save_latest(&model, optim.to_record(), &state)?;
+        let (oracle_f1, no_memory_f1) = (score(MemorySource::Oracle), score(MemorySource::Empty));
+        let mut record = serde_json::Map::new();
+        record.insert("validation_oracle_f1".into(), oracle_f1.into());
+        record.insert("validation_no_memory_f1".into(), no_memory_f1.into());
+        record
+    };
+    let spec = Supervised {
+        name: "answerer",
+        tokens: &tokens,
+        epochs_done,
+        schedule: SftConfig {
+            learning_rate: a.learning_rate,
+            epochs: a.epochs,
+            ..config.sft.clone()
+        },
+        prompt_weight: a.prompt_loss_weight,
+        phase: |epochs_done| Phase::Answerer { epochs_done },
+    };
+    let mut training = supervised_epochs(training, config, spec, &mut probe, observe)?;
+    training.save_as("answerer")?;
+    // The policy starts the curriculum from the warm-start weights, not the answerer's.
+    training.model = checkpoint::load::<B>(&training.run.checkpoint("sft"), device)?.model;
+    training.enter(Phase::Rl {
+        stage: 0,
+        steps_done: 0,
+    })?;
+    Ok(training)
+}
+
+/// The frozen models of the curriculum, read back from their checkpoints: the warm start (the
+/// KL reference) and the answerer (its own checkpoint, or the warm start when it has none).
+pub struct Frozen<B: AutodiffBackend> {
+    /// The warm-start model.
+    pub sft: Transformer<B::InnerBackend>,
+    /// The answerer's own tuning, when it had one.
+    pub tuned_answerer: Option<Transformer<B::InnerBackend>>,
+}
+
+impl<B: AutodiffBackend> Frozen<B> {
+    fn load(run: &RunDir, device: &B::Device) -> Result<Self, TrainError> {
+        let load =
+            |dir: &Path| -> Result<_, TrainError> { Ok(checkpoint::load::<B>(dir, device)?.model.valid()) };
+        let sft = load(&run.checkpoint("sft"))?;
+        let tuned_answerer = match run.checkpoint("answerer") {
+            dir if dir.exists() => Some(load(&dir)?),
+            _ => None,
+        };
+        Ok(Self { sft, tuned_answerer })
     }
 
-    // 5. The frozen answerer (its own checkpoint, or the SFT model when it has none) and the
-    //    KL reference (the SFT model), read back from their checkpoints.
-    let sft_model = checkpoint::load::<B>(&run.checkpoint("sft"), device)?
-        .model
-        .valid();
-    let answerer_model = match run.checkpoint("answerer") {
-        dir if dir.exists() => Some(checkpoint::load::<B>(&dir, device)?.model.valid()),
-        _ => None,
-    };
-    let answerer = answerer_model.as_ref().unwrap_or(&sft_model);
-    let logo = &config.rl.logo;
-    let context = StepContext::<B> {
-        tokenizer: &tokenizer,
-        answerer,
-        reference: (logo.kl_coef > 0.0).then_some(&sft_model),
-        config: &config,
-    };
+    /// The frozen answerer.
+    pub fn answerer(&self) -> &Transformer<B::InnerBackend> {
+        self.tuned_answerer.as_ref().unwrap_or(&self.sft)
+    }
+}
 
-    // 6. The curriculum: each stage starts from the best validation checkpoint of the last.
-    while let Phase::Rl { stage, steps_done } = state.phase {
+/// The LoGo-GRPO curriculum: each stage's steps, validation every `validate_every` steps, the
+/// stage's best checkpoint, and the next stage started from it.
+fn curriculum<B: AutodiffBackend>(
+    mut training: Training<B>,
+    context: &StepContext<'_, B>,
+    data: &Splits,
+    options: &RunOptions,
+    device: &B::Device,
+    observe: &mut dyn FnMut(Event<'_>),
+) -> Result<Training<B>, TrainError> {
+    let config = context.config;
+    let horizons = &config.curriculum.horizons;
+    while let Phase::Rl { stage, steps_done } = training.state.phase {
         let h = horizons[stage];
         let mut train_pool = at_horizon(&data.train, h, config.rl.train_episodes.unwrap_or(usize::MAX));
         for episode in &mut train_pool {
@@ -527,14 +706,26 @@ pub fn run<B: AutodiffBackend>(
         }
         let validation_h = config.eval.validation_sessions.unwrap_or(h);
         let validation = at_horizon(&data.validation, validation_h, config.eval.validation_episodes);
-        let best_dir = run.checkpoint(&format!("best-stage-{h}"));
+        let best_name = format!("best-stage-{h}");
         let total = config.curriculum.steps_per_stage as u64;
         observe(Event::Phase {
             name: format!("LoGo-GRPO stage {}/{} ({h} sessions)", stage + 1, horizons.len()),
             total,
         });
         let score = |model: &Transformer<B>, rng: &mut ChaCha8Rng| {
-            validate(&model.valid(), answerer, &tokenizer, &config, &validation, rng)
+            let _span = tracing::info_span!("validate").entered();
+            let policy = model.valid();
+            let source = MemorySource::Policy(&policy);
+            evaluate(
+                &source,
+                context.answerer,
+                context.tokenizer,
+                &config.agent,
+                context.task,
+                &validation,
+                rng,
+            )
+            .f1()
         };
         let record = |step: u64, f1: f64| {
             serde_json::json!({
@@ -545,56 +736,59 @@ pub fn run<B: AutodiffBackend>(
             })
         };
         if steps_done == 0 {
-            let f1 = score(&model, &mut state.rng);
-            state.best = Some((f1, state.step));
-            log.append(&record(state.step, f1))?;
-            checkpoint::save::<B, ()>(&best_dir, &model, &arch, None, None)?;
+            let f1 = score(&training.model, &mut training.state.rng);
+            training.state.best = Some((f1, training.state.step));
+            training.log.append(&record(training.state.step, f1))?;
+            training.save_as(&best_name)?;
         }
         for step_in_stage in steps_done..config.curriculum.steps_per_stage {
-            if options.stop_after_steps.is_some_and(|s| state.step >= s) {
-                return Err(TrainError::Stopped { step: state.step });
+            if options.stop_after_steps.is_some_and(|s| training.state.step >= s) {
+                return Err(TrainError::Stopped {
+                    step: training.state.step,
+                });
             }
+            let state = &mut training.state;
             let episodes: Vec<Episode> = train_pool
                 .choose_multiple(&mut state.rng, config.rl.episodes_per_step.min(train_pool.len()))
                 .cloned()
                 .collect();
             let (next, mut metrics) = rl_step(
-                model,
-                &mut optim,
-                &context,
+                training.model,
+                &mut training.optim,
+                context,
                 &episodes,
                 config.rl.learning_rate_at(step_in_stage),
                 &mut state.rng,
             )?;
-            model = next;
+            training.model = next;
             state.step += 1;
             metrics.step = state.step;
             observe(Event::Step(&metrics));
-            log.append(&metrics)?;
+            training.log.append(&metrics)?;
             let done = step_in_stage + 1;
             if done % config.curriculum.validate_every == 0 || done == config.curriculum.steps_per_stage {
-                let f1 = score(&model, &mut state.rng);
-                log.append(&record(state.step, f1))?;
-                if state.best.is_none_or(|(best, _)| f1 > best) {
-                    state.best = Some((f1, state.step));
-                    checkpoint::save::<B, ()>(&best_dir, &model, &arch, None, None)?;
+                let f1 = score(&training.model, &mut training.state.rng);
+                training.log.append(&record(training.state.step, f1))?;
+                if training.state.best.is_none_or(|(best, _)| f1 > best) {
+                    training.state.best = Some((f1, training.state.step));
+                    training.save_as(&best_name)?;
                 }
             }
             observe(Event::Progress {
                 done: done as u64,
                 message: format!("F1 {:.3}", metrics.f1),
             });
-            state.phase = Phase::Rl {
+            training.state.phase = Phase::Rl {
                 stage,
                 steps_done: done,
             };
-            state.metrics_lines = log.lines();
-            save_latest(&model, optim.to_record(), &state)?;
+            training.save_latest()?;
         }
         // The next stage starts from this stage's best checkpoint, with a fresh optimizer.
-        model = checkpoint::load::<B>(&best_dir, device)?.model;
-        tracing::info!(horizon = h, best = ?state.best, "stage done");
-        state.phase = if stage + 1 < horizons.len() {
+        training.model = checkpoint::load::<B>(&training.run.checkpoint(&best_name), device)?.model;
+        tracing::info!(horizon = h, best = ?training.state.best, "stage done");
+        training.state.best = None;
+        let next = if stage + 1 < horizons.len() {
             Phase::Rl {
                 stage: stage + 1,
                 steps_done: 0,
@@ -602,14 +796,23 @@ pub fn run<B: AutodiffBackend>(
         } else {
             Phase::Done
         };
-        state.best = None;
-        optim = rl_adam.init::<B, Transformer<B>>();
-        state.metrics_lines = log.lines();
-        save_latest(&model, optim.to_record(), &state)?;
+        training.enter(next)?;
     }
-    checkpoint::save::<B, ()>(&run.checkpoint("final"), &model, &arch, None, None)?;
+    Ok(training)
+}
 
-    // 7. Plots and the final evaluation.
+/// Plots the run's curves, evaluates the warm start and the trained policy on the test
+/// episodes, and writes `report.md`.
+fn evaluation<B: AutodiffBackend>(
+    training: &Training<B>,
+    config: &TrainConfig,
+    env: &dyn Environment,
+    data: &Splits,
+    tokenizer: &Tokenizer,
+    frozen: &Frozen<B>,
+    observe: &mut dyn FnMut(Event<'_>),
+) -> Result<RunReport, TrainError> {
+    let run = &training.run;
     if let Ok(records) = MetricsLog::read(&run.metrics()) {
         let steps: Vec<_> = records
             .into_iter()
@@ -617,18 +820,20 @@ pub fn run<B: AutodiffBackend>(
             .collect();
         plot::plot_run(&steps, &run.plots())?;
     }
-    let name = if logo.p_local > 0.0 {
+    let name = if config.rl.logo.p_local > 0.0 {
         "LoGo-GRPO"
     } else {
         "GRPO (global only)"
     };
-    let final_model = model.valid();
+    let final_model = training.model.valid();
     let systems: Vec<(&str, Option<&Transformer<B::InnerBackend>>)> =
-        vec![("SFT only", Some(&sft_model)), (name, Some(&final_model))];
-    let rows = final_evaluation(&config, &data, &tokenizer, answerer, &systems, observe)?;
-    let table = report_tables(&rows);
+        vec![("SFT only", Some(&frozen.sft)), (name, Some(&final_model))];
+    let evaluation = final_evaluation(config, env, data, tokenizer, frozen.answerer(), &systems, observe)?;
+    let table = evaluation.tables();
     let report = format!(
-        "# Evaluation\n\nTest conversations: {}, horizon {} sessions, seed {}.\n\n{table}",
+        "# Evaluation\n\nEnvironment: {} ({}). Test conversations: {}, horizon {} sessions, seed {}.\n\n{table}",
+        env.name(),
+        env.task().name(),
         config.eval.test_episodes.min(data.test.len()),
         config.eval.sessions,
         config.seed
@@ -636,54 +841,62 @@ pub fn run<B: AutodiffBackend>(
     std::fs::write(run.report(), &report).map_err(io(&run.report()))?;
     Ok(RunReport {
         table,
-        rows,
-        dir: run.0,
+        rows: evaluation.rows,
+        unavailable: evaluation.unavailable,
+        dir: run.0.clone(),
     })
 }
 
-/// The evaluation table: no memory, oracle memory, then each named policy's memory, all
-/// answered by the same frozen answerer on the test conversations.
+/// The evaluation table: no memory, oracle memory (when the environment has gold facts), then
+/// each named policy's memory, all asked the task's probes by the same frozen answerer on the
+/// test episodes.
 pub fn final_evaluation<B: Backend>(
     config: &TrainConfig,
+    env: &dyn Environment,
     data: &Splits,
     tokenizer: &Tokenizer,
     answerer: &Transformer<B>,
     systems: &[(&str, Option<&Transformer<B>>)],
     observe: &mut dyn FnMut(Event<'_>),
-) -> Result<Vec<(String, Scores)>, TrainError> {
+) -> Result<Evaluation, TrainError> {
     let test = at_horizon(&data.test, config.eval.sessions, config.eval.test_episodes);
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed);
-    let mut rows = Vec::new();
+    let mut evaluation = Evaluation::default();
     observe(Event::Phase {
         name: "evaluation".into(),
         total: 2 + systems.len() as u64,
     });
-    let fixed: [(&str, MemorySource<'_, B>); 2] = [
-        ("no memory", MemorySource::Empty),
-        (ORACLE_ROW, MemorySource::Oracle),
-    ];
+    let mut fixed: Vec<(&str, MemorySource<'_, B>)> = vec![("no memory", MemorySource::Empty)];
+    if env.capabilities().gold_facts {
+        fixed.push((ORACLE_ROW, MemorySource::Oracle));
+    } else {
+        evaluation.unavailable.push(Unavailable {
+            system: ORACLE_ROW.to_string(),
+            reason: format!("environment {} has no gold facts", env.name()),
+        });
+    }
+    let task = env.task();
+    let mut done = 0;
     for (name, source) in fixed.iter() {
-        rows.push((
-            name.to_string(),
-            evaluate(source, answerer, tokenizer, &config.agent, &test, &mut rng),
-        ));
+        let scores = evaluate(source, answerer, tokenizer, &config.agent, task, &test, &mut rng);
+        evaluation.rows.push((name.to_string(), scores));
+        done += 1;
         observe(Event::Progress {
-            done: rows.len() as u64,
+            done,
             message: name.to_string(),
         });
     }
     for (name, model) in systems {
         if let Some(model) = model {
             let source = MemorySource::Policy(*model);
-            rows.push((
-                name.to_string(),
-                evaluate(&source, answerer, tokenizer, &config.agent, &test, &mut rng),
-            ));
+            let scores = evaluate(&source, answerer, tokenizer, &config.agent, task, &test, &mut rng);
+            evaluation.rows.push((name.to_string(), scores));
         }
+        done += 1;
         observe(Event::Progress {
-            done: rows.len() as u64,
+            done,
             message: name.to_string(),
         });
     }
-    Ok(rows)
+    Ok(evaluation)
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::backend::{Autodiff, Flex};
 use memr2_trainer::checkpoint;
 use memr2_trainer::config::{CurriculumConfig, DataSpec, EvalConfig, ModelSpec, TrainConfig};
+use memr2_trainer::eval::ORACLE_ROW;
 use memr2_trainer::metrics::MetricsLog;
 use memr2_trainer::train::{RunOptions, run};
 
@@ -39,8 +40,9 @@ fn locomo_config(model: PathBuf) -> TrainConfig {
         path: workspace().join("crates/memr2-sim/tests/fixtures/locomo_mini.json"),
     };
     config.model = ModelSpec::Pretrained { dir: model };
-    config.sft.epochs = 1;
-    config.answerer.epochs = 1;
+    // LoCoMo has no gold facts: no warm start from them, the pretrained model answers.
+    config.sft.epochs = 0;
+    config.answerer.epochs = 0;
     config.agent.max_extract_tokens = 24;
     config.agent.max_manage_tokens = 16;
     config.curriculum = CurriculumConfig {
@@ -93,9 +95,36 @@ fn a_hf_checkpoint_trains_on_locomo_end_to_end() {
             .all(|(_, scores)| scores.board.overall().count > 0)
     );
     assert!(report.table.contains("single_hop"), "{}", report.table);
+    // Without gold facts there is no oracle memory: the row says so instead of scoring an
+    // empty memory under the oracle's name.
+    assert!(report.rows.iter().all(|(name, _)| name != ORACLE_ROW));
+    assert!(
+        report.table.contains("| oracle memory | unavailable: "),
+        "{}",
+        report.table
+    );
     // Checkpoints keep the HF architecture.
     let loaded = checkpoint::load::<B>(&options.dir.join("checkpoints/final"), &device).unwrap();
     assert_eq!(loaded.config.hidden_size, 32);
+}
+
+#[test]
+fn a_warm_start_without_gold_facts_is_refused_before_any_work() {
+    let root = tempfile::tempdir().unwrap();
+    let model = long_context_fixture(root.path());
+    let options = RunOptions {
+        dir: root.path().join("run"),
+        ..RunOptions::default()
+    };
+    let mut config = locomo_config(model);
+    config.sft.epochs = 1;
+    let err = run::<B>(config, &options, &Default::default(), &mut |_| {})
+        .err()
+        .expect("SFT needs gold facts");
+    let message = err.to_string();
+    assert!(message.contains("has no gold facts"), "{message}");
+    assert!(message.contains("--sft-epochs 0"), "{message}");
+    assert!(!options.dir.exists(), "nothing was written");
 }
 
 #[test]

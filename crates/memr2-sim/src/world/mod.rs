@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::attribute::Attribute;
-use crate::episode::{Environment, Episode, Split};
+use crate::episode::{Capabilities, Environment, Episode, Split};
 use crate::error::SimError;
 
 /// Size knobs of the synthetic world.
@@ -188,5 +188,12 @@ impl Environment for SyntheticWorld {
         (0..self.cfg.episodes_in(split))
             .map(|i| self.episode(split, i))
             .collect()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            gold_facts: true,
+            categories: true,
+        }
     }
 }
