@@ -1,10 +1,33 @@
 //! LoGo-GRPO training of memory-augmented agents: rollouts, rewards, curriculum, evaluation.
 //!
 //! The crate is generic over the burn backend; only the `memr2` binary picks one. Read
-//! [`train::run`] top to bottom for the whole algorithm: supervised warm start on the
-//! simulator's imperfect teacher, then the 8 -> 16 -> 32 session curriculum of LoGo-GRPO steps
-//! ([`step::rl_step`]: lockstep rollouts, rewards, local rerollouts, the update), then the
-//! evaluation table.
+//! [`train::run_with`] top to bottom for the whole algorithm: supervised warm start on the
+//! environment's imperfect teacher, the frozen answerer's tuning, then the 8 -> 16 -> 32
+//! session curriculum of LoGo-GRPO steps ([`step::rl_step`]: lockstep rollouts, rewards, local
+//! rerollouts, the update), then the evaluation table.
+//!
+//! # Training your own environment
+//!
+//! An environment is any [`memr2_sim::Environment`]: episodes by split, its capabilities, and
+//! its [`memr2_sim::Task`] (what the frozen answerer is asked of a memory and how the response
+//! is scored; every reward is built from it). [`train::run_with`] trains it without any change
+//! to memr2; `examples/household.rs` is a complete program that does so.
+//!
+//! ```no_run
+//! use burn::backend::{Autodiff, Flex};
+//! use memr2_trainer::config::{DataSpec, TrainConfig};
+//! use memr2_trainer::train::{RunOptions, run_with};
+//!
+//! # fn main() -> Result<(), memr2_trainer::TrainError> {
+//! let env = memr2_sim::EpisodeFile::load("my-episodes.jsonl")?; // or a type of your own
+//! let mut config = TrainConfig::smoke();
+//! config.data = DataSpec::External { name: "my-episodes".into() };
+//! let options = RunOptions { dir: "runs/mine".into(), ..RunOptions::default() };
+//! let report = run_with::<Autodiff<Flex>>(&env, config, &options, &Default::default(), &mut |_| {})?;
+//! println!("{}", report.table);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod agent;
 pub mod checkpoint;
@@ -12,11 +35,11 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod metrics;
-pub mod parallel;
+pub(crate) mod parallel;
 pub mod plot;
 pub mod reward;
 pub mod sft;
-pub mod shard;
+pub(crate) mod shard;
 pub mod step;
 pub mod train;
 pub mod update;

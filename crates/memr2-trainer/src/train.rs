@@ -367,16 +367,22 @@ fn check_capabilities(
         needed_by: needed_by.to_string(),
         fix: fix.to_string(),
     };
-    let from_run = options.init_from.as_ref().map(|d| RunDir(d.clone()));
-    if config.sft.epochs > 0 && from_run.is_none() {
+    // A phase is skipped when the run it starts from (or the run being resumed) has its
+    // checkpoint already.
+    let from = match (&options.init_from, options.resume) {
+        (Some(dir), _) => Some(RunDir(dir.clone())),
+        (None, true) => Some(RunDir(options.dir.clone())),
+        (None, false) => None,
+    };
+    let done = |name: &str| from.as_ref().is_some_and(|r| r.checkpoint(name).exists());
+    if config.sft.epochs > 0 && !done("sft") {
         return Err(missing(
             "the supervised warm start (its extractor and manager examples are written from them)",
             "pass --sft-epochs 0 --answerer-epochs 0 to start RL from the initial model, or \
              --init-from RUN to start from another run's warm start",
         ));
     }
-    let answerer_copied = from_run.is_some_and(|r| r.checkpoint("answerer").exists());
-    if config.answerer.epochs > 0 && !answerer_copied {
+    if config.answerer.epochs > 0 && !done("answerer") {
         return Err(missing(
             "the answerer's tuning (it answers from the memory the gold facts make)",
             "pass --answerer-epochs 0 to let the warm-start model answer",
