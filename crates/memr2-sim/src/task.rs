@@ -44,6 +44,20 @@ pub enum Request {
         /// The question.
         question: String,
     },
+    /// The tool-calling role: one JSON tool call for a work task, with the tools' schemas and
+    /// the memories the task chose to show (`{"name": ..., "arguments": {...}}`, checked
+    /// against the schemas).
+    ToolCall {
+        /// The work task, in words.
+        task: String,
+        /// The tools offered, each `{"name", "description", "parameters"}` with `parameters`
+        /// a JSON Schema object.
+        tools: Vec<serde_json::Value>,
+        /// The memories shown, best first (the task may filter what retrieval returned).
+        memories: Vec<String>,
+        /// An extra instruction for the prompt (for instance to ignore irrelevant memories).
+        instruction: Option<String>,
+    },
     /// A prompt of the task's own; the output is handed back as raw text.
     Chat {
         /// System message.
@@ -62,6 +76,13 @@ pub enum Response {
     Answer(String),
     /// The raw output of a [`Request::Chat`].
     Text(String),
+    /// The call of a [`Request::ToolCall`], valid against the tool's schema.
+    ToolCall {
+        /// The tool called.
+        name: String,
+        /// Its arguments.
+        arguments: serde_json::Map<String, serde_json::Value>,
+    },
     /// Output that did not parse as the role's format (counted as a format error).
     Unparsed(String),
 }
@@ -112,7 +133,7 @@ impl Task for QuestionAnswering {
     fn score(&self, episode: &Episode, probe: &Probe, response: &Response) -> AnswerScore {
         let answer = match response {
             Response::Answer(a) | Response::Text(a) => a.as_str(),
-            Response::Unparsed(_) => "",
+            Response::Unparsed(_) | Response::ToolCall { .. } => "",
         };
         let gold = episode
             .questions

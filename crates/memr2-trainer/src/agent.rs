@@ -46,6 +46,40 @@ pub struct Agent<'a, B: Backend> {
     pub config: &'a AgentConfig,
 }
 
+/// What writes the roles' completions: a model with its tokenizer ([`Agent`]), or in tests a
+/// scripted stand-in, so that the agent loop and the step's wiring can be checked without a
+/// network.
+pub trait Generator {
+    /// Retrieval and length settings.
+    fn config(&self) -> &AgentConfig;
+    /// One completion per prompt, batched; `temperature` 0 is greedy.
+    fn generate(
+        &self,
+        prompts: &[ChatPrompt],
+        max_new_tokens: usize,
+        temperature: f32,
+        top_p: f32,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<Generated>;
+}
+
+impl<B: Backend> Generator for Agent<'_, B> {
+    fn config(&self) -> &AgentConfig {
+        self.config
+    }
+
+    fn generate(
+        &self,
+        prompts: &[ChatPrompt],
+        max_new_tokens: usize,
+        temperature: f32,
+        top_p: f32,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<Generated> {
+        Agent::generate(self, prompts, max_new_tokens, temperature, top_p, rng)
+    }
+}
+
 impl<B: Backend> Agent<'_, B> {
     /// Generates one completion per prompt, batched.
     pub fn generate(
@@ -284,13 +318,13 @@ pub fn extractor_prompt_for(date: &str, chunk: &[Turn]) -> ChatPrompt {
 /// extractor over every chunk, then the manager fact by fact (round `j` handles the `j`-th fact
 /// of every rollout that has one), applying operations to each rollout's store. Ends by
 /// recording the post-session snapshot of every rollout.
-pub fn run_sessions<B: Backend>(
-    agent: &Agent<'_, B>,
+pub fn run_sessions(
+    agent: &impl Generator,
     jobs: &mut [SessionJob<'_>],
     sampling: RolloutSampling,
     rng: &mut ChaCha8Rng,
 ) {
-    let cfg = agent.config;
+    let cfg = agent.config();
     let _span = tracing::info_span!("session", rollouts = jobs.len()).entered();
 
     // 1. Extraction over every chunk of every job.
@@ -459,19 +493,26 @@ fn request_prompt(request: &Request, memories: &[&str], cfg: &AgentConfig) -> (C
             },
             *max_tokens,
         ),
+        Request::ToolCall { task, tools, .. } => (
+            ChatPrompt {
+                system: "Call one tool for the task.".into(),
+                user: format!("{task}\n{}", serde_json::Value::from(tools.clone())),
+            },
+            cfg.max_answer_tokens,
+        ),
     }
 }
 
 /// Asks every probe of its memory with the frozen actor (greedy, one batch) and scores the
 /// responses with `task`. Returns one score per item and the number of outputs that did not
 /// parse (scored as the task scores [`Response::Unparsed`]).
-pub fn ask_probes<B: Backend>(
-    actor: &Agent<'_, B>,
+pub fn ask_probes(
+    actor: &impl Generator,
     task: &dyn Task,
     items: &[ProbeItem<'_>],
     rng: &mut ChaCha8Rng,
 ) -> (Vec<AnswerScore>, u64) {
-    let cfg = actor.config;
+    let cfg = actor.config();
     let _span = tracing::info_span!("answer", probes = items.len()).entered();
     let (asked, limits): (Vec<(ChatPrompt, Request)>, Vec<usize>) = items
         .iter()
@@ -500,6 +541,7 @@ pub fn ask_probes<B: Backend>(
                     }
                 },
                 Request::Chat { .. } => Response::Text(g.text),
+                Request::ToolCall { .. } => Response::Unparsed(g.text),
             };
             tracing::debug!(category = item.probe.category.name(), probe = %item.probe.query, ?response, "asked");
             task.score(item.episode, item.probe, &response)

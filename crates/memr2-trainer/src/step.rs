@@ -11,14 +11,15 @@ use memr2_logo_grpo::{GroupKey, Sample, compute_advantages};
 use memr2_policy::Transformer;
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_sim::{Episode, Probe, ScoreBoard, Task, probes_up_to};
+use memr2_store::TokenCounter;
 use rand::Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{
-    Agent, OpCounts, ProbeItem, RolloutSampling, RolloutState, SessionJob, TokenizerCounter, ask_probes,
-    run_sessions,
+    Agent, Generator, OpCounts, ProbeItem, RolloutSampling, RolloutState, SessionJob, TokenizerCounter,
+    ask_probes, run_sessions,
 };
 use crate::config::TrainConfig;
 use crate::reward::{cumulative_session_tokens, penalty_after, rollout_reward};
@@ -135,6 +136,61 @@ fn shuffle_within_groups(samples: &mut [Sample], rng: &mut ChaCha8Rng) {
     }
 }
 
+/// Whose reward a sample of the step is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SampleOwner {
+    /// Session `session` of global rollout `rollout` of episode `episode`.
+    Global {
+        /// Index into the step's episodes.
+        episode: usize,
+        /// Index among the episode's `n` rollouts.
+        rollout: usize,
+        /// 1-based session.
+        session: u32,
+    },
+    /// Local rerollout `index` (into [`Collected::local`]).
+    Local {
+        /// Index into [`Collected::local`].
+        index: usize,
+    },
+}
+
+/// One local rerollout: session `session` of episode `episode` rerun from global rollout
+/// `branch`'s memory after session `session - 1`, scored at once on `probes`.
+#[derive(Clone, Debug)]
+pub struct Rerollout {
+    /// Index into the step's episodes.
+    pub episode: usize,
+    /// The 1-based session rerun.
+    pub session: u32,
+    /// The global rollout whose memory it branches.
+    pub branch: usize,
+    /// Indices of the probes its memory was scored on (the same for the whole group).
+    pub probes: Vec<usize>,
+    /// The rerollout: `snapshots[0]` the branched memory, `snapshots[1]` the memory after it.
+    pub state: RolloutState,
+}
+
+/// What a step collected before its update: the rollouts, every sample's reward and group
+/// with its advantage, and the generations to train on.
+pub struct Collected {
+    /// Global rollouts, `[episode][rollout]`.
+    pub global: Vec<Vec<RolloutState>>,
+    /// Local rerollouts, `k` consecutive ones per group.
+    pub local: Vec<Rerollout>,
+    /// Rewards and group keys: global samples first, then local ones.
+    pub samples: Vec<Sample>,
+    /// Whose reward each sample is, aligned with `samples`.
+    pub owners: Vec<SampleOwner>,
+    /// The advantage of each sample, aligned with `samples`.
+    pub advantages: Vec<f32>,
+    /// The recorded generations of samples with a non-zero advantage, each with its
+    /// sample's advantage.
+    pub train: Vec<TrainSample>,
+    /// The step's metrics so far (all but the update's).
+    pub metrics: StepMetrics,
+}
+
 /// Runs one step on `episodes` (already cut to the stage's horizon), updating at
 /// `learning_rate`, and returns the updated model with the step's metrics.
 pub fn rl_step<B, O>(
@@ -151,10 +207,6 @@ where
 {
     let start = Instant::now();
     let cfg = ctx.config;
-    let logo = &cfg.rl.logo;
-    let n = logo.n_rollouts;
-    let horizon = episodes.iter().map(|e| e.sessions.len()).max().unwrap_or(0);
-    let counter = TokenizerCounter(ctx.tokenizer);
     let policy = model.valid();
     let agent = Agent {
         model: &policy,
@@ -166,15 +218,54 @@ where
         tokenizer: ctx.tokenizer,
         config: &cfg.agent,
     };
+    let counter = TokenizerCounter(ctx.tokenizer);
+    let collected = collect(&agent, &answerer, ctx.task, &counter, cfg, episodes, rng)?;
+    let mut metrics = collected.metrics;
+    metrics.learning_rate = learning_rate;
+
+    // 5. The update.
+    let update_start = Instant::now();
+    let logo = &cfg.rl.logo;
+    let loss = logo.loss_config();
+    let settings = UpdateSettings {
+        loss: &loss,
+        epochs: logo.ppo_epochs,
+        minibatch_size: cfg.rl.minibatch_size,
+        learning_rate,
+        max_grad_norm: cfg.rl.max_grad_norm,
+        shards: cfg.shards,
+    };
+    let (model, update) = ppo_update(model, optim, ctx.reference, &collected.train, &settings, rng);
+    metrics.update_s = update_start.elapsed().as_secs_f64();
+    metrics.update_tokens_per_s = update.tokens as f64 / metrics.update_s.max(1e-9);
+    metrics.update = update;
+    metrics.step_s = start.elapsed().as_secs_f64();
+    Ok((model, metrics))
+}
+
+/// Phases 1-4 of a step, without the model: global rollouts, their rewards, local
+/// rerollouts and theirs, advantages per group, and the samples to train on. `policy` writes
+/// the trained roles' completions, `answerer` answers the task's probes.
+pub fn collect(
+    policy: &impl Generator,
+    answerer: &impl Generator,
+    task: &dyn Task,
+    counter: &dyn TokenCounter,
+    cfg: &TrainConfig,
+    episodes: &[Episode],
+    rng: &mut ChaCha8Rng,
+) -> Result<Collected, crate::TrainError> {
+    let logo = &cfg.rl.logo;
+    let n = logo.n_rollouts;
+    let horizon = episodes.iter().map(|e| e.sessions.len()).max().unwrap_or(0);
     let mut metrics = StepMetrics {
         horizon,
-        learning_rate,
         ..StepMetrics::default()
     };
 
     // 1. Global rollouts, all sessions, in lockstep across episodes and rollouts.
     let rollout_start = Instant::now();
-    let mut states: Vec<Vec<RolloutState>> = episodes.iter().map(|_| vec![RolloutState::new(); n]).collect();
+    let mut global: Vec<Vec<RolloutState>> = episodes.iter().map(|_| vec![RolloutState::new(); n]).collect();
     let sampling = RolloutSampling {
         temperature: cfg.rl.temperature,
         top_p: cfg.rl.top_p,
@@ -185,7 +276,7 @@ where
         for s in 1..=horizon as u32 {
             let mut jobs: Vec<SessionJob<'_>> = episodes
                 .iter()
-                .zip(states.iter_mut())
+                .zip(global.iter_mut())
                 .filter(|(e, _)| e.sessions.len() >= s as usize)
                 .flat_map(|(e, rs)| {
                     rs.iter_mut().map(move |state| SessionJob {
@@ -195,7 +286,7 @@ where
                     })
                 })
                 .collect();
-            run_sessions(&agent, &mut jobs, sampling, rng);
+            run_sessions(policy, &mut jobs, sampling, rng);
         }
     }
     metrics.rollout_s = rollout_start.elapsed().as_secs_f64();
@@ -204,13 +295,13 @@ where
     let scoring_start = Instant::now();
     let mut board = ScoreBoard::default();
     let mut samples = Vec::new();
-    let mut sample_records: Vec<(usize, usize, u32)> = Vec::new(); // (episode, rollout, session)
-    let probes: Vec<Vec<Probe>> = episodes.iter().map(|e| ctx.task.probes(e)).collect();
+    let mut owners = Vec::new();
+    let probes: Vec<Vec<Probe>> = episodes.iter().map(|e| task.probes(e)).collect();
     {
         let _span = tracing::info_span!("scoring").entered();
         let mut items = Vec::new();
         for (e, episode) in episodes.iter().enumerate() {
-            for state in &states[e] {
+            for state in &global[e] {
                 let memory = state.snapshots.last().expect("a rollout has its start snapshot");
                 items.extend(probes[e].iter().map(|probe| ProbeItem {
                     memory,
@@ -219,15 +310,15 @@ where
                 }));
             }
         }
-        let (scores, failures) = ask_probes(&answerer, ctx.task, &items, rng);
+        let (scores, failures) = ask_probes(answerer, task, &items, rng);
         metrics.answer_format_errors = failures;
         let mut offset = 0;
         let mut penalties = Vec::new();
         let mut f1_all = Vec::new();
         for (e, episode) in episodes.iter().enumerate() {
             let sessions: Vec<Option<u32>> = probes[e].iter().map(|p| p.session).collect();
-            let session_tokens = cumulative_session_tokens(episode, &counter);
-            for (r, state) in states[e].iter().enumerate() {
+            let session_tokens = cumulative_session_tokens(episode, counter);
+            for (r, state) in global[e].iter().enumerate() {
                 let scored = &scores[offset..offset + probes[e].len()];
                 offset += probes[e].len();
                 for (probe, score) in probes[e].iter().zip(scored) {
@@ -241,14 +332,18 @@ where
                     &values,
                     &state.snapshots,
                     &session_tokens,
-                    &counter,
+                    counter,
                 )?;
                 f1_all.push(reward.mean_f1);
                 penalties.push(reward.mean_penalty);
-                for (s, value) in reward.per_session.iter().enumerate() {
-                    let key = GroupKey::global(e as u64, s as u32 + 1);
+                for (s, value) in (1u32..).zip(&reward.per_session) {
+                    let key = GroupKey::global(e as u64, s);
                     samples.push(Sample::new(key, *value as f32, samples.len()));
-                    sample_records.push((e, r, s as u32 + 1));
+                    owners.push(SampleOwner::Global {
+                        episode: e,
+                        rollout: r,
+                        session: s,
+                    });
                 }
             }
         }
@@ -261,19 +356,23 @@ where
     // 3. Local rerollouts: branch one rollout's memory after session s-1, rerun session s k
     //    times with sampling, score at once on probes from sessions 1..=s.
     let local_start = Instant::now();
-    let mut local_states: Vec<RolloutState> = Vec::new();
-    let mut local_meta: Vec<(usize, u32, usize)> = Vec::new(); // (episode, session, branch rollout)
+    let mut local: Vec<Rerollout> = Vec::new();
     if logo.p_local > 0.0 {
         for (e, episode) in episodes.iter().enumerate() {
             for s in 1..=episode.sessions.len() as u32 {
                 if !rng.random_bool(logo.p_local) || probes_up_to(&probes[e], s).is_empty() {
                     continue;
                 }
-                let r = rng.random_range(0..n);
-                let base = states[e][r].snapshots[s as usize - 1].clone();
+                let branch = rng.random_range(0..n);
+                let base = global[e][branch].snapshots[s as usize - 1].clone();
                 for _ in 0..logo.k_rerollouts {
-                    local_states.push(RolloutState::from_snapshot(base.clone()));
-                    local_meta.push((e, s, r));
+                    local.push(Rerollout {
+                        episode: e,
+                        session: s,
+                        branch,
+                        probes: Vec::new(),
+                        state: RolloutState::from_snapshot(base.clone()),
+                    });
                 }
             }
         }
@@ -282,62 +381,70 @@ where
             top_p: cfg.rl.top_p,
             record: true,
         };
-        let _span = tracing::info_span!("rerollout", rollouts = local_states.len()).entered();
-        let mut jobs: Vec<SessionJob<'_>> = local_states
+        let _span = tracing::info_span!("rerollout", rollouts = local.len()).entered();
+        let mut jobs: Vec<SessionJob<'_>> = local
             .iter_mut()
-            .zip(&local_meta)
-            .map(|(state, &(e, s, _))| SessionJob {
-                episode: &episodes[e],
-                session: s,
-                state,
+            .map(|re| SessionJob {
+                episode: &episodes[re.episode],
+                session: re.session,
+                state: &mut re.state,
             })
             .collect();
-        run_sessions(&agent, &mut jobs, local_sampling, rng);
+        run_sessions(policy, &mut jobs, local_sampling, rng);
     }
     let mut local_rewards = Vec::new();
-    if !local_states.is_empty() {
+    if !local.is_empty() {
         let _span = tracing::info_span!("local_scoring").entered();
         // The same probes for the k members of a group.
-        let mut chosen: BTreeMap<(usize, u32, usize), Vec<&Probe>> = BTreeMap::new();
-        for &(e, s, r) in &local_meta {
-            chosen.entry((e, s, r)).or_insert_with(|| {
-                let pool = probes_up_to(&probes[e], s);
-                pool.choose_multiple(rng, logo.local_questions.min(pool.len()))
-                    .copied()
-                    .collect()
-            });
+        let mut chosen: BTreeMap<(usize, u32, usize), Vec<usize>> = BTreeMap::new();
+        for re in &local {
+            chosen
+                .entry((re.episode, re.session, re.branch))
+                .or_insert_with(|| {
+                    let pool = probes_up_to(&probes[re.episode], re.session);
+                    pool.choose_multiple(rng, logo.local_questions.min(pool.len()))
+                        .map(|p| p.index)
+                        .collect()
+                });
+        }
+        for re in &mut local {
+            re.probes = chosen[&(re.episode, re.session, re.branch)].clone();
         }
         let mut items = Vec::new();
-        for (state, meta) in local_states.iter().zip(&local_meta) {
-            let memory = state
+        for re in &local {
+            let memory = re
+                .state
                 .snapshots
                 .last()
                 .expect("a rerollout ends with its snapshot");
-            let episode = &episodes[meta.0];
-            items.extend(chosen[meta].iter().map(|&probe| ProbeItem {
+            let episode = &episodes[re.episode];
+            items.extend(re.probes.iter().map(|&p| ProbeItem {
                 memory,
                 episode,
-                probe,
+                probe: &probes[re.episode][p],
             }));
         }
-        let (scores, failures) = ask_probes(&answerer, ctx.task, &items, rng);
+        let (scores, failures) = ask_probes(answerer, task, &items, rng);
         metrics.answer_format_errors += failures;
         let mut offset = 0;
-        for (state, meta @ &(e, s, r)) in local_states.iter().zip(&local_meta) {
-            let n_probes = chosen[meta].len();
-            let f1: Vec<f64> = scores[offset..offset + n_probes].iter().map(|s| s.f1).collect();
-            offset += n_probes;
+        for (index, re) in local.iter().enumerate() {
+            let f1: Vec<f64> = scores[offset..offset + re.probes.len()]
+                .iter()
+                .map(|s| s.f1)
+                .collect();
+            offset += re.probes.len();
             let mean_f1 = f1.iter().sum::<f64>() / f1.len().max(1) as f64;
-            let session_tokens = cumulative_session_tokens(&episodes[e], &counter);
+            let session_tokens = cumulative_session_tokens(&episodes[re.episode], counter);
             let c = penalty_after(
-                state.snapshots.last().expect("snapshot"),
-                session_tokens[s as usize - 1],
-                &counter,
+                re.state.snapshots.last().expect("snapshot"),
+                session_tokens[re.session as usize - 1],
+                counter,
             );
             let reward = mean_f1 - logo.lambda * c;
             local_rewards.push(reward);
-            let key = GroupKey::local(e as u64, s, r as u32);
+            let key = GroupKey::local(re.episode as u64, re.session, re.branch as u32);
             samples.push(Sample::new(key, reward as f32, samples.len()));
+            owners.push(SampleOwner::Local { index });
         }
     }
     metrics.rollout_s += local_start.elapsed().as_secs_f64();
@@ -348,19 +455,20 @@ where
     }
     let advantages = compute_advantages(&samples, logo.advantage_scaling, logo.advantage_eps)?;
     metrics.groups = advantages.groups;
-    metrics.local_groups = local_meta.len() / logo.k_rerollouts.max(1);
+    metrics.local_groups = local.len() / logo.k_rerollouts.max(1);
     metrics.zero_variance_fraction = advantages.zero_variance_groups as f64 / advantages.groups.max(1) as f64;
     let global_rewards: Vec<f64> = samples[..n_global].iter().map(|s| s.reward as f64).collect();
     metrics.reward_global = MeanStd::of(&global_rewards);
     metrics.reward_local = MeanStd::of(&local_rewards);
 
+    let advantage_of: BTreeMap<SampleOwner, f32> = owners
+        .iter()
+        .copied()
+        .zip(advantages.values.iter().copied())
+        .collect();
     let mut train = Vec::new();
-    let mut by_rollout: BTreeMap<(usize, usize, u32), f32> = BTreeMap::new();
-    for (i, &(e, r, s)) in sample_records.iter().enumerate() {
-        by_rollout.insert((e, r, s), advantages.values[i]);
-    }
     let mut generated = 0u64;
-    for (e, rollouts) in states.iter().enumerate() {
+    for (e, rollouts) in global.iter().enumerate() {
         for (r, state) in rollouts.iter().enumerate() {
             metrics.ops.merge(&state.stats.ops);
             metrics.format_errors += state.stats.format_errors;
@@ -369,7 +477,12 @@ where
             metrics.memory_entries += last.len() as f64;
             metrics.memory_tokens += last.token_count() as f64;
             for rec in &state.records {
-                let advantage = by_rollout[&(e, r, rec.session)];
+                let owner = SampleOwner::Global {
+                    episode: e,
+                    rollout: r,
+                    session: rec.session,
+                };
+                let advantage = advantage_of[&owner];
                 if advantage != 0.0 {
                     train.push(TrainSample {
                         prompt: rec.prompt.clone(),
@@ -384,13 +497,13 @@ where
     let rollouts = (episodes.len() * n).max(1) as f64;
     metrics.memory_entries /= rollouts;
     metrics.memory_tokens /= rollouts;
-    for (i, state) in local_states.iter().enumerate() {
-        generated += state.stats.generated_tokens;
-        let advantage = advantages.values[n_global + i];
+    for (index, re) in local.iter().enumerate() {
+        generated += re.state.stats.generated_tokens;
+        let advantage = advantage_of[&SampleOwner::Local { index }];
         if advantage == 0.0 {
             continue;
         }
-        train.extend(state.records.iter().map(|rec| TrainSample {
+        train.extend(re.state.records.iter().map(|rec| TrainSample {
             prompt: rec.prompt.clone(),
             completion: rec.completion.clone(),
             advantage,
@@ -403,30 +516,328 @@ where
         .into_iter()
         .map(|(category, s)| (category.name().to_string(), s.f1))
         .collect();
-
-    // 5. The update.
-    let update_start = Instant::now();
-    let loss = logo.loss_config();
-    let settings = UpdateSettings {
-        loss: &loss,
-        epochs: logo.ppo_epochs,
-        minibatch_size: cfg.rl.minibatch_size,
-        learning_rate,
-        max_grad_norm: cfg.rl.max_grad_norm,
-        shards: cfg.shards,
-    };
-    let (model, update) = ppo_update(model, optim, ctx.reference, &train, &settings, rng);
-    metrics.update_s = update_start.elapsed().as_secs_f64();
-    metrics.update_tokens_per_s = update.tokens as f64 / metrics.update_s.max(1e-9);
-    metrics.update = update;
-    metrics.step_s = start.elapsed().as_secs_f64();
-    Ok((model, metrics))
+    Ok(Collected {
+        global,
+        local,
+        samples,
+        owners,
+        advantages: advantages.values,
+        train,
+        metrics,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::Generated;
+    use crate::config::AgentConfig;
+    use memr2_logo_grpo::{AdvantageScaling, RewardMode};
+    use memr2_policy::roles::{self, ChatPrompt, ExtractedFact, MemoryOperation, Role};
+    use memr2_sim::{Category, DiaId, Question, Session, Turn};
+    use memr2_store::WhitespaceCounter;
     use rand::SeedableRng;
+
+    /// The policy, scripted: the extractor writes one fact per chunk, `note s{S} good` or
+    /// `note s{S} bad` by a coin from the step's generator (so rollouts differ); the manager
+    /// ADDs every fact it is shown.
+    struct ScriptedPolicy(AgentConfig);
+
+    /// The answerer, scripted: question `note s{S}` is answered right (`gold`) when the
+    /// memories shown hold `note s{S} good`, else `wrong`; with `always_wrong`, never right.
+    struct ScriptedAnswerer {
+        config: AgentConfig,
+        always_wrong: bool,
+    }
+
+    fn generated(text: String) -> Generated {
+        Generated {
+            prompt: vec![1, 2, 3],
+            completion: vec![4, 5],
+            logprobs: vec![-0.5, -0.5],
+            text,
+        }
+    }
+
+    impl Generator for ScriptedPolicy {
+        fn config(&self) -> &AgentConfig {
+            &self.0
+        }
+
+        fn generate(
+            &self,
+            prompts: &[ChatPrompt],
+            _: usize,
+            _: f32,
+            _: f32,
+            rng: &mut ChaCha8Rng,
+        ) -> Vec<Generated> {
+            prompts
+                .iter()
+                .map(|p| {
+                    let first = p.user.lines().nth(1).unwrap_or_default();
+                    let text = if p.system == Role::Extractor.system_prompt() {
+                        let dia_id = first.split_whitespace().next().unwrap_or_default();
+                        let session = dia_id.parse::<DiaId>().map_or(0, |d| d.session);
+                        let coin = if rng.random_bool(0.5) { "good" } else { "bad" };
+                        roles::render_facts(&[ExtractedFact {
+                            speaker: "A".into(),
+                            dia_id: dia_id.into(),
+                            fact: format!("note s{session} {coin}"),
+                        }])
+                    } else {
+                        let fact = p
+                            .user
+                            .lines()
+                            .next()
+                            .unwrap_or_default()
+                            .trim_start_matches("fact: ");
+                        roles::render_operations(&[MemoryOperation::Add { text: fact.into() }])
+                    };
+                    generated(text)
+                })
+                .collect()
+        }
+    }
+
+    impl Generator for ScriptedAnswerer {
+        fn config(&self) -> &AgentConfig {
+            &self.config
+        }
+
+        fn generate(
+            &self,
+            prompts: &[ChatPrompt],
+            _: usize,
+            _: f32,
+            _: f32,
+            _: &mut ChaCha8Rng,
+        ) -> Vec<Generated> {
+            prompts
+                .iter()
+                .map(|p| {
+                    let question = p.user.rsplit("question: ").next().unwrap_or_default();
+                    let right = !self.always_wrong && p.user.contains(&format!("{question} good"));
+                    generated(roles::render_answer(if right { "gold" } else { "wrong" }))
+                })
+                .collect()
+        }
+    }
+
+    /// `sessions` sessions of one turn each; question `note s{S}` has its evidence in session
+    /// `S` (the answerer retrieves the memories for it by its words).
+    fn episode(sessions: u32) -> Episode {
+        Episode {
+            id: "scripted".into(),
+            speakers: vec!["A".into()],
+            sessions: (1..=sessions)
+                .map(|s| Session {
+                    index: s,
+                    date: format!("{s} May 2023"),
+                    turns: vec![Turn {
+                        dia_id: DiaId::new(s, 1),
+                        speaker: "A".into(),
+                        text: format!("something about s{s}"),
+                    }],
+                })
+                .collect(),
+            questions: (1..=sessions)
+                .map(|s| Question {
+                    question: format!("note s{s}"),
+                    answer: "gold".into(),
+                    evidence: vec![DiaId::new(s, 1)],
+                    category: Category::SingleHop,
+                })
+                .collect(),
+            facts: Vec::new(),
+        }
+    }
+
+    fn config(mode: RewardMode) -> TrainConfig {
+        let mut config = TrainConfig::smoke();
+        let logo = &mut config.rl.logo;
+        logo.n_rollouts = 4;
+        logo.k_rerollouts = 3;
+        logo.p_local = 1.0;
+        logo.local_questions = 16;
+        logo.lambda = 0.0;
+        logo.reward_mode = mode;
+        logo.advantage_scaling = AdvantageScaling::MeanStd;
+        config.agent.chunks_per_session = 1;
+        config.agent.answer_top_k = 16;
+        config.agent.manager_top_k = 4;
+        config
+    }
+
+    fn collect_scripted(mode: RewardMode, always_wrong: bool, seed: u64) -> (Collected, Vec<Episode>) {
+        let config = config(mode);
+        let episodes = vec![episode(3), episode(4)];
+        let policy = ScriptedPolicy(config.agent.clone());
+        let answerer = ScriptedAnswerer {
+            config: config.agent.clone(),
+            always_wrong,
+        };
+        let collected = collect(
+            &policy,
+            &answerer,
+            &memr2_sim::QuestionAnswering,
+            &WhitespaceCounter,
+            &config,
+            &episodes,
+            &mut ChaCha8Rng::seed_from_u64(seed),
+        )
+        .unwrap();
+        (collected, episodes)
+    }
+
+    fn texts(snapshot: &memr2_store::Snapshot) -> Vec<String> {
+        let mut out: Vec<String> = snapshot.entries().map(|e| e.text.clone()).collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn rerollouts_start_from_their_branch_memory_after_the_session_before() {
+        for seed in 0..4 {
+            let (c, _) = collect_scripted(RewardMode::PerSession, false, seed);
+            assert!(!c.local.is_empty());
+            for re in &c.local {
+                let branch = &c.global[re.episode][re.branch];
+                let start = &re.state.snapshots[0];
+                assert_eq!(texts(start), texts(&branch.snapshots[re.session as usize - 1]));
+                // The rerollout wrote session `session` and nothing later.
+                let end = texts(re.state.snapshots.last().unwrap());
+                assert_eq!(end.len(), re.session as usize, "{end:?}");
+                assert!(end.iter().all(|t| {
+                    let s: u32 = t["note s".len()..].split(' ').next().unwrap().parse().unwrap();
+                    s <= re.session
+                }));
+                assert!(re.state.records.iter().all(|r| r.session == re.session));
+            }
+        }
+    }
+
+    #[test]
+    fn local_groups_are_scored_on_probes_up_to_their_session_only() {
+        let (c, episodes) = collect_scripted(RewardMode::PerSession, false, 1);
+        for re in &c.local {
+            let probes = memr2_sim::QuestionAnswering.probes(&episodes[re.episode]);
+            assert_eq!(re.probes.len(), re.session as usize);
+            assert!(re.probes.iter().all(|&p| probes[p].session <= Some(re.session)));
+        }
+        // The k members of a group are scored on the same probes.
+        for group in c.local.chunks(3) {
+            assert!(
+                group
+                    .iter()
+                    .all(|re| re.probes == group[0].probes && re.branch == group[0].branch)
+            );
+        }
+    }
+
+    #[test]
+    fn every_sample_gets_the_advantage_of_its_own_group() {
+        let (c, _) = collect_scripted(RewardMode::PerSession, false, 2);
+        let mut groups: BTreeMap<GroupKey, Vec<usize>> = BTreeMap::new();
+        for (i, (sample, owner)) in c.samples.iter().zip(&c.owners).enumerate() {
+            let expected = match *owner {
+                SampleOwner::Global { episode, session, .. } => GroupKey::global(episode as u64, session),
+                SampleOwner::Local { index } => {
+                    let re = &c.local[index];
+                    GroupKey::local(re.episode as u64, re.session, re.branch as u32)
+                }
+            };
+            assert_eq!(sample.key, expected, "sample {i} of {owner:?}");
+            groups.entry(sample.key).or_default().push(i);
+        }
+        let eps = TrainConfig::smoke().rl.logo.advantage_eps as f64;
+        let mut nonzero = 0;
+        for members in groups.values() {
+            let rewards: Vec<f64> = members.iter().map(|&i| c.samples[i].reward as f64).collect();
+            let m = rewards.len() as f64;
+            let mean = rewards.iter().sum::<f64>() / m;
+            let var = rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (m - 1.0).max(1.0);
+            let flat = rewards.iter().all(|&r| r == rewards[0]);
+            for (&i, r) in members.iter().zip(&rewards) {
+                let want = if flat {
+                    0.0
+                } else {
+                    (r - mean) / (var.sqrt() + eps)
+                };
+                assert!(
+                    (c.advantages[i] as f64 - want).abs() < 1e-4,
+                    "{} vs {want}",
+                    c.advantages[i]
+                );
+                nonzero += usize::from(!flat);
+            }
+            let sum: f64 = members.iter().map(|&i| c.advantages[i] as f64).sum();
+            assert!(sum.abs() < 1e-4, "a group's advantages sum to zero");
+        }
+        assert!(nonzero > 0, "some group had a spread");
+        // The generations trained on: exactly those of samples with a non-zero advantage.
+        let mut want = 0;
+        for (owner, &a) in c.owners.iter().zip(&c.advantages) {
+            let records = match *owner {
+                SampleOwner::Global {
+                    episode,
+                    rollout,
+                    session,
+                } => c.global[episode][rollout]
+                    .records
+                    .iter()
+                    .filter(|r| r.session == session)
+                    .count(),
+                SampleOwner::Local { index } => c.local[index].state.records.len(),
+            };
+            if a != 0.0 {
+                want += records;
+            }
+        }
+        assert_eq!(c.train.len(), want);
+        assert!(c.train.iter().all(|t| t.advantage != 0.0));
+    }
+
+    #[test]
+    fn groups_without_a_spread_train_nothing() {
+        let (c, _) = collect_scripted(RewardMode::PerSession, true, 3);
+        assert_eq!(c.metrics.zero_variance_fraction, 1.0);
+        assert!(c.advantages.iter().all(|&a| a == 0.0));
+        assert!(c.train.is_empty());
+    }
+
+    #[test]
+    fn the_three_reward_modes_assign_the_final_memory_score_to_sessions() {
+        for mode in [RewardMode::PerSession, RewardMode::Global, RewardMode::Cumulative] {
+            let (c, episodes) = collect_scripted(mode, false, 4);
+            for (sample, owner) in c.samples.iter().zip(&c.owners) {
+                let SampleOwner::Global {
+                    episode,
+                    rollout,
+                    session,
+                } = *owner
+                else {
+                    continue;
+                };
+                let last = c.global[episode][rollout].snapshots.last().unwrap();
+                let memory = texts(last);
+                let right = |s: u32| f64::from(u8::from(memory.contains(&format!("note s{s} good"))));
+                let horizon = episodes[episode].sessions.len() as u32;
+                let mean_from =
+                    |from: u32| (from..=horizon).map(right).sum::<f64>() / f64::from(horizon - from + 1);
+                let want = match mode {
+                    RewardMode::PerSession => right(session),
+                    RewardMode::Global => mean_from(1),
+                    RewardMode::Cumulative => mean_from(session),
+                };
+                assert!(
+                    (sample.reward as f64 - want).abs() < 1e-6,
+                    "{mode:?} {owner:?}: {} vs {want}",
+                    sample.reward
+                );
+            }
+        }
+    }
 
     #[test]
     fn the_placebo_permutes_rewards_within_each_group_only() {
