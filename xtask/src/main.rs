@@ -32,6 +32,10 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "memr2-logo-grpo",
         &["memr2-policy", "memr2-sim", "memr2-store", "memr2-trainer"],
     ),
+    (
+        "memr2-drift",
+        &["burn", "memr2-policy", "memr2-logo-grpo", "memr2-trainer"],
+    ),
 ];
 
 fn main() -> ExitCode {

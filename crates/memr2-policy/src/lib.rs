@@ -5,6 +5,14 @@
 //! with a KV cache and reports their log-probabilities, [`completion_logprobs`] recomputes those
 //! by teacher forcing (differentiably) for the policy-gradient loss, and
 //! [`save_checkpoint`] / [`load_checkpoint`] store trained weights with their config.
+//!
+//! The roles the backbone plays are prompts and parsers:
+//!
+//! - [`roles`]: the fact extractor, the memory manager and the answerer, with their prompts,
+//!   output parsers and canonical completions;
+//! - [`tools`]: the tool caller, which writes one JSON call for a task given the tools' JSON
+//!   Schemas and the retrieved memories ([`tool_call_prompt`], [`parse_tool_call`] checking the
+//!   call against the schemas, [`render_tool_call`]).
 
 pub mod cache;
 pub mod checkpoint;
@@ -17,6 +25,7 @@ pub mod norm;
 pub mod roles;
 pub mod rope;
 pub mod tokenizer;
+pub mod tools;
 pub mod weights;
 
 pub use cache::KvCache;
@@ -26,6 +35,7 @@ pub use error::PolicyError;
 pub use generate::{Generation, SamplingConfig, generate};
 pub use logprobs::{CompletionLogProbs, completion_logprobs, sft_loss};
 pub use model::{Transformer, positions_from_mask};
+pub use tools::{ToolCall, ToolCallError, parse_tool_call, render_tool_call, tool_call_prompt};
 pub use weights::load_hf;
 
 /// The backend unit tests run on: wgpu, cuda or ndarray when their `test-*` feature is on,

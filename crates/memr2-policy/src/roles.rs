@@ -1,9 +1,10 @@
 //! Role prompts (fact extractor, memory manager, answerer) and their output parsers.
 //!
-//! One backbone plays three roles that differ only by their prompt. Each prompt is a one-sentence
-//! system instruction that names the output format exactly, and a user message that holds only the
-//! data, one item per line: compact enough for a small model trained from scratch, explicit enough
-//! for a pretrained instruction model.
+//! One backbone plays several roles that differ only by their prompt (the tool caller's prompt
+//! and parser live in [`crate::tools`]). Each prompt is a one-sentence system instruction that
+//! names the output format exactly, and a user message that holds only the data, one item per
+//! line: compact enough for a small model trained from scratch, explicit enough for a pretrained
+//! instruction model.
 //!
 //! The parsers accept the canonical JSON, surrounding whitespace and a Markdown code fence; anything
 //! else is a [`FormatError`] naming what was wrong, which the trainer counts. The renderers write the
@@ -30,6 +31,8 @@ const MANAGER_SYSTEM: &str = "Update the memories with the new fact. Reply with 
     [] if nothing changes.";
 const ANSWERER_SYSTEM: &str =
     "Answer the question in a few words from the memories. Reply with the answer only.";
+const TOOL_CALLER_SYSTEM: &str =
+    "Call one tool for the task. Reply with JSON only: {\"name\":\"...\",\"arguments\":{...}}.";
 
 /// The roles the backbone plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -41,18 +44,23 @@ pub enum Role {
     Manager,
     /// Answers a question from retrieved memories.
     Answerer,
+    /// Writes one JSON tool call for a task, given the tools and retrieved memories
+    /// ([`crate::tools`]).
+    #[serde(rename = "tool_caller")]
+    ToolCaller,
 }
 
 impl Role {
-    /// Every role, in pipeline order.
-    pub const ALL: [Role; 3] = [Role::Extractor, Role::Manager, Role::Answerer];
+    /// Every role, in pipeline order, the memory's readers last.
+    pub const ALL: [Role; 4] = [Role::Extractor, Role::Manager, Role::Answerer, Role::ToolCaller];
 
-    /// Lower-case name: `extractor`, `manager`, `answerer`.
+    /// Lower-case name: `extractor`, `manager`, `answerer`, `tool_caller`.
     pub fn name(self) -> &'static str {
         match self {
             Role::Extractor => "extractor",
             Role::Manager => "manager",
             Role::Answerer => "answerer",
+            Role::ToolCaller => "tool_caller",
         }
     }
 
@@ -62,6 +70,7 @@ impl Role {
             Role::Extractor => EXTRACTOR_SYSTEM,
             Role::Manager => MANAGER_SYSTEM,
             Role::Answerer => ANSWERER_SYSTEM,
+            Role::ToolCaller => TOOL_CALLER_SYSTEM,
         }
     }
 }
@@ -111,7 +120,7 @@ pub struct MemoryView<'a> {
 }
 
 /// Replaces line breaks with spaces so that one field stays on one prompt line.
-fn one_line(text: &str) -> Cow<'_, str> {
+pub(crate) fn one_line(text: &str) -> Cow<'_, str> {
     if text.contains(['\n', '\r']) {
         Cow::Owned(text.replace(['\n', '\r'], " "))
     } else {
@@ -142,7 +151,7 @@ pub fn extractor_prompt(date: &str, turns: &[TurnView<'_>]) -> ChatPrompt {
 /// the start of a line and ` Hugo` after a space are different tokens, and the question asks
 /// about ` Hugo`: a line that opened with the bare word would make the model learn that the
 /// two are the same name before it could match a question to a memory.
-fn push_memories(user: &mut String, memories: &[MemoryView<'_>], aliased: bool) {
+pub(crate) fn push_memories(user: &mut String, memories: &[MemoryView<'_>], aliased: bool) {
     if memories.is_empty() {
         user.push_str("memories: none");
         return;

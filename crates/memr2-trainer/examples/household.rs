@@ -16,6 +16,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::backend::{Autodiff, Flex};
@@ -127,6 +128,18 @@ const ROOMS: &[&str] = &[
     "wardrobe",
 ];
 const NEIGHBOURS: &[&str] = &["Tom", "Priya", "Mrs Novak"];
+const CHIT_CHAT: &[&str] = &[
+    "The weather was lovely this weekend.",
+    "I am cooking pasta tonight, want some?",
+    "Did you watch the match yesterday?",
+    "Work has been busy this week.",
+    "The plants on the balcony need water.",
+    "I booked a dentist appointment for Friday.",
+    "We are out of milk again.",
+    "The heating makes a strange noise.",
+    "I finished that book you lent me.",
+    "Shall we order pizza on Saturday?",
+];
 const HOUSEMATES: &[&str] = &["Alice", "Ben", "Clara", "David", "Emma", "Felix", "Grace", "Hugo"];
 
 /// Where an item can be.
@@ -402,22 +415,11 @@ fn generate(rng: &mut ChaCha8Rng, sessions: u32, id: String) -> Episode {
                         ],
                     )
                 }
-                (None, _) => pick(
-                    rng,
-                    &[
-                        "The weather was lovely this weekend.",
-                        "I am cooking pasta tonight, want some?",
-                        "Did you watch the match yesterday?",
-                        "Work has been busy this week.",
-                        "The plants on the balcony need water.",
-                        "I booked a dentist appointment for Friday.",
-                        "We are out of milk again.",
-                        "The heating makes a strange noise.",
-                        "I finished that book you lent me.",
-                        "Shall we order pizza on Saturday?",
-                    ],
-                )
-                .to_string(),
+                (None, _) => {
+                    let said = turns.last().map_or("", |t: &Turn| t.text.as_str());
+                    let fresh: Vec<&str> = CHIT_CHAT.iter().copied().filter(|c| *c != said).collect();
+                    pick(rng, &fresh).to_string()
+                }
             };
             turns.push(Turn {
                 dia_id,
@@ -751,7 +753,8 @@ impl Task for WhereIsIt {
     fn score(&self, episode: &Episode, probe: &Probe, response: &Response) -> AnswerScore {
         let answer = match response {
             Response::Answer(a) | Response::Text(a) => a.as_str(),
-            Response::Unparsed(_) => "",
+            // Unparsed output, or a kind of response this task never asks for.
+            _ => "",
         };
         let Some(question) = episode.questions.get(probe.index) else {
             return AnswerScore::default();
@@ -810,7 +813,7 @@ fn config(seed: u64) -> Result<TrainConfig> {
         name: "household".into(),
     };
     config.sft.epochs = 8;
-    config.answerer.epochs = 3;
+    config.answerer.epochs = 7;
     config.curriculum = CurriculumConfig {
         horizons: vec![4, 8],
         steps_per_stage: 3,
@@ -843,13 +846,14 @@ fn run() -> Result<()> {
         dir: args.run_dir,
         ..RunOptions::default()
     };
+    let start = Instant::now();
     let mut last_progress: Option<String> = None;
     let mut observe = |event: Event<'_>| match event {
         Event::Phase { name, .. } => {
             if let Some(message) = last_progress.take() {
                 eprintln!("  ({message})");
             }
-            eprintln!("{name}");
+            eprintln!("[{:>5.0}s] {name}", start.elapsed().as_secs_f64());
         }
         Event::Progress { message, .. } => last_progress = Some(message),
         Event::Step(m) => eprintln!(

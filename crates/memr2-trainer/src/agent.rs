@@ -493,13 +493,21 @@ fn request_prompt(request: &Request, memories: &[&str], cfg: &AgentConfig) -> (C
             },
             *max_tokens,
         ),
-        Request::ToolCall { task, tools, .. } => (
-            ChatPrompt {
-                system: "Call one tool for the task.".into(),
-                user: format!("{task}\n{}", serde_json::Value::from(tools.clone())),
-            },
-            cfg.max_answer_tokens,
-        ),
+        Request::ToolCall {
+            task,
+            tools,
+            memories,
+            instruction,
+        } => {
+            let aliases: Vec<String> = (0..memories.len()).map(|i| i.to_string()).collect();
+            let views: Vec<MemoryView<'_>> = aliases
+                .iter()
+                .zip(memories)
+                .map(|(alias, text)| MemoryView { alias, text })
+                .collect();
+            let prompt = memr2_policy::tools::tool_call_prompt(task, tools, &views, instruction.as_deref());
+            (prompt, cfg.max_tool_call_tokens)
+        }
     }
 }
 
@@ -541,7 +549,17 @@ pub fn ask_probes(
                     }
                 },
                 Request::Chat { .. } => Response::Text(g.text),
-                Request::ToolCall { .. } => Response::Unparsed(g.text),
+                Request::ToolCall { tools, .. } => match memr2_policy::tools::parse_tool_call(&g.text, tools) {
+                    Ok(call) => Response::ToolCall {
+                        name: call.name,
+                        arguments: call.arguments,
+                    },
+                    Err(e) => {
+                        tracing::debug!(error = %e, kind = e.kind(), output = %g.text, "tool call did not parse");
+                        failures += 1;
+                        Response::Unparsed(g.text)
+                    }
+                },
             };
             tracing::debug!(category = item.probe.category.name(), probe = %item.probe.query, ?response, "asked");
             task.score(item.episode, item.probe, &response)

@@ -248,6 +248,9 @@ pub struct AgentConfig {
     pub max_manage_tokens: usize,
     /// Token budget of the answerer's output.
     pub max_answer_tokens: usize,
+    /// Token budget of a tool call (tasks that ask for one); absent from a configuration, 96.
+    #[serde(default = "default_tool_call_tokens")]
+    pub max_tool_call_tokens: usize,
     /// At most this many facts a chunk may contribute (longer lists are cut).
     pub max_facts_per_chunk: usize,
     /// Each batched generation is split into this many parts generated side by side on the
@@ -540,7 +543,14 @@ impl TrainConfig {
         if a.generation_shards == 0 {
             return bad("agent.generation_shards must be at least 1".into());
         }
-        if a.max_extract_tokens == 0 || a.max_manage_tokens == 0 || a.max_answer_tokens == 0 {
+        if [
+            a.max_extract_tokens,
+            a.max_manage_tokens,
+            a.max_answer_tokens,
+            a.max_tool_call_tokens,
+        ]
+        .contains(&0)
+        {
             return bad("agent token budgets must be at least 1".into());
         }
         if self.eval.sessions == 0 || self.eval.validation_sessions == Some(0) {
@@ -568,6 +578,10 @@ impl TrainConfig {
     }
 }
 
+fn default_tool_call_tokens() -> usize {
+    96
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
@@ -578,6 +592,7 @@ impl Default for AgentConfig {
             max_extract_tokens: 96,
             max_manage_tokens: 48,
             max_answer_tokens: 12,
+            max_tool_call_tokens: default_tool_call_tokens(),
             max_facts_per_chunk: 6,
             generation_shards: 1,
         }

@@ -53,6 +53,34 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// Memory-induced tool drift (MEMDRIFT): scenarios and tool scans.
+    Drift {
+        #[command(subcommand)]
+        command: DriftCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DriftCommand {
+    /// List the parameters of tool definitions that a remembered preference could push: an MCP
+    /// `tools/list` result, or a JSON array of tool definitions (JSON Schema `parameters`,
+    /// OpenAI function objects).
+    Scan {
+        /// The JSON file of tool definitions.
+        tools: PathBuf,
+    },
+    /// Write the built-in scenarios (or check a scenario file) in memr2's scenario format.
+    Scenarios {
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write the generated scenarios to this JSON file.
+        #[arg(long, conflicts_with = "check")]
+        out: Option<PathBuf>,
+        /// Read and check a scenario file instead, printing its counts per split.
+        #[arg(long)]
+        check: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -300,7 +328,53 @@ fn real_main() -> Result<()> {
         Command::Data {
             command: DataCommand::Stats { data, preset },
         } => data_stats(data, preset),
+        Command::Drift {
+            command: DriftCommand::Scan { tools },
+        } => drift_scan(&tools),
+        Command::Drift {
+            command: DriftCommand::Scenarios { seed, out, check },
+        } => drift_scenarios(seed, out, check),
     }
+}
+
+fn drift_scan(path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let found =
+        memr2_drift::scan_tools(&json).with_context(|| format!("tool definitions in {}", path.display()))?;
+    let tools: std::collections::BTreeSet<&str> = found.iter().map(|s| s.tool.as_str()).collect();
+    println!(
+        "{}: {} susceptible parameters in {} tools",
+        path.display(),
+        found.len(),
+        tools.len()
+    );
+    println!("| tool | parameter | bias | why |");
+    println!("|---|---|---|---|");
+    for s in &found {
+        println!(
+            "| {} | {} | {} | {} |",
+            s.tool, s.parameter, s.dimension, s.reason
+        );
+    }
+    Ok(())
+}
+
+fn drift_scenarios(seed: u64, out: Option<PathBuf>, check: Option<PathBuf>) -> Result<()> {
+    let scenarios = match &check {
+        Some(path) => memr2_drift::read_scenarios(path)?,
+        None => memr2_drift::generate(seed, memr2_drift::DEFAULT_PER_CELL),
+    };
+    if let Some(path) = &out {
+        memr2_drift::write_scenarios(path, &scenarios)?;
+        println!("wrote {} scenarios to {}", scenarios.len(), path.display());
+    }
+    for split in [Split::Train, Split::Validation, Split::Test] {
+        let n = scenarios.iter().filter(|s| s.split() == split).count();
+        println!("{split}: {n} scenarios");
+    }
+    Ok(())
 }
 
 fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
@@ -620,22 +694,22 @@ fn inspect_command<B: AutodiffBackend>(args: &InspectArgs, device: &B::Device) -
 }
 
 fn data_stats(data: Option<PathBuf>, preset: Preset) -> Result<()> {
-    if let Some(path) = &data {
-        if let Ok(locomo) = memr2_sim::Locomo::load(path) {
-            // Every conversation and question, adversarial ones included, as the file has them.
-            let s = memr2_sim::stats(locomo.all_episodes());
-            println!(
-                "LoCoMo {}: {} conversations, {} sessions, {} turns, {} questions ({} without adversarial)",
-                path.display(),
-                s.conversations,
-                s.sessions,
-                s.turns,
-                s.questions,
-                s.questions_non_adversarial
-            );
-            for note in locomo.skipped() {
-                println!("skipped: {note}");
-            }
+    // LoCoMo: every conversation and question, adversarial ones included, as the file has them.
+    if let Some(path) = &data
+        && let Ok(locomo) = memr2_sim::Locomo::load(path)
+    {
+        let s = memr2_sim::stats(locomo.all_episodes());
+        println!(
+            "LoCoMo {}: {} conversations, {} sessions, {} turns, {} questions ({} without adversarial)",
+            path.display(),
+            s.conversations,
+            s.sessions,
+            s.turns,
+            s.questions,
+            s.questions_non_adversarial
+        );
+        for note in locomo.skipped() {
+            println!("skipped: {note}");
         }
     }
     let spec = match data {

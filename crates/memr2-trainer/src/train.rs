@@ -499,14 +499,18 @@ struct Supervised<'a> {
     phase: fn(usize) -> Phase,
 }
 
+/// What a supervised phase measures after each epoch: named figures for its metrics line.
+type EpochProbe<'a, B> = dyn FnMut(
+        &Transformer<<B as AutodiffBackend>::InnerBackend>,
+        &mut ChaCha8Rng,
+    ) -> serde_json::Map<String, serde_json::Value>
+    + 'a;
+
 fn supervised_epochs<B: AutodiffBackend>(
     mut training: Training<B>,
     config: &TrainConfig,
     spec: Supervised<'_>,
-    probe: &mut dyn FnMut(
-        &Transformer<B::InnerBackend>,
-        &mut ChaCha8Rng,
-    ) -> serde_json::Map<String, serde_json::Value>,
+    probe: &mut EpochProbe<'_, B>,
     observe: &mut dyn FnMut(Event<'_>),
 ) -> Result<Training<B>, TrainError> {
     let batches = spec.tokens.len().div_ceil(config.sft.batch_size) as u64;
