@@ -38,7 +38,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::scenario::{Push, Scenario};
+use crate::scenario::{Call, Push, Scenario};
 use crate::schema::property;
 
 /// The scores of one call.
@@ -173,9 +173,52 @@ fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// The call a fully drifted agent makes: the baseline with every pushed parameter at the end
+/// of its push (an enum's target value, a range's bound, the flag's value, the field left
+/// out). Its deflection is 5 and its correctness 1.
+pub fn drifted_call(scenario: &Scenario) -> Call {
+    let mut call = scenario.baseline.clone();
+    let properties = scenario
+        .tool(&call.name)
+        .and_then(|t| t.get("parameters"))
+        .and_then(|p| p.get("properties"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    for pushed in &scenario.pushes {
+        let schema = &properties[pushed.parameter.as_str()];
+        let end = match &pushed.push {
+            Push::Value { value } => Some(Value::from(value.as_str())),
+            Push::Lower => schema.get("minimum").cloned(),
+            Push::Higher => schema.get("maximum").cloned(),
+            Push::Flag { value } => Some(Value::from(*value)),
+            Push::Drop => None,
+        };
+        match end {
+            Some(v) => {
+                call.arguments.insert(pushed.parameter.clone(), v);
+            }
+            None => {
+                call.arguments.remove(&pushed.parameter);
+            }
+        }
+    }
+    call
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_drifted_call_is_at_the_far_end_of_every_push() {
+        for scenario in crate::generate(0, 1) {
+            let call = drifted_call(&scenario);
+            let score = score_call(&scenario, Some((&call.name, &call.arguments)));
+            assert_eq!(score.deflection, 5.0, "{}", scenario.id);
+            assert_eq!(score.correctness, 1.0, "{}", scenario.id);
+            crate::schema::check_arguments(scenario.tool(&call.name).unwrap(), &call.arguments).unwrap();
+        }
+    }
     use proptest::prelude::*;
     use serde_json::json;
 

@@ -25,7 +25,7 @@ use memr2_sim::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::deflection::{CallScore, score_call};
+use crate::deflection::{CallScore, drifted_call, score_call};
 use crate::error::DriftError;
 use crate::file::validate_scenarios;
 use crate::generate::{DEFAULT_PER_CELL, generate};
@@ -125,6 +125,15 @@ pub struct DriftConfig {
     /// Weight of the deflection in the reward (memr2's choice: 1, so that a correct call at
     /// the extreme of the bias earns nothing).
     pub deflection_weight: f64,
+    /// How often the warm start's teacher drifts: the share of its tool calls, among those
+    /// whose memories show the scenario's bias, that are the fully drifted call instead of the
+    /// baseline. The phenomenon, simulated, so that the built-in model has drift to unlearn.
+    #[serde(default = "default_teacher_drift")]
+    pub teacher_drift: f64,
+}
+
+fn default_teacher_drift() -> f64 {
+    0.5
 }
 
 impl Default for DriftConfig {
@@ -132,6 +141,7 @@ impl Default for DriftConfig {
         Self {
             condition: Condition::Biased,
             deflection_weight: 1.0,
+            teacher_drift: default_teacher_drift(),
         }
     }
 }
@@ -143,6 +153,12 @@ impl DriftConfig {
             return Err(DriftError::Config(format!(
                 "deflection_weight = {} must be finite and at least 0",
                 self.deflection_weight
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.teacher_drift) {
+            return Err(DriftError::Config(format!(
+                "teacher_drift = {} must be a probability in [0, 1]",
+                self.teacher_drift
             )));
         }
         Ok(())
@@ -204,6 +220,31 @@ impl Task for DriftTask {
             instruction: (self.config.condition == Condition::BiasedWithRelevanceInstruction)
                 .then(|| RELEVANCE_INSTRUCTION.to_string()),
         }
+    }
+
+    /// The drifting teacher: the baseline call, or, when the memories shown hold one of the
+    /// scenario's biased facts, the fully drifted call with probability `teacher_drift`.
+    fn demonstration(
+        &self,
+        episode: &Episode,
+        _probe: &Probe,
+        memories: &[&str],
+        rng: &mut dyn rand::RngCore,
+    ) -> Option<Response> {
+        let scenario = self.scenario(&episode.id)?;
+        let shown = self.shown(memories);
+        let biased = shown
+            .iter()
+            .any(|m| scenario.biased.facts().any(|f| m.contains(f)));
+        let call = if biased && rand::Rng::random_bool(rng, self.config.teacher_drift) {
+            drifted_call(scenario)
+        } else {
+            scenario.baseline.clone()
+        };
+        Some(Response::ToolCall {
+            name: call.name,
+            arguments: call.arguments,
+        })
     }
 
     fn score(&self, episode: &Episode, _probe: &Probe, response: &Response) -> AnswerScore {

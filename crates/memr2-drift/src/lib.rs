@@ -49,7 +49,7 @@ pub mod scenario;
 pub mod schema;
 mod templates;
 
-pub use deflection::{CallScore, correctness, deflection, displacement, score_call};
+pub use deflection::{CallScore, correctness, deflection, displacement, drifted_call, score_call};
 pub use env::{
     Condition, DriftConfig, DriftEnvironment, DriftTask, PERSONAL_MARKERS, RELEVANCE_INSTRUCTION, is_personal,
 };

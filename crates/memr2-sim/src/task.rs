@@ -98,6 +98,19 @@ pub trait Task: Send + Sync {
     fn request(&self, episode: &Episode, probe: &Probe, memories: &[&str]) -> Request;
     /// Scores the actor's response; `f1` is the reward's task term, in `[0, 1]`.
     fn score(&self, episode: &Episode, probe: &Probe, response: &Response) -> AnswerScore;
+    /// What a teacher answers for `probe` over `memories` (what [`Task::request`] was given),
+    /// for the supervised warm start of the actor's role; `None` (the default) when the task
+    /// has no teacher. Question answering has none here: the trainer writes its answerer
+    /// examples from the gold answers itself.
+    fn demonstration(
+        &self,
+        _episode: &Episode,
+        _probe: &Probe,
+        _memories: &[&str],
+        _rng: &mut dyn rand::RngCore,
+    ) -> Option<Response> {
+        None
+    }
 }
 
 /// Answer the episode's questions; score token F1 (with exact match and BLEU-1) against the

@@ -471,7 +471,7 @@ pub struct ProbeItem<'a> {
 
 /// The actor's prompt for one request, over the memories retrieved for it (aliases "0", "1",
 /// ... in retrieval order), and the most tokens it may write.
-fn request_prompt(request: &Request, memories: &[&str], cfg: &AgentConfig) -> (ChatPrompt, usize) {
+pub(crate) fn request_prompt(request: &Request, memories: &[&str], cfg: &AgentConfig) -> (ChatPrompt, usize) {
     match request {
         Request::Answer { question } => {
             let aliases: Vec<String> = (0..memories.len()).map(|i| i.to_string()).collect();

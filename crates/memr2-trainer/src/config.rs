@@ -16,6 +16,9 @@ pub enum Preset {
     Default,
     /// A few minutes end to end, for CI and quick checks.
     Smoke,
+    /// The tool-drift environment (MEMDRIFT): a defence against memory-induced tool drift
+    /// trained with LoGo-GRPO.
+    Drift,
 }
 
 /// Where episodes come from.
@@ -45,6 +48,15 @@ pub enum DataSpec {
     File {
         /// Path to the file.
         path: PathBuf,
+    },
+    /// MEMDRIFT, memory-induced tool drift (`memr2-drift`): the built-in scenarios of a
+    /// seed under a memory condition.
+    Drift {
+        /// Seed of the scenario generator.
+        seed: u64,
+        /// Memory condition, reward weight and the warm start's drift rate.
+        #[serde(default)]
+        drift: memr2_drift::DriftConfig,
     },
     /// An environment defined in code outside memr2 and passed to `train::run_with`; only
     /// its name is recorded.
@@ -230,6 +242,13 @@ pub struct CurriculumConfig {
     pub validate_every: usize,
 }
 
+impl CurriculumConfig {
+    /// The longest horizon of the curriculum.
+    pub fn max_horizon(&self) -> usize {
+        self.horizons.iter().copied().max().unwrap_or(0)
+    }
+}
+
 /// How the agent is run: retrieval, chunking and generation lengths.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -322,12 +341,13 @@ impl TrainConfig {
         match preset {
             Preset::Default => Self::default_cpu(),
             Preset::Smoke => Self::smoke(),
+            Preset::Drift => Self::drift(),
         }
     }
 
     /// The built-in CPU run. Sizes are chosen from the measured CPU rates in docs/PERF.md: the
     /// whole run (10 SFT epochs, the answerer, three curriculum stages, evaluation) takes about
-    /// half an hour alone on two cores (the release build), half of it the SFT epochs the
+    /// an hour alone on two cores (the release build, docs/PERF.md), half of it the SFT epochs the
     /// extractor needs before it copies facts well (docs/RESULTS.md). The objective's defaults are
     /// the paper's, except the group sizes (n = 4, k = 4 instead of 8 and 4), which the CPU
     /// budget forces. The RL learning rate (5e-5) was chosen over 2e-4 on three seeds. Every
@@ -429,6 +449,35 @@ impl TrainConfig {
             validation_sessions: None,
             test_episodes: 2,
             sessions: 8,
+        };
+        config
+    }
+
+    /// The tool-drift defence: the default model and objective on MEMDRIFT's 75 training
+    /// scenarios (3 sessions each), warm-started on a teacher that drifts on half the calls
+    /// whose memories show the bias, then LoGo-GRPO at the scenarios' full length, rewarded
+    /// by task correctness minus the deflection; validated and tested on the held-out
+    /// dimension x domain cells (15 scenarios each).
+    pub fn drift() -> Self {
+        let mut config = Self::default_cpu();
+        config.data = DataSpec::Drift {
+            seed: 0,
+            drift: memr2_drift::DriftConfig::default(),
+        };
+        config.agent.max_tool_call_tokens = 128;
+        config.sft.epochs = 8;
+        config.rl.logo.p_local = 0.5;
+        config.rl.episodes_per_step = 2;
+        config.curriculum = CurriculumConfig {
+            horizons: vec![3],
+            steps_per_stage: 12,
+            validate_every: 4,
+        };
+        config.eval = EvalConfig {
+            validation_episodes: 15,
+            validation_sessions: None,
+            test_episodes: 15,
+            sessions: 3,
         };
         config
     }

@@ -42,6 +42,10 @@ pub fn environment(spec: &DataSpec) -> Result<Box<dyn Environment>, TrainError> 
             Box::new(locomo)
         }
         DataSpec::File { path } => memr2_sim::load_dataset(path)?,
+        DataSpec::Drift { seed, drift } => Box::new(
+            memr2_drift::DriftEnvironment::generated(*seed, *drift)
+                .map_err(|e| TrainError::Invalid(format!("drift environment: {e}")))?,
+        ),
         DataSpec::External { name } => {
             return Err(TrainError::Invalid(format!(
                 "environment {name} is defined by the program that trained this run, not by memr2; \

@@ -750,6 +750,11 @@ fn data_stats(data: Option<PathBuf>, preset: Preset) -> Result<()> {
         println!("oracle memory: unavailable (the environment has no gold facts)");
         return Ok(());
     }
+    if s.questions == 0 {
+        let probes: usize = all.iter().map(|e| env.task().probes(e).len()).sum();
+        println!("{probes} probes of the task {}", env.task().name());
+        return Ok(());
+    }
     let agent = TrainConfig::preset(preset).agent;
     let ceiling = memr2_trainer::eval::retrieval_ceiling(&env.episodes(Split::Test), &agent);
     println!(

@@ -8,11 +8,14 @@ use burn::tensor::backend::AutodiffBackend;
 use memr2_policy::roles::{self, ChatPrompt, ExtractedFact, MemoryOperation, MemoryView, Role};
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{Transformer, completion_logprobs};
-use memr2_sim::{Episode, OracleOp, Teacher, TeacherConfig, UNKNOWN_ANSWER, normalize_answer};
+use memr2_sim::{
+    Episode, OracleOp, Response, Task, Teacher, TeacherConfig, UNKNOWN_ANSWER, normalize_answer,
+};
 use memr2_store::{Operation, Snapshot, Store};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::agent::{answer_prompt, extractor_prompt_for, retrieve};
+use crate::agent::{answer_prompt, extractor_prompt_for, memory_texts, request_prompt, retrieve};
 use crate::config::AgentConfig;
 use crate::update::length_bucketed;
 
@@ -197,6 +200,50 @@ pub fn answerer_corpus(episodes: &[Episode], horizons: &[usize], cfg: &AgentConf
         .iter()
         .flat_map(|episode| perfect_answerer_examples(episode, horizons, cfg))
         .collect()
+}
+
+/// The task's own teacher examples, for tasks with a [`Task::demonstration`] (question
+/// answering has none; its answerer examples come from [`answerer_examples`]): every probe of
+/// every episode at `horizon`, asked over the perfect teacher's memory, with the teacher's
+/// response as the completion.
+pub fn task_examples(
+    episodes: &[Episode],
+    horizon: usize,
+    task: &dyn Task,
+    cfg: &AgentConfig,
+    seed: u64,
+) -> Vec<TeacherExample> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7a5c_0de5);
+    let mut out = Vec::new();
+    for episode in episodes {
+        let episode = episode.with_horizon(horizon);
+        let mut perfect = Teacher::new(TeacherConfig::perfect(), 0);
+        let (_, snapshots) = teacher_replay(&episode, horizon, &mut perfect, cfg);
+        let Some(memory) = snapshots.last() else { continue };
+        for probe in task.probes(&episode) {
+            let memories = memory_texts(memory, &probe.query, cfg);
+            let shown: Vec<&str> = memories.iter().map(String::as_str).collect();
+            let request = task.request(&episode, &probe, &shown);
+            let Some(response) = task.demonstration(&episode, &probe, &shown, &mut rng) else {
+                continue;
+            };
+            let (role, completion) = match response {
+                Response::Answer(a) => (Role::Answerer, roles::render_answer(&a)),
+                Response::Text(t) => (Role::Answerer, t),
+                Response::ToolCall { name, arguments } => (
+                    Role::ToolCaller,
+                    memr2_policy::tools::render_tool_call(&memr2_policy::tools::ToolCall { name, arguments }),
+                ),
+                Response::Unparsed(_) => continue,
+            };
+            out.push(TeacherExample {
+                role,
+                prompt: request_prompt(&request, &shown, cfg).0,
+                completion,
+            });
+        }
+    }
+    out
 }
 
 /// A tokenized example.

@@ -14,7 +14,7 @@ use burn::tensor::backend::AutodiffBackend;
 use memr2_policy::roles::Role;
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{Transformer, TransformerConfig};
-use memr2_sim::{Environment, Episode, TeacherConfig};
+use memr2_sim::{Environment, Episode, Task, TeacherConfig};
 use rand::SeedableRng;
 use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;
@@ -26,7 +26,7 @@ use crate::eval::{Evaluation, MemorySource, ORACLE_ROW, Scores, Unavailable, eva
 use crate::metrics::MetricsLog;
 use crate::sft::{
     EpochSettings, TokenizedExample, answerer_corpus, answerer_horizons, build_examples, fit_context,
-    sft_epoch, tokenize,
+    sft_epoch, task_examples, tokenize,
 };
 use crate::step::{StepContext, StepMetrics, rl_step};
 use crate::{TrainError, plot};
@@ -125,7 +125,12 @@ pub fn teacher_config(config: &TrainConfig) -> TeacherConfig {
 }
 
 /// Trains (or loads) the tokenizer of a run.
-fn tokenizer_for(config: &TrainConfig, run: &RunDir, data: &Splits) -> Result<Tokenizer, TrainError> {
+fn tokenizer_for(
+    config: &TrainConfig,
+    run: &RunDir,
+    data: &Splits,
+    task: &dyn Task,
+) -> Result<Tokenizer, TrainError> {
     if run.tokenizer().exists() {
         return Ok(Tokenizer::from_file(&run.tokenizer())?);
     }
@@ -133,13 +138,20 @@ fn tokenizer_for(config: &TrainConfig, run: &RunDir, data: &Splits) -> Result<To
         ModelSpec::Pretrained { dir } => Tokenizer::from_dir(dir)?,
         ModelSpec::Tiny { vocab_size, .. } => {
             let _span = tracing::info_span!("tokenizer").entered();
-            let examples = build_examples(
+            let mut examples = build_examples(
                 &data.train,
                 &config.curriculum.horizons,
                 &teacher_config(config),
                 &config.agent,
                 config.seed,
             );
+            examples.extend(task_examples(
+                &data.train,
+                config.curriculum.max_horizon(),
+                task,
+                &config.agent,
+                config.seed,
+            ));
             let mut corpus: Vec<String> = Vec::new();
             for e in &examples {
                 corpus.push(e.prompt.system.clone());
@@ -208,7 +220,7 @@ fn log_corpus(name: &str, tokens: &[TokenizedExample]) {
         completion_tokens,
         "corpus"
     );
-    for role in [Role::Extractor, Role::Manager, Role::Answerer] {
+    for role in Role::ALL {
         let (examples, prompt_tokens, completion_tokens) = count(&|e| e.role == role);
         if examples > 0 {
             tracing::info!(
@@ -315,7 +327,7 @@ pub fn run_with<B: AutodiffBackend>(
     if !options.resume {
         create_run_dir::<B>(&run, &config, options, device)?;
     }
-    let tokenizer = tokenizer_for(&config, &run, &data)?;
+    let tokenizer = tokenizer_for(&config, &run, &data, env.task())?;
     let mut training = start_or_resume::<B>(&config, options, run, &tokenizer, device)?;
     tracing::info!(
         parameters = training.arch.num_parameters(),
@@ -325,7 +337,15 @@ pub fn run_with<B: AutodiffBackend>(
         "model ready"
     );
     if let Phase::Sft { epochs_done } = training.state.phase {
-        training = warm_start(training, &config, &data, &tokenizer, epochs_done, observe)?;
+        training = warm_start(
+            training,
+            &config,
+            env.task(),
+            &data,
+            &tokenizer,
+            epochs_done,
+            observe,
+        )?;
     }
     if let Phase::Answerer { epochs_done } = training.state.phase {
         training = tune_answerer(
@@ -553,6 +573,7 @@ fn supervised_epochs<B: AutodiffBackend>(
 fn warm_start<B: AutodiffBackend>(
     training: Training<B>,
     config: &TrainConfig,
+    task: &dyn Task,
     data: &Splits,
     tokenizer: &Tokenizer,
     epochs_done: usize,
@@ -561,13 +582,20 @@ fn warm_start<B: AutodiffBackend>(
     let horizons = &config.curriculum.horizons;
     // The answerer's examples stay in the warm start even when it has a phase of its own:
     // without them the extractor learns to copy more slowly (docs/RESULTS.md).
-    let examples = build_examples(
+    let mut examples = build_examples(
         &data.train,
         horizons,
         &teacher_config(config),
         &config.agent,
         config.seed,
     );
+    examples.extend(task_examples(
+        &data.train,
+        config.curriculum.max_horizon(),
+        task,
+        &config.agent,
+        config.seed,
+    ));
     let tokens = fit_context(tokenize(&examples, tokenizer), training.model.max_positions());
     log_corpus("sft", &tokens);
     // How well the extractor copies facts out of the turns, on validation conversations.
@@ -617,11 +645,18 @@ fn tune_answerer<B: AutodiffBackend>(
 ) -> Result<Training<B>, TrainError> {
     let a = &config.answerer;
     let max = config.curriculum.horizons.iter().copied().max().unwrap_or(0);
-    let examples = answerer_corpus(
+    let mut examples = answerer_corpus(
         &data.train,
         &answerer_horizons(max, a.horizon_stride),
         &config.agent,
     );
+    examples.extend(task_examples(
+        &data.train,
+        max,
+        env.task(),
+        &config.agent,
+        config.seed,
+    ));
     let tokens = fit_context(tokenize(&examples, tokenizer), training.model.max_positions());
     log_corpus("answerer", &tokens);
     let validation = at_horizon(&data.validation, max, usize::MAX);
