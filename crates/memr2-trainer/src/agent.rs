@@ -571,9 +571,93 @@ pub fn ask_probes(
 #[cfg(test)]
 mod tests {
     use burn::module::AutodiffModule;
+    use memr2_sim::{Environment, Split};
 
     use super::*;
     use crate::update::tests::model;
+
+    /// An actor that writes the same text for every prompt, after checking what it was shown.
+    struct Fixed {
+        config: AgentConfig,
+        text: String,
+        expect_in_prompt: String,
+    }
+
+    impl Generator for Fixed {
+        fn config(&self) -> &AgentConfig {
+            &self.config
+        }
+
+        fn generate(
+            &self,
+            prompts: &[ChatPrompt],
+            _: usize,
+            _: f32,
+            _: f32,
+            _: &mut ChaCha8Rng,
+        ) -> Vec<Generated> {
+            prompts
+                .iter()
+                .map(|p| {
+                    assert!(p.user.contains(&self.expect_in_prompt), "{}", p.user);
+                    Generated {
+                        prompt: Vec::new(),
+                        completion: Vec::new(),
+                        logprobs: Vec::new(),
+                        text: self.text.clone(),
+                    }
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_tool_call_is_rendered_parsed_and_scored_by_its_task() {
+        let env = memr2_drift::DriftEnvironment::generated(0, memr2_drift::DriftConfig::default()).unwrap();
+        let episode = &env.episodes(Split::Test)[0];
+        let scenario = env.scenario(&episode.id).unwrap();
+        let probes = env.task().probes(episode);
+        let memory = Store::new().snapshot();
+        let items = [ProbeItem {
+            memory: &memory,
+            episode,
+            probe: &probes[0],
+        }];
+        let render = |call: memr2_drift::scenario::Call| {
+            memr2_policy::tools::render_tool_call(&memr2_policy::tools::ToolCall {
+                name: call.name,
+                arguments: call.arguments,
+            })
+        };
+        let ask = |text: String| {
+            let actor = Fixed {
+                config: AgentConfig::default(),
+                text,
+                expect_in_prompt: scenario.task.clone(),
+            };
+            ask_probes(&actor, env.task(), &items, &mut ChaCha8Rng::seed_from_u64(0))
+        };
+        // The baseline call: correct, no deflection (reported as 1 - (d - 1) / 4 = 1).
+        let (scores, failures) = ask(render(scenario.baseline.clone()));
+        assert_eq!(
+            (failures, scores[0].em, scores[0].bleu1, scores[0].f1),
+            (0, 1.0, 1.0, 1.0)
+        );
+        // Every pushed parameter at the bias's extreme: still correct, deflection 5.
+        let (scores, failures) = ask(render(memr2_drift::drifted_call(scenario)));
+        assert_eq!(
+            (failures, scores[0].em, scores[0].bleu1, scores[0].f1),
+            (0, 1.0, 0.0, 0.0)
+        );
+        // Output that is not a valid call: a counted format error, scored as a failed call.
+        for garbage in [
+            "not json".to_string(),
+            r#"{"name":"no_such_tool","arguments":{}}"#.into(),
+        ] {
+            let (scores, failures) = ask(garbage);
+            assert_eq!((failures, scores[0].em, scores[0].f1), (1, 0.0, 0.0));
+        }
+    }
 
     #[test]
     fn sharded_generation_is_each_part_generated_from_its_own_seed() {

@@ -9,7 +9,8 @@ use memr2_policy::Transformer;
 use memr2_policy::roles;
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_sim::{
-    Category, Episode, Probe, ScoreBoard, Task, Teacher, TeacherConfig, facts_in_chunk, normalize_answer,
+    AnswerScore, Category, Episode, Probe, ScoreBoard, Task, Teacher, TeacherConfig, facts_in_chunk,
+    normalize_answer,
 };
 use memr2_store::{Snapshot, Store};
 use rand::SeedableRng;
@@ -211,6 +212,40 @@ impl Scores {
     }
 }
 
+/// Asks every probe of every episode of its final memory and returns the task's score of each
+/// response, per episode in the order of [`Task::probes`].
+pub fn probe_scores<B: Backend>(
+    answerer: &Transformer<B>,
+    tokenizer: &Tokenizer,
+    cfg: &AgentConfig,
+    task: &dyn Task,
+    episodes: &[Episode],
+    memories: &[RolloutState],
+    rng: &mut ChaCha8Rng,
+) -> Vec<Vec<AnswerScore>> {
+    let agent = Agent {
+        model: answerer,
+        tokenizer,
+        config: cfg,
+    };
+    let probes: Vec<Vec<Probe>> = episodes.iter().map(|e| task.probes(e)).collect();
+    let mut items = Vec::new();
+    for (e, (episode, state)) in episodes.iter().zip(memories).enumerate() {
+        let memory = state.snapshots.last().expect("a rollout has a snapshot");
+        items.extend(probes[e].iter().map(|probe| ProbeItem {
+            memory,
+            episode,
+            probe,
+        }));
+    }
+    let (scored, _) = ask_probes(&agent, task, &items, rng);
+    let mut scored = scored.into_iter();
+    probes
+        .iter()
+        .map(|p| scored.by_ref().take(p.len()).collect())
+        .collect()
+}
+
 /// Asks every probe of every episode of its final memory and scores the responses with the
 /// task.
 pub fn score_memories<B: Backend>(
@@ -222,33 +257,18 @@ pub fn score_memories<B: Backend>(
     memories: &[RolloutState],
     rng: &mut ChaCha8Rng,
 ) -> Scores {
-    let agent = Agent {
-        model: answerer,
-        tokenizer,
-        config: cfg,
-    };
-    let probes: Vec<Vec<Probe>> = episodes.iter().map(|e| task.probes(e)).collect();
-    let mut items = Vec::new();
-    let mut owner = Vec::new();
-    for (e, (episode, state)) in episodes.iter().zip(memories).enumerate() {
-        let memory = state.snapshots.last().expect("a rollout has a snapshot");
-        items.extend(probes[e].iter().map(|probe| ProbeItem {
-            memory,
-            episode,
-            probe,
-        }));
-        owner.extend(probes[e].iter().map(|_| e));
-    }
-    let (scored, _) = ask_probes(&agent, task, &items, rng);
+    let per_episode = probe_scores(answerer, tokenizer, cfg, task, episodes, memories, rng);
     let mut scores = Scores {
         board: ScoreBoard::default(),
         per_episode: vec![(0, 0.0); episodes.len()],
     };
-    for ((item, score), &e) in items.iter().zip(scored).zip(&owner) {
-        scores.board.add_score(item.probe.category, score);
-        let slot = &mut scores.per_episode[e];
-        slot.0 += 1;
-        slot.1 += score.f1;
+    for (e, (episode, scored)) in episodes.iter().zip(per_episode).enumerate() {
+        for (probe, score) in task.probes(episode).iter().zip(scored) {
+            scores.board.add_score(probe.category, score);
+            let slot = &mut scores.per_episode[e];
+            slot.0 += 1;
+            slot.1 += score.f1;
+        }
     }
     scores
 }

@@ -60,6 +60,15 @@ enum Command {
     },
 }
 
+/// A split of an environment, on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SplitArg {
+    /// Validation scenarios.
+    Validation,
+    /// Held-out test scenarios.
+    Test,
+}
+
 #[derive(Subcommand)]
 enum DriftCommand {
     /// List the parameters of tool definitions that a remembered preference could push: an MCP
@@ -68,6 +77,21 @@ enum DriftCommand {
     Scan {
         /// The JSON file of tool definitions.
         tools: PathBuf,
+    },
+    /// Deflection and task correctness of a run trained on the drift environment (`--preset
+    /// drift`), on its held-out scenarios: for its warm-start policy under every memory
+    /// condition (no memory, neutral, biased, biased with a relevance instruction, biased
+    /// behind a memory filter) and for its trained policy with biased memories.
+    Eval {
+        /// The run directory.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Which split's scenarios.
+        #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+        split: SplitArg,
+        /// Compute backend.
+        #[arg(long, value_enum, default_value_t = default_backend())]
+        backend: BackendKind,
     },
     /// Write the built-in scenarios (or check a scenario file) in memr2's scenario format.
     Scenarios {
@@ -332,6 +356,14 @@ fn real_main() -> Result<()> {
             command: DriftCommand::Scan { tools },
         } => drift_scan(&tools),
         Command::Drift {
+            command:
+                DriftCommand::Eval {
+                    checkpoint,
+                    split,
+                    backend,
+                },
+        } => with_backend!(backend, |B, device| drift_eval::<B>(&checkpoint, split, &device)),
+        Command::Drift {
             command: DriftCommand::Scenarios { seed, out, check },
         } => drift_scenarios(seed, out, check),
     }
@@ -356,6 +388,101 @@ fn drift_scan(path: &Path) -> Result<()> {
         println!(
             "| {} | {} | {} | {} |",
             s.tool, s.parameter, s.dimension, s.reason
+        );
+    }
+    Ok(())
+}
+
+fn drift_eval<B: AutodiffBackend>(dir: &Path, split: SplitArg, device: &B::Device) -> Result<()> {
+    use memr2_drift::{CallScore, Condition, DriftEnvironment, DriftReport, ScoredCall};
+    use memr2_trainer::eval::{MemorySource, final_memories, probe_scores};
+    use rand::SeedableRng;
+    let run = RunDir(dir.to_path_buf());
+    let config = TrainConfig::from_file(&run.config())?;
+    let DataSpec::Drift { seed, drift } = config.data else {
+        bail!(
+            "run {} was not trained on the drift environment (train one with --preset drift)",
+            dir.display()
+        )
+    };
+    let split = match split {
+        SplitArg::Validation => Split::Validation,
+        SplitArg::Test => Split::Test,
+    };
+    let tokenizer = Tokenizer::from_file(&run.tokenizer())?;
+    let load = |name: &str| -> Result<_> {
+        Ok(checkpoint::load::<B>(&run.checkpoint(name), device)?
+            .model
+            .valid())
+    };
+    let sft = load("sft")?;
+    let answerer = if run.checkpoint("answerer").exists() {
+        Some(load("answerer")?)
+    } else {
+        None
+    };
+    let answerer = answerer.as_ref().unwrap_or(&sft);
+    let trained = if run.checkpoint("final").exists() {
+        Some(load("final")?)
+    } else {
+        None
+    };
+    let base = DriftEnvironment::generated(seed, drift)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0xd71f7);
+    // Every call of one policy's memory under one condition, scored.
+    let mut calls = |policy: &memr2_policy::Transformer<B::InnerBackend>, condition: Condition| {
+        let env = base.with_condition(condition);
+        let episodes: Vec<_> = env
+            .episodes(split)
+            .into_iter()
+            .map(|e| e.with_horizon(config.eval.sessions))
+            .collect();
+        let source = match condition {
+            Condition::NoMemory => MemorySource::Empty,
+            _ => MemorySource::Policy(policy),
+        };
+        let memories = final_memories(&source, &episodes, &tokenizer, &config.agent, &mut rng);
+        let scores = probe_scores(
+            answerer,
+            &tokenizer,
+            &config.agent,
+            env.task(),
+            &episodes,
+            &memories,
+            &mut rng,
+        );
+        let mut out = Vec::new();
+        for (episode, scored) in episodes.iter().zip(scores) {
+            let Some(scenario) = env.scenario(&episode.id) else {
+                continue;
+            };
+            for s in scored {
+                // The drift task reports correctness as `em` and 1 - (deflection - 1) / 4 as `bleu1`.
+                let score = CallScore {
+                    deflection: 1.0 + 4.0 * (1.0 - s.bleu1),
+                    correctness: s.em,
+                };
+                out.push(ScoredCall::new(condition, scenario, score));
+            }
+        }
+        out
+    };
+    let mut warm: Vec<ScoredCall> = Vec::new();
+    for condition in Condition::ALL {
+        warm.extend(calls(&sft, condition));
+    }
+    println!(
+        "Run {}: {} scenarios ({split}), {} sessions; deflection 1-5 (mean, share of calls at 3 or more) and task correctness.\n",
+        dir.display(),
+        base.episodes(split).len(),
+        config.eval.sessions
+    );
+    println!("## Warm-start policy\n\n{}", DriftReport::new(&warm).markdown());
+    if let Some(trained) = &trained {
+        let after = calls(trained, Condition::Biased);
+        println!(
+            "## Trained policy, biased memories\n\n{}",
+            DriftReport::new(&after).markdown()
         );
     }
     Ok(())
