@@ -421,6 +421,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_task_with_a_teacher_adds_its_examples_and_question_answering_none() {
+        use memr2_sim::Environment;
+        let env = memr2_drift::DriftEnvironment::generated(0, memr2_drift::DriftConfig::default()).unwrap();
+        let train = env.episodes(memr2_sim::Split::Train);
+        let cfg = AgentConfig::default();
+        let examples = task_examples(&train[..10], 3, env.task(), &cfg, 0);
+        assert_eq!(examples.len(), 10, "one tool call per scenario");
+        for (e, episode) in examples.iter().zip(&train) {
+            assert_eq!(e.role, Role::ToolCaller);
+            let scenario = env.scenario(&episode.id).unwrap();
+            assert!(e.prompt.user.contains(&scenario.task));
+            let call = memr2_policy::tools::parse_tool_call(&e.completion, &scenario.tools).unwrap();
+            assert_eq!(call.name, scenario.baseline.name);
+        }
+        let qa = memr2_sim::QuestionAnswering;
+        assert!(task_examples(&train[..2], 3, &qa, &cfg, 0).is_empty());
+    }
+
+    #[test]
     fn answerer_horizons_step_by_the_stride_and_end_at_the_largest() {
         assert_eq!(answerer_horizons(32, 8), vec![8, 16, 24, 32]);
         assert_eq!(answerer_horizons(10, 4), vec![4, 8, 10]);
