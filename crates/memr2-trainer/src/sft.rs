@@ -353,7 +353,7 @@ pub struct EpochSettings {
     /// Weight of prompt tokens in [`sft_loss`].
     pub prompt_weight: f64,
     /// Shards each minibatch is split into, their gradients computed side by side
-    /// ([`crate::shard`]).
+    /// (`shard`, a module of this crate).
     pub shards: usize,
 }
 

@@ -1,7 +1,8 @@
 //! The training run, phase by phase: [`run_with`] takes any [`Environment`], builds the
-//! tokenizer and model, then runs the supervised warm start ([`warm_start`]), the frozen
-//! answerer's tuning ([`tune_answerer`]), the LoGo-GRPO curriculum with validation and
-//! best-checkpoint selection ([`curriculum`]), and the final evaluation ([`evaluation`]).
+//! tokenizer and model, then runs the supervised warm start (`warm_start`), the frozen
+//! answerer's tuning (`tune_answerer`), the LoGo-GRPO curriculum with validation and
+//! best-checkpoint selection (`curriculum`), and the final evaluation (`evaluation`), each a
+//! function of this module.
 //! Every phase checkpoints so that `resume` continues exactly where a killed run stopped.
 
 use std::path::{Path, PathBuf};
@@ -558,7 +559,7 @@ fn supervised_epochs<B: AutodiffBackend>(
         );
         training.model = next;
         let mut record = probe(&training.model.valid(), &mut training.state.rng);
-        tracing::info!(phase = spec.name, epoch, loss, skipped, probe = ?record, "epoch done");
+        tracing::info!(phase = spec.name, epoch, loss, skipped, probe = %serde_json::Value::Object(record.clone()), "epoch done");
         record.insert(format!("{}_epoch", spec.name.to_lowercase()), (epoch + 1).into());
         record.insert("loss".into(), loss.into());
         record.insert("skipped_nonfinite".into(), skipped.into());

@@ -62,7 +62,7 @@ pub struct UpdateSettings<'a> {
     /// Global gradient-norm clip.
     pub max_grad_norm: f64,
     /// Shards each minibatch is split into, their gradients computed side by side
-    /// ([`crate::shard`]).
+    /// (`shard`, a module of this crate).
     pub shards: usize,
 }
 
