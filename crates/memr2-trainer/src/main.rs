@@ -477,11 +477,25 @@ fn drift_eval<B: AutodiffBackend>(dir: &Path, split: SplitArg, device: &B::Devic
         base.episodes(split).len(),
         config.eval.sessions
     );
-    println!("## Warm-start policy\n\n{}", DriftReport::new(&warm).markdown());
+    // A call that did not parse, or called another tool, is scored as a failure (deflection
+    // 5, correctness 0): say how many there were, so that a table of failures reads as one.
+    let failed = |calls: &[ScoredCall]| {
+        let n = calls.iter().filter(|c| c.score == CallScore::FAILED).count();
+        format!(
+            "{n} of {} calls scored as failed (no valid call of the task's tool: deflection 5, correctness 0).\n",
+            calls.len()
+        )
+    };
+    println!(
+        "## Warm-start policy\n\n{}\n{}",
+        failed(&warm),
+        DriftReport::new(&warm).markdown()
+    );
     if let Some(trained) = &trained {
         let after = calls(trained, Condition::Biased);
         println!(
-            "## Trained policy, biased memories\n\n{}",
+            "## Trained policy, biased memories\n\n{}\n{}",
+            failed(&after),
             DriftReport::new(&after).markdown()
         );
     }
