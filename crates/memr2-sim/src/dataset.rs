@@ -88,10 +88,7 @@ pub fn detect_format(text: &str) -> Option<DataFormat> {
 /// Loads a dataset file of any format in [`DataFormat::ALL`], told by its content. An
 /// unreadable file, content of no known format, and every loader error name the file.
 pub fn load_dataset(path: &Path) -> Result<Box<dyn Environment>, SimError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SimError::Io {
-        path: path.into(),
-        source,
-    })?;
+    let text = read_data_file(path)?;
     Ok(match detect_format(&text) {
         Some(DataFormat::Locomo) => Box::new(Locomo::from_json_str(&text, path)?),
         Some(DataFormat::LongMemEval) => Box::new(LongMemEval::from_json_str(&text, path)?),
@@ -122,6 +119,14 @@ pub fn split_by_id(id: &str) -> Split {
         1 | 2 => Split::Test,
         _ => Split::Train,
     }
+}
+
+/// The text of a data file; a missing or unreadable file is an error naming it.
+pub(crate) fn read_data_file(path: &Path) -> Result<String, SimError> {
+    std::fs::read_to_string(path).map_err(|source| SimError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 #[cfg(test)]

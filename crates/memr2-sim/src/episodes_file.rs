@@ -77,10 +77,7 @@ impl EpisodeFile {
     /// naming the file, the line and the field.
     pub fn load(path: impl AsRef<Path>) -> Result<EpisodeFile, SimError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| SimError::Io {
-            path: path.into(),
-            source,
-        })?;
+        let text = crate::dataset::read_data_file(path)?;
         Self::from_jsonl_str(&text, path)
     }
 

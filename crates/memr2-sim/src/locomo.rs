@@ -49,10 +49,7 @@ impl Locomo {
     /// naming the file and what is wrong.
     pub fn load(path: impl AsRef<Path>) -> Result<Locomo, SimError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| SimError::Io {
-            path: path.into(),
-            source,
-        })?;
+        let text = crate::dataset::read_data_file(path)?;
         Self::from_json_str(&text, path)
     }
 

@@ -53,10 +53,7 @@ impl LongMemEval {
     /// naming the file and what is wrong.
     pub fn load(path: impl AsRef<Path>) -> Result<LongMemEval, SimError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| SimError::Io {
-            path: path.into(),
-            source,
-        })?;
+        let text = crate::dataset::read_data_file(path)?;
         Self::from_json_str(&text, path)
     }
 

@@ -87,6 +87,17 @@ pub enum Response {
     Unparsed(String),
 }
 
+impl Response {
+    /// The answer of an answer or the text of a chat; `""` for anything else (output that
+    /// did not parse, a tool call), which scores as an empty answer.
+    pub fn answer_text(&self) -> &str {
+        match self {
+            Response::Answer(a) | Response::Text(a) => a,
+            Response::Unparsed(_) | Response::ToolCall { .. } => "",
+        }
+    }
+}
+
 /// What an environment does with a memory after a session, and how it is scored.
 pub trait Task: Send + Sync {
     /// A short name for logs and reports.
@@ -144,10 +155,7 @@ impl Task for QuestionAnswering {
     }
 
     fn score(&self, episode: &Episode, probe: &Probe, response: &Response) -> AnswerScore {
-        let answer = match response {
-            Response::Answer(a) | Response::Text(a) => a.as_str(),
-            Response::Unparsed(_) | Response::ToolCall { .. } => "",
-        };
+        let answer = response.answer_text();
         let gold = episode
             .questions
             .get(probe.index)

@@ -19,7 +19,7 @@ use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{Transformer, TransformerConfig};
 use memr2_sim::{Environment, Split, SyntheticWorld, WorldConfig};
 use memr2_trainer::TrainConfig;
-use memr2_trainer::agent::Agent;
+use memr2_trainer::agent::{Agent, Generator};
 use memr2_trainer::config::{AgentConfig, ModelSpec};
 use memr2_trainer::sft::{EpochSettings, TokenizedExample, build_examples, sft_epoch, tokenize};
 use memr2_trainer::train::teacher_config;

@@ -21,9 +21,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::backend::{Autodiff, Flex};
 use memr2_sim::{
-    AnswerScore, Capabilities, Category, Change, DiaId, Environment, Episode, Fact, Probe, Question, Request,
-    Response, Session, Split, Task, Turn, UNKNOWN_ANSWER, bleu1, exact_match, normalize_answer,
-    validate_episode,
+    AnswerScore, Capabilities, Category, Change, DiaId, Environment, Episode, Fact, Probe, Question,
+    QuestionAnswering, Request, Response, Session, Split, Task, Turn, UNKNOWN_ANSWER, bleu1, exact_match,
+    normalize_answer, validate_episode,
 };
 use memr2_trainer::TrainConfig;
 use memr2_trainer::config::{CurriculumConfig, DataSpec, EvalConfig};
@@ -730,32 +730,17 @@ impl Task for WhereIsIt {
         "where is it"
     }
 
+    /// The questions, asked as the answerer's questions are: only the scoring is this task's.
     fn probes(&self, episode: &Episode) -> Vec<Probe> {
-        episode
-            .questions
-            .iter()
-            .enumerate()
-            .map(|(index, q)| Probe {
-                index,
-                session: q.last_session(),
-                category: q.category,
-                query: q.question.clone(),
-            })
-            .collect()
+        QuestionAnswering.probes(episode)
     }
 
-    fn request(&self, _episode: &Episode, probe: &Probe, _memories: &[&str]) -> Request {
-        Request::Answer {
-            question: probe.query.clone(),
-        }
+    fn request(&self, episode: &Episode, probe: &Probe, memories: &[&str]) -> Request {
+        QuestionAnswering.request(episode, probe, memories)
     }
 
     fn score(&self, episode: &Episode, probe: &Probe, response: &Response) -> AnswerScore {
-        let answer = match response {
-            Response::Answer(a) | Response::Text(a) => a.as_str(),
-            // Unparsed output, or a kind of response this task never asks for.
-            _ => "",
-        };
+        let answer = response.answer_text();
         let Some(question) = episode.questions.get(probe.index) else {
             return AnswerScore::default();
         };

@@ -36,6 +36,20 @@ pub struct Generated {
     pub text: String,
 }
 
+#[cfg(test)]
+impl Generated {
+    /// A completion written by a scripted stand-in for a model: the text, with placeholder
+    /// tokens and log-probs.
+    pub(crate) fn scripted(text: String) -> Self {
+        Self {
+            prompt: vec![1, 2, 3],
+            completion: vec![4, 5],
+            logprobs: vec![-0.5, -0.5],
+            text,
+        }
+    }
+}
+
 /// A model with its tokenizer, as the agent uses it.
 pub struct Agent<'a, B: Backend> {
     /// The backbone.
@@ -69,20 +83,6 @@ impl<B: Backend> Generator for Agent<'_, B> {
     }
 
     fn generate(
-        &self,
-        prompts: &[ChatPrompt],
-        max_new_tokens: usize,
-        temperature: f32,
-        top_p: f32,
-        rng: &mut ChaCha8Rng,
-    ) -> Vec<Generated> {
-        Agent::generate(self, prompts, max_new_tokens, temperature, top_p, rng)
-    }
-}
-
-impl<B: Backend> Agent<'_, B> {
-    /// Generates one completion per prompt, batched.
-    pub fn generate(
         &self,
         prompts: &[ChatPrompt],
         max_new_tokens: usize,
@@ -600,12 +600,7 @@ mod tests {
                 .iter()
                 .map(|p| {
                     assert!(p.user.contains(&self.expect_in_prompt), "{}", p.user);
-                    Generated {
-                        prompt: Vec::new(),
-                        completion: Vec::new(),
-                        logprobs: Vec::new(),
-                        text: self.text.clone(),
-                    }
+                    Generated::scripted(self.text.clone())
                 })
                 .collect()
         }

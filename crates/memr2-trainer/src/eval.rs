@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::agent::{
-    Agent, ProbeItem, RolloutSampling, RolloutState, SessionJob, answer_prompt, ask_probes,
+    Agent, Generator, ProbeItem, RolloutSampling, RolloutState, SessionJob, answer_prompt, ask_probes,
     extractor_prompt_for, run_sessions,
 };
 use crate::config::AgentConfig;
@@ -397,24 +397,24 @@ impl Evaluation {
     /// The evaluation's Markdown: [`report_table`] with a line per unavailable row, then
     /// [`differences_table`].
     pub fn tables(&self) -> String {
-        let mut table = report_table(&self.rows);
-        for missing in &self.unavailable {
-            let _ = writeln!(table, "| {} | unavailable: {} |", missing.system, missing.reason);
-        }
-        format!(
-            "{table}\nDifferences paired by test conversation:\n\n{}",
-            differences_table(&self.rows)
-        )
+        tables(&self.rows, &self.unavailable)
     }
 }
 
 /// The evaluation's Markdown: [`report_table`], then [`differences_table`].
 pub fn report_tables(rows: &[(String, Scores)]) -> String {
-    Evaluation {
-        rows: rows.to_vec(),
-        unavailable: Vec::new(),
+    tables(rows, &[])
+}
+
+fn tables(rows: &[(String, Scores)], unavailable: &[Unavailable]) -> String {
+    let mut table = report_table(rows);
+    for missing in unavailable {
+        let _ = writeln!(table, "| {} | unavailable: {} |", missing.system, missing.reason);
     }
-    .tables()
+    format!(
+        "{table}\nDifferences paired by test conversation:\n\n{}",
+        differences_table(rows)
+    )
 }
 
 /// A Markdown table: one row per system, F1 / EM / BLEU-1 overall and F1 per category.

@@ -297,6 +297,11 @@ pub fn collect(
     let mut samples = Vec::new();
     let mut owners = Vec::new();
     let probes: Vec<Vec<Probe>> = episodes.iter().map(|e| task.probes(e)).collect();
+    // The conversation's size in tokens after each session: the memory penalty's reference.
+    let session_tokens: Vec<Vec<usize>> = episodes
+        .iter()
+        .map(|e| cumulative_session_tokens(e, counter))
+        .collect();
     {
         let _span = tracing::info_span!("scoring").entered();
         let mut items = Vec::new();
@@ -315,9 +320,8 @@ pub fn collect(
         let mut offset = 0;
         let mut penalties = Vec::new();
         let mut f1_all = Vec::new();
-        for (e, episode) in episodes.iter().enumerate() {
-            let sessions: Vec<Option<u32>> = probes[e].iter().map(|p| p.session).collect();
-            let session_tokens = cumulative_session_tokens(episode, counter);
+        for (e, episode_probes) in probes.iter().enumerate() {
+            let sessions: Vec<Option<u32>> = episode_probes.iter().map(|p| p.session).collect();
             for (r, state) in global[e].iter().enumerate() {
                 let scored = &scores[offset..offset + probes[e].len()];
                 offset += probes[e].len();
@@ -331,7 +335,7 @@ pub fn collect(
                     &sessions,
                     &values,
                     &state.snapshots,
-                    &session_tokens,
+                    &session_tokens[e],
                     counter,
                 )?;
                 f1_all.push(reward.mean_f1);
@@ -434,10 +438,9 @@ pub fn collect(
                 .collect();
             offset += re.probes.len();
             let mean_f1 = f1.iter().sum::<f64>() / f1.len().max(1) as f64;
-            let session_tokens = cumulative_session_tokens(&episodes[re.episode], counter);
             let c = penalty_after(
                 re.state.snapshots.last().expect("snapshot"),
-                session_tokens[re.session as usize - 1],
+                session_tokens[re.episode][re.session as usize - 1],
                 counter,
             );
             let reward = mean_f1 - logo.lambda * c;
@@ -550,15 +553,6 @@ mod tests {
         always_wrong: bool,
     }
 
-    fn generated(text: String) -> Generated {
-        Generated {
-            prompt: vec![1, 2, 3],
-            completion: vec![4, 5],
-            logprobs: vec![-0.5, -0.5],
-            text,
-        }
-    }
-
     impl Generator for ScriptedPolicy {
         fn config(&self) -> &AgentConfig {
             &self.0
@@ -594,7 +588,7 @@ mod tests {
                             .trim_start_matches("fact: ");
                         roles::render_operations(&[MemoryOperation::Add { text: fact.into() }])
                     };
-                    generated(text)
+                    Generated::scripted(text)
                 })
                 .collect()
         }
@@ -618,7 +612,7 @@ mod tests {
                 .map(|p| {
                     let question = p.user.rsplit("question: ").next().unwrap_or_default();
                     let right = !self.always_wrong && p.user.contains(&format!("{question} good"));
-                    generated(roles::render_answer(if right { "gold" } else { "wrong" }))
+                    Generated::scripted(roles::render_answer(if right { "gold" } else { "wrong" }))
                 })
                 .collect()
         }

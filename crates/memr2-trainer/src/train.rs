@@ -26,8 +26,8 @@ use crate::data::{Splits, environment};
 use crate::eval::{Evaluation, MemorySource, ORACLE_ROW, Scores, Unavailable, evaluate, extraction_score};
 use crate::metrics::MetricsLog;
 use crate::sft::{
-    EpochSettings, TokenizedExample, answerer_corpus, answerer_horizons, build_examples, fit_context,
-    sft_epoch, task_examples, tokenize,
+    EpochSettings, TeacherExample, TokenizedExample, answerer_corpus, answerer_horizons, build_examples,
+    fit_context, sft_epoch, task_examples, tokenize,
 };
 use crate::step::{StepContext, StepMetrics, rl_step};
 use crate::{TrainError, plot};
@@ -125,6 +125,23 @@ pub fn teacher_config(config: &TrainConfig) -> TeacherConfig {
     }
 }
 
+/// The warm start's corpus: the imperfect teacher's extractor, manager and answerer examples,
+/// and the task's own teacher examples when it has a teacher. The tokenizer of the built-in
+/// model is trained on the same texts.
+fn warm_start_examples(config: &TrainConfig, data: &Splits, task: &dyn Task) -> Vec<TeacherExample> {
+    let agent = &config.agent;
+    let mut examples = build_examples(
+        &data.train,
+        &config.curriculum.horizons,
+        &teacher_config(config),
+        agent,
+        config.seed,
+    );
+    let horizon = config.curriculum.max_horizon();
+    examples.extend(task_examples(&data.train, horizon, task, agent, config.seed));
+    examples
+}
+
 /// Trains (or loads) the tokenizer of a run.
 fn tokenizer_for(
     config: &TrainConfig,
@@ -139,20 +156,7 @@ fn tokenizer_for(
         ModelSpec::Pretrained { dir } => Tokenizer::from_dir(dir)?,
         ModelSpec::Tiny { vocab_size, .. } => {
             let _span = tracing::info_span!("tokenizer").entered();
-            let mut examples = build_examples(
-                &data.train,
-                &config.curriculum.horizons,
-                &teacher_config(config),
-                &config.agent,
-                config.seed,
-            );
-            examples.extend(task_examples(
-                &data.train,
-                config.curriculum.max_horizon(),
-                task,
-                &config.agent,
-                config.seed,
-            ));
+            let examples = warm_start_examples(config, data, task);
             let mut corpus: Vec<String> = Vec::new();
             for e in &examples {
                 corpus.push(e.prompt.system.clone());
@@ -583,20 +587,7 @@ fn warm_start<B: AutodiffBackend>(
     let horizons = &config.curriculum.horizons;
     // The answerer's examples stay in the warm start even when it has a phase of its own:
     // without them the extractor learns to copy more slowly (docs/RESULTS.md).
-    let mut examples = build_examples(
-        &data.train,
-        horizons,
-        &teacher_config(config),
-        &config.agent,
-        config.seed,
-    );
-    examples.extend(task_examples(
-        &data.train,
-        config.curriculum.max_horizon(),
-        task,
-        &config.agent,
-        config.seed,
-    ));
+    let examples = warm_start_examples(config, data, task);
     let tokens = fit_context(tokenize(&examples, tokenizer), training.model.max_positions());
     log_corpus("sft", &tokens);
     // How well the extractor copies facts out of the turns, on validation conversations.
