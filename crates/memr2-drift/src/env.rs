@@ -173,6 +173,24 @@ pub struct DriftTask {
 }
 
 impl DriftTask {
+    /// How a call's score travels through the trainer's tables: `f1` the reward, `em` the
+    /// correctness, `bleu1` `1 - (deflection - 1) / 4`. [`DriftTask::call_score`] reads it back.
+    pub fn answer_score(&self, score: CallScore) -> AnswerScore {
+        AnswerScore {
+            f1: score.reward(self.config.deflection_weight),
+            em: score.correctness,
+            bleu1: 1.0 - (score.deflection - 1.0) / 4.0,
+        }
+    }
+
+    /// The call's score back from what [`Task::score`] returned.
+    pub fn call_score(score: &AnswerScore) -> CallScore {
+        CallScore {
+            deflection: 1.0 + 4.0 * (1.0 - score.bleu1),
+            correctness: score.em,
+        }
+    }
+
     /// The scenario an episode was built from (by the episode's id).
     pub fn scenario(&self, episode_id: &str) -> Option<&Scenario> {
         self.scenarios.get(episode_id)
@@ -253,11 +271,7 @@ impl Task for DriftTask {
             (Some(s), _) => score_call(s, None),
             (None, _) => CallScore::FAILED,
         };
-        AnswerScore {
-            f1: score.reward(self.config.deflection_weight),
-            em: score.correctness,
-            bleu1: 1.0 - (score.deflection - 1.0) / 4.0,
-        }
+        self.answer_score(score)
     }
 }
 
@@ -339,6 +353,19 @@ impl Environment for DriftEnvironment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_score_reads_back_from_the_tables_score() {
+        let env = DriftEnvironment::generated(0, DriftConfig::default()).unwrap();
+        for (deflection, correctness) in [(1.0, 1.0), (3.0, 1.0), (5.0, 0.0), (2.5, 0.0)] {
+            let score = CallScore {
+                deflection,
+                correctness,
+            };
+            let back = DriftTask::call_score(&env.drift_task().answer_score(score));
+            assert!((back.deflection - deflection).abs() < 1e-12 && back.correctness == correctness);
+        }
+    }
 
     fn env(condition: Condition) -> DriftEnvironment {
         DriftEnvironment::generated(

@@ -394,7 +394,7 @@ fn drift_scan(path: &Path) -> Result<()> {
 }
 
 fn drift_eval<B: AutodiffBackend>(dir: &Path, split: SplitArg, device: &B::Device) -> Result<()> {
-    use memr2_drift::{CallScore, Condition, DriftEnvironment, DriftReport, ScoredCall};
+    use memr2_drift::{CallScore, Condition, DriftEnvironment, DriftReport, DriftTask, ScoredCall};
     use memr2_trainer::eval::{MemorySource, final_memories, probe_scores};
     use rand::SeedableRng;
     let run = RunDir(dir.to_path_buf());
@@ -456,13 +456,8 @@ fn drift_eval<B: AutodiffBackend>(dir: &Path, split: SplitArg, device: &B::Devic
             let Some(scenario) = env.scenario(&episode.id) else {
                 continue;
             };
-            for s in scored {
-                // The drift task reports correctness as `em` and 1 - (deflection - 1) / 4 as `bleu1`.
-                let score = CallScore {
-                    deflection: 1.0 + 4.0 * (1.0 - s.bleu1),
-                    correctness: s.em,
-                };
-                out.push(ScoredCall::new(condition, scenario, score));
+            for s in &scored {
+                out.push(ScoredCall::new(condition, scenario, DriftTask::call_score(s)));
             }
         }
         out
