@@ -851,11 +851,7 @@ fn evaluation<B: AutodiffBackend>(
 ) -> Result<RunReport, TrainError> {
     let run = &training.run;
     if let Ok(records) = MetricsLog::read(&run.metrics()) {
-        let steps: Vec<_> = records
-            .into_iter()
-            .filter(|r| r.get("reward_global").is_some())
-            .collect();
-        plot::plot_run(&steps, &run.plots())?;
+        plot::plot_run(&records, &run.plots(), false)?;
     }
     let name = if config.rl.logo.p_local > 0.0 {
         "LoGo-GRPO"
