@@ -482,6 +482,21 @@ impl TrainConfig {
         config
     }
 
+    /// The trained policy's name in tables and reports: the algorithm (LoGo-GRPO, or GRPO
+    /// when it has no local groups), with "(placebo)" when its rewards are permuted.
+    pub fn policy_name(&self) -> String {
+        let algorithm = if self.rl.logo.p_local > 0.0 {
+            "LoGo-GRPO"
+        } else {
+            "GRPO (global only)"
+        };
+        if self.rl.placebo {
+            format!("{algorithm} (placebo)")
+        } else {
+            algorithm.to_string()
+        }
+    }
+
     /// Reads a JSON configuration file.
     pub fn from_file(path: &Path) -> Result<Self, TrainError> {
         let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {

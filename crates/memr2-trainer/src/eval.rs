@@ -15,6 +15,7 @@ use memr2_sim::{
 use memr2_store::{Snapshot, Store};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use crate::agent::{
     Agent, Generator, ProbeItem, RolloutSampling, RolloutState, SessionJob, answer_prompt, ask_probes,
@@ -196,7 +197,7 @@ pub fn final_memories<B: Backend>(
 }
 
 /// A system's scores on a set of episodes.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Scores {
     /// F1 / EM / BLEU-1 overall and per category.
     pub board: ScoreBoard,
@@ -376,7 +377,7 @@ pub fn differences_table(rows: &[(String, Scores)]) -> String {
 }
 
 /// A row of the evaluation that could not be computed, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unavailable {
     /// The system's name (e.g. [`ORACLE_ROW`]).
     pub system: String,
@@ -385,7 +386,7 @@ pub struct Unavailable {
 }
 
 /// An evaluation: the scored rows, and the rows the environment could not offer.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     /// Each system's scores, in table order.
     pub rows: Vec<(String, Scores)>,
@@ -417,20 +418,41 @@ fn tables(rows: &[(String, Scores)], unavailable: &[Unavailable]) -> String {
     )
 }
 
-/// A Markdown table: one row per system, F1 / EM / BLEU-1 overall and F1 per category.
+/// A Markdown table: one row per system, F1 / EM / BLEU-1 overall and F1 per category, with
+/// the number of questions behind each column. A category a row has no question in shows
+/// "-"; counts that differ between rows (never, for rows scored on the same episodes) are
+/// written in the cells instead of the header.
 pub fn report_table(rows: &[(String, Scores)]) -> String {
+    let count = |scores: &Scores, c: Category| {
+        scores
+            .board
+            .categories()
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map(|(_, s)| s.count)
+            .filter(|&n| n > 0)
+    };
     let categories: Vec<Category> = Category::ALL
         .iter()
         .copied()
-        .filter(|c| {
-            rows.iter()
-                .any(|(_, s)| s.board.categories().iter().any(|(k, _)| k == c))
-        })
+        .filter(|&c| rows.iter().any(|(_, s)| count(s, c).is_some()))
         .collect();
+    // The one count of a column, when every row that has the category agrees on it.
+    let shared = |c: Category| {
+        let mut counts = rows.iter().filter_map(|(_, s)| count(s, c));
+        let first = counts.next()?;
+        counts.all(|n| n == first).then_some(first)
+    };
+    let overall = {
+        let mut counts = rows.iter().map(|(_, s)| s.board.overall().count);
+        let first = counts.next();
+        first.filter(|&f| counts.all(|n| n == f))
+    };
+    let n = |count: Option<usize>| count.map(|k| format!(" (n={k})")).unwrap_or_default();
     let mut out = String::new();
-    let _ = write!(out, "| system | F1 | EM | BLEU-1 |");
-    for c in &categories {
-        let _ = write!(out, " {} F1 |", c.name());
+    let _ = write!(out, "| system | F1{} | EM | BLEU-1 |", n(overall));
+    for &c in &categories {
+        let _ = write!(out, " {} F1{} |", c.name(), n(shared(c)));
     }
     let _ = write!(out, " questions |\n|---|---:|---:|---:|");
     for _ in &categories {
@@ -448,10 +470,13 @@ pub fn report_table(rows: &[(String, Scores)]) -> String {
             100.0 * all.bleu1
         );
         let per = board.categories();
-        for c in &categories {
-            match per.iter().find(|(k, _)| k == c) {
-                Some((_, s)) => {
+        for &c in &categories {
+            match per.iter().find(|(k, s)| *k == c && s.count > 0) {
+                Some((_, s)) if shared(c).is_some() => {
                     let _ = write!(out, " {:.1} |", 100.0 * s.f1);
+                }
+                Some((_, s)) => {
+                    let _ = write!(out, " {:.1} (n={}) |", 100.0 * s.f1, s.count);
                 }
                 None => out.push_str(" - |"),
             }
@@ -517,6 +542,33 @@ mod tests {
             "{tables}"
         );
         assert!(!tables.contains("| oracle memory | 0.0"), "{tables}");
+    }
+
+    #[test]
+    fn the_table_says_how_many_questions_stand_behind_each_column() {
+        let mut a = scores(&[vec![1.0, 0.5], vec![0.0]]);
+        a.board.add_score(
+            Category::Temporal,
+            AnswerScore {
+                f1: 1.0,
+                em: 1.0,
+                bleu1: 1.0,
+            },
+        );
+        let b = scores(&[vec![0.0, 0.0], vec![0.0]]);
+        let table = report_table(&[("a".into(), a), ("b".into(), b)]);
+        let lines: Vec<&str> = table.lines().collect();
+        // Overall counts differ (4 and 3), so the header has none; single-hop has 3 in both.
+        assert_eq!(
+            lines[0], "| system | F1 | EM | BLEU-1 | single_hop F1 (n=3) | temporal F1 (n=1) | questions |",
+            "{table}"
+        );
+        assert_eq!(
+            lines[2], "| a | 62.5 | 62.5 | 62.5 | 50.0 | 100.0 | 4 |",
+            "{table}"
+        );
+        // b has no temporal question: "-", not 0.0.
+        assert_eq!(lines[3], "| b | 0.0 | 0.0 | 0.0 | 0.0 | - | 3 |", "{table}");
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod eval;
 pub mod metrics;
 pub(crate) mod parallel;
 pub mod plot;
+pub mod report;
 pub mod reward;
 pub mod sft;
 pub(crate) mod shard;

@@ -914,7 +914,7 @@ pub fn plot_run(records: &[Value], dir: &Path, png: bool) -> Result<Vec<PathBuf>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The records of a two-stage run (horizons 8 and 16, four steps each, validation every

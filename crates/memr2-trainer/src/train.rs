@@ -20,17 +20,18 @@ use rand::SeedableRng;
 use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;
 
+use crate::TrainError;
 use crate::checkpoint::{self, Phase, TrainState};
 use crate::config::{ModelSpec, SftConfig, TrainConfig};
 use crate::data::{Splits, environment};
 use crate::eval::{Evaluation, MemorySource, ORACLE_ROW, Scores, Unavailable, evaluate, extraction_score};
 use crate::metrics::MetricsLog;
+use crate::report::{self, EvaluationRecord, SFT_ROW};
 use crate::sft::{
     EpochSettings, TeacherExample, TokenizedExample, answerer_corpus, answerer_horizons, build_examples,
     fit_context, sft_epoch, task_examples, tokenize,
 };
 use crate::step::{StepContext, StepMetrics, rl_step};
-use crate::{TrainError, plot};
 
 /// What the caller (the binary's progress bar) is told as the run goes.
 pub enum Event<'a> {
@@ -105,6 +106,14 @@ impl RunDir {
     /// `report.md`.
     pub fn report(&self) -> PathBuf {
         self.0.join("report.md")
+    }
+    /// `evaluation.json`: the final evaluation's rows ([`crate::report::EvaluationRecord`]).
+    pub fn evaluation(&self) -> PathBuf {
+        self.0.join("evaluation.json")
+    }
+    /// `tensorboard/`: TensorBoard event files mirroring `metrics.jsonl`.
+    pub fn tensorboard(&self) -> PathBuf {
+        self.0.join("tensorboard")
     }
 }
 
@@ -541,6 +550,7 @@ fn supervised_epochs<B: AutodiffBackend>(
     let batches = spec.tokens.len().div_ceil(config.sft.batch_size) as u64;
     let epochs = spec.schedule.epochs;
     for epoch in spec.epochs_done..epochs {
+        let started = std::time::Instant::now();
         observe(Event::Phase {
             name: format!("{} epoch {}/{}", spec.name, epoch + 1, epochs),
             total: batches,
@@ -567,6 +577,8 @@ fn supervised_epochs<B: AutodiffBackend>(
         record.insert(format!("{}_epoch", spec.name.to_lowercase()), (epoch + 1).into());
         record.insert("loss".into(), loss.into());
         record.insert("skipped_nonfinite".into(), skipped.into());
+        // The epoch's seconds, its validation probe included.
+        record.insert("epoch_s".into(), started.elapsed().as_secs_f64().into());
         training.log.append(&record)?;
         training.state.phase = (spec.phase)(epoch + 1);
         training.save_latest()?;
@@ -764,18 +776,24 @@ fn curriculum<B: AutodiffBackend>(
             )
             .f1()
         };
-        let record = |step: u64, f1: f64| {
+        let record = |step: u64, (f1, seconds): (f64, f64)| {
             serde_json::json!({
                 "step": step,
                 "horizon": h,
                 "validation_sessions": validation_h,
-                "validation_f1": f1
+                "validation_f1": f1,
+                "validation_s": seconds
             })
         };
+        let timed = |model: &Transformer<B>, rng: &mut ChaCha8Rng| {
+            let started = std::time::Instant::now();
+            let f1 = score(model, rng);
+            (f1, started.elapsed().as_secs_f64())
+        };
         if steps_done == 0 {
-            let f1 = score(&training.model, &mut training.state.rng);
-            training.state.best = Some((f1, training.state.step));
-            training.log.append(&record(training.state.step, f1))?;
+            let validated = timed(&training.model, &mut training.state.rng);
+            training.state.best = Some((validated.0, training.state.step));
+            training.log.append(&record(training.state.step, validated))?;
             training.save_as(&best_name)?;
         }
         for step_in_stage in steps_done..config.curriculum.steps_per_stage {
@@ -804,8 +822,9 @@ fn curriculum<B: AutodiffBackend>(
             training.log.append(&metrics)?;
             let done = step_in_stage + 1;
             if done % config.curriculum.validate_every == 0 || done == config.curriculum.steps_per_stage {
-                let f1 = score(&training.model, &mut training.state.rng);
-                training.log.append(&record(training.state.step, f1))?;
+                let validated = timed(&training.model, &mut training.state.rng);
+                let f1 = validated.0;
+                training.log.append(&record(training.state.step, validated))?;
                 if training.state.best.is_none_or(|(best, _)| f1 > best) {
                     training.state.best = Some((f1, training.state.step));
                     training.save_as(&best_name)?;
@@ -850,28 +869,25 @@ fn evaluation<B: AutodiffBackend>(
     observe: &mut dyn FnMut(Event<'_>),
 ) -> Result<RunReport, TrainError> {
     let run = &training.run;
-    if let Ok(records) = MetricsLog::read(&run.metrics()) {
-        plot::plot_run(&records, &run.plots(), false)?;
-    }
-    let name = if config.rl.logo.p_local > 0.0 {
-        "LoGo-GRPO"
-    } else {
-        "GRPO (global only)"
-    };
+    let started = std::time::Instant::now();
+    let name = config.policy_name();
     let final_model = training.model.valid();
     let systems: Vec<(&str, Option<&Transformer<B::InnerBackend>>)> =
-        vec![("SFT only", Some(&frozen.sft)), (name, Some(&final_model))];
+        vec![(SFT_ROW, Some(&frozen.sft)), (&name, Some(&final_model))];
     let evaluation = final_evaluation(config, env, data, tokenizer, frozen.answerer(), &systems, observe)?;
     let table = evaluation.tables();
-    let report = format!(
-        "# Evaluation\n\nEnvironment: {} ({}). Test conversations: {}, horizon {} sessions, seed {}.\n\n{table}",
-        env.name(),
-        env.task().name(),
-        config.eval.test_episodes.min(data.test.len()),
-        config.eval.sessions,
-        config.seed
-    );
-    std::fs::write(run.report(), &report).map_err(io(&run.report()))?;
+    let test = at_horizon(&data.test, config.eval.sessions, config.eval.test_episodes);
+    EvaluationRecord {
+        environment: env.name().to_string(),
+        task: env.task().name().to_string(),
+        episodes: test.iter().map(|e| e.id.clone()).collect(),
+        sessions: config.eval.sessions,
+        seed: config.seed,
+        seconds: started.elapsed().as_secs_f64(),
+        evaluation: evaluation.clone(),
+    }
+    .write(&run.evaluation())?;
+    report::write_report(run, false)?;
     Ok(RunReport {
         table,
         rows: evaluation.rows,
