@@ -42,6 +42,7 @@ pub mod reward;
 pub mod sft;
 pub(crate) mod shard;
 pub mod step;
+pub mod tensorboard;
 pub mod train;
 pub mod update;
 

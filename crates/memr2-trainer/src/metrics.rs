@@ -1,4 +1,5 @@
-//! `metrics.jsonl`: one JSON object per training step, appended, and cut back on resume.
+//! `metrics.jsonl`: one JSON object per training step, appended, and cut back on resume;
+//! mirrored, when asked, into TensorBoard event files ([`crate::tensorboard`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -6,11 +7,13 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::TrainError;
+use crate::tensorboard::TensorBoard;
 
 /// Appends one JSON line per record.
 pub struct MetricsLog {
     path: PathBuf,
     lines: u64,
+    tensorboard: Option<TensorBoard>,
 }
 
 impl MetricsLog {
@@ -41,7 +44,16 @@ impl MetricsLog {
         Ok(Self {
             path: path.to_path_buf(),
             lines: keep,
+            tensorboard: None,
         })
+    }
+
+    /// Mirrors the log into TensorBoard event files in `dir` from now on, starting them
+    /// afresh with the lines the log holds.
+    pub fn mirror_to_tensorboard(&mut self, dir: &Path) -> Result<(), TrainError> {
+        let records = Self::read(&self.path)?;
+        self.tensorboard = Some(TensorBoard::create(dir, &records)?);
+        Ok(())
     }
 
     /// Appends a record as one line and flushes it.
@@ -58,6 +70,9 @@ impl MetricsLog {
             .map_err(io)?;
         writeln!(file, "{line}").map_err(io)?;
         self.lines += 1;
+        if let Some(board) = &mut self.tensorboard {
+            board.write(&serde_json::to_value(record).expect("metrics serialise"))?;
+        }
         Ok(())
     }
 
@@ -103,5 +118,30 @@ mod tests {
         assert_eq!(back.len(), 4);
         assert_eq!(back[3]["step"], 3);
         assert!(MetricsLog::open(&path, 10).is_err());
+    }
+
+    #[test]
+    fn the_tensorboard_mirror_follows_the_log_across_a_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let board = dir.path().join("tensorboard");
+        let mut log = MetricsLog::open(&path, 0).unwrap();
+        log.mirror_to_tensorboard(&board).unwrap();
+        for step in 1..=4 {
+            log.append(&serde_json::json!({ "step": step, "f1": 0.5 }))
+                .unwrap();
+        }
+        let steps = || -> Vec<i64> {
+            crate::tensorboard::tests::read_scalars(&board)
+                .into_iter()
+                .map(|(step, _, _)| step)
+                .collect()
+        };
+        assert_eq!(steps(), [1, 2, 3, 4]);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let mut log = MetricsLog::open(&path, 2).unwrap();
+        log.mirror_to_tensorboard(&board).unwrap();
+        log.append(&serde_json::json!({ "step": 3, "f1": 0.75 })).unwrap();
+        assert_eq!(steps(), [1, 2, 3]);
     }
 }

@@ -495,7 +495,8 @@ fn start_or_resume<B: AutodiffBackend>(
             fresh_state(Phase::Sft { epochs_done: 0 }),
         )
     };
-    let log = MetricsLog::open(&run.metrics(), state.metrics_lines)?;
+    let mut log = MetricsLog::open(&run.metrics(), state.metrics_lines)?;
+    log.mirror_to_tensorboard(&run.tensorboard())?;
     Ok(Training {
         model,
         arch,
