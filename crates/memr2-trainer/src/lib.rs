@@ -31,6 +31,7 @@
 
 pub mod agent;
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod eval;

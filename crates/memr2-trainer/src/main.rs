@@ -48,6 +48,29 @@ enum Command {
     Eval(EvalArgs),
     /// Show one conversation's memory and operation history, session by session.
     Inspect(InspectArgs),
+    /// Rebuild a run's `report.md` and charts from what it wrote (finished or still going).
+    Report {
+        /// The run directory.
+        run: PathBuf,
+        /// Also write a PNG beside each SVG chart (needs the `png` feature).
+        #[arg(long)]
+        png: bool,
+    },
+    /// Compare finished runs: test F1 per seed and its mean, F1 per category, paired
+    /// differences, and curves overlaid. Trains nothing.
+    Compare {
+        /// Run directories, each optionally labelled as LABEL=DIR (default label: the run's
+        /// algorithm, e.g. "LoGo-GRPO", "GRPO (global only)", "LoGo-GRPO (placebo)").
+        #[arg(required = true)]
+        runs: Vec<String>,
+        /// Write `compare.md` and `plots/` into this directory (otherwise the tables are only
+        /// printed).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also write a PNG beside each SVG chart (needs the `png` feature).
+        #[arg(long)]
+        png: bool,
+    },
     /// Dataset commands.
     Data {
         #[command(subcommand)]
@@ -346,6 +369,12 @@ fn real_main() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train_command(*args),
         Command::Eval(args) => with_backend!(args.backend, |B, device| eval_command::<B>(&args, &device)),
+        Command::Report { run, png } => {
+            let path = memr2_trainer::report::write_report(&RunDir(run), png)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Compare { runs, out, png } => compare_command(&runs, out.as_deref(), png),
         Command::Inspect(args) => {
             with_backend!(args.backend, |B, device| inspect_command::<B>(&args, &device))
         }
@@ -367,6 +396,22 @@ fn real_main() -> Result<()> {
             command: DriftCommand::Scenarios { seed, out, check },
         } => drift_scenarios(seed, out, check),
     }
+}
+
+fn compare_command(runs: &[String], out: Option<&Path>, png: bool) -> Result<()> {
+    use memr2_trainer::compare::{Comparison, RunSummary};
+    let runs = runs
+        .iter()
+        .map(|arg| RunSummary::load(arg).with_context(|| format!("cannot read run {arg}")))
+        .collect::<Result<Vec<_>>>()?;
+    let comparison = Comparison::new(runs)?;
+    println!("{}", comparison.markdown());
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = comparison.write(dir, png)?;
+        println!("written: {}", path.display());
+    }
+    Ok(())
 }
 
 fn drift_scan(path: &Path) -> Result<()> {
@@ -709,16 +754,12 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
         .map(|d| load(&RunDir(d.clone()).checkpoint("final")))
         .transpose()?;
     let mut systems: Vec<(&str, Option<&memr2_policy::Transformer<B::InnerBackend>>)> =
-        vec![("SFT only", Some(&sft))];
+        vec![(memr2_trainer::report::SFT_ROW, Some(&sft))];
     if let Some(g) = &grpo {
         systems.push(("GRPO (global only)", Some(g)));
     }
-    let name = if config.rl.logo.p_local > 0.0 {
-        "LoGo-GRPO"
-    } else {
-        "GRPO (global only)"
-    };
-    systems.push((name, Some(&logo)));
+    let name = config.policy_name();
+    systems.push((&name, Some(&logo)));
     let evaluation = train::final_evaluation(
         &config,
         env.as_ref(),

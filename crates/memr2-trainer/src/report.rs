@@ -460,7 +460,7 @@ pub fn write_report(run: &RunDir, png: bool) -> Result<PathBuf, TrainError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::eval::Unavailable;
     use memr2_sim::AnswerScore;
