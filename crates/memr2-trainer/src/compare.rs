@@ -259,13 +259,13 @@ impl Comparison {
 
     /// Paired differences per seed: each label against its own run's warm start, then each
     /// later label against each earlier one on the same test conversations; the mean over
-    /// seeds and how many seeds came out above zero.
+    /// seeds and how many seeds came out above and below zero.
     pub fn differences_table(&self) -> String {
         let mut out = String::from("| comparison |");
         for s in &self.seeds {
             let _ = write!(out, " seed {s} |");
         }
-        out.push_str(" mean over seeds | seeds above zero |\n|---|");
+        out.push_str(" mean over seeds | seeds above / below zero |\n|---|");
         out.push_str(&"---:|".repeat(self.seeds.len() + 2));
         out.push('\n');
         let mut pairs: Vec<(String, String)> = self
@@ -310,11 +310,11 @@ impl Comparison {
             }
             let m = mean(&means).expect("not empty");
             let above = means.iter().filter(|d| **d > 0.0).count();
+            let below = means.iter().filter(|d| **d < 0.0).count();
             let _ = writeln!(
                 out,
-                "| {b} - {a} |{cells} {:+.1} | {above} of {} |",
-                100.0 * m,
-                means.len()
+                "| {b} - {a} |{cells} {:+.1} | {above} / {below} |",
+                100.0 * m
             );
         }
         out
@@ -511,12 +511,11 @@ mod tests {
         // Seed 0: LoGo - SFT = +25.0 (per-conversation 0.5, 0.5, 0, 0: se 14.4); seed 1:
         // -6.25 (0, 0, 0, -0.25: se 6.25).
         assert!(
-            table.contains("| LoGo-GRPO - SFT only | +25.0 (14.4) | -6.2 (6.2) | +9.4 | 1 of 2 |"),
+            table.contains("| LoGo-GRPO - SFT only | +25.0 (14.4) | -6.2 (6.2) | +9.4 | 1 / 1 |"),
             "{table}"
         );
         assert!(
-            table
-                .contains("| GRPO (global only) - LoGo-GRPO | -25.0 (14.4) | -18.8 (6.2) | -21.9 | 0 of 2 |"),
+            table.contains("| GRPO (global only) - LoGo-GRPO | -25.0 (14.4) | -18.8 (6.2) | -21.9 | 0 / 2 |"),
             "{table}"
         );
     }

@@ -231,7 +231,7 @@ pub fn configuration(config: &TrainConfig) -> String {
     );
     let _ = writeln!(
         out,
-        "| RL | {}: {} conversations x {} rollouts per step, local groups of {} rerollouts with probability {}, learning rate {:e}{} |",
+        "| RL | {}: {} conversation(s) x {} rollouts per step, local groups of {} rerollouts with probability {}, learning rate {:e}{} |",
         config.policy_name(),
         rl.episodes_per_step,
         logo.n_rollouts,
@@ -246,7 +246,7 @@ pub fn configuration(config: &TrainConfig) -> String {
     );
     let _ = writeln!(
         out,
-        "| curriculum | {} sessions, {} steps per stage, validation every {} steps on {} conversations |",
+        "| curriculum | {} sessions, {} steps per stage, validation every {} steps on {} conversation(s) |",
         horizons.join(" -> "),
         config.curriculum.steps_per_stage,
         config.curriculum.validate_every,
@@ -254,7 +254,7 @@ pub fn configuration(config: &TrainConfig) -> String {
     );
     let _ = writeln!(
         out,
-        "| evaluation | {} test conversations at {} sessions |",
+        "| evaluation | {} test conversation(s) at {} sessions |",
         config.eval.test_episodes, config.eval.sessions
     );
     let _ = writeln!(out, "| seed | {} |", config.seed);
@@ -332,18 +332,17 @@ fn at_a_glance(record: &EvaluationRecord, times: &PhaseTimes) -> String {
             .filter(|m| m.2 > 0)
             .collect();
         moves.sort_by(|a, b| b.0.total_cmp(&a.0));
-        if let (Some(best), Some(worst)) = (moves.first(), moves.last()) {
-            let _ = writeln!(
-                out,
-                "- **Where?** Most gained: {} ({:+.1} F1 over {} questions); most lost: {} ({:+.1} F1 over {} questions). Per category below.",
-                best.1,
-                100.0 * best.0,
-                best.2,
-                worst.1,
-                100.0 * worst.0,
-                worst.2
-            );
-        }
+        let gained = moves.first().filter(|m| m.0 > 0.0);
+        let lost = moves.last().filter(|m| m.0 < 0.0);
+        let describe =
+            |m: &(f64, &str, usize)| format!("{} ({:+.1} F1 over {} questions)", m.1, 100.0 * m.0, m.2);
+        let where_ = match (gained, lost) {
+            (None, None) => "no category moved".to_string(),
+            (Some(g), None) => format!("most gained: {}; no category lost", describe(g)),
+            (None, Some(l)) => format!("no category gained; most lost: {}", describe(l)),
+            (Some(g), Some(l)) => format!("most gained: {}; most lost: {}", describe(g), describe(l)),
+        };
+        let _ = writeln!(out, "- **Where?** {where_}. Per category below.");
     }
     if let (Some(oracle), Some(none)) = (record.row(ORACLE_ROW), record.row(NO_MEMORY_ROW)) {
         let _ = writeln!(
