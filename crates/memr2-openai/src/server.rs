@@ -160,13 +160,30 @@ pub enum ServerError {
 pub struct Server {
     addr: SocketAddr,
     listener: http::Listener,
-    batcher: Option<JoinHandle<()>>,
+    batchers: Option<Vec<JoinHandle<()>>>,
 }
 
 impl Server {
     /// Binds and starts serving `model` on connection threads plus one batching thread.
     pub fn start(model: Arc<dyn ChatModel>, config: ServerConfig) -> Result<Self, ServerError> {
+        Self::start_models(vec![model], config)
+    }
+
+    /// Serves several models side by side, each under its name with a batching thread of its
+    /// own; a request's `model` picks one.
+    pub fn start_models(models: Vec<Arc<dyn ChatModel>>, config: ServerConfig) -> Result<Self, ServerError> {
         config.validate()?;
+        if models.is_empty() {
+            return Err(ServerError::InvalidConfig("no model to serve".into()));
+        }
+        for (i, model) in models.iter().enumerate() {
+            if models[..i].iter().any(|m| m.name() == model.name()) {
+                return Err(ServerError::InvalidConfig(format!(
+                    "two models are named `{}`",
+                    model.name()
+                )));
+            }
+        }
         let bind_error = |e: std::io::Error| ServerError::Bind {
             addr: config.addr.clone(),
             reason: e.to_string(),
@@ -174,37 +191,46 @@ impl Server {
         let socket = TcpListener::bind(config.addr.as_str()).map_err(bind_error)?;
         let addr = socket.local_addr().map_err(bind_error)?;
 
-        let (jobs, queue) = mpsc::channel();
-        let batching = Batching {
-            max_batch: config.max_batch,
-            max_wait: Duration::from_millis(config.max_wait_ms),
-        };
-        let batch_model = Arc::clone(&model);
-        let batcher = std::thread::Builder::new()
-            .name("memr2-openai-batch".to_string())
-            .spawn(move || batching.run(&*batch_model, &queue))
-            .map_err(ServerError::Spawn)?;
+        let mut batchers = Vec::new();
+        let mut served = Vec::new();
+        for model in models {
+            let (jobs, queue) = mpsc::channel();
+            let batching = Batching {
+                max_batch: config.max_batch,
+                max_wait: Duration::from_millis(config.max_wait_ms),
+            };
+            let batch_model = Arc::clone(&model);
+            let batcher = std::thread::Builder::new()
+                .name("memr2-openai-batch".to_string())
+                .spawn(move || batching.run(&*batch_model, &queue))
+                .map_err(ServerError::Spawn)?;
+            batchers.push(batcher);
+            served.push((model, jobs));
+        }
 
         let limits = http::Limits {
             max_body_bytes: config.max_body_bytes,
             max_handlers: config.threads,
         };
-        let (name, threads) = (model.name().to_string(), config.threads);
-        let service = Arc::new(Service::new(model, config, jobs));
+        let names: Vec<String> = served.iter().map(|(m, _)| m.name().to_string()).collect();
+        let threads = config.threads;
+        let service = Arc::new(Service::new(served, config));
         // On failure the service, and with it the queue's last sender, is gone: the batching
         // thread ends.
         let listener = match http::Listener::start(socket, service, limits) {
             Ok(listener) => listener,
             Err(e) => {
-                let _ = batcher.join();
+                for batcher in batchers {
+                    let _ = batcher.join();
+                }
                 return Err(ServerError::Spawn(e));
             }
         };
-        tracing::info!(%addr, model = name, threads, "serving");
+        tracing::info!(%addr, models = ?names, threads, "serving");
         Ok(Self {
             addr,
             listener,
-            batcher: Some(batcher),
+            batchers: Some(batchers),
         })
     }
 
@@ -233,7 +259,7 @@ impl Server {
     /// Stops the listener (which waits for the connections), then joins the batching thread,
     /// which ends once the last handle on its queue, held by the routes, is gone.
     fn stop(&mut self) {
-        let Some(batcher) = self.batcher.take() else {
+        let Some(batchers) = self.batchers.take() else {
             return;
         };
         if !self.listener.stop() {
@@ -241,8 +267,10 @@ impl Server {
             // forever; both are left behind, idle.
             return;
         }
-        if batcher.join().is_err() {
-            tracing::error!("the batching thread panicked");
+        for batcher in batchers {
+            if batcher.join().is_err() {
+                tracing::error!("a batching thread panicked");
+            }
         }
         tracing::info!(addr = %self.addr, "stopped");
     }
@@ -323,9 +351,9 @@ fn answer(model: &dyn ChatModel, batch: Vec<Job>) {
 /// The routes, and what they share: the model, the limits, the batching queue and the id
 /// counter.
 struct Service {
-    model: Arc<dyn ChatModel>,
+    /// Each model with its batching queue.
+    models: Vec<(Arc<dyn ChatModel>, mpsc::Sender<Job>)>,
     config: ServerConfig,
-    jobs: mpsc::Sender<Job>,
     next_id: AtomicU64,
     /// Unix seconds at start, the `created` of the model's card.
     started: u64,
@@ -356,11 +384,10 @@ impl http::Handler for Service {
 }
 
 impl Service {
-    fn new(model: Arc<dyn ChatModel>, config: ServerConfig, jobs: mpsc::Sender<Job>) -> Self {
+    fn new(models: Vec<(Arc<dyn ChatModel>, mpsc::Sender<Job>)>, config: ServerConfig) -> Self {
         Self {
-            model,
+            models,
             config,
-            jobs,
             next_id: AtomicU64::new(1),
             started: unix_now(),
         }
@@ -378,7 +405,7 @@ impl Service {
                 allow(method, "GET", path)?;
                 json_response(&ModelList {
                     object: "list".to_string(),
-                    data: vec![self.card()],
+                    data: self.models.iter().map(|(m, _)| self.card(m.name())).collect(),
                 })
             }
             "/v1/chat/completions" => {
@@ -392,8 +419,8 @@ impl Service {
             _ => match path.strip_prefix("/v1/models/") {
                 Some(name) => {
                     allow(method, "GET", path)?;
-                    self.check_model(name)?;
-                    json_response(&self.card())
+                    let model = self.check_model(name)?;
+                    json_response(&self.card(self.models[model].0.name()))
                 }
                 None => Err(HttpError::not_found(format!("no route {method} {path}"))),
             },
@@ -420,22 +447,24 @@ impl Service {
         }
     }
 
-    fn card(&self) -> ModelCard {
+    fn card(&self, name: &str) -> ModelCard {
         ModelCard {
-            id: self.model.name().to_string(),
+            id: name.to_string(),
             object: "model".to_string(),
             created: self.started,
             owned_by: "memr2".to_string(),
         }
     }
 
-    fn check_model(&self, asked: &str) -> Result<(), HttpError> {
-        let served = self.model.name();
-        if asked == served {
-            Ok(())
-        } else {
-            Err(HttpError::model_not_found(asked, served))
-        }
+    /// The index of the model a request names.
+    fn check_model(&self, asked: &str) -> Result<usize, HttpError> {
+        self.models
+            .iter()
+            .position(|(m, _)| m.name() == asked)
+            .ok_or_else(|| {
+                let served: Vec<&str> = self.models.iter().map(|(m, _)| m.name()).collect();
+                HttpError::model_not_found(asked, &served.join("`, `"))
+            })
     }
 
     /// `POST /v1/chat/completions`: checks the chat, waits for its batch, answers plain or
@@ -443,12 +472,12 @@ impl Service {
     fn chat(&self, body: &[u8]) -> Result<http::Response, HttpError> {
         let request: ChatRequest = serde_json::from_slice(body)
             .map_err(|e| HttpError::invalid(format!("the body is not a chat completion request: {e}")))?;
-        self.check_model(&request.model)?;
+        let index = self.check_model(&request.model)?;
         check_chat(&request, self.config.max_tokens_limit)?;
         let stream = request.stream;
-        let completion = self.complete(request)?;
+        let completion = self.complete(index, request)?;
         let id = format!("chatcmpl-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-        let (created, model) = (unix_now(), self.model.name());
+        let (created, model) = (unix_now(), self.models[index].0.name());
         if stream {
             return Ok(events_response(event_stream(&id, created, model, &completion)?));
         }
@@ -467,9 +496,10 @@ impl Service {
     }
 
     /// Queues a chat for the batching thread and waits for its completion.
-    fn complete(&self, request: ChatRequest) -> Result<Completion, HttpError> {
+    fn complete(&self, model: usize, request: ChatRequest) -> Result<Completion, HttpError> {
         let (reply, answer) = mpsc::channel();
-        self.jobs
+        self.models[model]
+            .1
             .send(Job { request, reply })
             .map_err(|_| HttpError::server("the model has stopped"))?;
         match answer.recv() {
@@ -488,7 +518,7 @@ impl Service {
     fn embeddings(&self, body: &[u8]) -> Result<http::Response, HttpError> {
         let request: EmbeddingRequest = serde_json::from_slice(body)
             .map_err(|e| HttpError::invalid(format!("the body is not an embeddings request: {e}")))?;
-        self.check_model(&request.model)?;
+        let model = &self.models[self.check_model(&request.model)?].0;
         let texts: Vec<String> = request.input.texts().into_iter().map(String::from).collect();
         if texts.is_empty() {
             return Err(HttpError::invalid_param(
@@ -496,10 +526,10 @@ impl Service {
                 "input must hold at least one text",
             ));
         }
-        let vectors = self.model.embed(&texts).map_err(|message| {
+        let vectors = model.embed(&texts).map_err(|message| {
             HttpError::invalid_param(
                 "model",
-                format!("the model `{}` gives no embeddings: {message}", self.model.name()),
+                format!("the model `{}` gives no embeddings: {message}", model.name()),
             )
         })?;
         if vectors.len() != texts.len() {
@@ -519,7 +549,7 @@ impl Service {
                     embedding,
                 })
                 .collect(),
-            model: self.model.name().to_string(),
+            model: model.name().to_string(),
             usage: None,
         })
     }
@@ -965,6 +995,66 @@ mod tests {
         assert_eq!(other.status, 404);
         assert_eq!(other.error().code.as_deref(), Some("model_not_found"));
         server.shutdown();
+    }
+
+    /// A second scripted model under another name, answering in upper case.
+    struct Shouting;
+
+    impl ChatModel for Shouting {
+        fn name(&self) -> &str {
+            "shouting"
+        }
+
+        fn complete(&self, batch: &[ChatRequest]) -> Vec<Result<Completion, String>> {
+            batch
+                .iter()
+                .map(|r| {
+                    reverse_words(r).map(|c| Completion {
+                        text: c.text.to_uppercase(),
+                        ..c
+                    })
+                })
+                .collect()
+        }
+
+        fn embed(&self, _texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
+            Err("none".to_string())
+        }
+    }
+
+    #[test]
+    fn several_models_are_served_side_by_side_by_name() {
+        let models: Vec<Arc<dyn ChatModel>> = vec![Arc::new(Scripted::new()), Arc::new(Shouting)];
+        let server = Server::start_models(models, local()).unwrap();
+        let base = format!("http://{}", server.addr());
+        let listed: ModelList = get(&format!("{base}/v1/models")).json();
+        let names: Vec<&str> = listed.data.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(names, ["scripted", "shouting"]);
+        let url = format!("{base}/v1/chat/completions");
+        let ask = |model: &str| {
+            let request = ChatRequest::new(model, vec![ChatMessage::new("user", "one two")]);
+            post(&url, &serde_json::to_string(&request).unwrap())
+        };
+        let plain: ChatResponse = ask("scripted").json();
+        let loud: ChatResponse = ask("shouting").json();
+        assert_eq!(
+            (plain.text(), plain.model.as_str()),
+            (Some("two one"), "scripted")
+        );
+        assert_eq!((loud.text(), loud.model.as_str()), (Some("TWO ONE"), "shouting"));
+        let missing = ask("other");
+        assert_eq!(missing.status, 404);
+        assert!(missing.error().message.contains("shouting"), "{}", missing.body);
+        server.shutdown();
+        let clash: Vec<Arc<dyn ChatModel>> = vec![Arc::new(Shouting), Arc::new(Shouting)];
+        assert!(matches!(
+            Server::start_models(clash, local()),
+            Err(ServerError::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            Server::start_models(Vec::new(), local()),
+            Err(ServerError::InvalidConfig(_))
+        ));
     }
 
     #[test]

@@ -294,7 +294,10 @@ mod tests {
     fn a_request_leaves_out_what_it_does_not_set() {
         let request = ChatRequest::new("m", vec![ChatMessage::new("user", "hi")]);
         let text = serde_json::to_string(&request).unwrap();
-        assert_eq!(text, r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#);
+        assert_eq!(
+            text,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#
+        );
         let back: ChatRequest = serde_json::from_str(&text).unwrap();
         assert_eq!(back, request);
     }
