@@ -122,6 +122,12 @@ pub trait Task: Send + Sync {
     ) -> Option<Response> {
         None
     }
+    /// The reference answer an LLM judge compares a response with (the gold answer, for
+    /// question answering); `None` (the default) when the task has none, and its responses
+    /// are not judged.
+    fn reference(&self, _episode: &Episode, _probe: &Probe) -> Option<String> {
+        None
+    }
 }
 
 /// Answer the episode's questions; score token F1 (with exact match and BLEU-1) against the
@@ -161,6 +167,10 @@ impl Task for QuestionAnswering {
             .get(probe.index)
             .map_or("", |q| q.answer.as_str());
         score_answer(answer, gold)
+    }
+
+    fn reference(&self, episode: &Episode, probe: &Probe) -> Option<String> {
+        episode.questions.get(probe.index).map(|q| q.answer.clone())
     }
 }
 

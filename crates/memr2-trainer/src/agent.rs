@@ -520,6 +520,17 @@ pub fn ask_probes(
     items: &[ProbeItem<'_>],
     rng: &mut ChaCha8Rng,
 ) -> (Vec<AnswerScore>, u64) {
+    let (answered, failures) = ask_probes_for_responses(actor, task, items, rng);
+    (answered.into_iter().map(|(score, _)| score).collect(), failures)
+}
+
+/// [`ask_probes`], keeping each parsed response beside its score (what a judge reads).
+pub fn ask_probes_for_responses(
+    actor: &impl Generator,
+    task: &dyn Task,
+    items: &[ProbeItem<'_>],
+    rng: &mut ChaCha8Rng,
+) -> (Vec<(AnswerScore, Response)>, u64) {
     let cfg = actor.config();
     let _span = tracing::info_span!("answer", probes = items.len()).entered();
     let (asked, limits): (Vec<(ChatPrompt, Request)>, Vec<usize>) = items
@@ -562,7 +573,7 @@ pub fn ask_probes(
                 },
             };
             tracing::debug!(category = item.probe.category.name(), probe = %item.probe.query, ?response, "asked");
-            task.score(item.episode, item.probe, &response)
+            (task.score(item.episode, item.probe, &response), response)
         })
         .collect();
     (scores, failures)

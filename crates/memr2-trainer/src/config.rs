@@ -329,6 +329,10 @@ pub struct TrainConfig {
     /// Absent from a configuration, it is 1.
     #[serde(default = "one_shard")]
     pub shards: usize,
+    /// Models behind OpenAI-compatible endpoints that the run calls instead of its own
+    /// (`crate::served`); none by default.
+    #[serde(default, skip_serializing_if = "crate::served::ServedConfig::is_empty")]
+    pub served: crate::served::ServedConfig,
 }
 
 fn one_shard() -> usize {
@@ -418,6 +422,7 @@ impl TrainConfig {
                 sessions: 32,
             },
             shards: 8,
+            served: Default::default(),
         }
     }
 
@@ -514,6 +519,13 @@ impl TrainConfig {
     /// Rejects bad values and bad combinations before any work starts.
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |what: String| Err(TrainError::Invalid(what));
+        if self.served.answerer.is_some() && self.answerer.epochs > 0 {
+            return bad(format!(
+                "answerer.epochs is {} but the answerer is served (served.answerer): a served answerer is \
+                 not tuned, set answerer.epochs to 0 (--answerer-epochs 0)",
+                self.answerer.epochs
+            ));
+        }
         self.rl
             .logo
             .validate()

@@ -9,8 +9,8 @@ use memr2_policy::Transformer;
 use memr2_policy::roles;
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_sim::{
-    AnswerScore, Category, Episode, Probe, ScoreBoard, Task, Teacher, TeacherConfig, facts_in_chunk,
-    normalize_answer,
+    AnswerScore, Category, Episode, Probe, Response, ScoreBoard, Task, Teacher, TeacherConfig,
+    facts_in_chunk, normalize_answer,
 };
 use memr2_store::{Snapshot, Store};
 use rand::SeedableRng;
@@ -18,10 +18,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{
-    Agent, Generator, ProbeItem, RolloutSampling, RolloutState, SessionJob, answer_prompt, ask_probes,
-    extractor_prompt_for, run_sessions,
+    Agent, Generator, ProbeItem, RolloutSampling, RolloutState, SessionJob, answer_prompt,
+    ask_probes_for_responses, extractor_prompt_for, run_sessions,
 };
 use crate::config::AgentConfig;
+use crate::judge::{Judge, JudgeBoard, JudgeItem};
+use crate::served::Answerer;
 use crate::sft::{answer_in_text, teacher_replay};
 
 /// How far the oracle memory and retrieval reach: the upper bound on what any answerer can get
@@ -204,6 +206,9 @@ pub struct Scores {
     /// Each episode's question count and its questions' summed F1, in the episodes' order:
     /// what [`paired_difference`] compares, one conversation at a time.
     pub per_episode: Vec<(usize, f64)>,
+    /// The LLM judge's labels per category (J), when a judge was asked.
+    #[serde(default, skip_serializing_if = "JudgeBoard::is_empty")]
+    pub judge: JudgeBoard,
 }
 
 impl Scores {
@@ -216,7 +221,7 @@ impl Scores {
 /// Asks every probe of every episode of its final memory and returns the task's score of each
 /// response, per episode in the order of [`Task::probes`].
 pub fn probe_scores<B: Backend>(
-    answerer: &Transformer<B>,
+    answerer: Answerer<'_, B>,
     tokenizer: &Tokenizer,
     cfg: &AgentConfig,
     task: &dyn Task,
@@ -224,11 +229,23 @@ pub fn probe_scores<B: Backend>(
     memories: &[RolloutState],
     rng: &mut ChaCha8Rng,
 ) -> Vec<Vec<AnswerScore>> {
-    let agent = Agent {
-        model: answerer,
-        tokenizer,
-        config: cfg,
-    };
+    probe_responses(answerer, tokenizer, cfg, task, episodes, memories, rng)
+        .into_iter()
+        .map(|answered| answered.into_iter().map(|(score, _)| score).collect())
+        .collect()
+}
+
+/// [`probe_scores`] with each parsed response beside its score.
+pub fn probe_responses<B: Backend>(
+    answerer: Answerer<'_, B>,
+    tokenizer: &Tokenizer,
+    cfg: &AgentConfig,
+    task: &dyn Task,
+    episodes: &[Episode],
+    memories: &[RolloutState],
+    rng: &mut ChaCha8Rng,
+) -> Vec<Vec<(AnswerScore, Response)>> {
+    let agent = answerer.generator(tokenizer, cfg);
     let probes: Vec<Vec<Probe>> = episodes.iter().map(|e| task.probes(e)).collect();
     let mut items = Vec::new();
     for (e, (episode, state)) in episodes.iter().zip(memories).enumerate() {
@@ -239,18 +256,18 @@ pub fn probe_scores<B: Backend>(
             probe,
         }));
     }
-    let (scored, _) = ask_probes(&agent, task, &items, rng);
-    let mut scored = scored.into_iter();
+    let (answered, _) = ask_probes_for_responses(&agent, task, &items, rng);
+    let mut answered = answered.into_iter();
     probes
         .iter()
-        .map(|p| scored.by_ref().take(p.len()).collect())
+        .map(|p| answered.by_ref().take(p.len()).collect())
         .collect()
 }
 
 /// Asks every probe of every episode of its final memory and scores the responses with the
 /// task.
 pub fn score_memories<B: Backend>(
-    answerer: &Transformer<B>,
+    answerer: Answerer<'_, B>,
     tokenizer: &Tokenizer,
     cfg: &AgentConfig,
     task: &dyn Task,
@@ -258,17 +275,55 @@ pub fn score_memories<B: Backend>(
     memories: &[RolloutState],
     rng: &mut ChaCha8Rng,
 ) -> Scores {
-    let per_episode = probe_scores(answerer, tokenizer, cfg, task, episodes, memories, rng);
+    score_memories_judged(answerer, None, tokenizer, cfg, task, episodes, memories, rng)
+}
+
+/// [`score_memories`], with the judge labelling every response that the task has a reference
+/// answer for. A probe whose response did not parse is judged on its raw text.
+#[allow(clippy::too_many_arguments)]
+pub fn score_memories_judged<B: Backend>(
+    answerer: Answerer<'_, B>,
+    judge: Option<&Judge>,
+    tokenizer: &Tokenizer,
+    cfg: &AgentConfig,
+    task: &dyn Task,
+    episodes: &[Episode],
+    memories: &[RolloutState],
+    rng: &mut ChaCha8Rng,
+) -> Scores {
+    let per_episode = probe_responses(answerer, tokenizer, cfg, task, episodes, memories, rng);
     let mut scores = Scores {
-        board: ScoreBoard::default(),
         per_episode: vec![(0, 0.0); episodes.len()],
+        ..Scores::default()
     };
-    for (e, (episode, scored)) in episodes.iter().zip(per_episode).enumerate() {
-        for (probe, score) in task.probes(episode).iter().zip(scored) {
+    let (mut to_judge, mut categories) = (Vec::new(), Vec::new());
+    for (e, (episode, answered)) in episodes.iter().zip(per_episode).enumerate() {
+        for (probe, (score, response)) in task.probes(episode).iter().zip(answered) {
             scores.board.add_score(probe.category, score);
             let slot = &mut scores.per_episode[e];
             slot.0 += 1;
             slot.1 += score.f1;
+            if judge.is_none() {
+                continue;
+            }
+            if let Some(gold) = task.reference(episode, probe) {
+                let generated = match &response {
+                    Response::Unparsed(raw) => raw.clone(),
+                    other => other.answer_text().to_string(),
+                };
+                to_judge.push(JudgeItem {
+                    question: probe.query.clone(),
+                    gold,
+                    generated,
+                });
+                categories.push(probe.category);
+            }
+        }
+    }
+    if let Some(judge) = judge {
+        let _span = tracing::info_span!("judge", answers = to_judge.len()).entered();
+        for (category, label) in categories.into_iter().zip(judge.judge(&to_judge)) {
+            scores.judge.add(category, label);
         }
     }
     scores
@@ -277,7 +332,22 @@ pub fn score_memories<B: Backend>(
 /// Evaluates one memory source end to end.
 pub fn evaluate<B: Backend>(
     source: &MemorySource<'_, B>,
-    answerer: &Transformer<B>,
+    answerer: Answerer<'_, B>,
+    tokenizer: &Tokenizer,
+    cfg: &AgentConfig,
+    task: &dyn Task,
+    episodes: &[Episode],
+    rng: &mut ChaCha8Rng,
+) -> Scores {
+    evaluate_judged(source, answerer, None, tokenizer, cfg, task, episodes, rng)
+}
+
+/// [`evaluate`], with J from the judge when there is one.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_judged<B: Backend>(
+    source: &MemorySource<'_, B>,
+    answerer: Answerer<'_, B>,
+    judge: Option<&Judge>,
     tokenizer: &Tokenizer,
     cfg: &AgentConfig,
     task: &dyn Task,
@@ -286,7 +356,7 @@ pub fn evaluate<B: Backend>(
 ) -> Scores {
     let _span = tracing::info_span!("evaluate", episodes = episodes.len()).entered();
     let memories = final_memories(source, episodes, tokenizer, cfg, rng);
-    score_memories(answerer, tokenizer, cfg, task, episodes, &memories, rng)
+    score_memories_judged(answerer, judge, tokenizer, cfg, task, episodes, &memories, rng)
 }
 
 /// The difference in mean F1 between two systems scored on the same episodes, paired by
@@ -412,10 +482,53 @@ fn tables(rows: &[(String, Scores)], unavailable: &[Unavailable]) -> String {
     for missing in unavailable {
         let _ = writeln!(table, "| {} | unavailable: {} |", missing.system, missing.reason);
     }
+    let judge = judge_table(rows);
+    let judge = if judge.is_empty() {
+        String::new()
+    } else {
+        format!("\nLLM judge (J, percent labelled CORRECT) per category:\n\n{judge}")
+    };
     format!(
-        "{table}\nDifferences paired by test conversation:\n\n{}",
+        "{table}{judge}\nDifferences paired by test conversation:\n\n{}",
         differences_table(rows)
     )
+}
+
+/// J per category, a row per judged system; empty when no row was judged.
+pub fn judge_table(rows: &[(String, Scores)]) -> String {
+    let judged: Vec<&(String, Scores)> = rows.iter().filter(|(_, s)| !s.judge.is_empty()).collect();
+    if judged.is_empty() {
+        return String::new();
+    }
+    let categories: Vec<Category> = Category::ALL
+        .iter()
+        .copied()
+        .filter(|c| judged.iter().any(|(_, s)| s.judge.per_category.contains_key(c)))
+        .collect();
+    let mut out = String::from("| system | J |");
+    for c in &categories {
+        let n = judged
+            .iter()
+            .find_map(|(_, s)| s.judge.per_category.get(c))
+            .map_or(0, |j| j.judged + j.unlabelled);
+        let _ = write!(out, " {} J (n={n}) |", c.name());
+    }
+    out.push_str(" unlabelled |\n|---|---:|");
+    out.push_str(&"---:|".repeat(categories.len() + 1));
+    out.push('\n');
+    for (name, scores) in judged {
+        let _ = write!(out, "| {name} | {:.1} |", 100.0 * scores.judge.overall().j());
+        for c in &categories {
+            match scores.judge.per_category.get(c) {
+                Some(j) => {
+                    let _ = write!(out, " {:.1} |", 100.0 * j.j());
+                }
+                None => out.push_str(" - |"),
+            }
+        }
+        let _ = writeln!(out, " {} |", scores.judge.overall().unlabelled);
+    }
+    out
 }
 
 /// A Markdown table: one row per system, F1 / EM / BLEU-1 overall and F1 per category, with
@@ -449,12 +562,19 @@ pub fn report_table(rows: &[(String, Scores)]) -> String {
         first.filter(|&f| counts.all(|n| n == f))
     };
     let n = |count: Option<usize>| count.map(|k| format!(" (n={k})")).unwrap_or_default();
+    let judged = rows.iter().any(|(_, s)| !s.judge.is_empty());
     let mut out = String::new();
     let _ = write!(out, "| system | F1{} | EM | BLEU-1 |", n(overall));
+    if judged {
+        out.push_str(" J |");
+    }
     for &c in &categories {
         let _ = write!(out, " {} F1{} |", c.name(), n(shared(c)));
     }
     let _ = write!(out, " questions |\n|---|---:|---:|---:|");
+    if judged {
+        out.push_str("---:|");
+    }
     for _ in &categories {
         out.push_str("---:|");
     }
@@ -469,6 +589,14 @@ pub fn report_table(rows: &[(String, Scores)]) -> String {
             100.0 * all.em,
             100.0 * all.bleu1
         );
+        if judged {
+            match scores.judge.is_empty() {
+                true => out.push_str(" - |"),
+                false => {
+                    let _ = write!(out, " {:.1} |", 100.0 * scores.judge.overall().j());
+                }
+            }
+        }
         let per = board.categories();
         for &c in &categories {
             match per.iter().find(|(k, s)| *k == c && s.count > 0) {

@@ -35,11 +35,13 @@ pub mod compare;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod judge;
 pub mod metrics;
 pub(crate) mod parallel;
 pub mod plot;
 pub mod report;
 pub mod reward;
+pub mod served;
 pub mod sft;
 pub(crate) mod shard;
 pub mod step;
@@ -101,6 +103,16 @@ pub enum TrainError {
         needed_by: String,
         /// What the user can do instead.
         fix: String,
+    },
+    /// A served model failed after its retries, or did not answer when the run started.
+    #[error("the served {role} at {url} failed: {reason}")]
+    Endpoint {
+        /// What the model does in the run ("answerer", "judge").
+        role: &'static str,
+        /// The endpoint's base URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
     },
     /// The run stopped early because it was asked to (`RunOptions::stop_after_steps`).
     #[error("stopped after {step} steps as asked")]

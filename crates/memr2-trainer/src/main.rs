@@ -14,6 +14,7 @@ use memr2_trainer::TrainError;
 use memr2_trainer::checkpoint;
 use memr2_trainer::config::{DataSpec, ModelSpec, Preset, TrainConfig};
 use memr2_trainer::data::{Splits, environment};
+use memr2_trainer::served::{Answerer, ServedModel};
 use memr2_trainer::train::{self, Event, RunDir, RunOptions};
 
 #[derive(Parser)]
@@ -48,6 +49,10 @@ enum Command {
     Eval(EvalArgs),
     /// Show one conversation's memory and operation history, session by session.
     Inspect(InspectArgs),
+    /// Serve a run's trained policy and its answerer over the OpenAI API
+    /// (`/v1/chat/completions`, plain and streamed; `/v1/embeddings`; `/v1/models`;
+    /// `/health`), until SIGTERM or SIGINT.
+    Serve(ServeArgs),
     /// Rebuild a run's `report.md` and charts from what it wrote (finished or still going).
     Report {
         /// The run directory.
@@ -132,6 +137,8 @@ enum DriftCommand {
 
 #[derive(clap::Args)]
 struct TrainArgs {
+    #[command(flatten)]
+    served: ServedArgs,
     /// Starting configuration.
     #[arg(long, value_enum, default_value_t = Preset::Default)]
     preset: Preset,
@@ -193,7 +200,98 @@ struct TrainArgs {
 }
 
 #[derive(clap::Args)]
+struct ServeArgs {
+    /// The run directory: its `final` checkpoint (else `latest`) is served as the model
+    /// `memr2-policy`, its `answerer` checkpoint (else `sft`) as `memr2-answerer`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// The environment variable holding the bearer token clients must send (none: no auth).
+    #[arg(long)]
+    api_key_env: Option<String>,
+    /// Most chats generated in one batch.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// How long a chat waits for others to batch with, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    max_wait_ms: u64,
+    /// The largest `max_tokens` a request may ask for.
+    #[arg(long, default_value_t = 1024)]
+    max_tokens_limit: u32,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = default_backend())]
+    backend: BackendKind,
+}
+
+/// Served models a run calls, on the command line.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct ServedArgs {
+    /// An OpenAI-compatible endpoint (base URL, e.g. http://127.0.0.1:8080/v1) whose model is
+    /// the frozen answerer: rewards, validation and evaluation are answered by it (the
+    /// answerer's own tuning is then skipped).
+    #[arg(long)]
+    answerer_endpoint: Option<String>,
+    /// The answerer endpoint's model (default: the one model it lists).
+    #[arg(long, requires = "answerer_endpoint")]
+    answerer_model: Option<String>,
+    /// An OpenAI-compatible endpoint whose model judges the final evaluation's answers
+    /// CORRECT or WRONG: J per category beside F1.
+    #[arg(long)]
+    judge_endpoint: Option<String>,
+    /// The judge endpoint's model (default: the one model it lists).
+    #[arg(long, requires = "judge_endpoint")]
+    judge_model: Option<String>,
+    /// The environment variable holding the endpoints' API key, sent as a bearer token (the key
+    /// itself is never written to the run directory).
+    #[arg(long)]
+    api_key_env: Option<String>,
+}
+
+impl ServedArgs {
+    /// Puts the endpoints into a configuration.
+    fn apply(&self, served: &mut memr2_trainer::served::ServedConfig) -> Result<()> {
+        if let Some(url) = &self.answerer_endpoint {
+            served.answerer = Some(endpoint(url, self.answerer_model.as_deref(), &self.api_key_env)?);
+        }
+        if let Some(url) = &self.judge_endpoint {
+            served.judge = Some(endpoint(url, self.judge_model.as_deref(), &self.api_key_env)?);
+        }
+        Ok(())
+    }
+}
+
+/// An endpoint of a base URL, with its model named or, when not, the one it lists.
+fn endpoint(
+    url: &str,
+    model: Option<&str>,
+    api_key_env: &Option<String>,
+) -> Result<memr2_openai::client::Endpoint> {
+    use memr2_openai::client::{Client, Endpoint};
+    let mut endpoint = Endpoint::new(url.trim_end_matches('/'), model.unwrap_or_default());
+    endpoint.api_key_env = api_key_env.clone();
+    if model.is_none() {
+        let client = Client::new(endpoint.clone(), None)?;
+        let models = client
+            .models()
+            .with_context(|| format!("cannot list the models of {url} (name one with the --*-model flag)"))?;
+        match models.data.as_slice() {
+            [one] => endpoint.model = one.id.clone(),
+            many => bail!(
+                "{url} serves {} models ({}): name one with the --*-model flag",
+                many.len(),
+                many.iter().map(|m| m.id.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+    Ok(endpoint)
+}
+
+#[derive(clap::Args)]
 struct EvalArgs {
+    #[command(flatten)]
+    served: ServedArgs,
     /// A run directory (its `sft` and `final` checkpoints are evaluated).
     #[arg(long)]
     checkpoint: PathBuf,
@@ -369,6 +467,7 @@ fn real_main() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train_command(*args),
         Command::Eval(args) => with_backend!(args.backend, |B, device| eval_command::<B>(&args, &device)),
+        Command::Serve(args) => with_backend!(args.backend, |B, device| serve_command::<B>(&args, &device)),
         Command::Report { run, png } => {
             let path = memr2_trainer::report::write_report(&RunDir(run), png)?;
             println!("{}", path.display());
@@ -396,6 +495,63 @@ fn real_main() -> Result<()> {
             command: DriftCommand::Scenarios { seed, out, check },
         } => drift_scenarios(seed, out, check),
     }
+}
+
+fn serve_command<B: AutodiffBackend>(args: &ServeArgs, device: &B::Device) -> Result<()> {
+    use memr2_openai::server::{ChatModel, Server, ServerConfig};
+    use memr2_trainer::served::PolicyModel;
+    use std::sync::Arc;
+    let run = RunDir(args.checkpoint.clone());
+    let config = TrainConfig::from_file(&run.config())?;
+    let tokenizer = Tokenizer::from_file(&run.tokenizer())?;
+    let pick = |names: &[&str]| -> Result<PathBuf> {
+        names
+            .iter()
+            .map(|n| run.checkpoint(n))
+            .find(|d| d.exists())
+            .with_context(|| format!("run {} has none of the checkpoints {names:?}", run.0.display()))
+    };
+    let load = |dir: PathBuf| -> Result<_> { Ok(checkpoint::load::<B>(&dir, device)?.model.valid()) };
+    let policy = load(pick(&["final", "latest"])?)?;
+    let answerer = load(pick(&["answerer", "sft"])?)?;
+    let models: Vec<Arc<dyn ChatModel>> = vec![
+        Arc::new(PolicyModel::new(
+            "memr2-policy".into(),
+            policy,
+            tokenizer.clone(),
+            config.agent.clone(),
+        )),
+        Arc::new(PolicyModel::new(
+            "memr2-answerer".into(),
+            answerer,
+            tokenizer,
+            config.agent.clone(),
+        )),
+    ];
+    let api_key = match &args.api_key_env {
+        Some(var) => {
+            Some(std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?)
+        }
+        None => None,
+    };
+    let server = Server::start_models(
+        models,
+        ServerConfig {
+            addr: args.addr.clone(),
+            max_batch: args.max_batch,
+            max_wait_ms: args.max_wait_ms,
+            api_key,
+            max_tokens_limit: args.max_tokens_limit,
+            ..ServerConfig::default()
+        },
+    )?;
+    // Scripts wait for this line to know the port (`--addr 127.0.0.1:0` picks a free one).
+    println!(
+        "serving memr2-policy and memr2-answerer on http://{}/v1",
+        server.addr()
+    );
+    server.run_until_signal()?;
+    Ok(())
 }
 
 fn compare_command(runs: &[String], out: Option<&Path>, png: bool) -> Result<()> {
@@ -488,7 +644,7 @@ fn drift_eval<B: AutodiffBackend>(dir: &Path, split: SplitArg, device: &B::Devic
         };
         let memories = final_memories(&source, &episodes, &tokenizer, &config.agent, &mut rng);
         let scores = probe_scores(
-            answerer,
+            Answerer::Local(answerer),
             &tokenizer,
             &config.agent,
             env.task(),
@@ -610,6 +766,11 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(s) = args.shards {
         config.shards = s;
+    }
+    args.served.apply(&mut config.served)?;
+    if config.served.answerer.is_some() && args.answerer_epochs.is_none() {
+        // A served answerer is not tuned.
+        config.answerer.epochs = 0;
     }
     config.validate()?;
     Ok(config)
@@ -738,6 +899,7 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
     if let Some(e) = args.episodes {
         config.eval.test_episodes = e;
     }
+    args.served.apply(&mut config.served)?;
     let env = environment(&config.data)?;
     let data = Splits::of(env.as_ref())?;
     let tokenizer = Tokenizer::from_file(&run.tokenizer())?;
@@ -760,12 +922,24 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
     }
     let name = config.policy_name();
     systems.push((&name, Some(&logo)));
+    let served_answerer = config
+        .served
+        .answerer
+        .clone()
+        .map(|e| ServedModel::connect("answerer", e, Some(&run.served_cache())))
+        .transpose()?;
+    let answerer = match &served_answerer {
+        Some(served) => Answerer::Served(served),
+        None => Answerer::Local(answerer.as_ref().unwrap_or(&sft)),
+    };
+    let judge = train::judge_of(&config, &run.served_cache())?;
     let evaluation = train::final_evaluation(
         &config,
         env.as_ref(),
         &data,
         &tokenizer,
-        answerer.as_ref().unwrap_or(&sft),
+        answerer,
+        judge.as_ref(),
         &systems,
         &mut |_| {},
     )?;

@@ -23,14 +23,15 @@ use crate::agent::{
 };
 use crate::config::TrainConfig;
 use crate::reward::{cumulative_session_tokens, penalty_after, rollout_reward};
+use crate::served::Answerer;
 use crate::update::{TrainSample, UpdateSettings, UpdateStats, ppo_update};
 
 /// The frozen parts of a step.
 pub struct StepContext<'a, B: AutodiffBackend> {
     /// Tokenizer of the policy (and answerer).
     pub tokenizer: &'a Tokenizer,
-    /// The frozen answerer that supplies the reward.
-    pub answerer: &'a Transformer<B::InnerBackend>,
+    /// The frozen answerer that supplies the reward: a model of the run or a served one.
+    pub answerer: Answerer<'a, B::InnerBackend>,
     /// What the answerer does with a memory and how it is scored.
     pub task: &'a dyn Task,
     /// The frozen reference policy of the KL term (`None` when its coefficient is zero).
@@ -213,13 +214,11 @@ where
         tokenizer: ctx.tokenizer,
         config: &cfg.agent,
     };
-    let answerer = Agent {
-        model: ctx.answerer,
-        tokenizer: ctx.tokenizer,
-        config: &cfg.agent,
-    };
+    let answerer = ctx.answerer.generator(ctx.tokenizer, &cfg.agent);
     let counter = TokenizerCounter(ctx.tokenizer);
     let collected = collect(&agent, &answerer, ctx.task, &counter, cfg, episodes, rng)?;
+    // A served answerer that failed leaves rewards that mean nothing: stop before the update.
+    ctx.answerer.check()?;
     let mut metrics = collected.metrics;
     metrics.learning_rate = learning_rate;
 

@@ -24,9 +24,13 @@ use crate::TrainError;
 use crate::checkpoint::{self, Phase, TrainState};
 use crate::config::{ModelSpec, SftConfig, TrainConfig};
 use crate::data::{Splits, environment};
-use crate::eval::{Evaluation, MemorySource, ORACLE_ROW, Scores, Unavailable, evaluate, extraction_score};
+use crate::eval::{
+    Evaluation, MemorySource, ORACLE_ROW, Scores, Unavailable, evaluate, evaluate_judged, extraction_score,
+};
+use crate::judge::Judge;
 use crate::metrics::MetricsLog;
 use crate::report::{self, EvaluationRecord, SFT_ROW};
+use crate::served::{Answerer, ServedModel};
 use crate::sft::{
     EpochSettings, TeacherExample, TokenizedExample, answerer_corpus, answerer_horizons, build_examples,
     fit_context, sft_epoch, task_examples, tokenize,
@@ -110,6 +114,10 @@ impl RunDir {
     /// `evaluation.json`: the final evaluation's rows ([`crate::report::EvaluationRecord`]).
     pub fn evaluation(&self) -> PathBuf {
         self.0.join("evaluation.json")
+    }
+    /// `served-cache/`: the served models' responses, by the hash of their request.
+    pub fn served_cache(&self) -> PathBuf {
+        self.0.join("served-cache")
     }
     /// `tensorboard/`: TensorBoard event files mirroring `metrics.jsonl`.
     pub fn tensorboard(&self) -> PathBuf {
@@ -373,7 +381,7 @@ pub fn run_with<B: AutodiffBackend>(
             observe,
         )?;
     }
-    let frozen = Frozen::<B>::load(&training.run, device)?;
+    let frozen = Frozen::<B>::load(&training.run, &config, device)?;
     let context = StepContext::<B> {
         tokenizer: &tokenizer,
         answerer: frozen.answerer(),
@@ -669,7 +677,7 @@ fn tune_answerer<B: AutodiffBackend>(
         let mut score = |source: MemorySource<'_, B::InnerBackend>| {
             evaluate(
                 &source,
-                answerer,
+                Answerer::Local(answerer),
                 tokenizer,
                 &config.agent,
                 env.task(),
@@ -714,10 +722,12 @@ pub struct Frozen<B: AutodiffBackend> {
     pub sft: Transformer<B::InnerBackend>,
     /// The answerer's own tuning, when it had one.
     pub tuned_answerer: Option<Transformer<B::InnerBackend>>,
+    /// The served answerer, when the configuration names one: it answers instead of both.
+    pub served_answerer: Option<ServedModel>,
 }
 
 impl<B: AutodiffBackend> Frozen<B> {
-    fn load(run: &RunDir, device: &B::Device) -> Result<Self, TrainError> {
+    fn load(run: &RunDir, config: &TrainConfig, device: &B::Device) -> Result<Self, TrainError> {
         let load =
             |dir: &Path| -> Result<_, TrainError> { Ok(checkpoint::load::<B>(dir, device)?.model.valid()) };
         let sft = load(&run.checkpoint("sft"))?;
@@ -725,12 +735,25 @@ impl<B: AutodiffBackend> Frozen<B> {
             dir if dir.exists() => Some(load(&dir)?),
             _ => None,
         };
-        Ok(Self { sft, tuned_answerer })
+        let served_answerer = config
+            .served
+            .answerer
+            .clone()
+            .map(|endpoint| ServedModel::connect("answerer", endpoint, Some(&run.served_cache())))
+            .transpose()?;
+        Ok(Self {
+            sft,
+            tuned_answerer,
+            served_answerer,
+        })
     }
 
-    /// The frozen answerer.
-    pub fn answerer(&self) -> &Transformer<B::InnerBackend> {
-        self.tuned_answerer.as_ref().unwrap_or(&self.sft)
+    /// The frozen answerer: the served one, else the tuned one, else the warm start.
+    pub fn answerer(&self) -> Answerer<'_, B::InnerBackend> {
+        match &self.served_answerer {
+            Some(served) => Answerer::Served(served),
+            None => Answerer::Local(self.tuned_answerer.as_ref().unwrap_or(&self.sft)),
+        }
     }
 }
 
@@ -786,13 +809,14 @@ fn curriculum<B: AutodiffBackend>(
                 "validation_s": seconds
             })
         };
-        let timed = |model: &Transformer<B>, rng: &mut ChaCha8Rng| {
+        let timed = |model: &Transformer<B>, rng: &mut ChaCha8Rng| -> Result<(f64, f64), TrainError> {
             let started = std::time::Instant::now();
             let f1 = score(model, rng);
-            (f1, started.elapsed().as_secs_f64())
+            context.answerer.check()?;
+            Ok((f1, started.elapsed().as_secs_f64()))
         };
         if steps_done == 0 {
-            let validated = timed(&training.model, &mut training.state.rng);
+            let validated = timed(&training.model, &mut training.state.rng)?;
             training.state.best = Some((validated.0, training.state.step));
             training.log.append(&record(training.state.step, validated))?;
             training.save_as(&best_name)?;
@@ -823,7 +847,7 @@ fn curriculum<B: AutodiffBackend>(
             training.log.append(&metrics)?;
             let done = step_in_stage + 1;
             if done % config.curriculum.validate_every == 0 || done == config.curriculum.steps_per_stage {
-                let validated = timed(&training.model, &mut training.state.rng);
+                let validated = timed(&training.model, &mut training.state.rng)?;
                 let f1 = validated.0;
                 training.log.append(&record(training.state.step, validated))?;
                 if training.state.best.is_none_or(|(best, _)| f1 > best) {
@@ -875,7 +899,17 @@ fn evaluation<B: AutodiffBackend>(
     let final_model = training.model.valid();
     let systems: Vec<(&str, Option<&Transformer<B::InnerBackend>>)> =
         vec![(SFT_ROW, Some(&frozen.sft)), (&name, Some(&final_model))];
-    let evaluation = final_evaluation(config, env, data, tokenizer, frozen.answerer(), &systems, observe)?;
+    let judge = judge_of(config, &run.served_cache())?;
+    let evaluation = final_evaluation(
+        config,
+        env,
+        data,
+        tokenizer,
+        frozen.answerer(),
+        judge.as_ref(),
+        &systems,
+        observe,
+    )?;
     let table = evaluation.tables();
     let test = at_horizon(&data.test, config.eval.sessions, config.eval.test_episodes);
     EvaluationRecord {
@@ -897,6 +931,16 @@ fn evaluation<B: AutodiffBackend>(
     })
 }
 
+/// The configuration's judge, connected, with its responses cached in `cache`.
+pub fn judge_of(config: &TrainConfig, cache: &Path) -> Result<Option<Judge>, TrainError> {
+    config
+        .served
+        .judge
+        .clone()
+        .map(|endpoint| Ok(Judge::new(ServedModel::connect("judge", endpoint, Some(cache))?)))
+        .transpose()
+}
+
 /// The evaluation table: no memory, oracle memory (when the environment has gold facts), then
 /// each named policy's memory, all asked the task's probes by the same frozen answerer on the
 /// test episodes.
@@ -905,7 +949,8 @@ pub fn final_evaluation<B: Backend>(
     env: &dyn Environment,
     data: &Splits,
     tokenizer: &Tokenizer,
-    answerer: &Transformer<B>,
+    answerer: Answerer<'_, B>,
+    judge: Option<&Judge>,
     systems: &[(&str, Option<&Transformer<B>>)],
     observe: &mut dyn FnMut(Event<'_>),
 ) -> Result<Evaluation, TrainError> {
@@ -928,7 +973,18 @@ pub fn final_evaluation<B: Backend>(
     let task = env.task();
     let mut done = 0;
     for (name, source) in fixed.iter() {
-        let scores = evaluate(source, answerer, tokenizer, &config.agent, task, &test, &mut rng);
+        let scores = evaluate_judged(
+            source,
+            answerer,
+            judge,
+            tokenizer,
+            &config.agent,
+            task,
+            &test,
+            &mut rng,
+        );
+        answerer.check()?;
+        judge.map(Judge::check).transpose()?;
         evaluation.rows.push((name.to_string(), scores));
         done += 1;
         observe(Event::Progress {
@@ -939,7 +995,18 @@ pub fn final_evaluation<B: Backend>(
     for (name, model) in systems {
         if let Some(model) = model {
             let source = MemorySource::Policy(*model);
-            let scores = evaluate(&source, answerer, tokenizer, &config.agent, task, &test, &mut rng);
+            let scores = evaluate_judged(
+                &source,
+                answerer,
+                judge,
+                tokenizer,
+                &config.agent,
+                task,
+                &test,
+                &mut rng,
+            );
+            answerer.check()?;
+            judge.map(Judge::check).transpose()?;
             evaluation.rows.push((name.to_string(), scores));
         }
         done += 1;

@@ -1,0 +1,221 @@
+//! Served models end to end, against a real `memr2 serve` process on loopback: a run's answerer
+//! served over HTTP answers (and judges) an evaluation as the in-process answerer does; the
+//! response cache replays it once the server is gone; a server that is gone fails a new
+//! request with a clear error; SIGTERM shuts the server down cleanly.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+use memr2_openai::client::Endpoint;
+use memr2_trainer::checkpoint;
+use memr2_trainer::config::{CurriculumConfig, EvalConfig, TrainConfig};
+use memr2_trainer::data::{Splits, environment};
+use memr2_trainer::eval::{Evaluation, MemorySource, final_memories, probe_responses};
+use memr2_trainer::judge::Judge;
+use memr2_trainer::served::{Answerer, ServedModel};
+use memr2_trainer::train::{self, RunDir, RunOptions, run};
+
+type B = Autodiff<Flex>;
+
+fn tiny_config() -> TrainConfig {
+    let mut config = TrainConfig::smoke();
+    config.sft.epochs = 2;
+    config.answerer.epochs = 1;
+    config.curriculum = CurriculumConfig {
+        horizons: vec![2],
+        steps_per_stage: 1,
+        validate_every: 1,
+    };
+    config.eval = EvalConfig {
+        validation_episodes: 1,
+        validation_sessions: None,
+        test_episodes: 2,
+        sessions: 3,
+    };
+    config
+}
+
+/// `memr2 serve` on a free port; returns the process and the base URL it printed.
+fn serve(dir: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_memr2"))
+        .args(["serve", "--checkpoint"])
+        .arg(dir)
+        .args(["--addr", "127.0.0.1:0", "--max-wait-ms", "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("memr2 runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+    (child, url)
+}
+
+fn endpoint(url: &str, model: &str) -> Endpoint {
+    Endpoint {
+        max_retries: 1,
+        retry_base_ms: 10,
+        timeout_s: 60.0,
+        ..Endpoint::new(url, model)
+    }
+}
+
+/// The F1 rows of an evaluation, without the judge's labels.
+fn f1_rows(evaluation: &Evaluation) -> Vec<(String, memr2_sim::ScoreBoard, Vec<(usize, f64)>)> {
+    evaluation
+        .rows
+        .iter()
+        .map(|(name, s)| (name.clone(), s.board.clone(), s.per_episode.clone()))
+        .collect()
+}
+
+#[test]
+fn a_served_answerer_answers_as_the_in_process_one_and_its_cache_outlives_the_server() {
+    let root = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let options = RunOptions {
+        dir: root.path().join("run"),
+        ..RunOptions::default()
+    };
+    let config = tiny_config();
+    run::<B>(config.clone(), &options, &device, &mut |_| {}).unwrap();
+    let dir = RunDir(options.dir.clone());
+    let tokenizer = memr2_policy::tokenizer::Tokenizer::from_file(&dir.tokenizer()).unwrap();
+    let load = |name: &str| {
+        checkpoint::load::<B>(&dir.checkpoint(name), &device)
+            .unwrap()
+            .model
+            .valid()
+    };
+    let (sft, answerer, policy) = (load("sft"), load("answerer"), load("final"));
+    let env = environment(&config.data).unwrap();
+    let data = Splits::of(env.as_ref()).unwrap();
+    let systems = [("SFT only", Some(&sft)), ("LoGo-GRPO", Some(&policy))];
+    let evaluate = |answerer: Answerer<'_, _>, judge: Option<&Judge>| {
+        train::final_evaluation(
+            &config,
+            env.as_ref(),
+            &data,
+            &tokenizer,
+            answerer,
+            judge,
+            &systems,
+            &mut |_| {},
+        )
+    };
+    let local = evaluate(Answerer::Local(&answerer), None).unwrap();
+
+    let (mut server, url) = serve(&options.dir);
+    let cache = root.path().join("cache");
+    let served = ServedModel::connect("answerer", endpoint(&url, "memr2-answerer"), Some(&cache)).unwrap();
+    let judge =
+        Judge::new(ServedModel::connect("judge", endpoint(&url, "memr2-answerer"), Some(&cache)).unwrap());
+    let remote = evaluate(Answerer::Served(&served), Some(&judge)).unwrap();
+    assert_eq!(f1_rows(&remote), f1_rows(&local));
+    // Not only the scores: every response, word for word, over the oracle's memories.
+    let test: Vec<_> = data.test.iter().take(2).map(|e| e.with_horizon(3)).collect();
+    let mut rng = rand::SeedableRng::seed_from_u64(0);
+    let memories = final_memories(
+        &MemorySource::<Flex>::Oracle,
+        &test,
+        &tokenizer,
+        &config.agent,
+        &mut rng,
+    );
+    let ask = |answerer| {
+        let mut rng = rand::SeedableRng::seed_from_u64(0);
+        probe_responses(
+            answerer,
+            &tokenizer,
+            &config.agent,
+            env.task(),
+            &test,
+            &memories,
+            &mut rng,
+        )
+    };
+    let here = ask(Answerer::Local(&answerer));
+    let there = ask(Answerer::Served(&served));
+    assert_eq!(there, here);
+    let texts: Vec<String> = here.iter().flatten().map(|(_, r)| format!("{r:?}")).collect();
+    assert!(
+        texts.iter().any(|t| t.len() > 12),
+        "the answers say something: {texts:?}"
+    );
+    // Every answer was judged (the tiny answerer is no judge: most outputs carry no label).
+    for (name, scores) in &remote.rows {
+        let judged = scores.judge.overall();
+        assert_eq!(
+            judged.judged + judged.unlabelled,
+            scores.board.overall().count,
+            "{name}"
+        );
+    }
+    assert!(remote.tables().contains("| J |"), "{}", remote.tables());
+    let sent = served.stats().requests;
+    assert!(sent > 0);
+
+    // The server is killed: the same evaluation is replayed from the cache, and a request the
+    // cache has not seen fails with the endpoint named.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let replayed = evaluate(Answerer::Served(&served), None).unwrap();
+    assert_eq!(f1_rows(&replayed), f1_rows(&local));
+    assert_eq!(
+        served.stats().requests,
+        sent,
+        "nothing was sent to the dead server"
+    );
+    let mut longer = config.clone();
+    longer.eval.sessions = 2;
+    let err = train::final_evaluation(
+        &longer,
+        env.as_ref(),
+        &data,
+        &tokenizer,
+        Answerer::Served(&served),
+        None,
+        &systems,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("served answerer") && err.contains(&url), "{err}");
+}
+
+#[test]
+fn the_server_stops_cleanly_on_sigterm() {
+    let root = tempfile::tempdir().unwrap();
+    let options = RunOptions {
+        dir: root.path().join("run"),
+        ..RunOptions::default()
+    };
+    let mut config = tiny_config();
+    config.sft.epochs = 1;
+    config.curriculum.steps_per_stage = 0;
+    run::<B>(config, &options, &Default::default(), &mut |_| {}).unwrap();
+    let (mut server, url) = serve(&options.dir);
+    let health = ureq::get(&format!("{}/health", url.trim_end_matches("/v1")))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(health.contains("ok"), "{health}");
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = server.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
