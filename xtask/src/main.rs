@@ -36,6 +36,18 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "memr2-drift",
         &["burn", "memr2-policy", "memr2-logo-grpo", "memr2-trainer"],
     ),
+    (
+        "memr2-openai",
+        &[
+            "burn",
+            "memr2-store",
+            "memr2-sim",
+            "memr2-policy",
+            "memr2-logo-grpo",
+            "memr2-drift",
+            "memr2-trainer",
+        ],
+    ),
 ];
 
 fn main() -> ExitCode {

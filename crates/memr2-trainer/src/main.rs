@@ -542,6 +542,8 @@ fn serve_command<B: AutodiffBackend>(args: &ServeArgs, device: &B::Device) -> Re
             max_wait_ms: args.max_wait_ms,
             api_key,
             max_tokens_limit: args.max_tokens_limit,
+            // Enough requests in hand at once to fill several batches.
+            threads: 4 * args.max_batch.max(1),
             ..ServerConfig::default()
         },
     )?;

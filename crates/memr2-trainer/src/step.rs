@@ -100,6 +100,10 @@ pub struct StepMetrics {
     pub format_errors: u64,
     /// Answerer outputs that did not parse.
     pub answer_format_errors: u64,
+    /// A served answerer's requests, cache hits, retries, errors and tokens since the run (or
+    /// its resumption) started; absent when the answerer is a model of the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_answerer: Option<memr2_openai::client::ClientStats>,
     /// Mean entries in a final memory.
     pub memory_entries: f64,
     /// Mean whitespace tokens in a final memory.
@@ -220,6 +224,9 @@ where
     // A served answerer that failed leaves rewards that mean nothing: stop before the update.
     ctx.answerer.check()?;
     let mut metrics = collected.metrics;
+    if let Answerer::Served(served) = ctx.answerer {
+        metrics.served_answerer = Some(served.stats());
+    }
     metrics.learning_rate = learning_rate;
 
     // 5. The update.

@@ -345,6 +345,12 @@ pub fn run_with<B: AutodiffBackend>(
         config
     };
     check_capabilities(env, &config, options)?;
+    // Served models answer before any work starts, not after the warm start.
+    for (role, endpoint) in [("answerer", &config.served.answerer), ("judge", &config.served.judge)] {
+        if let Some(endpoint) = endpoint {
+            ServedModel::connect(role, endpoint.clone(), None)?;
+        }
+    }
     let data = Splits::of(env)?;
     if !options.resume {
         create_run_dir::<B>(&run, &config, options, device)?;
