@@ -346,7 +346,10 @@ pub fn run_with<B: AutodiffBackend>(
     };
     check_capabilities(env, &config, options)?;
     // Served models answer before any work starts, not after the warm start.
-    for (role, endpoint) in [("answerer", &config.served.answerer), ("judge", &config.served.judge)] {
+    for (role, endpoint) in [
+        ("answerer", &config.served.answerer),
+        ("judge", &config.served.judge),
+    ] {
         if let Some(endpoint) = endpoint {
             ServedModel::connect(role, endpoint.clone(), None)?;
         }
