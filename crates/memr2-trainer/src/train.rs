@@ -953,6 +953,7 @@ pub fn judge_of(config: &TrainConfig, cache: &Path) -> Result<Option<Judge>, Tra
 /// The evaluation table: no memory, oracle memory (when the environment has gold facts), then
 /// each named policy's memory, all asked the task's probes by the same frozen answerer on the
 /// test episodes.
+#[allow(clippy::too_many_arguments)]
 pub fn final_evaluation<B: Backend>(
     config: &TrainConfig,
     env: &dyn Environment,

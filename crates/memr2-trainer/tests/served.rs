@@ -69,8 +69,11 @@ fn endpoint(url: &str, model: &str) -> Endpoint {
     }
 }
 
+/// A row's name, F1 board and per-conversation sums.
+type F1Row = (String, memr2_sim::ScoreBoard, Vec<(usize, f64)>);
+
 /// The F1 rows of an evaluation, without the judge's labels.
-fn f1_rows(evaluation: &Evaluation) -> Vec<(String, memr2_sim::ScoreBoard, Vec<(usize, f64)>)> {
+fn f1_rows(evaluation: &Evaluation) -> Vec<F1Row> {
     evaluation
         .rows
         .iter()
