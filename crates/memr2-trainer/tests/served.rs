@@ -9,7 +9,10 @@ use std::process::{Child, Command, Stdio};
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
+use std::sync::Arc;
+
 use memr2_openai::client::Endpoint;
+use memr2_openai::server::{ChatModel, Completion, Server, ServerConfig};
 use memr2_trainer::checkpoint;
 use memr2_trainer::config::{CurriculumConfig, EvalConfig, TrainConfig};
 use memr2_trainer::data::{Splits, environment};
@@ -221,4 +224,138 @@ fn the_server_stops_cleanly_on_sigterm() {
     assert!(status.success());
     let exit = server.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// A model that is listed but completes nothing.
+struct Broken;
+
+impl ChatModel for Broken {
+    fn name(&self) -> &str {
+        "memr2-answerer"
+    }
+
+    fn complete(&self, batch: &[memr2_openai::wire::ChatRequest]) -> Vec<Result<Completion, String>> {
+        batch.iter().map(|_| Err("out of memory".to_string())).collect()
+    }
+
+    fn embed(&self, _texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
+        Err("none".to_string())
+    }
+}
+
+/// Metrics without wall-clock fields and the served answerer's counters, which differ between
+/// an uninterrupted run and a resumed one.
+fn deterministic(records: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    records
+        .into_iter()
+        .map(|mut r| {
+            if let Some(map) = r.as_object_mut() {
+                map.retain(|k, _| !k.ends_with("_s") && !k.ends_with("_per_s") && k != "served_answerer");
+                if let Some(update) = map.get_mut("update").and_then(serde_json::Value::as_object_mut) {
+                    update.retain(|k, _| !k.ends_with("_s"));
+                }
+            }
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_whose_served_answerer_dies_fails_clearly_and_resumes_to_the_same_metrics() {
+    use memr2_trainer::TrainError;
+    use memr2_trainer::metrics::MetricsLog;
+    let root = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    // The answerer's run, then served.
+    let base = RunOptions {
+        dir: root.path().join("base"),
+        ..RunOptions::default()
+    };
+    let mut config = tiny_config();
+    config.curriculum.steps_per_stage = 2;
+    run::<B>(config.clone(), &base, &device, &mut |_| {}).unwrap();
+    let (mut server, url) = serve(&base.dir);
+    let mut served = config.clone();
+    served.answerer.epochs = 0;
+    served.served.answerer = Some(endpoint(&url, "memr2-answerer"));
+    let from = |name: &str| RunOptions {
+        dir: root.path().join(name),
+        init_from: Some(base.dir.clone()),
+        ..RunOptions::default()
+    };
+
+    // Uninterrupted.
+    let straight = from("straight");
+    run::<B>(served.clone(), &straight, &device, &mut |_| {}).unwrap();
+
+    // Stopped after one step; the server dies; the resumed run fails at its first request
+    // the cache has not seen, naming the endpoint, and writes no further metrics line.
+    let killed = RunOptions {
+        stop_after_steps: Some(1),
+        ..from("killed")
+    };
+    let err = run::<B>(served.clone(), &killed, &device, &mut |_| {})
+        .err()
+        .expect("stopped");
+    assert!(matches!(err, TrainError::Stopped { step: 1 }), "{err}");
+    let lines = MetricsLog::read(&killed.dir.join("metrics.jsonl")).unwrap().len();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let resume = RunOptions {
+        resume: true,
+        stop_after_steps: None,
+        ..killed.clone()
+    };
+    let err = run::<B>(served.clone(), &resume, &device, &mut |_| {})
+        .err()
+        .expect("the endpoint is gone");
+    let message = err.to_string();
+    assert!(
+        matches!(err, TrainError::Endpoint { role: "answerer", .. }) && message.contains(&url),
+        "{message}"
+    );
+    assert_eq!(
+        MetricsLog::read(&killed.dir.join("metrics.jsonl")).unwrap().len(),
+        lines
+    );
+
+    // An endpoint that lists the model but fails every chat: the run starts, and its step
+    // fails on the answerer's first request, before the update or any line is written.
+    let broken = Server::start(
+        Arc::new(Broken),
+        ServerConfig {
+            addr: "127.0.0.1:0".into(),
+            ..ServerConfig::default()
+        },
+    )
+    .unwrap();
+    let broken_url = format!("http://{}/v1", broken.addr());
+    let config_path = killed.dir.join("config.json");
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(&config_path, original.replace(&url, &broken_url)).unwrap();
+    let err = run::<B>(served.clone(), &resume, &device, &mut |_| {})
+        .err()
+        .expect("the chats fail");
+    let message = err.to_string();
+    assert!(
+        message.contains(&broken_url) && message.contains("500"),
+        "{message}"
+    );
+    assert_eq!(
+        MetricsLog::read(&killed.dir.join("metrics.jsonl")).unwrap().len(),
+        lines
+    );
+    broken.shutdown();
+
+    // Back up (on another port: the run's configuration names the old one, so it is
+    // rewritten as a user would edit it), the resumed run ends as the uninterrupted one did.
+    let (mut server, new_url) = serve(&base.dir);
+    std::fs::write(&config_path, original.replace(&url, &new_url)).unwrap();
+    run::<B>(served, &resume, &device, &mut |_| {}).unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let a = deterministic(MetricsLog::read(&straight.dir.join("metrics.jsonl")).unwrap());
+    let b = deterministic(MetricsLog::read(&killed.dir.join("metrics.jsonl")).unwrap());
+    assert_eq!(a, b);
+    assert!(a.iter().filter(|r| r.get("reward_global").is_some()).count() == 2);
 }
