@@ -778,6 +778,32 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     Ok(config)
 }
 
+/// A resumed run's configuration; endpoints given on the command line replace the run's own
+/// (a server that moved), and are written to its `config.json`. Responses are cached by
+/// endpoint, so a moved endpoint answers afresh what the old one had answered.
+fn resumed_config(run: &RunDir, served: &ServedArgs) -> Result<TrainConfig> {
+    let mut config = TrainConfig::from_file(&run.config())?;
+    if served.answerer_endpoint.is_some() || served.judge_endpoint.is_some() {
+        // Unless named again, the models are the ones the run was using.
+        let served = ServedArgs {
+            answerer_model: served
+                .answerer_model
+                .clone()
+                .or_else(|| config.served.answerer.as_ref().map(|e| e.model.clone())),
+            judge_model: served
+                .judge_model
+                .clone()
+                .or_else(|| config.served.judge.as_ref().map(|e| e.model.clone())),
+            ..served.clone()
+        };
+        served.apply(&mut config.served)?;
+        config.validate()?;
+        std::fs::write(run.config(), serde_json::to_string_pretty(&config)?)
+            .with_context(|| format!("cannot write {}", run.config().display()))?;
+    }
+    Ok(config)
+}
+
 fn progress_bar() -> ProgressBar {
     let bar = ProgressBar::new(1);
     bar.set_style(
@@ -794,7 +820,7 @@ fn progress_bar() -> ProgressBar {
 fn train_command(args: TrainArgs) -> Result<()> {
     let (config, options) = match &args.resume {
         Some(dir) => (
-            TrainConfig::from_file(&RunDir(dir.clone()).config())?,
+            resumed_config(&RunDir(dir.clone()), &args.served)?,
             RunOptions {
                 dir: dir.clone(),
                 resume: true,
