@@ -226,7 +226,7 @@ pub fn configuration(config: &TrainConfig) -> String {
     let _ = writeln!(out, "| model | {model} |");
     let _ = writeln!(
         out,
-        "| warm start | {} SFT epochs (learning rate {:e}), then {} answerer epochs |",
+        "| warm start | {} SFT epoch(s) (learning rate {:e}), then {} answerer epoch(s) |",
         config.sft.epochs, config.sft.learning_rate, config.answerer.epochs
     );
     let _ = writeln!(
