@@ -29,7 +29,7 @@ use crate::eval::{
 };
 use crate::judge::Judge;
 use crate::metrics::MetricsLog;
-use crate::report::{self, EvaluationRecord, SFT_ROW};
+use crate::report::{self, EvaluationRecord, NO_MEMORY_ROW, SFT_ROW};
 use crate::served::{Answerer, ServedModel};
 use crate::sft::{
     EpochSettings, TeacherExample, TokenizedExample, answerer_corpus, answerer_horizons, build_examples,
@@ -971,7 +971,7 @@ pub fn final_evaluation<B: Backend>(
         name: "evaluation".into(),
         total: 2 + systems.len() as u64,
     });
-    let mut fixed: Vec<(&str, MemorySource<'_, B>)> = vec![("no memory", MemorySource::Empty)];
+    let mut fixed: Vec<(&str, MemorySource<'_, B>)> = vec![(NO_MEMORY_ROW, MemorySource::Empty)];
     if env.capabilities().gold_facts {
         fixed.push((ORACLE_ROW, MemorySource::Oracle));
     } else {
@@ -981,30 +981,17 @@ pub fn final_evaluation<B: Backend>(
         });
     }
     let task = env.task();
-    let mut done = 0;
-    for (name, source) in fixed.iter() {
-        let scores = evaluate_judged(
-            source,
-            answerer,
-            judge,
-            tokenizer,
-            &config.agent,
-            task,
-            &test,
-            &mut rng,
+    // The fixed rows, then each named policy's (a system without a model is only counted).
+    let rows = fixed
+        .into_iter()
+        .map(|(name, source)| (name, Some(source)))
+        .chain(
+            systems
+                .iter()
+                .map(|(name, model)| (*name, model.map(MemorySource::Policy))),
         );
-        answerer.check()?;
-        judge.map(Judge::check).transpose()?;
-        evaluation.rows.push((name.to_string(), scores));
-        done += 1;
-        observe(Event::Progress {
-            done,
-            message: name.to_string(),
-        });
-    }
-    for (name, model) in systems {
-        if let Some(model) = model {
-            let source = MemorySource::Policy(*model);
+    for (done, (name, source)) in (1..).zip(rows) {
+        if let Some(source) = source {
             let scores = evaluate_judged(
                 &source,
                 answerer,
@@ -1019,7 +1006,6 @@ pub fn final_evaluation<B: Backend>(
             judge.map(Judge::check).transpose()?;
             evaluation.rows.push((name.to_string(), scores));
         }
-        done += 1;
         observe(Event::Progress {
             done,
             message: name.to_string(),
