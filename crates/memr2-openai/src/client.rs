@@ -28,9 +28,13 @@ use serde_json::Value;
 
 use crate::cache::Cache;
 use crate::wire::{
-    ChatRequest, ChatResponse, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, ErrorBody, ModelList,
-    Usage,
+    ChatRequest, ChatResponse, Embedding, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, ErrorBody,
+    ModelList, Usage,
 };
+
+/// Most texts [`Client::embed_each`] sends in one request (OpenAI accepts 2048 inputs a
+/// request; smaller requests keep one slow answer from holding up everything).
+pub const EMBED_BATCH: usize = 256;
 
 /// The route of chat completions, after the base URL.
 const CHAT_ROUTE: &str = "/chat/completions";
@@ -437,6 +441,92 @@ impl Client {
                     .collect()
             });
         self.counted(result)
+    }
+
+    /// Embeddings of texts cached text by text, one vector per text in the texts' order: each
+    /// text is looked up under the key of a request for it alone, and the texts not cached are
+    /// sent together, [`EMBED_BATCH`] per request, each answer cached under its own text's key.
+    /// So which texts a run happens to batch together never changes what a resumed or repeated
+    /// run replays. No texts, no request.
+    pub fn embed_each(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ClientError> {
+        let one = |text: &String| EmbeddingRequest {
+            model: self.endpoint.model.clone(),
+            input: EmbeddingInput::Many(vec![text.clone()]),
+        };
+        let keys: Vec<Option<String>> = texts
+            .iter()
+            .map(|text| {
+                let body = serde_json::to_value(one(text)).ok()?;
+                self.cache
+                    .as_ref()
+                    .map(|_| self.cache_key(EMBEDDINGS_ROUTE, &body))
+            })
+            .collect();
+        let mut out: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
+        if let Some(cache) = &self.cache {
+            for (slot, key) in out.iter_mut().zip(&keys) {
+                let check = |r: &EmbeddingResponse| check_embedding_indices(r, 1);
+                if let Some(key) = key
+                    && let Some(mut answer) = cached_answer(cache, key, check)
+                {
+                    Counters::add(&self.counters.cache_hits, 1);
+                    *slot = answer.data.pop().map(|e| e.embedding);
+                }
+            }
+        }
+        let missing: Vec<usize> = (0..texts.len()).filter(|&i| out[i].is_none()).collect();
+        for batch in missing.chunks(EMBED_BATCH) {
+            let request = EmbeddingRequest {
+                model: self.endpoint.model.clone(),
+                input: EmbeddingInput::Many(batch.iter().map(|&i| texts[i].clone()).collect()),
+            };
+            let answer = self.counted(self.post_embeddings(&request, batch.len()))?;
+            let model = answer.model.clone();
+            for embedding in answer.data {
+                let i = batch[embedding.index as usize];
+                if let (Some(cache), Some(key)) = (&self.cache, &keys[i]) {
+                    let single = EmbeddingResponse {
+                        object: "list".to_string(),
+                        data: vec![Embedding {
+                            index: 0,
+                            ..embedding.clone()
+                        }],
+                        model: model.clone(),
+                        usage: None,
+                    };
+                    let value = serde_json::to_value(&single).expect("an embedding serialises");
+                    cache.put(key, &value).map_err(|source| ClientError::Cache {
+                        path: cache
+                            .entry_path(key)
+                            .unwrap_or_else(|_| cache.dir().to_path_buf()),
+                        source,
+                    })?;
+                }
+                out[i] = Some(embedding.embedding);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|v| v.expect("every text answered from the cache or the endpoint"))
+            .collect())
+    }
+
+    /// POSTs an embeddings request without the cache, checking one embedding per text.
+    fn post_embeddings(
+        &self,
+        request: &EmbeddingRequest,
+        texts: usize,
+    ) -> Result<EmbeddingResponse, ClientError> {
+        let url = self.endpoint.url(EMBEDDINGS_ROUTE);
+        let body = serde_json::to_string(request).map_err(|error| ClientError::Malformed {
+            url: url.clone(),
+            reason: format!("the request cannot be written as JSON: {error}"),
+        })?;
+        let text = self.send(&url, Some(&body))?;
+        let (answer, _) = parse::<EmbeddingResponse>(&url, &text)?;
+        check_embedding_indices(&answer, texts).map_err(|reason| ClientError::Malformed { url, reason })?;
+        self.counters.add_usage(answer.usage);
+        Ok(answer)
     }
 
     /// The models the endpoint serves (never cached).
@@ -1298,6 +1388,57 @@ mod tests {
         assert!(client.embed(&[]).unwrap().is_empty());
         let stats = client.stats();
         assert_eq!((stats.cache_hits, stats.prompt_tokens), (1, 4));
+    }
+
+    #[test]
+    fn embed_each_caches_text_by_text_whatever_the_batches() {
+        // Each text's vector is its length, so a vector shows which text it was made for.
+        let server = FakeServer::start(|_, request| {
+            let input = request.json()["input"].as_array().unwrap().clone();
+            let data: Vec<Embedding> = input
+                .iter()
+                .enumerate()
+                .map(|(i, text)| Embedding {
+                    object: "embedding".to_string(),
+                    index: i as u32,
+                    embedding: vec![text.as_str().unwrap().len() as f32],
+                })
+                .collect();
+            Reply::json(
+                200,
+                json!({"object": "list", "data": data, "model": "test-model"}),
+            )
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let texts = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<String>>();
+        let client = cached_client(server.endpoint(), dir.path());
+        assert_eq!(
+            client.embed_each(&texts(&["a", "bb"])).unwrap(),
+            [vec![1.0], vec![2.0]]
+        );
+        assert_eq!(server.hits(), 1);
+
+        // A later batch mixing cached and new texts sends only the new ones, in one request.
+        let mixed = texts(&["ccc", "a", "dddd", "bb"]);
+        let vectors = client.embed_each(&mixed).unwrap();
+        assert_eq!(vectors, [vec![3.0], vec![1.0], vec![4.0], vec![2.0]]);
+        assert_eq!(server.hits(), 2);
+        assert_eq!(server.received()[1].json()["input"], json!(["ccc", "dddd"]));
+
+        // A new client on the same cache, batching differently, replays without calling out.
+        drop(server);
+        let replay = cached_client(client.endpoint().clone(), dir.path());
+        assert_eq!(
+            replay.embed_each(&texts(&["dddd", "a"])).unwrap(),
+            [vec![4.0], vec![1.0]]
+        );
+        let stats = replay.stats();
+        assert_eq!((stats.requests, stats.cache_hits), (0, 2));
+        assert!(replay.embed_each(&[]).unwrap().is_empty());
+        assert_eq!(
+            replay.embed_each(&texts(&["new"])).unwrap_err().kind(),
+            "unreachable"
+        );
     }
 
     #[test]

@@ -12,13 +12,21 @@ use crate::topk::{Hit, TopK};
 /// Turns text into a dense vector (a sentence encoder, or the policy model's hidden states).
 ///
 /// The store calls it once per ADD and UPDATE while it is attached, and keeps the vectors in a
-/// persistent map that branches share like the entries themselves.
+/// persistent map that branches share like the entries themselves. An embedder that calls a
+/// service may fail: the operation or search that needed the vector then fails with
+/// [`StoreError::Embedder`] and changes nothing.
 pub trait Embedder: Send + Sync {
     /// Dimension of every vector [`Embedder::embed`] returns.
     fn dim(&self) -> usize;
 
-    /// The embedding of `text`, of length [`Embedder::dim`].
-    fn embed(&self, text: &str) -> Vec<f32>;
+    /// The embedding of `text`, of length [`Embedder::dim`], or why it could not be made.
+    fn embed(&self, text: &str) -> Result<Vec<f32>, String>;
+
+    /// A hint that `texts` are about to be embedded (the memories of a round of operations, the
+    /// queries of a round of searches): an embedder that calls a service computes them now in
+    /// one batched request and answers the [`Embedder::embed`] calls that follow from memory.
+    /// The default does nothing.
+    fn prepare(&self, _texts: &[&str]) {}
 }
 
 /// Unit-normalised embeddings of the current entries, with the embedder that made them.
@@ -49,7 +57,10 @@ impl DenseIndex {
 
     /// Embeds `text` and normalises it, rejecting a vector of the wrong dimension or non-finite.
     pub(crate) fn embed(&self, text: &str) -> Result<Arc<[f32]>, StoreError> {
-        let mut vector = self.embedder.embed(text);
+        let mut vector = self
+            .embedder
+            .embed(text)
+            .map_err(|reason| StoreError::Embedder { reason })?;
         self.check(&vector)?;
         let norm = norm(&vector);
         if norm > 0.0 {
@@ -94,7 +105,10 @@ impl DenseIndex {
 
     /// Embeds `query` with the attached embedder and searches with it.
     pub(crate) fn search_text(&self, query: &str, k: usize, min_score: f32) -> Result<Vec<Hit>, StoreError> {
-        let vector = self.embedder.embed(query);
+        let vector = self
+            .embedder
+            .embed(query)
+            .map_err(|reason| StoreError::Embedder { reason })?;
         self.search(&vector, k, min_score)
     }
 }

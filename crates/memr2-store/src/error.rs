@@ -26,6 +26,12 @@ pub enum StoreError {
     /// Dense search was asked of a store without an embedder.
     #[error("no embedder is attached to the store")]
     NoEmbedder,
+    /// The attached embedder could not embed a text (a service that is down, for instance).
+    #[error("the embedder failed: {reason}")]
+    Embedder {
+        /// What the embedder said.
+        reason: String,
+    },
     /// An embedding (from the embedder or a query) has the wrong dimension or a non-finite value.
     #[error("embedding of dimension {got} is invalid, expected {expected} finite values")]
     InvalidEmbedding {

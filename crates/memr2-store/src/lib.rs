@@ -12,6 +12,8 @@
 //!   lineage of snapshots the store descends from;
 //! - a BM25 index updated on every change, for [`Store::search`];
 //! - optionally, embeddings from an outside [`Embedder`], for cosine [`Store::search_dense`];
+//!   [`Store::retrieve`] answers a query by BM25, by embeddings, or by both fused by
+//!   reciprocal rank ([`Retrieval`]);
 //! - a running whitespace token count, for the reward's memory-size penalty
 //!   ([`Store::token_count`], or [`Store::size_tokens`] with any [`TokenCounter`]).
 //!
@@ -39,6 +41,7 @@ mod entry;
 mod error;
 mod file;
 mod history;
+mod retrieval;
 mod store;
 mod tokens;
 mod topk;
@@ -49,6 +52,7 @@ pub use entry::{Applied, Entry, MemoryId, OpKind, Operation, ParseMemoryIdError,
 pub use error::StoreError;
 pub use file::{FORMAT_VERSION, HEADER_LEN, MAGIC, OLDEST_FORMAT_VERSION};
 pub use history::{BranchPoint, HistoryRecord, OperationRecord};
+pub use retrieval::{MinScores, RRF_K, Retrieval};
 pub use store::{Snapshot, Store, StoreConfig};
 pub use tokens::{TokenCounter, WhitespaceCounter};
 pub use topk::Hit;

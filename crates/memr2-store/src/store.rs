@@ -12,6 +12,7 @@ use crate::dense::{DenseIndex, Embedder};
 use crate::entry::{Applied, Entry, MemoryId, OpKind, Operation, Provenance};
 use crate::error::StoreError;
 use crate::history::{BranchPoint, HistoryRecord, OperationRecord};
+use crate::retrieval::{MinScores, Retrieval};
 use crate::tokens::{TokenCounter, whitespace_words};
 use crate::topk::Hit;
 
@@ -431,6 +432,31 @@ macro_rules! read_methods {
                 .as_ref()
                 .ok_or(StoreError::NoEmbedder)?
                 .search_text(query, k, min_score)
+        }
+
+        /// The `k` memories most related to `query` under `mode`, best first: BM25 with a
+        /// score of at least `min.bm25`, cosine similarity over the attached embedder of at
+        /// least `min.dense`, or both lists (each cut to `k` by its own threshold) fused by
+        /// reciprocal rank, whose scores are then the fused ones. Fails when the mode needs an
+        /// embedder and none is attached, or when the embedder fails on the query.
+        pub fn retrieve(
+            &self,
+            query: &str,
+            k: usize,
+            mode: Retrieval,
+            min: MinScores,
+        ) -> Result<Vec<Hit>, StoreError> {
+            match mode {
+                Retrieval::Bm25 => Ok(self.search(query, k, min.bm25)),
+                Retrieval::Dense => self.search_dense_text(query, k, min.dense),
+                Retrieval::Hybrid => {
+                    let dense = self.search_dense_text(query, k, min.dense)?;
+                    Ok(crate::retrieval::fuse(
+                        &[self.search(query, k, min.bm25), dense],
+                        k,
+                    ))
+                }
+            }
         }
 
         /// Size of all memories in whitespace-separated words, kept as a running total (O(1)).

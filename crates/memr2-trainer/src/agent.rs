@@ -6,7 +6,7 @@ use memr2_policy::roles::{self, ChatPrompt, ExtractedFact, MemoryOperation, Memo
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{SamplingConfig, Transformer};
 use memr2_sim::{AnswerScore, Episode, Probe, Request, Response, Task, Turn};
-use memr2_store::{MemoryId, Operation, Snapshot, Store, TokenCounter};
+use memr2_store::{Hit, MemoryId, Operation, Snapshot, Store, TokenCounter};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -225,9 +225,9 @@ pub struct RolloutState {
 }
 
 impl RolloutState {
-    /// A rollout starting from an empty memory.
-    pub fn new() -> Self {
-        Self::from_snapshot(Store::new().snapshot())
+    /// A rollout starting from an empty memory ([`new_store`]).
+    pub fn new(cfg: &AgentConfig) -> Self {
+        Self::from_snapshot(new_store(cfg).snapshot())
     }
 
     /// A rollout that branches an existing memory state (structure is shared, not copied).
@@ -242,8 +242,9 @@ impl RolloutState {
 }
 
 impl Default for RolloutState {
+    /// A rollout from an empty memory without an embedder.
     fn default() -> Self {
-        Self::new()
+        Self::from_snapshot(Store::new().snapshot())
     }
 }
 
@@ -268,25 +269,69 @@ pub struct RolloutSampling {
     pub record: bool,
 }
 
-/// Memories shown to the manager for a query: aliases "0", "1", ... in retrieval order, with
-/// the real id each alias stands for.
-pub fn retrieve(store: &Store, query: &str, k: usize, min_score: f32) -> Vec<(String, MemoryId, String)> {
+/// An empty memory for a run: with the run's embedder attached when its retrieval uses one.
+pub fn new_store(cfg: &AgentConfig) -> Store {
+    let mut store = Store::new();
+    if let Some(embedder) = &cfg.embedder.embedder {
+        store
+            .set_embedder(embedder.clone())
+            .expect("an empty store embeds nothing");
+    }
     store
-        .search(query, k, min_score)
+}
+
+/// The best `k` memories for `query` by the run's retrieval ([`AgentConfig::retrieval`]). A
+/// memory made without the run's embedder (an oracle's, one loaded from a file) has it attached
+/// on a branch first, every entry embedded. A retrieval that fails (an embedding endpoint that
+/// is down: the embedder has recorded it, and the run fails at its next check) finds nothing.
+pub fn retrieve_hits(memory: &Snapshot, query: &str, k: usize, cfg: &AgentConfig) -> Vec<Hit> {
+    let result = match &cfg.embedder.embedder {
+        Some(embedder) if cfg.retrieval.needs_embedder() && !memory.has_embedder() => {
+            let texts: Vec<&str> = memory.entries().map(|e| e.text.as_str()).collect();
+            embedder.prepare(&texts);
+            let mut attached = memory.branch();
+            attached
+                .set_embedder(embedder.clone())
+                .and_then(|()| attached.retrieve(query, k, cfg.retrieval, cfg.min_scores()))
+        }
+        _ => memory.retrieve(query, k, cfg.retrieval, cfg.min_scores()),
+    };
+    result.unwrap_or_else(|error| {
+        tracing::error!(%error, retrieval = %cfg.retrieval, "retrieval failed; nothing shown");
+        Vec::new()
+    })
+}
+
+/// Memories shown to the manager for a query: aliases "0", "1", ... in retrieval order, with
+/// the real id each alias stands for (top `manager_top_k`).
+pub fn retrieve(store: &Store, query: &str, cfg: &AgentConfig) -> Vec<(String, MemoryId, String)> {
+    // A snapshot costs a few reference counts, whatever the store's size.
+    retrieve_hits(&store.snapshot(), query, cfg.manager_top_k, cfg)
         .into_iter()
         .enumerate()
         .filter_map(|(i, hit)| store.get(hit.id).map(|e| (i.to_string(), hit.id, e.text.clone())))
         .collect()
 }
 
-/// The texts of the memories the answerer is shown for a query: the top `answer_top_k` by
-/// BM25, best first.
+/// The texts of the memories the answerer is shown for a query: the top `answer_top_k`, best
+/// first.
 pub fn memory_texts(memory: &Snapshot, query: &str, cfg: &AgentConfig) -> Vec<String> {
-    memory
-        .search(query, cfg.answer_top_k, cfg.min_score)
+    retrieve_hits(memory, query, cfg.answer_top_k, cfg)
         .iter()
         .filter_map(|h| memory.get(h.id).map(|e| e.text.clone()))
         .collect()
+}
+
+/// Tells the run's embedder, if any, that `texts` are about to be embedded.
+pub fn prepare_embeddings<'t>(cfg: &AgentConfig, texts: impl IntoIterator<Item = &'t str>) {
+    if let Some(embedder) = &cfg.embedder.embedder
+        && cfg.retrieval.needs_embedder()
+    {
+        let texts: Vec<&str> = texts.into_iter().collect();
+        if !texts.is_empty() {
+            embedder.prepare(&texts);
+        }
+    }
 }
 
 /// The answerer's prompt for a question over a memory: the top-k retrieved memories.
@@ -368,9 +413,8 @@ pub fn run_sessions(
             .enumerate()
             .filter_map(|(j, job)| Some((j, &job.state.store, facts[j].get(round)?.fact.as_str())))
             .collect();
-        let shown = parallel::map(&queries, |(_, store, fact)| {
-            retrieve(store, fact, cfg.manager_top_k, cfg.min_score)
-        });
+        prepare_embeddings(cfg, queries.iter().map(|(_, _, fact)| *fact));
+        let shown = parallel::map(&queries, |(_, store, fact)| retrieve(store, fact, cfg));
         let owners: Vec<usize> = queries.iter().map(|(j, _, _)| *j).collect();
         let prompts: Vec<ChatPrompt> = queries
             .iter()
@@ -391,15 +435,26 @@ pub fn run_sessions(
             sampling.top_p,
             rng,
         );
-        for ((j, out), memories) in owners.into_iter().zip(outputs).zip(shown) {
+        let parsed: Vec<_> = outputs
+            .iter()
+            .map(|out| roles::parse_operations(&out.text))
+            .collect();
+        prepare_embeddings(
+            cfg,
+            parsed.iter().flatten().flatten().filter_map(|op| match op {
+                MemoryOperation::Add { text } | MemoryOperation::Update { text, .. } => Some(text.as_str()),
+                MemoryOperation::Delete { .. } => None,
+            }),
+        );
+        for (((j, out), memories), parsed) in owners.into_iter().zip(outputs).zip(shown).zip(parsed) {
             let job = &mut jobs[j];
             let session = job.session;
-            match roles::parse_operations(&out.text) {
+            match parsed {
                 Ok(ops) if ops.is_empty() => job.state.stats.ops.noop += 1,
                 Ok(ops) => {
                     let speaker = Some(facts[j][round].speaker.clone()).filter(|s| !s.is_empty());
                     for op in ops {
-                        apply(job.state, op, &memories, speaker.clone(), session);
+                        apply_operation(job.state, op, &memories, speaker.clone(), session);
                     }
                 }
                 Err(e) => {
@@ -431,7 +486,7 @@ fn record(job: &mut SessionJob<'_>, role: Role, out: Generated, keep: bool) {
 
 /// Maps a parsed operation's alias back to a real id and applies it; a bad alias or an
 /// operation the store rejects is counted as invalid and changes nothing.
-fn apply(
+pub(crate) fn apply_operation(
     state: &mut RolloutState,
     op: MemoryOperation,
     shown: &[(String, MemoryId, String)],
@@ -533,6 +588,7 @@ pub fn ask_probes_for_responses(
 ) -> (Vec<(AnswerScore, Response)>, u64) {
     let cfg = actor.config();
     let _span = tracing::info_span!("answer", probes = items.len()).entered();
+    prepare_embeddings(cfg, items.iter().map(|item| item.probe.query.as_str()));
     let (asked, limits): (Vec<(ChatPrompt, Request)>, Vec<usize>) = items
         .iter()
         .map(|item| {

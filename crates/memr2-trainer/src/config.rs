@@ -1,12 +1,15 @@
 //! The typed training configuration, its presets, and `validate()`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memr2_logo_grpo::LogoGrpoConfig;
 use memr2_sim::Category;
+use memr2_store::{Embedder, MinScores, Retrieval};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
+use crate::served::ServedEmbedder;
 
 /// Named starting points for a configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -278,6 +281,94 @@ pub struct AgentConfig {
     /// from a configuration, it is 1.
     #[serde(default = "one_shard")]
     pub generation_shards: usize,
+    /// How memories are retrieved for the manager and the answerer: `bm25` (absent from a
+    /// configuration), or `dense` / `hybrid` (embeddings from `served.embeddings`; hybrid fuses
+    /// both lists by reciprocal rank).
+    #[serde(default, skip_serializing_if = "is_bm25")]
+    pub retrieval: Retrieval,
+    /// Least cosine similarity of a memory retrieved by embeddings (dense and hybrid); absent
+    /// from a configuration, 0.1, the paper's manager's threshold.
+    #[serde(default = "default_dense_min_score")]
+    pub dense_min_score: f32,
+    /// The embedder attached to every memory the run creates, when retrieval uses embeddings:
+    /// set at run time from `served.embeddings`, never written to a configuration.
+    #[serde(skip)]
+    pub embedder: EmbedderSlot,
+}
+
+fn is_bm25(retrieval: &Retrieval) -> bool {
+    *retrieval == Retrieval::Bm25
+}
+
+fn default_dense_min_score() -> f32 {
+    0.1
+}
+
+/// An embedder attached at run time ([`AgentConfig::embedder`]), and the served model behind
+/// it when there is one, whose failures [`EmbedderSlot::check`] reports. Two slots are equal
+/// when both are empty or both hold the same embedder.
+#[derive(Clone, Default)]
+pub struct EmbedderSlot {
+    /// What the memory store calls.
+    pub embedder: Option<Arc<dyn Embedder>>,
+    served: Option<Arc<ServedEmbedder>>,
+}
+
+impl EmbedderSlot {
+    /// A slot holding any embedder (one of the library user's own, a test's).
+    pub fn local(embedder: Arc<dyn Embedder>) -> Self {
+        Self {
+            embedder: Some(embedder),
+            served: None,
+        }
+    }
+
+    /// A slot holding a served embedding model.
+    pub fn served(served: Arc<ServedEmbedder>) -> Self {
+        Self {
+            embedder: Some(served.clone()),
+            served: Some(served),
+        }
+    }
+
+    /// The served model's first failure since the last check (none for other embedders).
+    pub fn check(&self) -> Result<(), TrainError> {
+        self.served.as_ref().map_or(Ok(()), |s| s.check())
+    }
+
+    /// The served model's request counts, when the embedder is served.
+    pub fn stats(&self) -> Option<memr2_openai::client::ClientStats> {
+        self.served.as_ref().map(|s| s.stats())
+    }
+}
+
+impl std::fmt::Debug for EmbedderSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.embedder {
+            None => f.write_str("EmbedderSlot(none)"),
+            Some(e) => write!(f, "EmbedderSlot(dim {})", e.dim()),
+        }
+    }
+}
+
+impl PartialEq for EmbedderSlot {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.embedder, &other.embedder) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// The least scores of retrieved memories, per index.
+    pub fn min_scores(&self) -> MinScores {
+        MinScores {
+            bm25: self.min_score,
+            dense: self.dense_min_score,
+        }
+    }
 }
 
 /// Evaluation sizes.
@@ -526,6 +617,19 @@ impl TrainConfig {
                 self.answerer.epochs
             ));
         }
+        if self.agent.retrieval.needs_embedder() && self.served.embeddings.is_none() {
+            return bad(format!(
+                "agent.retrieval is {} but no embedding model is served (served.embeddings): pass \
+                 --embedding-endpoint URL, or --retrieval bm25",
+                self.agent.retrieval
+            ));
+        }
+        if !(-1.0..=1.0).contains(&self.agent.dense_min_score) {
+            return bad(format!(
+                "agent.dense_min_score is a cosine similarity, between -1 and 1; got {}",
+                self.agent.dense_min_score
+            ));
+        }
         self.rl
             .logo
             .validate()
@@ -671,6 +775,9 @@ impl Default for AgentConfig {
             max_tool_call_tokens: default_tool_call_tokens(),
             max_facts_per_chunk: 6,
             generation_shards: 1,
+            retrieval: Retrieval::Bm25,
+            dense_min_score: default_dense_min_score(),
+            embedder: EmbedderSlot::default(),
         }
     }
 }

@@ -12,14 +12,14 @@ use memr2_sim::{
     AnswerScore, Category, Episode, Probe, Response, ScoreBoard, Task, Teacher, TeacherConfig,
     facts_in_chunk, normalize_answer,
 };
-use memr2_store::{Snapshot, Store};
+use memr2_store::Snapshot;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{
     Agent, Generator, ProbeItem, RolloutSampling, RolloutState, SessionJob, answer_prompt,
-    ask_probes_for_responses, extractor_prompt_for, run_sessions,
+    ask_probes_for_responses, extractor_prompt_for, new_store, run_sessions,
 };
 use crate::config::AgentConfig;
 use crate::judge::{Judge, JudgeBoard, JudgeItem};
@@ -150,7 +150,7 @@ pub fn final_memories<B: Backend>(
     rng: &mut ChaCha8Rng,
 ) -> Vec<RolloutState> {
     match source {
-        MemorySource::Empty => episodes.iter().map(|_| RolloutState::new()).collect(),
+        MemorySource::Empty => episodes.iter().map(|_| RolloutState::new(cfg)).collect(),
         MemorySource::Oracle => episodes
             .iter()
             .map(|e| {
@@ -159,11 +159,11 @@ pub fn final_memories<B: Backend>(
                 let last: Snapshot = snapshots
                     .last()
                     .cloned()
-                    .unwrap_or_else(|| Store::new().snapshot());
+                    .unwrap_or_else(|| new_store(cfg).snapshot());
                 RolloutState {
                     store: last.branch(),
                     snapshots,
-                    ..RolloutState::new()
+                    ..RolloutState::default()
                 }
             })
             .collect(),
@@ -173,7 +173,7 @@ pub fn final_memories<B: Backend>(
                 tokenizer,
                 config: cfg,
             };
-            let mut states: Vec<RolloutState> = episodes.iter().map(|_| RolloutState::new()).collect();
+            let mut states: Vec<RolloutState> = episodes.iter().map(|_| RolloutState::new(cfg)).collect();
             let horizon = episodes.iter().map(|e| e.sessions.len()).max().unwrap_or(0);
             let sampling = RolloutSampling {
                 temperature: 0.0,

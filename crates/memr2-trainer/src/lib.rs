@@ -45,6 +45,7 @@ pub mod served;
 pub mod sft;
 pub(crate) mod shard;
 pub mod step;
+pub mod teacher;
 pub mod tensorboard;
 pub mod train;
 pub mod update;

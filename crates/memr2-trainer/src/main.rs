@@ -46,7 +46,7 @@ enum Command {
     /// Train: SFT warm start, then the LoGo-GRPO curriculum, then the evaluation table.
     Train(Box<TrainArgs>),
     /// Evaluate a run's checkpoints per category on held-out conversations.
-    Eval(EvalArgs),
+    Eval(Box<EvalArgs>),
     /// Show one conversation's memory and operation history, session by session.
     Inspect(InspectArgs),
     /// Serve a run's trained policy and its answerer over the OpenAI API
@@ -243,6 +243,26 @@ struct ServedArgs {
     /// The judge endpoint's model (default: the one model it lists).
     #[arg(long, requires = "judge_endpoint")]
     judge_model: Option<String>,
+    /// An OpenAI-compatible endpoint whose model writes the warm start's extractor and manager
+    /// examples (and the memory the answerer's examples are read from, where the data has no
+    /// gold facts), through the roles' own prompts; replies are cached in the run.
+    #[arg(long)]
+    teacher_endpoint: Option<String>,
+    /// The teacher endpoint's model (default: the one model it lists).
+    #[arg(long, requires = "teacher_endpoint")]
+    teacher_model: Option<String>,
+    /// An OpenAI-compatible endpoint whose embedding model serves dense retrieval for the
+    /// manager and the answerer (see --retrieval); vectors are cached in the run.
+    #[arg(long)]
+    embedding_endpoint: Option<String>,
+    /// The embedding endpoint's model (default: the one model it lists).
+    #[arg(long, requires = "embedding_endpoint")]
+    embedding_model: Option<String>,
+    /// How memories are retrieved: bm25, dense (cosine over the embedding endpoint's vectors,
+    /// at least agent.dense_min_score) or hybrid (both lists fused by reciprocal rank).
+    /// Default: dense with --embedding-endpoint, otherwise the configuration's (bm25).
+    #[arg(long)]
+    retrieval: Option<memr2_store::Retrieval>,
     /// The environment variable holding the endpoints' API key, sent as a bearer token (the key
     /// itself is never written to the run directory).
     #[arg(long)]
@@ -250,15 +270,49 @@ struct ServedArgs {
 }
 
 impl ServedArgs {
-    /// Puts the endpoints into a configuration.
-    fn apply(&self, served: &mut memr2_trainer::served::ServedConfig) -> Result<()> {
-        if let Some(url) = &self.answerer_endpoint {
-            served.answerer = Some(endpoint(url, self.answerer_model.as_deref(), &self.api_key_env)?);
+    /// The endpoints given, each with its model flag, in `ServedConfig::roles` order.
+    fn given(&self) -> [(Option<&String>, Option<&str>); 4] {
+        [
+            (self.answerer_endpoint.as_ref(), self.answerer_model.as_deref()),
+            (self.judge_endpoint.as_ref(), self.judge_model.as_deref()),
+            (self.teacher_endpoint.as_ref(), self.teacher_model.as_deref()),
+            (self.embedding_endpoint.as_ref(), self.embedding_model.as_deref()),
+        ]
+    }
+
+    /// Puts the endpoints and the retrieval into a configuration; an endpoint given without
+    /// its model keeps the model the configuration names, if any.
+    fn apply(&self, config: &mut TrainConfig) -> Result<()> {
+        let served = &mut config.served;
+        let slots = [
+            &mut served.answerer,
+            &mut served.judge,
+            &mut served.teacher,
+            &mut served.embeddings,
+        ];
+        for (slot, (url, model)) in slots.into_iter().zip(self.given()) {
+            if let Some(url) = url {
+                let model = model
+                    .map(str::to_string)
+                    .or_else(|| slot.as_ref().map(|e| e.model.clone()));
+                *slot = Some(endpoint(url, model.as_deref(), &self.api_key_env)?);
+            }
         }
-        if let Some(url) = &self.judge_endpoint {
-            served.judge = Some(endpoint(url, self.judge_model.as_deref(), &self.api_key_env)?);
+        match self.retrieval {
+            Some(retrieval) => config.agent.retrieval = retrieval,
+            None if self.embedding_endpoint.is_some()
+                && config.agent.retrieval == memr2_store::Retrieval::Bm25 =>
+            {
+                config.agent.retrieval = memr2_store::Retrieval::Dense;
+            }
+            None => {}
         }
         Ok(())
+    }
+
+    /// Whether any endpoint or the retrieval is given.
+    fn any(&self) -> bool {
+        self.given().iter().any(|(url, _)| url.is_some()) || self.retrieval.is_some()
     }
 }
 
@@ -336,6 +390,16 @@ enum DataCommand {
         /// Synthetic world size.
         #[arg(long, value_enum, default_value_t = Preset::Default)]
         preset: Preset,
+        /// An OpenAI-compatible embedding endpoint: the retrieval ceiling is then printed for
+        /// dense and hybrid retrieval beside BM25.
+        #[arg(long)]
+        embedding_endpoint: Option<String>,
+        /// The embedding endpoint's model (default: the one model it lists).
+        #[arg(long, requires = "embedding_endpoint")]
+        embedding_model: Option<String>,
+        /// The environment variable holding the endpoint's API key.
+        #[arg(long)]
+        api_key_env: Option<String>,
     },
 }
 
@@ -478,8 +542,20 @@ fn real_main() -> Result<()> {
             with_backend!(args.backend, |B, device| inspect_command::<B>(&args, &device))
         }
         Command::Data {
-            command: DataCommand::Stats { data, preset },
-        } => data_stats(data, preset),
+            command:
+                DataCommand::Stats {
+                    data,
+                    preset,
+                    embedding_endpoint,
+                    embedding_model,
+                    api_key_env,
+                },
+        } => {
+            let embeddings = embedding_endpoint
+                .map(|url| endpoint(&url, embedding_model.as_deref(), &api_key_env))
+                .transpose()?;
+            data_stats(data, preset, embeddings)
+        }
         Command::Drift {
             command: DriftCommand::Scan { tools },
         } => drift_scan(&tools),
@@ -769,7 +845,7 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     if let Some(s) = args.shards {
         config.shards = s;
     }
-    args.served.apply(&mut config.served)?;
+    args.served.apply(&mut config)?;
     if config.served.answerer.is_some() && args.answerer_epochs.is_none() {
         // A served answerer is not tuned.
         config.answerer.epochs = 0;
@@ -783,20 +859,9 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
 /// endpoint, so a moved endpoint answers afresh what the old one had answered.
 fn resumed_config(run: &RunDir, served: &ServedArgs) -> Result<TrainConfig> {
     let mut config = TrainConfig::from_file(&run.config())?;
-    if served.answerer_endpoint.is_some() || served.judge_endpoint.is_some() {
+    if served.any() {
         // Unless named again, the models are the ones the run was using.
-        let served = ServedArgs {
-            answerer_model: served
-                .answerer_model
-                .clone()
-                .or_else(|| config.served.answerer.as_ref().map(|e| e.model.clone())),
-            judge_model: served
-                .judge_model
-                .clone()
-                .or_else(|| config.served.judge.as_ref().map(|e| e.model.clone())),
-            ..served.clone()
-        };
-        served.apply(&mut config.served)?;
+        served.apply(&mut config)?;
         config.validate()?;
         std::fs::write(run.config(), serde_json::to_string_pretty(&config)?)
             .with_context(|| format!("cannot write {}", run.config().display()))?;
@@ -927,7 +992,9 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
     if let Some(e) = args.episodes {
         config.eval.test_episodes = e;
     }
-    args.served.apply(&mut config.served)?;
+    args.served.apply(&mut config)?;
+    config.validate()?;
+    train::attach_embedder(&mut config, &run.served_cache())?;
     let env = environment(&config.data)?;
     let data = Splits::of(env.as_ref())?;
     let tokenizer = Tokenizer::from_file(&run.tokenizer())?;
@@ -984,7 +1051,8 @@ fn inspect_command<B: AutodiffBackend>(args: &InspectArgs, device: &B::Device) -
     use memr2_trainer::agent::{Agent, RolloutSampling, RolloutState, SessionJob, run_sessions};
     use rand::SeedableRng;
     let run = RunDir(args.checkpoint.clone());
-    let config = TrainConfig::from_file(&run.config())?;
+    let mut config = TrainConfig::from_file(&run.config())?;
+    train::attach_embedder(&mut config, &run.served_cache())?;
     let env = environment(&config.data)?;
     let data = Splits::of(env.as_ref())?;
     let tokenizer = Tokenizer::from_file(&run.tokenizer())?;
@@ -1007,7 +1075,7 @@ fn inspect_command<B: AutodiffBackend>(args: &InspectArgs, device: &B::Device) -
         tokenizer: &tokenizer,
         config: &config.agent,
     };
-    let mut state = RolloutState::new();
+    let mut state = RolloutState::new(&config.agent);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
     let sampling = RolloutSampling {
         temperature: 0.0,
@@ -1072,7 +1140,11 @@ fn inspect_command<B: AutodiffBackend>(args: &InspectArgs, device: &B::Device) -
     Ok(())
 }
 
-fn data_stats(data: Option<PathBuf>, preset: Preset) -> Result<()> {
+fn data_stats(
+    data: Option<PathBuf>,
+    preset: Preset,
+    embeddings: Option<memr2_openai::client::Endpoint>,
+) -> Result<()> {
     // LoCoMo: every conversation and question, adversarial ones included, as the file has them.
     if let Some(path) = &data
         && let Ok(locomo) = memr2_sim::Locomo::load(path)
@@ -1134,15 +1206,36 @@ fn data_stats(data: Option<PathBuf>, preset: Preset) -> Result<()> {
         println!("{probes} probes of the task {}", env.task().name());
         return Ok(());
     }
-    let agent = TrainConfig::preset(preset).agent;
-    let ceiling = memr2_trainer::eval::retrieval_ceiling(&env.episodes(Split::Test), &agent);
+    let mut agent = TrainConfig::preset(preset).agent;
+    let modes = match embeddings {
+        None => vec![memr2_store::Retrieval::Bm25],
+        Some(endpoint) => {
+            let embedder = memr2_trainer::served::ServedEmbedder::connect(endpoint, None)?;
+            agent.embedder = memr2_trainer::config::EmbedderSlot::served(std::sync::Arc::new(embedder));
+            memr2_store::Retrieval::ALL.to_vec()
+        }
+    };
+    let test = env.episodes(Split::Test);
     println!(
-        "oracle memory, test split, answerable questions ({}): answer in some memory {:.1}%, \
-         in the answerer's top-{} {:.1}%",
-        ceiling.questions,
-        100.0 * ceiling.in_memory,
-        agent.answer_top_k,
-        100.0 * ceiling.in_prompt
+        "\noracle memory, test split, answerable questions: is the answer in some memory, and in \
+         the answerer's top {} (dense: cosine at least {})?\n",
+        agent.answer_top_k, agent.dense_min_score
     );
+    println!(
+        "| retrieval | questions | in some memory | in the answerer's top {} |",
+        agent.answer_top_k
+    );
+    println!("|---|---:|---:|---:|");
+    for mode in modes {
+        agent.retrieval = mode;
+        let ceiling = memr2_trainer::eval::retrieval_ceiling(&test, &agent);
+        agent.embedder.check()?;
+        println!(
+            "| {mode} | {} | {:.1}% | {:.1}% |",
+            ceiling.questions,
+            100.0 * ceiling.in_memory,
+            100.0 * ceiling.in_prompt
+        );
+    }
     Ok(())
 }

@@ -9,8 +9,9 @@
 //! out. An endpoint that fails after its retries fails the run with the cause, at the end of the
 //! step, validation or evaluation that called it, before anything of that unit is written.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use burn::prelude::{Backend, Bool, Int, Tensor};
 use burn::tensor::TensorData;
@@ -21,6 +22,7 @@ use memr2_openai::wire::{ChatMessage, ChatRequest};
 use memr2_policy::Transformer;
 use memr2_policy::roles::ChatPrompt;
 use memr2_policy::tokenizer::Tokenizer;
+use memr2_store::Embedder;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -38,12 +40,33 @@ pub struct ServedConfig {
     /// The LLM judge of the final evaluation: J per category beside F1 (`crate::judge`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<Endpoint>,
+    /// The teacher that writes the warm start's extractor and manager examples for an
+    /// environment without gold facts (`crate::teacher`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<Endpoint>,
+    /// The embedding model of dense and hybrid retrieval ([`ServedEmbedder`],
+    /// `agent.retrieval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<Endpoint>,
 }
 
 impl ServedConfig {
     /// Whether no model is served.
     pub fn is_empty(&self) -> bool {
-        self.answerer.is_none() && self.judge.is_none()
+        self.answerer.is_none() && self.judge.is_none() && self.teacher.is_none() && self.embeddings.is_none()
+    }
+
+    /// Each served model with its role, in a fixed order.
+    pub fn roles(&self) -> Vec<(&'static str, &Endpoint)> {
+        [
+            ("answerer", &self.answerer),
+            ("judge", &self.judge),
+            ("teacher", &self.teacher),
+            ("embeddings", &self.embeddings),
+        ]
+        .into_iter()
+        .filter_map(|(role, endpoint)| Some((role, endpoint.as_ref()?)))
+        .collect()
     }
 }
 
@@ -98,11 +121,7 @@ impl ServedModel {
     pub fn check(&self) -> Result<(), TrainError> {
         match self.failure.lock().expect("not poisoned").take() {
             None => Ok(()),
-            Some(reason) => Err(TrainError::Endpoint {
-                role: self.role,
-                url: self.client.endpoint().base_url.clone(),
-                reason,
-            }),
+            Some(reason) => Err(self.error(reason)),
         }
     }
 
@@ -116,12 +135,130 @@ impl ServedModel {
         &self.client
     }
 
+    /// An error of this model's role and endpoint.
+    fn error(&self, reason: String) -> TrainError {
+        TrainError::Endpoint {
+            role: self.role,
+            url: self.client.endpoint().base_url.clone(),
+            reason,
+        }
+    }
+
     /// Records a failure (the first one is kept).
     pub fn fail(&self, reason: String) {
         let mut failure = self.failure.lock().expect("not poisoned");
         if failure.is_none() {
             tracing::error!(role = self.role, %reason, "served model failed");
             *failure = Some(reason);
+        }
+    }
+}
+
+/// Largest number of floats [`ServedEmbedder`] keeps in memory (1 GiB); past it the memo is
+/// emptied and refilled from the run's cache.
+const EMBED_MEMO_FLOATS: usize = 1 << 28;
+
+/// An embedding model behind an endpoint, as the memory store's [`Embedder`]: vectors are
+/// kept in memory by text and on disk in the run's cache text by text
+/// ([`Client::embed_each`]), so each distinct text is sent once, and
+/// [`Embedder::prepare`] sends a round's new texts in one request. A failure is recorded for
+/// [`ServedEmbedder::check`] (the run fails at the end of the unit that met it) and the
+/// operation or search that needed the vector changes nothing.
+pub struct ServedEmbedder {
+    model: ServedModel,
+    dim: usize,
+    memo: Mutex<HashMap<String, Arc<[f32]>>>,
+}
+
+impl ServedEmbedder {
+    /// Connects (as [`ServedModel::connect`]) and learns the dimension from one embedding.
+    pub fn connect(endpoint: Endpoint, cache_dir: Option<&Path>) -> Result<Self, TrainError> {
+        let model = ServedModel::connect("embeddings", endpoint, cache_dir)?;
+        let probe = model
+            .client
+            .embed_each(&["memory".to_string()])
+            .map_err(|e| model.error(e.to_string()))?;
+        let dim = probe.first().map_or(0, Vec::len);
+        if dim == 0 {
+            return Err(model.error("the endpoint returned an empty embedding".to_string()));
+        }
+        Ok(Self {
+            model,
+            dim,
+            memo: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The first failure since the last check, as the run's error.
+    pub fn check(&self) -> Result<(), TrainError> {
+        self.model.check()
+    }
+
+    /// Requests, cache hits, retries, errors and tokens so far.
+    pub fn stats(&self) -> ClientStats {
+        self.model.stats()
+    }
+
+    /// Fetches the vectors of the texts not in memory yet, in one call of the client.
+    fn fetch(&self, texts: &[&str]) -> Result<(), String> {
+        let missing: Vec<String> = {
+            let memo = self.memo.lock().expect("not poisoned");
+            let mut missing: Vec<String> = texts
+                .iter()
+                .filter(|t| !memo.contains_key(**t))
+                .map(|t| t.to_string())
+                .collect();
+            missing.sort_unstable();
+            missing.dedup();
+            missing
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let vectors = self
+            .model
+            .client
+            .embed_each(&missing)
+            .map_err(|e| e.to_string())?;
+        let mut memo = self.memo.lock().expect("not poisoned");
+        if (memo.len() + missing.len()) * self.dim > EMBED_MEMO_FLOATS {
+            memo.clear();
+        }
+        for (text, vector) in missing.into_iter().zip(vectors) {
+            if vector.len() != self.dim {
+                return Err(format!(
+                    "an embedding has dimension {}, the first one had {}",
+                    vector.len(),
+                    self.dim
+                ));
+            }
+            memo.insert(text, vector.into());
+        }
+        Ok(())
+    }
+}
+
+impl Embedder for ServedEmbedder {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn embed(&self, text: &str) -> Result<Vec<f32>, String> {
+        if let Some(vector) = self.memo.lock().expect("not poisoned").get(text) {
+            return Ok(vector.to_vec());
+        }
+        self.fetch(&[text]).inspect_err(|e| self.model.fail(e.clone()))?;
+        self.memo
+            .lock()
+            .expect("not poisoned")
+            .get(text)
+            .map(|v| v.to_vec())
+            .ok_or_else(|| "the embedding was evicted as soon as it was fetched".to_string())
+    }
+
+    fn prepare(&self, texts: &[&str]) {
+        if let Err(e) = self.fetch(texts) {
+            self.model.fail(e);
         }
     }
 }

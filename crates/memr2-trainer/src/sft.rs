@@ -11,11 +11,14 @@ use memr2_policy::{Transformer, completion_logprobs};
 use memr2_sim::{
     Episode, OracleOp, Response, Task, Teacher, TeacherConfig, UNKNOWN_ANSWER, normalize_answer,
 };
-use memr2_store::{Operation, Snapshot, Store};
+use memr2_store::{Operation, Snapshot};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::agent::{answer_prompt, extractor_prompt_for, memory_texts, request_prompt, retrieve};
+use crate::agent::{
+    answer_prompt, extractor_prompt_for, memory_texts, new_store, prepare_embeddings, request_prompt,
+    retrieve,
+};
 use crate::config::AgentConfig;
 use crate::update::length_bucketed;
 
@@ -40,12 +43,13 @@ pub fn teacher_replay(
     cfg: &AgentConfig,
 ) -> (Vec<TeacherExample>, Vec<Snapshot>) {
     let mut examples = Vec::new();
-    let mut store = Store::new();
+    let mut store = new_store(cfg);
     let mut snapshots = vec![store.snapshot()];
     for session in episode.sessions.iter().take(horizon) {
         for chunk in session.chunks(cfg.chunks_per_session) {
             let mut facts = teacher.facts(episode, chunk);
             facts.truncate(cfg.max_facts_per_chunk);
+            prepare_embeddings(cfg, facts.iter().map(|f| f.text.as_str()));
             let extracted: Vec<ExtractedFact> = facts
                 .iter()
                 .map(|f| ExtractedFact {
@@ -60,7 +64,7 @@ pub fn teacher_replay(
                 completion: roles::render_facts(&extracted),
             });
             for fact in &facts {
-                let shown = retrieve(&store, &fact.text, cfg.manager_top_k, cfg.min_score);
+                let shown = retrieve(&store, &fact.text, cfg);
                 let pairs: Vec<(String, String)> =
                     shown.iter().map(|(a, _, t)| (a.clone(), t.clone())).collect();
                 let ops = teacher.operations(fact, &pairs);

@@ -104,6 +104,10 @@ pub struct StepMetrics {
     /// its resumption) started; absent when the answerer is a model of the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_answerer: Option<memr2_openai::client::ClientStats>,
+    /// Requests, cache hits, errors and tokens of the served embedding model so far, when
+    /// retrieval uses one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_embeddings: Option<memr2_openai::client::ClientStats>,
     /// Mean entries in a final memory.
     pub memory_entries: f64,
     /// Mean whitespace tokens in a final memory.
@@ -223,10 +227,12 @@ where
     let collected = collect(&agent, &answerer, ctx.task, &counter, cfg, episodes, rng)?;
     // A served answerer that failed leaves rewards that mean nothing: stop before the update.
     ctx.answerer.check()?;
+    cfg.agent.embedder.check()?;
     let mut metrics = collected.metrics;
     if let Answerer::Served(served) = ctx.answerer {
         metrics.served_answerer = Some(served.stats());
     }
+    metrics.served_embeddings = cfg.agent.embedder.stats();
     metrics.learning_rate = learning_rate;
 
     // 5. The update.
@@ -271,7 +277,10 @@ pub fn collect(
 
     // 1. Global rollouts, all sessions, in lockstep across episodes and rollouts.
     let rollout_start = Instant::now();
-    let mut global: Vec<Vec<RolloutState>> = episodes.iter().map(|_| vec![RolloutState::new(); n]).collect();
+    let mut global: Vec<Vec<RolloutState>> = episodes
+        .iter()
+        .map(|_| vec![RolloutState::new(policy.config()); n])
+        .collect();
     let sampling = RolloutSampling {
         temperature: cfg.rl.temperature,
         top_p: cfg.rl.top_p,

@@ -6,6 +6,7 @@
 //! Every phase checkpoints so that `resume` continues exactly where a killed run stopped.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
@@ -15,14 +16,14 @@ use burn::tensor::backend::AutodiffBackend;
 use memr2_policy::roles::Role;
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{Transformer, TransformerConfig};
-use memr2_sim::{Environment, Episode, Task, TeacherConfig};
+use memr2_sim::{Environment, Episode, TeacherConfig};
 use rand::SeedableRng;
 use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::TrainError;
 use crate::checkpoint::{self, Phase, TrainState};
-use crate::config::{ModelSpec, SftConfig, TrainConfig};
+use crate::config::{AgentConfig, EmbedderSlot, ModelSpec, SftConfig, TrainConfig};
 use crate::data::{Splits, environment};
 use crate::eval::{
     Evaluation, MemorySource, ORACLE_ROW, Scores, Unavailable, evaluate, evaluate_judged, extraction_score,
@@ -30,12 +31,13 @@ use crate::eval::{
 use crate::judge::Judge;
 use crate::metrics::MetricsLog;
 use crate::report::{self, EvaluationRecord, NO_MEMORY_ROW, SFT_ROW};
-use crate::served::{Answerer, ServedModel};
+use crate::served::{Answerer, ServedEmbedder, ServedModel};
 use crate::sft::{
     EpochSettings, TeacherExample, TokenizedExample, answerer_corpus, answerer_horizons, build_examples,
     fit_context, sft_epoch, task_examples, tokenize,
 };
 use crate::step::{StepContext, StepMetrics, rl_step};
+use crate::teacher::ServedTeacher;
 
 /// What the caller (the binary's progress bar) is told as the run goes.
 pub enum Event<'a> {
@@ -142,21 +144,59 @@ pub fn teacher_config(config: &TrainConfig) -> TeacherConfig {
     }
 }
 
-/// The warm start's corpus: the imperfect teacher's extractor, manager and answerer examples,
-/// and the task's own teacher examples when it has a teacher. The tokenizer of the built-in
-/// model is trained on the same texts.
-fn warm_start_examples(config: &TrainConfig, data: &Splits, task: &dyn Task) -> Vec<TeacherExample> {
+/// Where the warm start's examples come from: the environment (its gold facts make the
+/// imperfect and the perfect teachers) and, when one is served, a teacher model.
+#[derive(Clone, Copy)]
+struct Teachers<'a> {
+    env: &'a dyn Environment,
+    served: Option<&'a ServedTeacher>,
+}
+
+impl Teachers<'_> {
+    /// Answerer examples at `horizons`: over the perfect teacher's memory where there are gold
+    /// facts, otherwise over the served teacher's.
+    fn answerer_examples(
+        self,
+        data: &Splits,
+        horizons: &[usize],
+        agent: &AgentConfig,
+    ) -> Result<Vec<TeacherExample>, TrainError> {
+        match self.served {
+            Some(teacher) if !self.env.capabilities().gold_facts => {
+                Ok(teacher.traces(&data.train, horizons, agent)?.answerer)
+            }
+            _ => Ok(answerer_corpus(&data.train, horizons, agent)),
+        }
+    }
+}
+
+/// The warm start's corpus: extractor and manager examples from the served teacher when there
+/// is one, otherwise from the environment's imperfect teacher; answerer examples at every
+/// curriculum horizon ([`Teachers::answerer_examples`]); and, where there are gold facts, the
+/// task's own teacher examples when it has a teacher. The tokenizer of the built-in model is
+/// trained on the same texts.
+fn warm_start_examples(
+    config: &TrainConfig,
+    data: &Splits,
+    teachers: Teachers<'_>,
+) -> Result<Vec<TeacherExample>, TrainError> {
     let agent = &config.agent;
-    let mut examples = build_examples(
-        &data.train,
-        &config.curriculum.horizons,
-        &teacher_config(config),
-        agent,
-        config.seed,
-    );
-    let horizon = config.curriculum.max_horizon();
-    examples.extend(task_examples(&data.train, horizon, task, agent, config.seed));
-    examples
+    let horizons = &config.curriculum.horizons;
+    let mut examples = match teachers.served {
+        None => build_examples(&data.train, horizons, &teacher_config(config), agent, config.seed),
+        Some(teacher) => {
+            let mut examples = teacher.traces(&data.train, horizons, agent)?.examples;
+            examples.extend(teachers.answerer_examples(data, horizons, agent)?);
+            examples
+        }
+    };
+    if teachers.env.capabilities().gold_facts {
+        let horizon = config.curriculum.max_horizon();
+        let task = teachers.env.task();
+        examples.extend(task_examples(&data.train, horizon, task, agent, config.seed));
+    }
+    agent.embedder.check()?;
+    Ok(examples)
 }
 
 /// Trains (or loads) the tokenizer of a run.
@@ -164,7 +204,7 @@ fn tokenizer_for(
     config: &TrainConfig,
     run: &RunDir,
     data: &Splits,
-    task: &dyn Task,
+    teachers: Teachers<'_>,
 ) -> Result<Tokenizer, TrainError> {
     if run.tokenizer().exists() {
         return Ok(Tokenizer::from_file(&run.tokenizer())?);
@@ -173,7 +213,7 @@ fn tokenizer_for(
         ModelSpec::Pretrained { dir } => Tokenizer::from_dir(dir)?,
         ModelSpec::Tiny { vocab_size, .. } => {
             let _span = tracing::info_span!("tokenizer").entered();
-            let examples = warm_start_examples(config, data, task);
+            let examples = warm_start_examples(config, data, teachers)?;
             let mut corpus: Vec<String> = Vec::new();
             for e in &examples {
                 corpus.push(e.prompt.system.clone());
@@ -338,7 +378,7 @@ pub fn run_with<B: AutodiffBackend>(
     observe: &mut dyn FnMut(Event<'_>),
 ) -> Result<RunReport, TrainError> {
     let run = RunDir(options.dir.clone());
-    let config = if options.resume {
+    let mut config = if options.resume {
         TrainConfig::from_file(&run.config())?
     } else {
         config.validate()?;
@@ -346,11 +386,13 @@ pub fn run_with<B: AutodiffBackend>(
     };
     check_capabilities(env, &config, options)?;
     // Served models answer before any work starts, not after the warm start.
-    for (role, endpoint) in [
-        ("answerer", &config.served.answerer),
-        ("judge", &config.served.judge),
-    ] {
-        if let Some(endpoint) = endpoint {
+    for (role, endpoint) in config.served.roles() {
+        if role == "teacher" && !teacher_needed(&config, options, &run) {
+            continue;
+        }
+        if role == "embeddings" {
+            ServedEmbedder::connect(endpoint.clone(), None)?;
+        } else {
             ServedModel::connect(role, endpoint.clone(), None)?;
         }
     }
@@ -358,7 +400,19 @@ pub fn run_with<B: AutodiffBackend>(
     if !options.resume {
         create_run_dir::<B>(&run, &config, options, device)?;
     }
-    let tokenizer = tokenizer_for(&config, &run, &data, env.task())?;
+    attach_embedder(&mut config, &run.served_cache())?;
+    let teacher = match &config.served.teacher {
+        Some(endpoint) if teacher_needed(&config, options, &run) => Some(ServedTeacher::connect(
+            endpoint.clone(),
+            Some(&run.served_cache()),
+        )?),
+        _ => None,
+    };
+    let teachers = Teachers {
+        env,
+        served: teacher.as_ref(),
+    };
+    let tokenizer = tokenizer_for(&config, &run, &data, teachers)?;
     let mut training = start_or_resume::<B>(&config, options, run, &tokenizer, device)?;
     tracing::info!(
         parameters = training.arch.num_parameters(),
@@ -371,7 +425,7 @@ pub fn run_with<B: AutodiffBackend>(
         training = warm_start(
             training,
             &config,
-            env.task(),
+            teachers,
             &data,
             &tokenizer,
             epochs_done,
@@ -382,7 +436,7 @@ pub fn run_with<B: AutodiffBackend>(
         training = tune_answerer(
             training,
             &config,
-            env,
+            teachers,
             &data,
             &tokenizer,
             epochs_done,
@@ -403,13 +457,38 @@ pub fn run_with<B: AutodiffBackend>(
     evaluation(&training, &config, env, &data, &tokenizer, &frozen, observe)
 }
 
+/// Connects the embedding model a configuration serves (`served.embeddings`), caching its
+/// vectors in `cache`, and attaches it to `config.agent`, so that every memory made with that
+/// agent configuration carries it. Does nothing when no embedding model is served.
+pub fn attach_embedder(config: &mut TrainConfig, cache: &Path) -> Result<(), TrainError> {
+    if let Some(endpoint) = &config.served.embeddings {
+        let embedder = ServedEmbedder::connect(endpoint.clone(), Some(cache))?;
+        config.agent.embedder = EmbedderSlot::served(Arc::new(embedder));
+    }
+    Ok(())
+}
+
+/// Whether the phases a teacher writes examples for are still to run: the tokenizer of the
+/// built-in model, the warm start, the answerer's tuning. A phase is skipped when the run it
+/// starts from (or the run being resumed) has its checkpoint already.
+fn teacher_needed(config: &TrainConfig, options: &RunOptions, run: &RunDir) -> bool {
+    let from = match (&options.init_from, options.resume) {
+        (Some(dir), _) => RunDir(dir.clone()),
+        _ => RunDir(run.0.clone()),
+    };
+    let tokenizer = matches!(config.model, ModelSpec::Tiny { .. }) && !run.tokenizer().exists();
+    let sft = config.sft.epochs > 0 && !from.checkpoint("sft").exists();
+    let answerer = config.answerer.epochs > 0 && !from.checkpoint("answerer").exists();
+    tokenizer || sft || answerer
+}
+
 /// Refuses, before any work, what the environment cannot support.
 fn check_capabilities(
     env: &dyn Environment,
     config: &TrainConfig,
     options: &RunOptions,
 ) -> Result<(), TrainError> {
-    if env.capabilities().gold_facts {
+    if env.capabilities().gold_facts || config.served.teacher.is_some() {
         return Ok(());
     }
     let missing = |needed_by: &str, fix: &str| TrainError::Capability {
@@ -429,14 +508,16 @@ fn check_capabilities(
     if config.sft.epochs > 0 && !done("sft") {
         return Err(missing(
             "the supervised warm start (its extractor and manager examples are written from them)",
-            "pass --sft-epochs 0 --answerer-epochs 0 to start RL from the initial model, or \
+            "pass --teacher-endpoint URL --teacher-model NAME to have a served model write them, \
+             --sft-epochs 0 --answerer-epochs 0 to start RL from the initial model, or \
              --init-from RUN to start from another run's warm start",
         ));
     }
     if config.answerer.epochs > 0 && !done("answerer") {
         return Err(missing(
             "the answerer's tuning (it answers from the memory the gold facts make)",
-            "pass --answerer-epochs 0 to let the warm-start model answer",
+            "pass --teacher-endpoint URL --teacher-model NAME to tune it on a served teacher's \
+             memory, or --answerer-epochs 0 to let the warm-start model answer",
         ));
     }
     Ok(())
@@ -608,7 +689,7 @@ fn supervised_epochs<B: AutodiffBackend>(
 fn warm_start<B: AutodiffBackend>(
     training: Training<B>,
     config: &TrainConfig,
-    task: &dyn Task,
+    teachers: Teachers<'_>,
     data: &Splits,
     tokenizer: &Tokenizer,
     epochs_done: usize,
@@ -617,12 +698,17 @@ fn warm_start<B: AutodiffBackend>(
     let horizons = &config.curriculum.horizons;
     // The answerer's examples stay in the warm start even when it has a phase of its own:
     // without them the extractor learns to copy more slowly (docs/RESULTS.md).
-    let examples = warm_start_examples(config, data, task);
+    let examples = warm_start_examples(config, data, teachers)?;
     let tokens = fit_context(tokenize(&examples, tokenizer), training.model.max_positions());
     log_corpus("sft", &tokens);
-    // How well the extractor copies facts out of the turns, on validation conversations.
+    // How well the extractor copies facts out of the turns, on validation conversations (where
+    // there are gold facts to compare with).
+    let gold_facts = teachers.env.capabilities().gold_facts;
     let probe_episodes = at_horizon(&data.validation, horizons[0], config.eval.validation_episodes);
     let mut probe = |model: &Transformer<B::InnerBackend>, _: &mut ChaCha8Rng| {
+        if !gold_facts {
+            return serde_json::Map::new();
+        }
         let extraction = extraction_score(model, tokenizer, &config.agent, &probe_episodes);
         let mut record = serde_json::Map::new();
         record.insert(
@@ -652,13 +738,13 @@ fn warm_start<B: AutodiffBackend>(
 }
 
 /// The frozen answerer: the warm-start weights tuned on answerer examples alone, judged after
-/// each epoch by how well it answers the validation probes from the oracle's memory. The
-/// policy then goes back to the warm-start weights.
+/// each epoch by how well it answers the validation probes from the oracle's memory (where
+/// there are gold facts) and from none. The policy then goes back to the warm-start weights.
 #[allow(clippy::too_many_arguments)]
 fn tune_answerer<B: AutodiffBackend>(
     training: Training<B>,
     config: &TrainConfig,
-    env: &dyn Environment,
+    teachers: Teachers<'_>,
     data: &Splits,
     tokenizer: &Tokenizer,
     epochs_done: usize,
@@ -667,18 +753,19 @@ fn tune_answerer<B: AutodiffBackend>(
 ) -> Result<Training<B>, TrainError> {
     let a = &config.answerer;
     let max = config.curriculum.horizons.iter().copied().max().unwrap_or(0);
-    let mut examples = answerer_corpus(
-        &data.train,
-        &answerer_horizons(max, a.horizon_stride),
-        &config.agent,
-    );
-    examples.extend(task_examples(
-        &data.train,
-        max,
-        env.task(),
-        &config.agent,
-        config.seed,
-    ));
+    let env = teachers.env;
+    let gold_facts = env.capabilities().gold_facts;
+    let horizons = answerer_horizons(max, a.horizon_stride);
+    let mut examples = teachers.answerer_examples(data, &horizons, &config.agent)?;
+    if gold_facts {
+        examples.extend(task_examples(
+            &data.train,
+            max,
+            env.task(),
+            &config.agent,
+            config.seed,
+        ));
+    }
     let tokens = fit_context(tokenize(&examples, tokenizer), training.model.max_positions());
     log_corpus("answerer", &tokens);
     let validation = at_horizon(&data.validation, max, usize::MAX);
@@ -695,10 +782,14 @@ fn tune_answerer<B: AutodiffBackend>(
             )
             .f1()
         };
-        let (oracle_f1, no_memory_f1) = (score(MemorySource::Oracle), score(MemorySource::Empty));
         let mut record = serde_json::Map::new();
-        record.insert("validation_oracle_f1".into(), oracle_f1.into());
-        record.insert("validation_no_memory_f1".into(), no_memory_f1.into());
+        if gold_facts {
+            record.insert("validation_oracle_f1".into(), score(MemorySource::Oracle).into());
+        }
+        record.insert(
+            "validation_no_memory_f1".into(),
+            score(MemorySource::Empty).into(),
+        );
         record
     };
     let spec = Supervised {
@@ -822,6 +913,7 @@ fn curriculum<B: AutodiffBackend>(
             let started = std::time::Instant::now();
             let f1 = score(model, rng);
             context.answerer.check()?;
+            config.agent.embedder.check()?;
             Ok((f1, started.elapsed().as_secs_f64()))
         };
         if steps_done == 0 {
@@ -1003,6 +1095,7 @@ pub fn final_evaluation<B: Backend>(
                 &mut rng,
             );
             answerer.check()?;
+            config.agent.embedder.check()?;
             judge.map(Judge::check).transpose()?;
             evaluation.rows.push((name.to_string(), scores));
         }

@@ -1,7 +1,8 @@
 //! Served models end to end, against a real `memr2 serve` process on loopback: a run's answerer
 //! served over HTTP answers (and judges) an evaluation as the in-process answerer does; the
 //! response cache replays it once the server is gone; a server that is gone fails a new
-//! request with a clear error; SIGTERM shuts the server down cleanly.
+//! request with a clear error; SIGTERM shuts the server down cleanly; a served teacher
+//! warm-starts data without gold facts, with a served embedding model for retrieval.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -11,14 +12,18 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use memr2_openai::client::Endpoint;
 use memr2_openai::server::{ChatModel, Completion, Server, ServerConfig};
+use memr2_policy::roles::{self, ExtractedFact, MemoryOperation};
 use memr2_trainer::checkpoint;
 use memr2_trainer::config::{CurriculumConfig, EvalConfig, TrainConfig};
 use memr2_trainer::data::{Splits, environment};
 use memr2_trainer::eval::{Evaluation, MemorySource, final_memories, probe_responses};
 use memr2_trainer::judge::Judge;
 use memr2_trainer::served::{Answerer, ServedModel};
+use memr2_trainer::sft::TeacherExample;
 use memr2_trainer::train::{self, RunDir, RunOptions, run};
 
 type B = Autodiff<Flex>;
@@ -358,4 +363,250 @@ fn a_run_whose_served_answerer_dies_fails_clearly_and_resumes_to_the_same_metric
     let b = deterministic(MetricsLog::read(&killed.dir.join("metrics.jsonl")).unwrap());
     assert_eq!(a, b);
     assert!(a.iter().filter(|r| r.get("reward_global").is_some()).count() == 2);
+}
+
+/// The synthetic world read without its gold facts, like data a user brings.
+struct WithoutGoldFacts(Box<dyn memr2_sim::Environment>);
+
+impl memr2_sim::Environment for WithoutGoldFacts {
+    fn name(&self) -> &str {
+        "synthetic without gold facts"
+    }
+
+    fn episodes(&self, split: memr2_sim::Split) -> Vec<memr2_sim::Episode> {
+        let mut episodes = self.0.episodes(split);
+        episodes.iter_mut().for_each(|e| e.facts.clear());
+        episodes
+    }
+
+    fn capabilities(&self) -> memr2_sim::Capabilities {
+        memr2_sim::Capabilities {
+            gold_facts: false,
+            ..self.0.capabilities()
+        }
+    }
+}
+
+/// A teacher model that knows the gold facts, behind HTTP: it answers the extractor's prompt
+/// of a chunk with the chunk's gold facts, and the manager's prompt of a fact with the oracle's
+/// operations over the memories shown, as the simulator's perfect teacher does in process.
+struct GoldTeacher {
+    /// Extractor prompt (user message) -> the chunk's facts, rendered.
+    extractor: HashMap<String, String>,
+    /// Fact text -> the fact.
+    facts: HashMap<String, memr2_sim::Fact>,
+}
+
+impl GoldTeacher {
+    fn new(episodes: &[memr2_sim::Episode], cfg: &memr2_trainer::config::AgentConfig) -> Self {
+        let mut teacher = memr2_sim::Teacher::new(memr2_sim::TeacherConfig::perfect(), 0);
+        let (mut extractor, mut facts) = (HashMap::new(), HashMap::new());
+        for episode in episodes {
+            for session in &episode.sessions {
+                for chunk in session.chunks(cfg.chunks_per_session) {
+                    let written = teacher.facts(episode, chunk);
+                    let rendered: Vec<ExtractedFact> = written
+                        .iter()
+                        .map(|f| ExtractedFact {
+                            speaker: f.speaker.clone(),
+                            dia_id: f.dia_id.to_string(),
+                            fact: f.text.clone(),
+                        })
+                        .collect();
+                    let prompt = memr2_trainer::agent::extractor_prompt_for(&session.date, chunk);
+                    extractor.insert(prompt.user, roles::render_facts(&rendered));
+                    facts.extend(written.into_iter().map(|f| (f.text.clone(), f)));
+                }
+            }
+        }
+        Self { extractor, facts }
+    }
+
+    fn reply(&self, user: &str) -> Result<String, String> {
+        if let Some(facts) = self.extractor.get(user) {
+            return Ok(facts.clone());
+        }
+        let mut lines = user.lines();
+        let fact = lines
+            .next()
+            .and_then(|l| l.strip_prefix("fact: "))
+            .and_then(|text| self.facts.get(text))
+            .ok_or_else(|| format!("not a prompt this teacher knows: {user}"))?;
+        let shown: Vec<(String, String)> = lines
+            .skip(1)
+            .filter_map(|l| l.split_once(": "))
+            .map(|(alias, text)| (alias.to_string(), text.to_string()))
+            .collect();
+        let mut teacher = memr2_sim::Teacher::new(memr2_sim::TeacherConfig::perfect(), 0);
+        let operations: Vec<MemoryOperation> = teacher
+            .operations(fact, &shown)
+            .into_iter()
+            .map(|op| match op {
+                memr2_sim::OracleOp::Add { text } => MemoryOperation::Add { text },
+                memr2_sim::OracleOp::Update { alias, text } => MemoryOperation::Update { id: alias, text },
+                memr2_sim::OracleOp::Delete { alias } => MemoryOperation::Delete { id: alias },
+            })
+            .collect();
+        Ok(roles::render_operations(&operations))
+    }
+}
+
+impl ChatModel for GoldTeacher {
+    fn name(&self) -> &str {
+        "gold-teacher"
+    }
+
+    fn complete(&self, batch: &[memr2_openai::wire::ChatRequest]) -> Vec<Result<Completion, String>> {
+        batch
+            .iter()
+            .map(|request| {
+                let user = request
+                    .messages
+                    .iter()
+                    .find(|m| m.role == "user")
+                    .map_or("", |m| m.content.as_str());
+                self.reply(user).map(|text| Completion {
+                    text,
+                    prompt_tokens: 1,
+                    completion_tokens: 1,
+                    finish_reason: "stop".to_string(),
+                })
+            })
+            .collect()
+    }
+
+    fn embed(&self, _texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
+        Err("a teacher, not an embedding model".to_string())
+    }
+}
+
+#[test]
+fn a_served_teacher_warm_starts_data_without_gold_facts_and_served_embeddings_retrieve() {
+    let root = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let base = RunOptions {
+        dir: root.path().join("base"),
+        ..RunOptions::default()
+    };
+    let mut config = tiny_config();
+    config.eval.test_episodes = 1;
+    run::<B>(config.clone(), &base, &device, &mut |_| {}).unwrap();
+    // The trained policy's embeddings, from `memr2 serve`; the teacher, in process.
+    let (mut server, url) = serve(&base.dir);
+    let gold = environment(&config.data).unwrap();
+    let data = Splits::of(gold.as_ref()).unwrap();
+    let horizon = config.curriculum.max_horizon();
+    let train_episodes: Vec<_> = data.train.iter().map(|e| e.with_horizon(horizon)).collect();
+    let teacher_server = Server::start(
+        Arc::new(GoldTeacher::new(&train_episodes, &config.agent)),
+        ServerConfig {
+            addr: "127.0.0.1:0".into(),
+            ..ServerConfig::default()
+        },
+    )
+    .unwrap();
+    let teacher_url = format!("http://{}/v1", teacher_server.addr());
+
+    let env = WithoutGoldFacts(gold);
+    config.data = memr2_trainer::config::DataSpec::External {
+        name: env.0.name().to_string(),
+    };
+    config.sft.epochs = 1;
+    let options = RunOptions {
+        dir: root.path().join("taught"),
+        ..RunOptions::default()
+    };
+    // Without a teacher the warm start is refused, with the way out named.
+    let refused = train::run_with::<B>(&env, config.clone(), &options, &device, &mut |_| {})
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(refused.contains("--teacher-endpoint"), "{refused}");
+    assert!(!options.dir.exists(), "nothing was written");
+
+    config.served.teacher = Some(endpoint(&teacher_url, "gold-teacher"));
+    config.served.embeddings = Some(endpoint(&url, "memr2-policy"));
+    config.agent.retrieval = memr2_store::Retrieval::Hybrid;
+    train::run_with::<B>(&env, config.clone(), &options, &device, &mut |_| {}).unwrap();
+    let run_dir = RunDir(options.dir.clone());
+    let written = TrainConfig::from_file(&run_dir.config()).unwrap();
+    assert_eq!(written.served, config.served);
+    assert_eq!(written.agent.retrieval, memr2_store::Retrieval::Hybrid);
+    let evaluation: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.evaluation()).unwrap()).unwrap();
+    assert!(
+        evaluation.to_string().contains("has no gold facts"),
+        "the oracle row is unavailable, not empty: {evaluation}"
+    );
+    let metrics = std::fs::read_to_string(run_dir.metrics()).unwrap();
+    let step: serde_json::Value = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r.get("served_embeddings").is_some())
+        .expect("a step records the embedding model's calls");
+    assert!(
+        step["served_embeddings"]["requests"].as_u64().unwrap() > 0,
+        "{step}"
+    );
+    assert_eq!(step["served_embeddings"]["errors"], 0, "{step}");
+
+    // Replayed from the run's cache, the served teacher's traces are word for word the
+    // examples the perfect teacher writes in process, over the same (hybrid) retrieval.
+    let mut attached = written.clone();
+    train::attach_embedder(&mut attached, &run_dir.served_cache()).unwrap();
+    let agent = attached.agent;
+    let teacher = memr2_trainer::teacher::ServedTeacher::connect(
+        endpoint(&teacher_url, "gold-teacher"),
+        Some(&run_dir.served_cache()),
+    )
+    .unwrap();
+    let taught = Splits::of(&env).unwrap();
+    let traces = teacher
+        .traces(&taught.train, &config.curriculum.horizons, &agent)
+        .unwrap();
+    assert_eq!(
+        teacher.stats().requests,
+        1,
+        "only the model list went out; the traces replayed from the run's cache"
+    );
+    let stats = traces.stats;
+    assert_eq!(
+        (stats.extractor_unparsed, stats.manager_unparsed),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert!(stats.facts > 0 && stats.operations_applied > 0, "{stats:?}");
+    let in_process: Vec<TeacherExample> = train_episodes
+        .iter()
+        .flat_map(|episode| {
+            let mut perfect = memr2_sim::Teacher::new(memr2_sim::TeacherConfig::perfect(), 0);
+            memr2_trainer::sft::teacher_replay(episode, horizon, &mut perfect, &agent).0
+        })
+        .collect();
+    let view = |examples: &[TeacherExample]| -> Vec<(String, String, String)> {
+        examples
+            .iter()
+            .map(|e| {
+                (
+                    format!("{:?}", e.role),
+                    e.prompt.user.clone(),
+                    e.completion.clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(view(&traces.examples), view(&in_process));
+    assert!(
+        !traces.answerer.is_empty(),
+        "questions answerable from the teacher's memory"
+    );
+
+    // A server that is gone fails the embedding model's connection with the endpoint named.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let err = memr2_trainer::served::ServedEmbedder::connect(endpoint(&url, "memr2-policy"), None)
+        .err()
+        .expect("nothing answers")
+        .to_string();
+    assert!(err.contains("embeddings") && err.contains(&url), "{err}");
 }

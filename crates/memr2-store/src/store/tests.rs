@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::retrieval::RRF_K;
 use crate::tokens::WhitespaceCounter;
 
 fn add(text: &str) -> Operation {
@@ -321,11 +322,11 @@ impl Embedder for LetterEmbedder {
         3
     }
 
-    fn embed(&self, text: &str) -> Vec<f32> {
-        ['a', 'b', 'c']
+    fn embed(&self, text: &str) -> Result<Vec<f32>, String> {
+        Ok(['a', 'b', 'c']
             .iter()
             .map(|l| text.chars().filter(|c| c == l).count() as f32)
-            .collect()
+            .collect())
     }
 }
 
@@ -336,11 +337,13 @@ impl Embedder for BrokenEmbedder {
         2
     }
 
-    fn embed(&self, text: &str) -> Vec<f32> {
-        if text.contains("nan") {
-            vec![f32::NAN, 0.0]
+    fn embed(&self, text: &str) -> Result<Vec<f32>, String> {
+        if text.contains("down") {
+            Err("the service is down".to_string())
+        } else if text.contains("nan") {
+            Ok(vec![f32::NAN, 0.0])
         } else {
-            vec![1.0, 0.0]
+            Ok(vec![1.0, 0.0])
         }
     }
 }
@@ -384,8 +387,83 @@ fn dense_search_uses_the_attached_embedder() {
         broken.apply(add("nan"), 1),
         Err(StoreError::InvalidEmbedding { .. })
     ));
+    assert!(matches!(
+        broken.apply(add("the service is down"), 1),
+        Err(StoreError::Embedder { .. })
+    ));
+    assert!(matches!(
+        broken.search_dense_text("down", 1, 0.0),
+        Err(StoreError::Embedder { .. })
+    ));
     assert_eq!(broken, before);
     assert_eq!(broken.operation_count(), 1);
+}
+
+#[test]
+fn retrieve_answers_by_each_index_and_by_both() {
+    let min = MinScores {
+        bm25: 0.0,
+        dense: 0.1,
+    };
+    let mut store = Store::new();
+    for text in ["aaa lyon", "bbb paris", "ccc lyon", "ab rome"] {
+        store.apply(add(text), 1).unwrap();
+    }
+    let ids = |hits: Vec<Hit>| hits.iter().map(|h| h.id.get()).collect::<Vec<u64>>();
+    assert_eq!(
+        store.retrieve("lyon b", 3, Retrieval::Bm25, min).unwrap(),
+        store.search("lyon b", 3, 0.0)
+    );
+    for mode in [Retrieval::Dense, Retrieval::Hybrid] {
+        assert!(matches!(
+            store.retrieve("lyon", 3, mode, min),
+            Err(StoreError::NoEmbedder)
+        ));
+    }
+    store.set_embedder(Arc::new(LetterEmbedder)).unwrap();
+    // BM25 finds the two memories in Lyon; the letters find "bbb paris", then "ab rome".
+    assert_eq!(
+        ids(store.retrieve("lyon b", 2, Retrieval::Bm25, min).unwrap()),
+        [1, 3]
+    );
+    assert_eq!(
+        ids(store.retrieve("lyon b", 2, Retrieval::Dense, min).unwrap()),
+        [2, 4]
+    );
+    let fused = store.retrieve("lyon b", 2, Retrieval::Hybrid, min).unwrap();
+    let expected = fuse_for_test(
+        &store.search("lyon b", 2, 0.0),
+        &store.search_dense_text("lyon b", 2, 0.1).unwrap(),
+    );
+    assert_eq!(ids(fused.clone()), ids(expected));
+    assert!((fused[0].score - 1.0 / (RRF_K + 1.0)).abs() < 1e-7);
+    // Each list keeps its threshold: nothing is cosine-similar enough to "zzz".
+    assert!(
+        store
+            .retrieve("zzz", 3, Retrieval::Dense, min)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Reciprocal rank fusion written out for two lists.
+fn fuse_for_test(a: &[Hit], b: &[Hit]) -> Vec<Hit> {
+    let mut scores: Vec<(u64, f32)> = Vec::new();
+    for list in [a, b] {
+        for (rank, hit) in list.iter().enumerate() {
+            let add = 1.0 / (RRF_K + rank as f32 + 1.0);
+            match scores.iter_mut().find(|(id, _)| *id == hit.id.get()) {
+                Some(s) => s.1 += add,
+                None => scores.push((hit.id.get(), add)),
+            }
+        }
+    }
+    scores.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+    scores
+        .into_iter()
+        .take(2)
+        .map(|(i, score)| Hit { id: id(i), score })
+        .collect()
 }
 
 #[test]
