@@ -75,6 +75,7 @@ fn main() {
             completion: e.completion.clone(),
             advantage: if i % 2 == 0 { 1.0 } else { -1.0 },
             local: i % 5 == 0,
+            old_logprobs: None,
         })
         .collect();
 
@@ -141,6 +142,10 @@ fn main() {
         }
     }
     if std::env::var("SHARDS_BENCH").is_ok_and(|v| v == "generate") {
+        return;
+    }
+    old_logprobs_table(&model, &reference, &rl, &config, &loss);
+    if std::env::var("SHARDS_BENCH").is_ok_and(|v| v == "old") {
         return;
     }
 
@@ -213,4 +218,66 @@ fn main() {
             rl1 / r
         );
     }
+}
+
+/// The RL update at the preset's shards with its old log-probs recomputed by a forward pass
+/// (`rl.recompute_old_logprobs`) against taken from the sampler (here the same numbers,
+/// computed beforehand): seconds per update, medians of interleaved rounds.
+fn old_logprobs_table(
+    model: &Transformer<B>,
+    reference: &Transformer<Flex>,
+    rl: &[TrainSample],
+    config: &TrainConfig,
+    loss: &LossConfig,
+) {
+    let refs: Vec<&TrainSample> = rl.iter().collect();
+    let recorded: Vec<TrainSample> = rl
+        .iter()
+        .zip(memr2_trainer::update::host_logprobs(
+            &model.valid(),
+            &refs,
+            8,
+            true,
+        ))
+        .map(|(s, old)| TrainSample {
+            old_logprobs: Some(old),
+            ..s.clone()
+        })
+        .collect();
+    let settings = UpdateSettings {
+        loss,
+        epochs: config.rl.logo.ppo_epochs,
+        minibatch_size: config.rl.minibatch_size,
+        learning_rate: 1e-4,
+        max_grad_norm: 1.0,
+        shards: config.shards,
+    };
+    let mut times = [Vec::new(), Vec::new()];
+    for _round in 0..ROUNDS {
+        for (k, samples) in [rl, recorded.as_slice()].into_iter().enumerate() {
+            let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+            let mut rng = ChaCha8Rng::seed_from_u64(1);
+            let start = Instant::now();
+            let _ = ppo_update(
+                model.clone(),
+                &mut optim,
+                Some(reference),
+                samples,
+                &settings,
+                &mut rng,
+            );
+            times[k].push(start.elapsed().as_secs_f64());
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (recomputed, taken) = (median(&mut times[0]), median(&mut times[1]));
+    println!(
+        "RL update, {} samples, {} shards: old log-probs recomputed {recomputed:.2} s, taken from the sampler {taken:.2} s ({:.2}x)",
+        rl.len(),
+        config.shards,
+        recomputed / taken
+    );
 }

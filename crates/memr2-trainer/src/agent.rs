@@ -172,6 +172,8 @@ pub struct GenRecord {
     pub prompt: Vec<u32>,
     /// Completion ids.
     pub completion: Vec<u32>,
+    /// Log-probability of each completion token under the policy that sampled it.
+    pub logprobs: Vec<f32>,
 }
 
 /// Counts of what the manager did.
@@ -480,6 +482,7 @@ fn record(job: &mut SessionJob<'_>, role: Role, out: Generated, keep: bool) {
             session: job.session,
             prompt: out.prompt,
             completion: out.completion,
+            logprobs: out.logprobs,
         });
     }
 }

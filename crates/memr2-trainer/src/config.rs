@@ -223,6 +223,11 @@ pub struct RlConfig {
     /// information. What RL learns should beat a placebo run (absent: false).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub placebo: bool,
+    /// Recompute the update's old log-probs with a forward pass over every sample instead of
+    /// taking those the sampler recorded, which agree with them to rounding (absent: false;
+    /// docs/PERF.md has what it costs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recompute_old_logprobs: bool,
 }
 
 impl RlConfig {
@@ -500,6 +505,7 @@ impl TrainConfig {
                 train_episodes: None,
                 reward_excludes: Vec::new(),
                 placebo: false,
+                recompute_old_logprobs: false,
             },
             curriculum: CurriculumConfig {
                 horizons: vec![8, 16, 32],
@@ -607,16 +613,10 @@ impl TrainConfig {
         Ok(config)
     }
 
-    /// Rejects bad values and bad combinations before any work starts.
-    pub fn validate(&self) -> Result<(), TrainError> {
+    /// Refuses a retrieval that needs embeddings without an embedding model served, and a
+    /// cosine threshold out of range (what an evaluation of a run checks too).
+    pub fn check_retrieval(&self) -> Result<(), TrainError> {
         let bad = |what: String| Err(TrainError::Invalid(what));
-        if self.served.answerer.is_some() && self.answerer.epochs > 0 {
-            return bad(format!(
-                "answerer.epochs is {} but the answerer is served (served.answerer): a served answerer is \
-                 not tuned, set answerer.epochs to 0 (--answerer-epochs 0)",
-                self.answerer.epochs
-            ));
-        }
         if self.agent.retrieval.needs_embedder() && self.served.embeddings.is_none() {
             return bad(format!(
                 "agent.retrieval is {} but no embedding model is served (served.embeddings): pass \
@@ -630,6 +630,20 @@ impl TrainConfig {
                 self.agent.dense_min_score
             ));
         }
+        Ok(())
+    }
+
+    /// Rejects bad values and bad combinations before any work starts.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |what: String| Err(TrainError::Invalid(what));
+        if self.served.answerer.is_some() && self.answerer.epochs > 0 {
+            return bad(format!(
+                "answerer.epochs is {} but the answerer is served (served.answerer): a served answerer is \
+                 not tuned, set answerer.epochs to 0 (--answerer-epochs 0)",
+                self.answerer.epochs
+            ));
+        }
+        self.check_retrieval()?;
         self.rl
             .logo
             .validate()
@@ -854,6 +868,26 @@ mod tests {
         assert!(c.validate().is_err());
         c.eval.validation_sessions = Some(8);
         assert!(c.validate().is_ok());
+        let mut c = TrainConfig::smoke();
+        c.agent.retrieval = Retrieval::Hybrid;
+        let refused = c.validate().unwrap_err().to_string();
+        assert!(refused.contains("--embedding-endpoint"), "{refused}");
+        c.served.embeddings = Some(memr2_openai::client::Endpoint::new("http://127.0.0.1:1/v1", "e"));
+        assert!(c.validate().is_ok());
+        c.agent.dense_min_score = 1.5;
+        assert!(c.check_retrieval().is_err());
+    }
+
+    #[test]
+    fn retrieval_round_trips_and_defaults_to_bm25() {
+        let mut config = TrainConfig::smoke();
+        let text = serde_json::to_string(&config).unwrap();
+        assert!(!text.contains("\"retrieval\""), "bm25 is left out: {text}");
+        config.agent.retrieval = Retrieval::Dense;
+        config.agent.dense_min_score = 0.25;
+        let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
+        assert_eq!(back, config);
+        assert_eq!(back.agent.retrieval, Retrieval::Dense);
     }
 
     #[test]

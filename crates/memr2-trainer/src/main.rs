@@ -993,7 +993,7 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
         config.eval.test_episodes = e;
     }
     args.served.apply(&mut config)?;
-    config.validate()?;
+    config.check_retrieval()?;
     train::attach_embedder(&mut config, &run.served_cache())?;
     let env = environment(&config.data)?;
     let data = Splits::of(env.as_ref())?;

@@ -486,6 +486,9 @@ pub fn collect(
         .collect();
     let mut train = Vec::new();
     let mut generated = 0u64;
+    // The sampler's log-probs are the update's old ones, unless asked to recompute them.
+    let recorded =
+        |rec: &crate::agent::GenRecord| (!cfg.rl.recompute_old_logprobs).then(|| rec.logprobs.clone());
     for (e, rollouts) in global.iter().enumerate() {
         for (r, state) in rollouts.iter().enumerate() {
             metrics.ops.merge(&state.stats.ops);
@@ -507,6 +510,7 @@ pub fn collect(
                         completion: rec.completion.clone(),
                         advantage,
                         local: false,
+                        old_logprobs: recorded(rec),
                     });
                 }
             }
@@ -526,6 +530,7 @@ pub fn collect(
             completion: rec.completion.clone(),
             advantage,
             local: true,
+            old_logprobs: recorded(rec),
         }));
     }
     metrics.rollout_tokens_per_s = generated as f64 / metrics.rollout_s.max(1e-9);

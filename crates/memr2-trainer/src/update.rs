@@ -22,6 +22,11 @@ pub struct TrainSample {
     pub advantage: f32,
     /// Whether it comes from a local (rerollout) group.
     pub local: bool,
+    /// Log-probs of the completion under the policy that sampled it, as generation recorded
+    /// them (untempered, one per completion token), which are the update's old log-probs;
+    /// `None` to have the update recompute them with a forward pass. The two agree to rounding
+    /// (memr2-policy tests that sampled log-probs match teacher forcing).
+    pub old_logprobs: Option<Vec<f32>>,
 }
 
 /// What one update did, averaged over its minibatches.
@@ -139,6 +144,33 @@ pub fn host_logprobs<B: Backend>(
     out
 }
 
+/// The old log-probs of every sample: its recorded ones when they cover its completion, the
+/// others computed under `model` (the policy before the update) in one pass.
+fn old_logprobs<B: Backend>(
+    model: &Transformer<B>,
+    samples: &[TrainSample],
+    chunk: usize,
+    side_by_side: bool,
+) -> Vec<Vec<f32>> {
+    let recorded = |s: &TrainSample| {
+        s.old_logprobs
+            .as_ref()
+            .filter(|l| l.len() == s.completion.len())
+            .cloned()
+    };
+    let missing: Vec<&TrainSample> = samples.iter().filter(|s| recorded(s).is_none()).collect();
+    let computed = if missing.is_empty() {
+        Vec::new()
+    } else {
+        host_logprobs(model, &missing, chunk, side_by_side)
+    };
+    let mut computed = computed.into_iter();
+    samples
+        .iter()
+        .map(|s| recorded(s).unwrap_or_else(|| computed.next().expect("one computed row per missing sample")))
+        .collect()
+}
+
 /// Shuffled minibatches of `size` indices into `lengths`, each of similar sequence lengths so
 /// that little compute goes to padding: the shuffled order is cut into windows of 8
 /// minibatches, each window sorted by length, and the minibatches shuffled.
@@ -186,10 +218,11 @@ where
     }
     let refs: Vec<&TrainSample> = samples.iter().collect();
     let chunk = settings.minibatch_size;
-    // Old log-probs: the current policy before any step, recomputed by the training forward.
-    // Unsharded runs (a GPU) keep these passes on the calling thread too.
+    // Old log-probs: the current policy before any step. Those generation recorded are taken
+    // as they are; the others are computed by the training forward. Unsharded runs (a GPU)
+    // keep these passes on the calling thread too.
     let side_by_side = settings.shards > 1;
-    let old = host_logprobs(&model.valid(), &refs, chunk, side_by_side);
+    let old = old_logprobs(&model.valid(), samples, chunk, side_by_side);
     let reference = reference.map(|r| host_logprobs(r, &refs, chunk, side_by_side));
 
     let lengths: Vec<usize> = samples
@@ -342,12 +375,14 @@ pub(crate) mod tests {
             completion: vec![7, 8, 9],
             advantage: 1.0,
             local: false,
+            old_logprobs: None,
         };
         let bad = TrainSample {
             prompt: vec![1, 2, 3],
             completion: vec![20, 21, 22],
             advantage: -1.0,
             local: true,
+            old_logprobs: None,
         };
         let samples = vec![good.clone(), bad.clone()];
         let mut model = model();
@@ -399,6 +434,7 @@ pub(crate) mod tests {
                 completion: vec![5 + i % 3; 1 + (i as usize % 4)],
                 advantage: 0.0,
                 local: false,
+                old_logprobs: None,
             })
             .collect();
         let refs: Vec<&TrainSample> = samples.iter().collect();
@@ -409,6 +445,61 @@ pub(crate) mod tests {
             assert_eq!(lp.len(), s.completion.len());
             assert!(lp.iter().all(|x| x.is_finite() && *x < 0.0));
         }
+    }
+
+    #[test]
+    fn recorded_old_logprobs_are_used_and_equal_ones_update_as_recomputed() {
+        let sample = |i: u32, advantage: f32| TrainSample {
+            prompt: (1..4 + i).collect(),
+            completion: vec![6 + i, 9, 11 + i],
+            advantage,
+            local: i % 2 == 0,
+            old_logprobs: None,
+        };
+        let plain: Vec<TrainSample> = (0..6u32)
+            .map(|i| sample(i, if i % 2 == 0 { 1.0 } else { -1.0 }))
+            .collect();
+        let start = model();
+        let refs: Vec<&TrainSample> = plain.iter().collect();
+        let computed = host_logprobs(&start.valid(), &refs, 1, false);
+        let with = |old: &dyn Fn(usize) -> Option<Vec<f32>>| -> Vec<TrainSample> {
+            plain
+                .iter()
+                .enumerate()
+                .map(|(i, s)| TrainSample {
+                    old_logprobs: old(i),
+                    ..s.clone()
+                })
+                .collect()
+        };
+        let loss = LossConfig::default();
+        let settings = UpdateSettings {
+            loss: &loss,
+            epochs: 2,
+            minibatch_size: 3,
+            learning_rate: 1e-2,
+            max_grad_norm: 1.0,
+            shards: 1,
+        };
+        let after = |samples: &[TrainSample]| -> Vec<Vec<f32>> {
+            let mut optim = AdamWConfig::new().init::<B, Transformer<B>>();
+            let mut rng = ChaCha8Rng::seed_from_u64(5);
+            let (model, _) = ppo_update(start.clone(), &mut optim, None, samples, &settings, &mut rng);
+            host_logprobs(&model.valid(), &refs, 1, false)
+        };
+        let recomputed = after(&plain);
+        // The sampler's log-probs, as the rows a separate pass gives, and some recorded with the
+        // wrong length (recomputed): the same update.
+        assert_eq!(after(&with(&|i| Some(computed[i].clone()))), recomputed);
+        assert_eq!(
+            after(&with(&|i| (i % 2 == 0)
+                .then(|| computed[i].clone())
+                .or(Some(vec![0.0])))),
+            recomputed
+        );
+        // Recorded log-probs that differ are what the ratios are taken against.
+        let shifted = after(&with(&|i| Some(computed[i].iter().map(|x| x - 0.5).collect())));
+        assert_ne!(shifted, recomputed);
     }
 
     #[test]
@@ -439,6 +530,7 @@ pub(crate) mod tests {
             completion: vec![5, 6],
             advantage: 1.0,
             local: false,
+            old_logprobs: None,
         };
         let out = completion_logprobs(&model, &[(sample.prompt.clone(), sample.completion.clone())]);
         let loss = (out.logprobs * out.mask).sum().neg().mul_scalar(100.0);
