@@ -453,7 +453,7 @@ pub(crate) mod tests {
             prompt: (1..4 + i).collect(),
             completion: vec![6 + i, 9, 11 + i],
             advantage,
-            local: i % 2 == 0,
+            local: i.is_multiple_of(2),
             old_logprobs: None,
         };
         let plain: Vec<TrainSample> = (0..6u32)
