@@ -130,6 +130,17 @@ impl ServedTeacher {
             out.stats.add(&traces.stats);
         }
         tracing::info!(stats = ?out.stats, client = ?self.stats(), "teacher traces");
+        let asked = out.stats.chunks + out.stats.facts;
+        let unparsed = out.stats.extractor_unparsed + out.stats.manager_unparsed;
+        if 2 * unparsed > asked {
+            tracing::warn!(
+                unparsed,
+                asked,
+                "most of the teacher's replies did not parse, so the warm start has few examples: \
+                 the teacher model should follow the roles' JSON formats (a capable instruction \
+                 model does; a run's own tiny policy on data unlike its own does not)"
+            );
+        }
         Ok(out)
     }
 
