@@ -73,6 +73,29 @@ impl Role {
             Role::ToolCaller => TOOL_CALLER_SYSTEM,
         }
     }
+
+    /// A few words standing for the role's instruction ([`shown_system`]).
+    pub fn tag(self) -> &'static str {
+        match self {
+            Role::Extractor => "extract facts",
+            Role::Manager => "manage memory",
+            Role::Answerer => "answer",
+            Role::ToolCaller => "call a tool",
+        }
+    }
+}
+
+/// The system message a model is shown for `system`. With `compact`, a role's instruction is
+/// replaced by the role's [`Role::tag`]: a model trained from scratch on the roles' examples
+/// learns their formats from the examples, not from the instruction, and the instruction,
+/// repeated in every example, is most of a manager's prompt. Any other system text, and every
+/// text without `compact`, is shown as it is. Prompts are built and served with the full
+/// instruction either way (a served model needs it); only what the model reads changes.
+pub fn shown_system(system: &str, compact: bool) -> &str {
+    if compact && let Some(role) = Role::ALL.into_iter().find(|r| r.system_prompt() == system) {
+        return role.tag();
+    }
+    system
 }
 
 impl fmt::Display for Role {
@@ -577,6 +600,20 @@ mod tests {
                 text: "Alice works as a nurse",
             },
         ]
+    }
+
+    #[test]
+    fn compact_prompts_show_a_tag_for_each_role_instruction_and_nothing_else() {
+        for role in Role::ALL {
+            assert_eq!(shown_system(role.system_prompt(), true), role.tag());
+            assert_eq!(shown_system(role.system_prompt(), false), role.system_prompt());
+            assert!(role.tag().len() * 4 < role.system_prompt().len());
+        }
+        let tags: std::collections::BTreeSet<&str> = Role::ALL.iter().map(|r| r.tag()).collect();
+        assert_eq!(tags.len(), Role::ALL.len(), "tags tell the roles apart");
+        assert_eq!(shown_system("You are a helpful assistant.", true), "You are a helpful assistant.");
+        let prompt = manager_prompt("Alice lives in Paris", &[]);
+        assert_eq!(prompt.system, MANAGER_SYSTEM, "prompts keep the full instruction");
     }
 
     #[test]

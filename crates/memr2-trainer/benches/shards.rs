@@ -59,7 +59,7 @@ fn main() {
         unreachable!("the default preset is the tiny model")
     };
     let tokenizer = Tokenizer::train_bpe(corpus, vocab_size).expect("tokenizer");
-    let mut tokens = tokenize(&examples, &tokenizer);
+    let mut tokens = tokenize(&examples, &tokenizer, config.agent.compact_prompts);
     // A fixed slice of the corpus, the same for every setting.
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     rand::seq::SliceRandom::shuffle(tokens.as_mut_slice(), &mut rng);

@@ -93,7 +93,11 @@ impl<B: Backend> Generator for Agent<'_, B> {
         if prompts.is_empty() {
             return Vec::new();
         }
-        let ids: Vec<Vec<u32>> = parallel::map(prompts, |p| self.tokenizer.chat_prompt(&p.system, &p.user));
+        let compact = self.config.compact_prompts;
+        let ids: Vec<Vec<u32>> = parallel::map(prompts, |p| {
+            self.tokenizer
+                .chat_prompt(roles::shown_system(&p.system, compact), &p.user)
+        });
         let context = self.model.max_positions();
         let too_long = ids.iter().filter(|p| p.len() >= context).count();
         if too_long > 0 {

@@ -295,6 +295,11 @@ pub struct AgentConfig {
     /// from a configuration, 0.1, the paper's manager's threshold.
     #[serde(default = "default_dense_min_score")]
     pub dense_min_score: f32,
+    /// Show the model each role's tag instead of its instruction as the system message
+    /// (`memr2_policy::roles::shown_system`), in training, generation and serving alike: for a
+    /// model trained from scratch, which learns the formats from the examples (absent: false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compact_prompts: bool,
     /// The embedder attached to every memory the run creates, when retrieval uses embeddings:
     /// set at run time from `served.embeddings`, never written to a configuration.
     #[serde(skip)]
@@ -791,6 +796,7 @@ impl Default for AgentConfig {
             generation_shards: 1,
             retrieval: Retrieval::Bm25,
             dense_min_score: default_dense_min_score(),
+            compact_prompts: false,
             embedder: EmbedderSlot::default(),
         }
     }

@@ -179,6 +179,10 @@ struct TrainArgs {
     /// Epochs of the supervised warm start.
     #[arg(long)]
     sft_epochs: Option<usize>,
+    /// Show the model each role's short tag instead of its instruction as the system message
+    /// (for the built-in model trained from scratch; agent.compact_prompts).
+    #[arg(long)]
+    compact_prompts: bool,
     /// Epochs of the frozen answerer's own tuning after the warm start (0: the SFT model
     /// answers).
     #[arg(long)]
@@ -826,6 +830,9 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(h) = &args.horizons {
         config.curriculum.horizons = h.clone();
+    }
+    if args.compact_prompts {
+        config.agent.compact_prompts = true;
     }
     if let Some(e) = args.sft_epochs {
         config.sft.epochs = e;

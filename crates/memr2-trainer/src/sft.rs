@@ -261,13 +261,14 @@ pub struct TokenizedExample {
     pub completion: Vec<u32>,
 }
 
-/// Tokenizes examples with the chat template.
-pub fn tokenize(examples: &[TeacherExample], tokenizer: &Tokenizer) -> Vec<TokenizedExample> {
+/// Tokenizes examples with the chat template, each role's instruction shown as its tag when
+/// `compact` ([`roles::shown_system`]).
+pub fn tokenize(examples: &[TeacherExample], tokenizer: &Tokenizer, compact: bool) -> Vec<TokenizedExample> {
     examples
         .iter()
         .map(|e| TokenizedExample {
             role: e.role,
-            prompt: tokenizer.chat_prompt(&e.prompt.system, &e.prompt.user),
+            prompt: tokenizer.chat_prompt(roles::shown_system(&e.prompt.system, compact), &e.prompt.user),
             completion: tokenizer.completion(&e.completion),
         })
         .collect()
@@ -474,6 +475,27 @@ mod tests {
                 "{answer}: {}",
                 e.prompt.user
             );
+        }
+    }
+
+    #[test]
+    fn compact_prompts_cut_the_instruction_and_keep_the_data() {
+        let world = SyntheticWorld::new(WorldConfig::smoke(), 7).unwrap();
+        let episodes = world.episodes(Split::Train);
+        let cfg = AgentConfig::default();
+        let examples = build_examples(&episodes[..1], &[4], &TeacherConfig::default(), &cfg, 0);
+        let corpus = examples
+            .iter()
+            .flat_map(|e| [e.prompt.system.clone(), e.prompt.user.clone(), e.completion.clone()]);
+        let tokenizer = Tokenizer::train_bpe(corpus, 512).unwrap();
+        let full = tokenize(&examples, &tokenizer, false);
+        let compact = tokenize(&examples, &tokenizer, true);
+        for ((e, f), c) in examples.iter().zip(&full).zip(&compact) {
+            assert!(c.prompt.len() < f.prompt.len(), "{:?}", e.role);
+            assert_eq!(c.completion, f.completion);
+            let user = tokenizer.encode(&e.prompt.user);
+            let holds = |ids: &[u32]| ids.windows(user.len()).any(|w| w == user.as_slice());
+            assert!(holds(&c.prompt) && holds(&f.prompt), "the data is in both");
         }
     }
 

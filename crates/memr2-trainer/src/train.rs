@@ -13,7 +13,7 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, Optimizer};
 use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
-use memr2_policy::roles::Role;
+use memr2_policy::roles::{self, Role};
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{Transformer, TransformerConfig};
 use memr2_sim::{Environment, Episode, TeacherConfig};
@@ -216,7 +216,8 @@ fn tokenizer_for(
             let examples = warm_start_examples(config, data, teachers)?;
             let mut corpus: Vec<String> = Vec::new();
             for e in &examples {
-                corpus.push(e.prompt.system.clone());
+                let system = roles::shown_system(&e.prompt.system, config.agent.compact_prompts);
+                corpus.push(system.to_string());
                 corpus.push(e.prompt.user.clone());
                 corpus.push(e.completion.clone());
             }
@@ -699,7 +700,10 @@ fn warm_start<B: AutodiffBackend>(
     // The answerer's examples stay in the warm start even when it has a phase of its own:
     // without them the extractor learns to copy more slowly (docs/RESULTS.md).
     let examples = warm_start_examples(config, data, teachers)?;
-    let tokens = fit_context(tokenize(&examples, tokenizer), training.model.max_positions());
+    let tokens = fit_context(
+        tokenize(&examples, tokenizer, config.agent.compact_prompts),
+        training.model.max_positions(),
+    );
     log_corpus("sft", &tokens);
     // How well the extractor copies facts out of the turns, on validation conversations (where
     // there are gold facts to compare with).
@@ -766,7 +770,10 @@ fn tune_answerer<B: AutodiffBackend>(
             config.seed,
         ));
     }
-    let tokens = fit_context(tokenize(&examples, tokenizer), training.model.max_positions());
+    let tokens = fit_context(
+        tokenize(&examples, tokenizer, config.agent.compact_prompts),
+        training.model.max_positions(),
+    );
     log_corpus("answerer", &tokens);
     let validation = at_horizon(&data.validation, max, usize::MAX);
     let mut probe = |answerer: &Transformer<B::InnerBackend>, rng: &mut ChaCha8Rng| {
