@@ -611,7 +611,10 @@ mod tests {
         }
         let tags: std::collections::BTreeSet<&str> = Role::ALL.iter().map(|r| r.tag()).collect();
         assert_eq!(tags.len(), Role::ALL.len(), "tags tell the roles apart");
-        assert_eq!(shown_system("You are a helpful assistant.", true), "You are a helpful assistant.");
+        assert_eq!(
+            shown_system("You are a helpful assistant.", true),
+            "You are a helpful assistant."
+        );
         let prompt = manager_prompt("Alice lives in Paris", &[]);
         assert_eq!(prompt.system, MANAGER_SYSTEM, "prompts keep the full instruction");
     }

@@ -484,9 +484,13 @@ mod tests {
         let episodes = world.episodes(Split::Train);
         let cfg = AgentConfig::default();
         let examples = build_examples(&episodes[..1], &[4], &TeacherConfig::default(), &cfg, 0);
-        let corpus = examples
-            .iter()
-            .flat_map(|e| [e.prompt.system.clone(), e.prompt.user.clone(), e.completion.clone()]);
+        let corpus = examples.iter().flat_map(|e| {
+            [
+                e.prompt.system.clone(),
+                e.prompt.user.clone(),
+                e.completion.clone(),
+            ]
+        });
         let tokenizer = Tokenizer::train_bpe(corpus, 512).unwrap();
         let full = tokenize(&examples, &tokenizer, false);
         let compact = tokenize(&examples, &tokenizer, true);

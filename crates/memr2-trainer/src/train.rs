@@ -369,8 +369,9 @@ pub fn run<B: AutodiffBackend>(
 /// library's entry point for environments defined outside memr2. `config.data` is recorded
 /// in the run's `config.json` but not read; on resume, pass the same environment again.
 ///
-/// The phases, in order: the supervised warm start ([`Environment::capabilities`] must offer
-/// gold facts), the frozen answerer's tuning, the LoGo-GRPO curriculum, the evaluation.
+/// The phases, in order: the supervised warm start (from the environment's gold facts,
+/// [`Environment::capabilities`], or from a served teacher, `served.teacher`), the frozen
+/// answerer's tuning, the LoGo-GRPO curriculum, the evaluation.
 pub fn run_with<B: AutodiffBackend>(
     env: &dyn Environment,
     config: TrainConfig,
