@@ -68,6 +68,20 @@ fn serve(dir: &Path) -> (Child, String) {
     (child, url)
 }
 
+/// A model served in this process on a free port, with its base URL.
+fn serve_in_process(model: Arc<dyn ChatModel>) -> (Server, String) {
+    let server = Server::start(
+        model,
+        ServerConfig {
+            addr: "127.0.0.1:0".into(),
+            ..ServerConfig::default()
+        },
+    )
+    .unwrap();
+    let url = format!("http://{}/v1", server.addr());
+    (server, url)
+}
+
 fn endpoint(url: &str, model: &str) -> Endpoint {
     Endpoint {
         max_retries: 1,
@@ -326,15 +340,7 @@ fn a_run_whose_served_answerer_dies_fails_clearly_and_resumes_to_the_same_metric
 
     // An endpoint that lists the model but fails every chat: the run starts, and its step
     // fails on the answerer's first request, before the update or any line is written.
-    let broken = Server::start(
-        Arc::new(Broken),
-        ServerConfig {
-            addr: "127.0.0.1:0".into(),
-            ..ServerConfig::default()
-        },
-    )
-    .unwrap();
-    let broken_url = format!("http://{}/v1", broken.addr());
+    let (broken, broken_url) = serve_in_process(Arc::new(Broken));
     let config_path = killed.dir.join("config.json");
     let original = std::fs::read_to_string(&config_path).unwrap();
     std::fs::write(&config_path, original.replace(&url, &broken_url)).unwrap();
@@ -497,15 +503,8 @@ fn a_served_teacher_warm_starts_data_without_gold_facts_and_served_embeddings_re
     let data = Splits::of(gold.as_ref()).unwrap();
     let horizon = config.curriculum.max_horizon();
     let train_episodes: Vec<_> = data.train.iter().map(|e| e.with_horizon(horizon)).collect();
-    let teacher_server = Server::start(
-        Arc::new(GoldTeacher::new(&train_episodes, &config.agent)),
-        ServerConfig {
-            addr: "127.0.0.1:0".into(),
-            ..ServerConfig::default()
-        },
-    )
-    .unwrap();
-    let teacher_url = format!("http://{}/v1", teacher_server.addr());
+    let (_teacher_server, teacher_url) =
+        serve_in_process(Arc::new(GoldTeacher::new(&train_episodes, &config.agent)));
 
     let env = WithoutGoldFacts(gold);
     config.data = memr2_trainer::config::DataSpec::External {
