@@ -622,10 +622,11 @@ impl TrainConfig {
     /// cosine threshold out of range (what an evaluation of a run checks too).
     pub fn check_retrieval(&self) -> Result<(), TrainError> {
         let bad = |what: String| Err(TrainError::Invalid(what));
-        if self.agent.retrieval.needs_embedder() && self.served.embeddings.is_none() {
+        let embedder = self.served.embeddings.is_some() || self.agent.embedder.embedder.is_some();
+        if self.agent.retrieval.needs_embedder() && !embedder {
             return bad(format!(
-                "agent.retrieval is {} but no embedding model is served (served.embeddings): pass \
-                 --embedding-endpoint URL, or --retrieval bm25",
+                "agent.retrieval is {} but no embedding model is served (served.embeddings) or \
+                 attached (agent.embedder): pass --embedding-endpoint URL, or --retrieval bm25",
                 self.agent.retrieval
             ));
         }
@@ -882,6 +883,20 @@ mod tests {
         assert!(c.validate().is_ok());
         c.agent.dense_min_score = 1.5;
         assert!(c.check_retrieval().is_err());
+        // A library user's own embedder does as well as a served one.
+        struct Ones;
+        impl Embedder for Ones {
+            fn dim(&self) -> usize {
+                2
+            }
+            fn embed(&self, _text: &str) -> Result<Vec<f32>, String> {
+                Ok(vec![1.0, 1.0])
+            }
+        }
+        let mut c = TrainConfig::smoke();
+        c.agent.retrieval = Retrieval::Dense;
+        c.agent.embedder = EmbedderSlot::local(Arc::new(Ones));
+        assert!(c.validate().is_ok());
     }
 
     #[test]

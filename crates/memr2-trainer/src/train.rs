@@ -356,12 +356,12 @@ pub fn run<B: AutodiffBackend>(
     device: &B::Device,
     observe: &mut dyn FnMut(Event<'_>),
 ) -> Result<RunReport, TrainError> {
-    let config = if options.resume {
-        TrainConfig::from_file(&RunDir(options.dir.clone()).config())?
+    let data = if options.resume {
+        TrainConfig::from_file(&RunDir(options.dir.clone()).config())?.data
     } else {
-        config
+        config.data.clone()
     };
-    let env = environment(&config.data)?;
+    let env = environment(&data)?;
     run_with::<B>(env.as_ref(), config, options, device, observe)
 }
 
@@ -381,7 +381,12 @@ pub fn run_with<B: AutodiffBackend>(
 ) -> Result<RunReport, TrainError> {
     let run = RunDir(options.dir.clone());
     let mut config = if options.resume {
-        TrainConfig::from_file(&run.config())?
+        // An embedder of the caller's own is not written to config.json: it comes back from
+        // the configuration passed in.
+        let mut resumed = TrainConfig::from_file(&run.config())?;
+        resumed.agent.embedder = config.agent.embedder.clone();
+        resumed.check_retrieval()?;
+        resumed
     } else {
         config.validate()?;
         config
