@@ -495,12 +495,7 @@ impl Client {
                         usage: None,
                     };
                     let value = serde_json::to_value(&single).expect("an embedding serialises");
-                    cache.put(key, &value).map_err(|source| ClientError::Cache {
-                        path: cache
-                            .entry_path(key)
-                            .unwrap_or_else(|_| cache.dir().to_path_buf()),
-                        source,
-                    })?;
+                    put_cached(cache, key, &value)?;
                 }
                 out[i] = Some(embedding.embedding);
             }
@@ -584,12 +579,7 @@ impl Client {
         })?;
         self.counters.add_usage(answer.usage());
         if let Some((cache, key)) = &cached {
-            cache.put(key, &raw).map_err(|source| ClientError::Cache {
-                path: cache
-                    .entry_path(key)
-                    .unwrap_or_else(|_| cache.dir().to_path_buf()),
-                source,
-            })?;
+            put_cached(cache, key, &raw)?;
         }
         Ok(answer)
     }
@@ -713,6 +703,16 @@ fn cached_answer<A: Answer>(cache: &Cache, key: &str, check: impl Fn(&A) -> Resu
     };
     tracing::warn!(key, %reason, "unusable cache entry, treated as a miss");
     None
+}
+
+/// Stores an answer in the cache, an error naming the entry's file when it cannot.
+fn put_cached(cache: &Cache, key: &str, value: &Value) -> Result<(), ClientError> {
+    cache.put(key, value).map_err(|source| ClientError::Cache {
+        path: cache
+            .entry_path(key)
+            .unwrap_or_else(|_| cache.dir().to_path_buf()),
+        source,
+    })
 }
 
 /// A 2xx body as an answer, and as the JSON value to cache.

@@ -275,10 +275,15 @@ pub struct RolloutSampling {
     pub record: bool,
 }
 
-/// An empty memory for a run: with the run's embedder attached when its retrieval uses one.
+/// An empty memory for a run: with the run's embedder attached when its retrieval uses one
+/// (only then: an attached embedder embeds every memory written). Every memory a run searches
+/// starts here, the oracle's included (`sft::teacher_replay`), so branches and snapshots carry
+/// the embedder with them.
 pub fn new_store(cfg: &AgentConfig) -> Store {
     let mut store = Store::new();
-    if let Some(embedder) = &cfg.embedder.embedder {
+    if let Some(embedder) = &cfg.embedder.embedder
+        && cfg.retrieval.needs_embedder()
+    {
         store
             .set_embedder(embedder.clone())
             .expect("an empty store embeds nothing");
@@ -286,22 +291,9 @@ pub fn new_store(cfg: &AgentConfig) -> Store {
     store
 }
 
-/// The best `k` memories for `query` by the run's retrieval ([`AgentConfig::retrieval`]). A
-/// memory made without the run's embedder (an oracle's, one loaded from a file) has it attached
-/// on a branch first, every entry embedded. A retrieval that fails (an embedding endpoint that
-/// is down: the embedder has recorded it, and the run fails at its next check) finds nothing.
-pub fn retrieve_hits(memory: &Snapshot, query: &str, k: usize, cfg: &AgentConfig) -> Vec<Hit> {
-    let result = match &cfg.embedder.embedder {
-        Some(embedder) if cfg.retrieval.needs_embedder() && !memory.has_embedder() => {
-            let texts: Vec<&str> = memory.entries().map(|e| e.text.as_str()).collect();
-            embedder.prepare(&texts);
-            let mut attached = memory.branch();
-            attached
-                .set_embedder(embedder.clone())
-                .and_then(|()| attached.retrieve(query, k, cfg.retrieval, cfg.min_scores()))
-        }
-        _ => memory.retrieve(query, k, cfg.retrieval, cfg.min_scores()),
-    };
+/// The hits of a retrieval, or none when it failed (an embedding endpoint that is down: the
+/// embedder has recorded it, and the run fails at its next check).
+fn hits_or_none(result: Result<Vec<Hit>, memr2_store::StoreError>, cfg: &AgentConfig) -> Vec<Hit> {
     result.unwrap_or_else(|error| {
         tracing::error!(%error, retrieval = %cfg.retrieval, "retrieval failed; nothing shown");
         Vec::new()
@@ -309,10 +301,10 @@ pub fn retrieve_hits(memory: &Snapshot, query: &str, k: usize, cfg: &AgentConfig
 }
 
 /// Memories shown to the manager for a query: aliases "0", "1", ... in retrieval order, with
-/// the real id each alias stands for (top `manager_top_k`).
+/// the real id each alias stands for (top `manager_top_k` by the run's retrieval).
 pub fn retrieve(store: &Store, query: &str, cfg: &AgentConfig) -> Vec<(String, MemoryId, String)> {
-    // A snapshot costs a few reference counts, whatever the store's size.
-    retrieve_hits(&store.snapshot(), query, cfg.manager_top_k, cfg)
+    let found = store.retrieve(query, cfg.manager_top_k, cfg.retrieval, cfg.min_scores());
+    hits_or_none(found, cfg)
         .into_iter()
         .enumerate()
         .filter_map(|(i, hit)| store.get(hit.id).map(|e| (i.to_string(), hit.id, e.text.clone())))
@@ -322,7 +314,8 @@ pub fn retrieve(store: &Store, query: &str, cfg: &AgentConfig) -> Vec<(String, M
 /// The texts of the memories the answerer is shown for a query: the top `answer_top_k`, best
 /// first.
 pub fn memory_texts(memory: &Snapshot, query: &str, cfg: &AgentConfig) -> Vec<String> {
-    retrieve_hits(memory, query, cfg.answer_top_k, cfg)
+    let found = memory.retrieve(query, cfg.answer_top_k, cfg.retrieval, cfg.min_scores());
+    hits_or_none(found, cfg)
         .iter()
         .filter_map(|h| memory.get(h.id).map(|e| e.text.clone()))
         .collect()

@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use burn::prelude::{Backend, Bool, Int, Tensor};
 use burn::tensor::TensorData;
 use memr2_openai::cache::Cache;
-use memr2_openai::client::{Client, ClientStats, Endpoint};
+use memr2_openai::client::{Client, ClientError, ClientStats, Endpoint};
 use memr2_openai::server::{ChatModel, Completion};
-use memr2_openai::wire::{ChatMessage, ChatRequest};
+use memr2_openai::wire::{ChatMessage, ChatRequest, ChatResponse};
 use memr2_policy::Transformer;
 use memr2_policy::roles::ChatPrompt;
 use memr2_policy::tokenizer::Tokenizer;
@@ -141,6 +141,24 @@ impl ServedModel {
             role: self.role,
             url: self.client.endpoint().base_url.clone(),
             reason,
+        }
+    }
+
+    /// The text of a chat answer, or `None` (the failure recorded) when the call failed or the
+    /// response has no choice.
+    pub fn reply_text(&self, answer: Result<ChatResponse, ClientError>) -> Option<String> {
+        match answer {
+            Ok(response) => match response.text() {
+                Some(text) => Some(text.to_string()),
+                None => {
+                    self.fail("a response had no choice".into());
+                    None
+                }
+            },
+            Err(error) => {
+                self.fail(error.to_string());
+                None
+            }
         }
     }
 
@@ -319,26 +337,11 @@ impl Generator for ServedActor<'_> {
             .client
             .chat_many(&requests)
             .into_iter()
-            .map(|answer| {
-                let text = match answer {
-                    Ok(response) => match response.text() {
-                        Some(text) => text.to_string(),
-                        None => {
-                            self.model.fail("a response had no choice".into());
-                            String::new()
-                        }
-                    },
-                    Err(e) => {
-                        self.model.fail(e.to_string());
-                        String::new()
-                    }
-                };
-                Generated {
-                    prompt: Vec::new(),
-                    completion: Vec::new(),
-                    logprobs: Vec::new(),
-                    text,
-                }
+            .map(|answer| Generated {
+                prompt: Vec::new(),
+                completion: Vec::new(),
+                logprobs: Vec::new(),
+                text: self.model.reply_text(answer).unwrap_or_default(),
             })
             .collect()
     }

@@ -9,7 +9,7 @@ use memr2_policy::roles::{self, ChatPrompt, ExtractedFact, MemoryOperation, Memo
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{Transformer, completion_logprobs};
 use memr2_sim::{
-    Episode, OracleOp, Response, Task, Teacher, TeacherConfig, UNKNOWN_ANSWER, normalize_answer,
+    Episode, Fact, OracleOp, Response, Task, Teacher, TeacherConfig, UNKNOWN_ANSWER, normalize_answer,
 };
 use memr2_store::{Operation, Snapshot};
 use rand::SeedableRng;
@@ -33,6 +33,24 @@ pub struct TeacherExample {
     pub completion: String,
 }
 
+/// A gold fact as the extractor writes it.
+pub fn extracted_fact(fact: &Fact) -> ExtractedFact {
+    ExtractedFact {
+        speaker: fact.speaker.clone(),
+        dia_id: fact.dia_id.to_string(),
+        fact: fact.text.clone(),
+    }
+}
+
+/// An oracle operation as the manager writes it (aliases as ids).
+pub fn memory_operation(op: OracleOp) -> MemoryOperation {
+    match op {
+        OracleOp::Add { text } => MemoryOperation::Add { text },
+        OracleOp::Update { alias, text } => MemoryOperation::Update { id: alias, text },
+        OracleOp::Delete { alias } => MemoryOperation::Delete { id: alias },
+    }
+}
+
 /// Replays `teacher` through the first `horizon` sessions of an episode, the way the agent
 /// would run (same chunking, same retrieval), and returns the examples it wrote together with
 /// the memory after each session (`[0]` empty).
@@ -50,14 +68,7 @@ pub fn teacher_replay(
             let mut facts = teacher.facts(episode, chunk);
             facts.truncate(cfg.max_facts_per_chunk);
             prepare_embeddings(cfg, facts.iter().map(|f| f.text.as_str()));
-            let extracted: Vec<ExtractedFact> = facts
-                .iter()
-                .map(|f| ExtractedFact {
-                    speaker: f.speaker.clone(),
-                    dia_id: f.dia_id.to_string(),
-                    fact: f.text.clone(),
-                })
-                .collect();
+            let extracted: Vec<ExtractedFact> = facts.iter().map(extracted_fact).collect();
             examples.push(TeacherExample {
                 role: Role::Extractor,
                 prompt: extractor_prompt_for(&session.date, chunk),
@@ -72,17 +83,7 @@ pub fn teacher_replay(
                     .iter()
                     .map(|(alias, _, text)| MemoryView { alias, text })
                     .collect();
-                let rendered: Vec<MemoryOperation> = ops
-                    .iter()
-                    .map(|op| match op {
-                        OracleOp::Add { text } => MemoryOperation::Add { text: text.clone() },
-                        OracleOp::Update { alias, text } => MemoryOperation::Update {
-                            id: alias.clone(),
-                            text: text.clone(),
-                        },
-                        OracleOp::Delete { alias } => MemoryOperation::Delete { id: alias.clone() },
-                    })
-                    .collect();
+                let rendered: Vec<MemoryOperation> = ops.iter().cloned().map(memory_operation).collect();
                 examples.push(TeacherExample {
                     role: Role::Manager,
                     prompt: roles::manager_prompt(&fact.text, &views),

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use memr2_openai::client::{ClientStats, Endpoint};
 use memr2_policy::roles::{self, ChatPrompt, MemoryView, Role};
 use memr2_sim::Episode;
+use memr2_store::Snapshot;
 use serde::Serialize;
 
 use crate::TrainError;
@@ -70,9 +71,26 @@ pub struct TeacherTraces {
     pub stats: TeacherStats,
 }
 
+/// One episode replayed by the teacher: its examples, its memory after each session (`[0]`
+/// empty) and its counts.
+struct Replay {
+    examples: Vec<TeacherExample>,
+    snapshots: Vec<Snapshot>,
+    stats: TeacherStats,
+}
+
+/// The replays of a set of episodes, with what identifies them: the episodes' ids and the
+/// horizon replayed.
+struct Replays {
+    key: (Vec<String>, usize),
+    episodes: Vec<Replay>,
+}
+
 /// A model behind an OpenAI-compatible endpoint writing the warm start's examples.
 pub struct ServedTeacher {
     model: ServedModel,
+    /// The last replays, which the tokenizer, the warm start and the answerer's corpus share.
+    replays: Mutex<Option<Replays>>,
 }
 
 impl ServedTeacher {
@@ -80,6 +98,7 @@ impl ServedTeacher {
     pub fn connect(endpoint: Endpoint, cache_dir: Option<&Path>) -> Result<Self, TrainError> {
         Ok(Self {
             model: ServedModel::connect("teacher", endpoint, cache_dir)?,
+            replays: Mutex::new(None),
         })
     }
 
@@ -88,16 +107,48 @@ impl ServedTeacher {
         self.model.stats()
     }
 
-    /// Replays the teacher through the first `max(horizons)` sessions of every episode, the
-    /// episodes side by side (as many at once as the endpoint's concurrency), each one's
-    /// requests in order since each depends on the memory the previous ones built. Fails if
-    /// the endpoint failed after its retries.
+    /// Replays the teacher through the first `max(horizons)` sessions of every episode (once
+    /// per set of episodes and horizon: a later call with the same ones reuses the replays),
+    /// and gives its examples, the answerer's examples after each of `horizons`, and the
+    /// counts. Fails if the endpoint failed after its retries.
     pub fn traces(
         &self,
         episodes: &[Episode],
         horizons: &[usize],
         cfg: &AgentConfig,
     ) -> Result<TeacherTraces, TrainError> {
+        let max = horizons.iter().copied().max().unwrap_or(0);
+        let key = (episodes.iter().map(|e| e.id.clone()).collect(), max);
+        let mut replays = self.replays.lock().expect("not poisoned");
+        if replays.as_ref().is_none_or(|r| r.key != key) {
+            *replays = Some(Replays {
+                episodes: self.replay_all(episodes, max, cfg)?,
+                key,
+            });
+        }
+        let replays = &replays.as_ref().expect("just filled").episodes;
+        let mut out = TeacherTraces::default();
+        for (episode, replay) in episodes.iter().zip(replays) {
+            out.examples.extend(replay.examples.iter().cloned());
+            out.stats.add(&replay.stats);
+            for &h in horizons {
+                let memory = &replay.snapshots[h.min(replay.snapshots.len() - 1)];
+                out.answerer
+                    .extend(answerer_examples(&episode.with_horizon(h), memory, cfg));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replays every episode to `max` sessions, the episodes side by side (as many at once as
+    /// the endpoint's concurrency), each one's requests in order since each depends on the
+    /// memory the previous ones built.
+    fn replay_all(
+        &self,
+        episodes: &[Episode],
+        max: usize,
+        cfg: &AgentConfig,
+    ) -> Result<Vec<Replay>, TrainError> {
         let _span = tracing::info_span!("teacher", episodes = episodes.len()).entered();
         let workers = self
             .model
@@ -106,15 +157,15 @@ impl ServedTeacher {
             .concurrency
             .clamp(1, episodes.len().max(1));
         let next = AtomicUsize::new(0);
-        let done: Mutex<Vec<(usize, TeacherTraces)>> = Mutex::new(Vec::new());
+        let done: Mutex<Vec<(usize, Replay)>> = Mutex::new(Vec::new());
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(episode) = episodes.get(i) else { break };
-                        let traces = self.replay(episode, horizons, cfg);
-                        done.lock().expect("not poisoned").push((i, traces));
+                        let replay = self.replay(episode, max, cfg);
+                        done.lock().expect("not poisoned").push((i, replay));
                     }
                 });
             }
@@ -123,15 +174,11 @@ impl ServedTeacher {
         cfg.embedder.check()?;
         let mut done = done.into_inner().expect("not poisoned");
         done.sort_by_key(|(i, _)| *i);
-        let mut out = TeacherTraces::default();
-        for (_, traces) in done {
-            out.examples.extend(traces.examples);
-            out.answerer.extend(traces.answerer);
-            out.stats.add(&traces.stats);
-        }
-        tracing::info!(stats = ?out.stats, client = ?self.stats(), "teacher traces");
-        let asked = out.stats.chunks + out.stats.facts;
-        let unparsed = out.stats.extractor_unparsed + out.stats.manager_unparsed;
+        let mut stats = TeacherStats::default();
+        done.iter().for_each(|(_, r)| stats.add(&r.stats));
+        tracing::info!(?stats, client = ?self.stats(), "teacher traces");
+        let asked = stats.chunks + stats.facts;
+        let unparsed = stats.extractor_unparsed + stats.manager_unparsed;
         if 2 * unparsed > asked {
             tracing::warn!(
                 unparsed,
@@ -141,40 +188,32 @@ impl ServedTeacher {
                  model does; a run's own tiny policy on data unlike its own does not)"
             );
         }
-        Ok(out)
+        Ok(done.into_iter().map(|(_, replay)| replay).collect())
     }
 
     /// The teacher's reply to a role prompt, or `None` when the endpoint failed (recorded
-    /// for the check that ends [`Self::traces`]).
+    /// for the check that ends [`Self::replay_all`]).
     fn ask(&self, prompt: &ChatPrompt, budget: usize) -> Option<String> {
         let request = chat_request(prompt, budget * REPLY_BUDGET_FACTOR, 0.0, 1.0, None);
-        match self.model.client().chat(&request) {
-            Ok(response) => match response.text() {
-                Some(text) => Some(text.to_string()),
-                None => {
-                    self.model.fail("a response had no choice".into());
-                    None
-                }
-            },
-            Err(error) => {
-                self.model.fail(error.to_string());
-                None
-            }
-        }
+        self.model.reply_text(self.model.client().chat(&request))
     }
 
-    /// One episode's traces; cut short (and failing the check) when the endpoint fails.
-    fn replay(&self, episode: &Episode, horizons: &[usize], cfg: &AgentConfig) -> TeacherTraces {
-        let max = horizons.iter().copied().max().unwrap_or(0);
+    /// One episode's replay; cut short (and failing the check) when the endpoint fails.
+    fn replay(&self, episode: &Episode, max: usize, cfg: &AgentConfig) -> Replay {
         let episode = episode.with_horizon(max);
         let mut state = RolloutState::new(cfg);
-        let mut out = TeacherTraces::default();
-        for session in &episode.sessions {
+        let mut out = Replay {
+            examples: Vec::new(),
+            snapshots: Vec::new(),
+            stats: TeacherStats::default(),
+        };
+        // An endpoint that fails ends the episode: the run fails at the check that follows.
+        'episode: for session in &episode.sessions {
             for chunk in session.chunks(cfg.chunks_per_session) {
                 out.stats.chunks += 1;
                 let prompt = extractor_prompt_for(&session.date, chunk);
                 let Some(reply) = self.ask(&prompt, cfg.max_extract_tokens) else {
-                    return out;
+                    break 'episode;
                 };
                 let mut facts = match roles::parse_facts(&reply) {
                     Ok(facts) => facts,
@@ -200,7 +239,7 @@ impl ServedTeacher {
                         .collect();
                     let prompt = roles::manager_prompt(&fact.fact, &views);
                     let Some(reply) = self.ask(&prompt, cfg.max_manage_tokens) else {
-                        return out;
+                        break 'episode;
                     };
                     let operations = match roles::parse_operations(&reply) {
                         Ok(operations) => operations,
@@ -227,11 +266,7 @@ impl ServedTeacher {
         let ops = &state.stats.ops;
         out.stats.operations_applied = ops.add + ops.update + ops.delete + ops.noop;
         out.stats.operations_invalid = ops.invalid;
-        for &h in horizons {
-            let memory = &state.snapshots[h.min(state.snapshots.len() - 1)];
-            out.answerer
-                .extend(answerer_examples(&episode.with_horizon(h), memory, cfg));
-        }
+        out.snapshots = state.snapshots;
         out
     }
 }

@@ -182,15 +182,21 @@ fn warm_start_examples(
 ) -> Result<Vec<TeacherExample>, TrainError> {
     let agent = &config.agent;
     let horizons = &config.curriculum.horizons;
+    let gold_facts = teachers.env.capabilities().gold_facts;
     let mut examples = match teachers.served {
         None => build_examples(&data.train, horizons, &teacher_config(config), agent, config.seed),
         Some(teacher) => {
-            let mut examples = teacher.traces(&data.train, horizons, agent)?.examples;
-            examples.extend(teachers.answerer_examples(data, horizons, agent)?);
+            let traces = teacher.traces(&data.train, horizons, agent)?;
+            let mut examples = traces.examples;
+            if gold_facts {
+                examples.extend(answerer_corpus(&data.train, horizons, agent));
+            } else {
+                examples.extend(traces.answerer);
+            }
             examples
         }
     };
-    if teachers.env.capabilities().gold_facts {
+    if gold_facts {
         let horizon = config.curriculum.max_horizon();
         let task = teachers.env.task();
         examples.extend(task_examples(&data.train, horizon, task, agent, config.seed));

@@ -152,12 +152,9 @@ fn old_logprobs<B: Backend>(
     chunk: usize,
     side_by_side: bool,
 ) -> Vec<Vec<f32>> {
-    let recorded = |s: &TrainSample| {
-        s.old_logprobs
-            .as_ref()
-            .filter(|l| l.len() == s.completion.len())
-            .cloned()
-    };
+    fn recorded(s: &TrainSample) -> Option<&Vec<f32>> {
+        s.old_logprobs.as_ref().filter(|l| l.len() == s.completion.len())
+    }
     let missing: Vec<&TrainSample> = samples.iter().filter(|s| recorded(s).is_none()).collect();
     let computed = if missing.is_empty() {
         Vec::new()
@@ -167,7 +164,10 @@ fn old_logprobs<B: Backend>(
     let mut computed = computed.into_iter();
     samples
         .iter()
-        .map(|s| recorded(s).unwrap_or_else(|| computed.next().expect("one computed row per missing sample")))
+        .map(|s| match recorded(s) {
+            Some(logprobs) => logprobs.clone(),
+            None => computed.next().expect("one computed row per missing sample"),
+        })
         .collect()
 }
 

@@ -23,7 +23,7 @@ use memr2_trainer::data::{Splits, environment};
 use memr2_trainer::eval::{Evaluation, MemorySource, final_memories, probe_responses};
 use memr2_trainer::judge::Judge;
 use memr2_trainer::served::{Answerer, ServedModel};
-use memr2_trainer::sft::TeacherExample;
+use memr2_trainer::sft::{TeacherExample, extracted_fact, memory_operation};
 use memr2_trainer::train::{self, RunDir, RunOptions, run};
 
 type B = Autodiff<Flex>;
@@ -66,6 +66,18 @@ fn serve(dir: &Path) -> (Child, String) {
         .unwrap_or_else(|| panic!("no URL in {line:?}"))
         .to_string();
     (child, url)
+}
+
+/// A run of `config` trained in `root/base`, then served by `memr2 serve`: its options, the
+/// server process and its base URL.
+fn train_and_serve(root: &Path, config: &TrainConfig) -> (RunOptions, Child, String) {
+    let base = RunOptions {
+        dir: root.join("base"),
+        ..RunOptions::default()
+    };
+    run::<B>(config.clone(), &base, &Default::default(), &mut |_| {}).unwrap();
+    let (server, url) = serve(&base.dir);
+    (base, server, url)
 }
 
 /// A model served in this process on a free port, with its base URL.
@@ -286,14 +298,9 @@ fn a_run_whose_served_answerer_dies_fails_clearly_and_resumes_to_the_same_metric
     let root = tempfile::tempdir().unwrap();
     let device = Default::default();
     // The answerer's run, then served.
-    let base = RunOptions {
-        dir: root.path().join("base"),
-        ..RunOptions::default()
-    };
     let mut config = tiny_config();
     config.curriculum.steps_per_stage = 2;
-    run::<B>(config.clone(), &base, &device, &mut |_| {}).unwrap();
-    let (mut server, url) = serve(&base.dir);
+    let (base, mut server, url) = train_and_serve(root.path(), &config);
     let mut served = config.clone();
     served.answerer.epochs = 0;
     served.served.answerer = Some(endpoint(&url, "memr2-answerer"));
@@ -411,14 +418,7 @@ impl GoldTeacher {
             for session in &episode.sessions {
                 for chunk in session.chunks(cfg.chunks_per_session) {
                     let written = teacher.facts(episode, chunk);
-                    let rendered: Vec<ExtractedFact> = written
-                        .iter()
-                        .map(|f| ExtractedFact {
-                            speaker: f.speaker.clone(),
-                            dia_id: f.dia_id.to_string(),
-                            fact: f.text.clone(),
-                        })
-                        .collect();
+                    let rendered: Vec<ExtractedFact> = written.iter().map(extracted_fact).collect();
                     let prompt = memr2_trainer::agent::extractor_prompt_for(&session.date, chunk);
                     extractor.insert(prompt.user, roles::render_facts(&rendered));
                     facts.extend(written.into_iter().map(|f| (f.text.clone(), f)));
@@ -447,11 +447,7 @@ impl GoldTeacher {
         let operations: Vec<MemoryOperation> = teacher
             .operations(fact, &shown)
             .into_iter()
-            .map(|op| match op {
-                memr2_sim::OracleOp::Add { text } => MemoryOperation::Add { text },
-                memr2_sim::OracleOp::Update { alias, text } => MemoryOperation::Update { id: alias, text },
-                memr2_sim::OracleOp::Delete { alias } => MemoryOperation::Delete { id: alias },
-            })
+            .map(memory_operation)
             .collect();
         Ok(roles::render_operations(&operations))
     }
@@ -490,15 +486,10 @@ impl ChatModel for GoldTeacher {
 fn a_served_teacher_warm_starts_data_without_gold_facts_and_served_embeddings_retrieve() {
     let root = tempfile::tempdir().unwrap();
     let device = Default::default();
-    let base = RunOptions {
-        dir: root.path().join("base"),
-        ..RunOptions::default()
-    };
     let mut config = tiny_config();
     config.eval.test_episodes = 1;
-    run::<B>(config.clone(), &base, &device, &mut |_| {}).unwrap();
     // The trained policy's embeddings, from `memr2 serve`; the teacher, in process.
-    let (mut server, url) = serve(&base.dir);
+    let (_, mut server, url) = train_and_serve(root.path(), &config);
     let gold = environment(&config.data).unwrap();
     let data = Splits::of(gold.as_ref()).unwrap();
     let horizon = config.curriculum.max_horizon();
