@@ -258,25 +258,47 @@ fn backend_test_args(backend: &str) -> Vec<String> {
     .to_vec()
 }
 
+/// Features of the one build that proves the GPU backends: the policy's and the objective's tests
+/// on wgpu, and the trainer with both GPU backends and the charts' PNG copies. One feature set, so
+/// the burn stack is compiled once for all of it.
+const BACKENDS_FEATURES: &str = "memr2-policy/test-wgpu,memr2-logo-grpo/test-wgpu,\
+memr2-trainer/wgpu,memr2-trainer/cuda,memr2-trainer/png";
+
 /// Proves the GPU backends on a machine without a GPU: the policy's and the objective's tests
 /// and the smoke preset on wgpu (over whatever Vulkan driver is installed; Mesa's lavapipe is a
-/// software one), and a build of the `cuda` feature, which compiles without the CUDA toolkit.
+/// software one), the `cuda` feature compiled (it needs no CUDA toolkit to build), and the
+/// charts' PNG copies. Everything comes from one build: the test build of the three crates,
+/// whose trainer integration test makes cargo build the `memr2` binary with the same features.
 fn backends() -> Result<(), String> {
-    let mut args = vec!["nextest".to_string(), "run".to_string()];
-    args.extend(backend_test_args("wgpu"));
-    args.push("--no-fail-fast".to_string());
-    run("cargo", &args.iter().map(String::as_str).collect::<Vec<_>>(), &[])?;
     run(
         "cargo",
-        &["build", "-p", "memr2-trainer", "--features", "wgpu,cuda"],
+        &[
+            "nextest",
+            "run",
+            "-p",
+            "memr2-policy",
+            "-p",
+            "memr2-logo-grpo",
+            "-p",
+            "memr2-trainer",
+            "--lib",
+            "--test",
+            "drift",
+            "--features",
+            BACKENDS_FEATURES,
+            "--no-fail-fast",
+            "-E",
+            "package(memr2-policy) | package(memr2-logo-grpo) | (package(memr2-trainer) & test(/plot/))",
+        ],
         &[],
     )?;
     let run_dir = std::env::temp_dir().join(format!("memr2-wgpu-smoke-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&run_dir);
     let binary = workspace_root().join("target/debug/memr2");
     let run_dir_arg = run_dir.to_string_lossy().to_string();
+    let binary_arg = binary.to_str().ok_or("target path is not UTF-8")?;
     let smoke = run(
-        binary.to_str().ok_or("target path is not UTF-8")?,
+        binary_arg,
         &[
             "train",
             "--preset",
@@ -293,13 +315,38 @@ fn backends() -> Result<(), String> {
         &[],
     );
     let report = run_dir.join("report.md");
-    let ok = smoke.is_ok() && report.exists();
+    let smoke = smoke.and_then(|()| {
+        if !report.exists() {
+            return Err("the wgpu smoke run wrote no report.md".into());
+        }
+        run(binary_arg, &["report", &run_dir_arg, "--png"], &[])?;
+        let pngs = walk_count(&run_dir, "png");
+        if pngs == 0 {
+            return Err("`memr2 report --png` wrote no PNG".into());
+        }
+        eprintln!("xtask: `memr2 report --png` wrote {pngs} PNG charts");
+        Ok(())
+    });
     let _ = std::fs::remove_dir_all(&run_dir);
-    smoke?;
-    if !ok {
-        return Err("the wgpu smoke run wrote no report.md".into());
-    }
-    Ok(())
+    smoke
+}
+
+/// Files under `dir` (recursively) whose extension is `ext`.
+fn walk_count(dir: &Path, ext: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .map(|p| {
+            if p.is_dir() {
+                walk_count(&p, ext)
+            } else {
+                usize::from(p.extension().is_some_and(|e| e == ext))
+            }
+        })
+        .sum()
 }
 
 /// Executables `cargo <args> --message-format json` built, with their target names.
