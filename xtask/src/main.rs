@@ -101,22 +101,56 @@ fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<(), String
     }
 }
 
+/// The features the checks build with: the trainer's `mpi` feature (and with it the tests that
+/// run `mpirun`) where an MPI library is installed.
+fn ci_features() -> Vec<&'static str> {
+    let mpi = Command::new("mpicc")
+        .arg("--showme:version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        || Command::new("mpicc")
+            .arg("-show")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if mpi {
+        eprintln!("xtask: MPI found: building with memr2-trainer/mpi and running the mpirun tests");
+        vec!["--features", "memr2-trainer/mpi"]
+    } else {
+        eprintln!(
+            "xtask: MPI not found (no mpicc): the multi-process (mpirun) tests are NOT run; \
+             install Open MPI and libclang (Debian: openmpi-bin libopenmpi-dev libclang-dev) to run them"
+        );
+        Vec::new()
+    }
+}
+
 fn ci(args: &[String]) -> Result<(), String> {
     let clippy = !args.iter().any(|a| a == "--no-clippy");
+    let features = ci_features();
+    let with = |base: &[&'static str], tail: &[&'static str]| -> Vec<&'static str> {
+        base.iter().chain(&features).chain(tail).copied().collect()
+    };
     run("cargo", &["fmt", "--all", "--", "--check"], &[])?;
     tidy()?;
     if clippy {
         run(
             "cargo",
-            &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+            &with(
+                &["clippy", "--workspace", "--all-targets"],
+                &["--", "-D", "warnings"],
+            ),
             &[],
         )?;
     }
-    run("cargo", &["nextest", "run", "--workspace", "--no-fail-fast"], &[])?;
-    run("cargo", &["test", "--workspace", "--doc"], &[])?;
     run(
         "cargo",
-        &["doc", "--workspace", "--no-deps"],
+        &with(&["nextest", "run", "--workspace", "--no-fail-fast"], &[]),
+        &[],
+    )?;
+    run("cargo", &with(&["test", "--workspace", "--doc"], &[]), &[])?;
+    run(
+        "cargo",
+        &with(&["doc", "--workspace", "--no-deps"], &[]),
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     Ok(())

@@ -54,7 +54,7 @@ impl Default for SamplingConfig {
 }
 
 /// The completion of one prompt.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Generation {
     /// Generated token ids; when `finished`, the last one is the stop id.
     pub tokens: Vec<u32>,

@@ -430,6 +430,11 @@ pub struct TrainConfig {
     /// Absent from a configuration, it is 1.
     #[serde(default = "one_shard")]
     pub shards: usize,
+    /// Over several ranks (`mpirun`), compare a checksum of the weights across the ranks after
+    /// every update (each SFT epoch, each RL step) and stop with an error naming the ranks
+    /// that differ. Cheap (one pass over the weights); off unless asked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub check_replicas: bool,
     /// Models behind OpenAI-compatible endpoints that the run calls instead of its own
     /// (`crate::served`); none by default.
     #[serde(default, skip_serializing_if = "crate::served::ServedConfig::is_empty")]
@@ -524,6 +529,7 @@ impl TrainConfig {
                 sessions: 32,
             },
             shards: 8,
+            check_replicas: false,
             served: Default::default(),
         }
     }

@@ -31,12 +31,15 @@
 
 pub mod agent;
 pub mod checkpoint;
+pub mod collective;
 pub mod compare;
 pub mod config;
 pub mod data;
 pub mod eval;
 pub mod judge;
 pub mod metrics;
+#[cfg(feature = "mpi")]
+pub mod mpi_world;
 pub(crate) mod parallel;
 pub mod plot;
 pub mod report;

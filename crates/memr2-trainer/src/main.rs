@@ -194,10 +194,18 @@ struct TrainArgs {
     /// machine's cores (1: no data parallelism; the presets' default on `wgpu` and `cuda`).
     #[arg(long)]
     shards: Option<usize>,
+    /// Parts of each batched generation, generated side by side (and, under `mpirun`, dealt
+    /// to the ranks).
+    #[arg(long)]
+    generation_shards: Option<usize>,
     /// Stop once this many RL steps have been taken in total, leaving the run to continue
     /// with `--resume` (its `latest` checkpoint holds the policy after that step).
     #[arg(long)]
     stop_after_steps: Option<u64>,
+    /// Under `mpirun`: check after every update that all ranks hold the same weights (a
+    /// checksum compared across ranks), and stop with an error if they do not.
+    #[arg(long)]
+    check_replicas: bool,
     /// Print the resolved configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -446,7 +454,7 @@ macro_rules! with_backend {
             #[cfg(feature = "cuda")]
             BackendKind::Cuda => {
                 type $b = burn::backend::Autodiff<burn::backend::Cuda>;
-                let $device = burn::backend::cuda::CudaDevice::default();
+                let $device = burn::backend::cuda::CudaDevice::new(gpu_index());
                 probe_device::<$b>(&$device, "cuda")?;
                 $body
             }
@@ -459,6 +467,24 @@ macro_rules! with_backend {
             ),
         }
     }};
+}
+
+/// The GPU this process uses: `MEMR2_DEVICE_INDEX` when set; else 0 when the launcher shows it
+/// one GPU (`CUDA_VISIBLE_DEVICES` with one entry, as Slurm's `--gpus-per-task=1` does); else
+/// the rank's index on its machine (`mpirun` with one rank per GPU); 0 for a single process.
+#[allow(dead_code)]
+fn gpu_index() -> usize {
+    let var = |name: &str| std::env::var(name).ok();
+    if let Some(index) = var("MEMR2_DEVICE_INDEX").and_then(|v| v.trim().parse().ok()) {
+        return index;
+    }
+    if var("CUDA_VISIBLE_DEVICES").is_some_and(|v| !v.trim().is_empty() && !v.contains(',')) {
+        return 0;
+    }
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"]
+        .iter()
+        .find_map(|name| var(name)?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Runs a two-element sum on `device`, so that a backend without a usable device (no GPU, no
@@ -516,23 +542,74 @@ fn compiled_backends() -> Vec<&'static str> {
 
 fn main() {
     use std::io::IsTerminal;
+    let cli = Cli::parse();
+    let ranks = match start_ranks(&cli.command) {
+        Ok(ranks) => ranks,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    };
     // Colour codes only on a terminal: a log written to a file or a pipe stays plain text.
+    // Over several ranks, the others log errors only (they repeat rank 0's work).
+    let default_filter = if ranks.rank() == 0 {
+        "warn,memr2=info"
+    } else {
+        "error"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,memr2=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = real_main() {
+    if let Err(e) = real_main(cli) {
+        if ranks.size() > 1 {
+            // The other ranks would wait for this one: end them all.
+            ranks.abort(&format!("rank {}: {e:#}", ranks.rank()), 1);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+    drop(ranks);
+    // Shuts MPI down (MPI_Finalize) when the run had several ranks.
+    drop(memr2_trainer::collective::uninstall());
 }
 
-fn real_main() -> Result<()> {
-    match Cli::parse().command {
+/// The ranks of this process: one, or those of the MPI job that started it (`mpirun`, `srun`),
+/// installed for the whole program. Only `train` and `eval` divide their work among ranks.
+fn start_ranks(command: &Command) -> Result<std::sync::Arc<dyn memr2_trainer::collective::Collective>> {
+    use memr2_trainer::collective;
+    let launched_size = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+        .unwrap_or(1);
+    #[cfg(feature = "mpi")]
+    if memr2_trainer::mpi_world::launched_by_mpi() {
+        let world = memr2_trainer::mpi_world::MpiWorld::init().map_err(anyhow::Error::msg)?;
+        let world: std::sync::Arc<dyn collective::Collective> = std::sync::Arc::new(world);
+        if world.size() > 1 && !matches!(command, Command::Train(_) | Command::Eval(_)) {
+            world.abort(
+                "only `memr2 train` and `memr2 eval` run over several ranks; run this command as one process",
+                1,
+            );
+        }
+        collective::install(world.clone());
+        return Ok(world);
+    }
+    if launched_size > 1 {
+        bail!(
+            "started as one of {launched_size} MPI processes, but this memr2 was built without the `mpi` feature: \
+             build it with `cargo build --release -p memr2-trainer --features mpi`"
+        );
+    }
+    let _ = command;
+    Ok(collective::world())
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    match cli.command {
         Command::Train(args) => train_command(*args),
         Command::Eval(args) => with_backend!(args.backend, |B, device| eval_command::<B>(&args, &device)),
         Command::Serve(args) => with_backend!(args.backend, |B, device| serve_command::<B>(&args, &device)),
@@ -807,6 +884,12 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
                 config.shards = 1;
                 config.agent.generation_shards = 1;
             }
+            // Over several ranks, each rank gets at least one part of each.
+            let ranks = memr2_trainer::collective::world().size();
+            if ranks > 1 {
+                config.shards = config.shards.max(ranks);
+                config.agent.generation_shards = config.agent.generation_shards.max(ranks);
+            }
             config
         }
     };
@@ -849,6 +932,9 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
             _ => bail!("--questions applies to the synthetic world, not to a data file"),
         }
     }
+    if let Some(g) = args.generation_shards {
+        config.agent.generation_shards = g;
+    }
     if let Some(s) = args.shards {
         config.shards = s;
     }
@@ -870,6 +956,9 @@ fn resumed_config(run: &RunDir, served: &ServedArgs) -> Result<TrainConfig> {
         // Unless named again, the models are the ones the run was using.
         served.apply(&mut config)?;
         config.validate()?;
+        if !memr2_trainer::collective::is_writer() {
+            return Ok(config);
+        }
         std::fs::write(run.config(), serde_json::to_string_pretty(&config)?)
             .with_context(|| format!("cannot write {}", run.config().display()))?;
     }
@@ -921,11 +1010,23 @@ fn train_command(args: TrainArgs) -> Result<()> {
             )
         }
     };
+    let mut config = config;
+    if args.check_replicas {
+        config.check_replicas = true;
+    }
+    let writer = memr2_trainer::collective::is_writer();
     if args.print_config {
-        println!("{}", serde_json::to_string_pretty(&config)?);
+        if writer {
+            println!("{}", serde_json::to_string_pretty(&config)?);
+        }
         return Ok(());
     }
-    let bar = progress_bar();
+    // Over several ranks, rank 0 alone shows progress and prints.
+    let bar = if writer {
+        progress_bar()
+    } else {
+        ProgressBar::hidden()
+    };
     // Without a terminal the bar is hidden: log progress every half minute instead.
     let mut last_log = std::time::Instant::now();
     let mut observe = |event: Event<'_>| {
@@ -939,7 +1040,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
         Event::Progress { done, message } => {
             bar.set_position(done);
             bar.set_message(message);
-            if bar.is_hidden() && last_log.elapsed() >= Duration::from_secs(30) {
+            if writer && bar.is_hidden() && last_log.elapsed() >= Duration::from_secs(30) {
                 last_log = std::time::Instant::now();
                 tracing::info!(
                     phase = %bar.prefix(),
@@ -976,6 +1077,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
     ));
     bar.finish_and_clear();
     let report = match outcome {
+        Err(TrainError::Stopped { .. }) if !writer => return Ok(()),
         Err(TrainError::Stopped { step }) => {
             println!(
                 "stopped after {step} RL steps as asked; continue with: memr2 train --resume {}",
@@ -985,6 +1087,9 @@ fn train_command(args: TrainArgs) -> Result<()> {
         }
         other => other.with_context(|| format!("training run {}", options.dir.display()))?,
     };
+    if !writer {
+        return Ok(());
+    }
     println!("{}", report.table);
     println!("run directory: {}", report.dir.display());
     Ok(())
@@ -1045,6 +1150,9 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
         &systems,
         &mut |_| {},
     )?;
+    if !memr2_trainer::collective::is_writer() {
+        return Ok(());
+    }
     println!(
         "Test conversations: {}, horizon {} sessions\n\n{}",
         config.eval.test_episodes.min(data.test.len()),

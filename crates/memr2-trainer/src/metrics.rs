@@ -11,7 +11,8 @@ use crate::tensorboard::TensorBoard;
 
 /// Appends one JSON line per record.
 pub struct MetricsLog {
-    path: PathBuf,
+    /// `None` for a log that only counts (on the ranks other than the one that writes).
+    path: Option<PathBuf>,
     lines: u64,
     tensorboard: Option<TensorBoard>,
 }
@@ -42,31 +43,48 @@ impl MetricsLog {
         }
         std::fs::write(path, text).map_err(io)?;
         Ok(Self {
-            path: path.to_path_buf(),
+            path: Some(path.to_path_buf()),
             lines: keep,
             tensorboard: None,
         })
     }
 
+    /// A log that writes nothing and counts the records as if it did, starting at `lines`:
+    /// what the ranks other than rank 0 keep, so that their checkpoint state is the same.
+    pub fn counting(lines: u64) -> Self {
+        Self {
+            path: None,
+            lines,
+            tensorboard: None,
+        }
+    }
+
     /// Mirrors the log into TensorBoard event files in `dir` from now on, starting them
     /// afresh with the lines the log holds.
     pub fn mirror_to_tensorboard(&mut self, dir: &Path) -> Result<(), TrainError> {
-        let records = Self::read(&self.path)?;
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let records = Self::read(path)?;
         self.tensorboard = Some(TensorBoard::create(dir, &records)?);
         Ok(())
     }
 
     /// Appends a record as one line and flushes it.
     pub fn append<T: Serialize>(&mut self, record: &T) -> Result<(), TrainError> {
+        let Some(path) = &self.path else {
+            self.lines += 1;
+            return Ok(());
+        };
         let io = |source| TrainError::Io {
-            path: self.path.clone(),
+            path: path.clone(),
             source,
         };
         let line = serde_json::to_string(record).expect("metrics serialise");
         let mut file = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
-            .open(&self.path)
+            .open(path)
             .map_err(io)?;
         writeln!(file, "{line}").map_err(io)?;
         self.lines += 1;

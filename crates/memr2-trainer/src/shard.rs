@@ -16,8 +16,11 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
+use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
 use memr2_policy::Transformer;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// `items` dealt into at most `shards` non-empty parts: item `i` goes to part `i % shards`, so
 /// that each part of a length-sorted minibatch gets the same mix of lengths.
@@ -83,6 +86,10 @@ where
 /// in shard order. Shards run on up to as many threads as the machine has cores, each thread
 /// on its own fork of `model`. The gradients are `None` when some shard's loss is not finite
 /// (nothing is back-propagated then), so the caller can skip the minibatch.
+///
+/// Over several ranks ([`crate::collective`]), shard `s` is computed by rank `s % size`; the
+/// losses and outputs are gathered and the gradients summed by one all-reduce of one flat
+/// buffer, so every rank returns the same values.
 pub fn sharded_gradients<B, S, X, F>(
     model: &Transformer<B>,
     shards: &[S],
@@ -91,17 +98,20 @@ pub fn sharded_gradients<B, S, X, F>(
 where
     B: AutodiffBackend,
     S: Sync,
-    X: Send,
+    X: Send + Serialize + DeserializeOwned,
     F: Fn(&Transformer<B>, &S) -> (Tensor<B, 1>, X) + Sync,
 {
+    let world = crate::collective::world();
+    let (rank, size) = (world.rank(), world.size());
+    let mine: Vec<usize> = (rank..shards.len()).step_by(size).collect();
     let device = model.devices()[0].clone();
     let results = round_robin(
         model,
-        shards.len(),
+        mine.len(),
         usize::MAX,
         |m| m.clone().fork(&device),
-        |m, s| {
-            let (value, extra) = loss(m, &shards[s]);
+        |m, j| {
+            let (value, extra) = loss(m, &shards[mine[j]]);
             let scalar: f64 = value.clone().into_scalar().elem();
             let grads = scalar
                 .is_finite()
@@ -109,15 +119,114 @@ where
             (scalar, extra, grads)
         },
     );
-    let finite = results.iter().all(|(value, ..)| value.is_finite());
     let mut grads = Vec::with_capacity(results.len());
     let mut outputs = Vec::with_capacity(results.len());
     for (value, extra, g) in results {
         outputs.push((value, extra));
         grads.extend(g);
     }
-    let summed = finite.then(|| sum_gradients(model, grads));
-    (summed, outputs)
+    if size > 1 {
+        outputs = interleave(crate::collective::gather(&outputs), shards.len());
+    }
+    let finite = outputs.iter().all(|(value, _)| value.is_finite());
+    if !finite {
+        return (None, outputs);
+    }
+    let summed = sum_gradients(model, grads);
+    let summed = if size > 1 {
+        all_reduce_gradients(model, summed, world.as_ref())
+    } else {
+        summed
+    };
+    (Some(summed), outputs)
+}
+
+/// Rank `r`'s items (those of indices `r, r + size, ...`) put back in index order.
+fn interleave<T>(per_rank: Vec<Vec<T>>, n: usize) -> Vec<T> {
+    let size = per_rank.len().max(1);
+    let mut parts: Vec<std::vec::IntoIter<T>> = per_rank.into_iter().map(Vec::into_iter).collect();
+    (0..n).filter_map(|i| parts[i % size].next()).collect()
+}
+
+/// The sum over the ranks of each rank's gradients, by one all-reduce of one flat buffer: each
+/// parameter's gradient (zeros where a rank has none) and, after them, one count per parameter
+/// of the ranks that had one, so that a parameter no rank touched stays without a gradient,
+/// as in one process.
+pub fn all_reduce_gradients<B: AutodiffBackend>(
+    model: &Transformer<B>,
+    grads: GradientsParams,
+    world: &dyn crate::collective::Collective,
+) -> GradientsParams {
+    struct Flatten<'a> {
+        grads: &'a GradientsParams,
+        values: Vec<f32>,
+        present: Vec<f32>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            match self.grads.get::<B::InnerBackend, D>(param.id) {
+                Some(g) => {
+                    self.values.extend(
+                        g.into_data()
+                            .convert::<f32>()
+                            .to_vec::<f32>()
+                            .expect("f32 gradient"),
+                    );
+                    self.present.push(1.0);
+                }
+                None => {
+                    self.values
+                        .extend(std::iter::repeat_n(0.0, param.shape().num_elements()));
+                    self.present.push(0.0);
+                }
+            }
+        }
+    }
+    struct Unflatten<'a, B: AutodiffBackend> {
+        values: &'a [f32],
+        present: &'a [f32],
+        at: usize,
+        param: usize,
+        device: B::Device,
+        out: GradientsParams,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Unflatten<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let shape = param.shape();
+            let n = shape.num_elements();
+            if self.present[self.param] > 0.0 {
+                let data = TensorData::new(self.values[self.at..self.at + n].to_vec(), shape);
+                self.out.register::<B::InnerBackend, D>(
+                    param.id,
+                    Tensor::<B::InnerBackend, D>::from_data(data, &self.device),
+                );
+            }
+            self.at += n;
+            self.param += 1;
+        }
+    }
+    let mut flat = Flatten {
+        grads: &grads,
+        values: Vec::new(),
+        present: Vec::new(),
+    };
+    model.visit(&mut flat);
+    let (mut buf, params) = (flat.values, flat.present.len());
+    let values_len = buf.len();
+    buf.extend(flat.present);
+    world.all_reduce_sum(&mut buf);
+    let (values, present) = buf.split_at(values_len);
+    debug_assert_eq!(present.len(), params);
+    let mut unflat = Unflatten::<B> {
+        values,
+        present,
+        at: 0,
+        param: 0,
+        device: model.devices()[0].clone(),
+        out: GradientsParams::new(),
+    };
+    model.visit(&mut unflat);
+    unflat.out
 }
 
 /// The sum of several gradient sets of `model`'s parameters, added in the order given.
@@ -236,6 +345,70 @@ mod tests {
                 "the gradient is not trivially zero"
             );
         }
+    }
+
+    #[test]
+    fn shards_dealt_to_ranks_give_the_one_process_gradient_on_every_rank() {
+        let batch: Vec<(Vec<u32>, Vec<u32>)> = vec![
+            (vec![1, 5, 9, 13], vec![7, 2]),
+            (vec![1, 4], vec![8, 8, 2]),
+            (vec![1, 6, 6], vec![3, 2]),
+            (vec![1, 9, 4, 4, 7], vec![5, 5, 5, 2]),
+            (vec![1, 2], vec![9, 2]),
+        ];
+        let tokens: f32 = batch.iter().map(|(_, c)| c.len() as f32).sum();
+        // Made and initialised once (burn initialises parameters lazily, from the backend's
+        // global generator, which threads would share), and forked for each rank's thread, as
+        // separate processes have separate autodiff graphs.
+        let base = model();
+        crate::collective::parameter_checksum(&base);
+        let gradients = |shards: usize| {
+            let model = base.clone().fork(&Default::default());
+            let parts = deal(&batch, shards);
+            let (grads, outputs) = sharded_gradients(&model, &parts, |m, rows| {
+                (sample_loss(m, rows, tokens), rows.len())
+            });
+            (flat(&model, &grads.expect("finite")), outputs)
+        };
+        for shards in [2, 3, 5] {
+            let (alone, alone_outputs) = gradients(shards);
+            for ranks in [2, 3] {
+                let out = crate::collective::tests::on_ranks(ranks, || gradients(shards));
+                for (rank, (grads, outputs)) in out.iter().enumerate() {
+                    assert_eq!(outputs, &alone_outputs, "{shards} shards, rank {rank} of {ranks}");
+                    let worst = grads
+                        .iter()
+                        .zip(&alone)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0.0f32, f32::max);
+                    assert!(worst < 1e-6, "{shards} shards on {ranks} ranks: {worst}");
+                    if shards == ranks {
+                        // One shard per rank: the all-reduce adds what one process adds.
+                        assert_eq!(grads, &alone, "{shards} shards on {ranks} ranks");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_non_finite_shard_loss_on_another_rank_skips_the_minibatch_everywhere() {
+        let base = model();
+        crate::collective::parameter_checksum(&base);
+        let out = crate::collective::tests::on_ranks(2, || {
+            let model = base.clone().fork(&Default::default());
+            let parts = vec![
+                vec![(vec![1u32, 5], vec![7u32, 2])],
+                vec![(vec![1u32, 4], vec![8u32, 2])],
+            ];
+            let (grads, outputs) = sharded_gradients(&model, &parts, |m, rows| {
+                let loss = sample_loss(m, rows, 2.0);
+                let loss = if rows[0].0[1] == 4 { loss * f32::NAN } else { loss };
+                (loss, ())
+            });
+            (grads.is_none(), outputs.len())
+        });
+        assert_eq!(out, vec![(true, 2), (true, 2)]);
     }
 
     #[test]

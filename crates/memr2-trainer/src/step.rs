@@ -126,6 +126,10 @@ pub struct StepMetrics {
     pub update_s: f64,
     /// Seconds of the whole step.
     pub step_s: f64,
+    /// Seconds of the step spent in collectives across ranks (exchanging parts and gradients,
+    /// and waiting for the slowest rank); absent in a run of one process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collective_s: Option<f64>,
 }
 
 /// Permutes the rewards among the members of each group: the placebo update of
@@ -215,6 +219,8 @@ where
     O: Optimizer<Transformer<B>, B>,
 {
     let start = Instant::now();
+    let world = crate::collective::world();
+    let waited_before = world.waited();
     let cfg = ctx.config;
     let policy = model.valid();
     let agent = Agent {
@@ -252,6 +258,9 @@ where
     metrics.update_tokens_per_s = update.tokens as f64 / metrics.update_s.max(1e-9);
     metrics.update = update;
     metrics.step_s = start.elapsed().as_secs_f64();
+    if world.size() > 1 {
+        metrics.collective_s = Some((world.waited() - waited_before).as_secs_f64());
+    }
     Ok((model, metrics))
 }
 

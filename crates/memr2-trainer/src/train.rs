@@ -23,6 +23,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::TrainError;
 use crate::checkpoint::{self, Phase, TrainState};
+use crate::collective;
 use crate::config::{AgentConfig, EmbedderSlot, ModelSpec, SftConfig, TrainConfig};
 use crate::data::{Splits, environment};
 use crate::eval::{
@@ -329,9 +330,13 @@ struct Training<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> Training<B> {
-    /// Saves the resumable checkpoint: weights, optimizer state and where the run stands.
+    /// Saves the resumable checkpoint: weights, optimizer state and where the run stands (rank
+    /// 0 alone writes).
     fn save_latest(&mut self) -> Result<(), TrainError> {
         self.state.metrics_lines = self.log.lines();
+        if !collective::is_writer() {
+            return Ok(());
+        }
         checkpoint::save(
             &self.run.checkpoint("latest"),
             &self.model,
@@ -341,8 +346,11 @@ impl<B: AutodiffBackend> Training<B> {
         )
     }
 
-    /// Saves the model alone under a checkpoint name.
+    /// Saves the model alone under a checkpoint name (rank 0 alone writes).
     fn save_as(&self, name: &str) -> Result<(), TrainError> {
+        if !collective::is_writer() {
+            return Ok(());
+        }
         checkpoint::save::<B, ()>(&self.run.checkpoint(name), &self.model, &self.arch, None, None)
     }
 
@@ -398,9 +406,20 @@ pub fn run_with<B: AutodiffBackend>(
         config
     };
     check_capabilities(env, &config, options)?;
+    let ranks = collective::world().size();
+    if ranks > 1 && (config.shards % ranks != 0 || config.agent.generation_shards % ranks != 0) {
+        tracing::warn!(
+            ranks,
+            shards = config.shards,
+            generation_shards = config.agent.generation_shards,
+            "shards and generation shards that are not multiples of the ranks leave some ranks idle part of the time"
+        );
+    }
+    // Decided once, before anything is written (other ranks would see rank 0's files).
+    let need_teacher = teacher_needed(&config, options, &run);
     // Served models answer before any work starts, not after the warm start.
     for (role, endpoint) in config.served.roles() {
-        if role == "teacher" && !teacher_needed(&config, options, &run) {
+        if role == "teacher" && !need_teacher {
             continue;
         }
         if role == "embeddings" {
@@ -410,12 +429,16 @@ pub fn run_with<B: AutodiffBackend>(
         }
     }
     let data = Splits::of(env)?;
-    if !options.resume {
-        create_run_dir::<B>(&run, &config, options, device)?;
-    }
+    // Rank 0 creates the run directory; over several ranks, the others wait for it.
+    collective::rank0_first(|| {
+        if options.resume || !collective::is_writer() {
+            return Ok(());
+        }
+        create_run_dir::<B>(&run, &config, options, device)
+    })?;
     attach_embedder(&mut config, &run.served_cache())?;
     let teacher = match &config.served.teacher {
-        Some(endpoint) if teacher_needed(&config, options, &run) => Some(ServedTeacher::connect(
+        Some(endpoint) if need_teacher => Some(ServedTeacher::connect(
             endpoint.clone(),
             Some(&run.served_cache()),
         )?),
@@ -425,7 +448,8 @@ pub fn run_with<B: AutodiffBackend>(
         env,
         served: teacher.as_ref(),
     };
-    let tokenizer = tokenizer_for(&config, &run, &data, teachers)?;
+    // Rank 0 trains and writes the tokenizer; the others read it.
+    let tokenizer = collective::rank0_first(|| tokenizer_for(&config, &run, &data, teachers))?;
     let mut training = start_or_resume::<B>(&config, options, run, &tokenizer, device)?;
     tracing::info!(
         parameters = training.arch.num_parameters(),
@@ -457,6 +481,8 @@ pub fn run_with<B: AutodiffBackend>(
             observe,
         )?;
     }
+    // The warm start's checkpoints are read back: rank 0 has written them once all get here.
+    collective::world().barrier();
     let frozen = Frozen::<B>::load(&training.run, &config, device)?;
     let context = StepContext::<B> {
         tokenizer: &tokenizer,
@@ -606,8 +632,13 @@ fn start_or_resume<B: AutodiffBackend>(
             fresh_state(Phase::Sft { epochs_done: 0 }),
         )
     };
-    let mut log = MetricsLog::open(&run.metrics(), state.metrics_lines)?;
-    log.mirror_to_tensorboard(&run.tensorboard())?;
+    let log = if collective::is_writer() {
+        let mut log = MetricsLog::open(&run.metrics(), state.metrics_lines)?;
+        log.mirror_to_tensorboard(&run.tensorboard())?;
+        log
+    } else {
+        MetricsLog::counting(state.metrics_lines)
+    };
     Ok(Training {
         model,
         arch,
@@ -663,6 +694,7 @@ fn supervised_epochs<B: AutodiffBackend>(
     let epochs = spec.schedule.epochs;
     for epoch in spec.epochs_done..epochs {
         let started = std::time::Instant::now();
+        let waited_before = collective::world().waited();
         observe(Event::Phase {
             name: format!("{} epoch {}/{}", spec.name, epoch + 1, epochs),
             total: batches,
@@ -684,6 +716,12 @@ fn supervised_epochs<B: AutodiffBackend>(
             loss_progress(observe),
         );
         training.model = next;
+        if config.check_replicas {
+            collective::check_replicas(
+                &training.model,
+                &format!("after {} epoch {}", spec.name, epoch + 1),
+            )?;
+        }
         let mut record = probe(&training.model.valid(), &mut training.state.rng);
         tracing::info!(phase = spec.name, epoch, loss, skipped, probe = %serde_json::Value::Object(record.clone()), "epoch done");
         record.insert(format!("{}_epoch", spec.name.to_lowercase()), (epoch + 1).into());
@@ -691,6 +729,14 @@ fn supervised_epochs<B: AutodiffBackend>(
         record.insert("skipped_nonfinite".into(), skipped.into());
         // The epoch's seconds, its validation probe included.
         record.insert("epoch_s".into(), started.elapsed().as_secs_f64().into());
+        let world = collective::world();
+        if world.size() > 1 {
+            // Of which in collectives across ranks (exchanges and waiting for the slowest).
+            record.insert(
+                "collective_s".into(),
+                (world.waited() - waited_before).as_secs_f64().into(),
+            );
+        }
         training.log.append(&record)?;
         training.state.phase = (spec.phase)(epoch + 1);
         training.save_latest()?;
@@ -825,7 +871,9 @@ fn tune_answerer<B: AutodiffBackend>(
     };
     let mut training = supervised_epochs(training, config, spec, &mut probe, observe)?;
     training.save_as("answerer")?;
-    // The policy starts the curriculum from the warm-start weights, not the answerer's.
+    // The policy starts the curriculum from the warm-start weights, not the answerer's (rank 0
+    // wrote them).
+    collective::world().barrier();
     training.model = checkpoint::load::<B>(&training.run.checkpoint("sft"), device)?.model;
     training.enter(Phase::Rl {
         stage: 0,
@@ -962,6 +1010,9 @@ fn curriculum<B: AutodiffBackend>(
             )?;
             training.model = next;
             state.step += 1;
+            if config.check_replicas {
+                collective::check_replicas(&training.model, &format!("after step {}", state.step))?;
+            }
             metrics.step = state.step;
             observe(Event::Step(&metrics));
             training.log.append(&metrics)?;
@@ -985,7 +1036,9 @@ fn curriculum<B: AutodiffBackend>(
             };
             training.save_latest()?;
         }
-        // The next stage starts from this stage's best checkpoint, with a fresh optimizer.
+        // The next stage starts from this stage's best checkpoint, with a fresh optimizer
+        // (written by rank 0, read by every rank).
+        collective::world().barrier();
         training.model = checkpoint::load::<B>(&training.run.checkpoint(&best_name), device)?.model;
         tracing::info!(horizon = h, best = ?training.state.best, "stage done");
         training.state.best = None;
@@ -1032,7 +1085,7 @@ fn evaluation<B: AutodiffBackend>(
     )?;
     let table = evaluation.tables();
     let test = at_horizon(&data.test, config.eval.sessions, config.eval.test_episodes);
-    EvaluationRecord {
+    let record = EvaluationRecord {
         environment: env.name().to_string(),
         task: env.task().name().to_string(),
         episodes: test.iter().map(|e| e.id.clone()).collect(),
@@ -1040,9 +1093,11 @@ fn evaluation<B: AutodiffBackend>(
         seed: config.seed,
         seconds: started.elapsed().as_secs_f64(),
         evaluation: evaluation.clone(),
+    };
+    if collective::is_writer() {
+        record.write(&run.evaluation())?;
+        report::write_report(run, false)?;
     }
-    .write(&run.evaluation())?;
-    report::write_report(run, false)?;
     Ok(RunReport {
         table,
         rows: evaluation.rows,

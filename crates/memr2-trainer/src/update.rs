@@ -123,16 +123,19 @@ pub fn host_logprobs<B: Backend>(
     by_length.sort_by_key(|&i| samples[i].prompt.len() + samples[i].completion.len());
     let batches: Vec<&[usize]> = by_length.chunks(chunk.max(1)).collect();
     let threads = if side_by_side { usize::MAX } else { 1 };
-    let computed = crate::shard::round_robin(model, batches.len(), threads, Clone::clone, |model, b| {
-        let pairs: Vec<(Vec<u32>, Vec<u32>)> = batches[b]
-            .iter()
-            .map(|&i| (samples[i].prompt.clone(), samples[i].completion.clone()))
-            .collect();
-        completion_logprobs(model, &pairs)
-            .logprobs
-            .into_data()
-            .to_vec::<f32>()
-            .expect("f32 log-probs")
+    // Over several ranks, batch `b` is computed by rank `b % ranks` and the results gathered.
+    let computed: Vec<Vec<f32>> = crate::collective::dealt(batches.len(), |mine| {
+        crate::shard::round_robin(model, mine.len(), threads, Clone::clone, |model, j| {
+            let pairs: Vec<(Vec<u32>, Vec<u32>)> = batches[mine[j]]
+                .iter()
+                .map(|&i| (samples[i].prompt.clone(), samples[i].completion.clone()))
+                .collect();
+            completion_logprobs(model, &pairs)
+                .logprobs
+                .into_data()
+                .to_vec::<f32>()
+                .expect("f32 log-probs")
+        })
     });
     let mut out = vec![Vec::new(); samples.len()];
     for (batch, data) in batches.iter().zip(computed) {
