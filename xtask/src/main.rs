@@ -1,6 +1,6 @@
 //! Project chores: `cargo xtask tidy` checks the crate boundaries and file headers, `cargo xtask ci`
-//! runs the local CI pipeline, `cargo xtask backends` proves the GPU backends (wgpu tests and
-//! smoke run over any Vulkan driver, the CUDA build), and `cargo xtask gpu-check` packs the CUDA
+//! runs the local CI pipeline, `cargo xtask backends` proves the GPU backends (wgpu tests and a
+//! short smoke run over any Vulkan driver, the CUDA feature compiled), and `cargo xtask gpu-check` packs the CUDA
 //! binaries and a script to run them on a machine with an NVIDIA GPU.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -329,18 +329,45 @@ fn backends() -> Result<(), String> {
     let run_dir = std::env::temp_dir().join(format!("memr2-wgpu-smoke-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&run_dir);
     let binary = workspace_root().join("target/debug/memr2");
-    let run_dir_arg = run_dir.to_string_lossy().to_string();
     let binary_arg = binary.to_str().ok_or("target path is not UTF-8")?;
+    let run_dir_arg = run_dir.to_string_lossy().to_string();
+    // The smoke preset cut to one stage of 4 sessions and an evaluation at 4 sessions: every
+    // phase runs on wgpu, in a few minutes on a software Vulkan driver.
+    let config_path = std::env::temp_dir().join(format!("memr2-wgpu-smoke-{}.json", std::process::id()));
+    let smoke_args = [
+        "train",
+        "--preset",
+        "smoke",
+        "--sft-epochs",
+        "1",
+        "--answerer-epochs",
+        "1",
+        "--backend",
+        "wgpu",
+    ];
+    let printed = Command::new(binary_arg)
+        .args(smoke_args)
+        .arg("--print-config")
+        .output()
+        .map_err(|e| format!("could not run {binary_arg}: {e}"))?;
+    if !printed.status.success() {
+        return Err(format!(
+            "`memr2 train --print-config` failed: {}",
+            String::from_utf8_lossy(&printed.stderr)
+        ));
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&printed.stdout).map_err(|e| format!("the printed configuration: {e}"))?;
+    config["curriculum"]["horizons"] = serde_json::json!([4]);
+    config["eval"]["sessions"] = serde_json::json!(4);
+    std::fs::write(&config_path, config.to_string())
+        .map_err(|e| format!("{}: {e}", config_path.display()))?;
     let smoke = run(
         binary_arg,
         &[
             "train",
-            "--preset",
-            "smoke",
-            "--sft-epochs",
-            "2",
-            "--answerer-epochs",
-            "1",
+            "--config",
+            config_path.to_str().ok_or("temp path is not UTF-8")?,
             "--backend",
             "wgpu",
             "--run-dir",
@@ -348,6 +375,7 @@ fn backends() -> Result<(), String> {
         ],
         &[],
     );
+    let _ = std::fs::remove_file(&config_path);
     let report = run_dir.join("report.md");
     let smoke = smoke.and_then(|()| {
         if !report.exists() {

@@ -581,7 +581,7 @@ fn main() {
 /// installed for the whole program. Only `train` and `eval` divide their work among ranks.
 fn start_ranks(command: &Command) -> Result<std::sync::Arc<dyn memr2_trainer::collective::Collective>> {
     use memr2_trainer::collective;
-    let launched_size = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"]
+    let launched_size = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
         .iter()
         .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
         .unwrap_or(1);

@@ -2,7 +2,7 @@
 //! `srun` or any other MPI launcher. Built with the `mpi` feature.
 //!
 //! Every collective is issued as a non-blocking MPI operation and waited for with a deadline:
-//! when a rank hangs, the others end the job with [`MpiWorld::abort`] (`MPI_Abort`) and a
+//! when a rank hangs, the others end the job with [`Collective::abort`] (`MPI_Abort`) and a
 //! message naming the operation, instead of waiting for ever. When a rank dies, the launcher
 //! ends the others (Open MPI's `mpirun` and Slurm both do). The deadline is
 //! `MEMR2_COLLECTIVE_TIMEOUT_S` seconds, 600 unless set: it must cover the longest stretch one
@@ -40,8 +40,9 @@ pub fn launched_by_mpi() -> bool {
 }
 
 impl MpiWorld {
-    /// Initialises MPI; `None` when it was initialised already or cannot give serialised
-    /// threading (memr2 calls MPI from whichever thread runs the training loop).
+    /// Initialises MPI; an error when it was initialised already, when the library cannot give
+    /// serialised threading (memr2 calls MPI from whichever thread runs the training loop), or
+    /// when `MEMR2_COLLECTIVE_TIMEOUT_S` is not a positive number.
     pub fn init() -> Result<MpiWorld, String> {
         let (universe, threading) = mpi::initialize_with_threading(mpi::Threading::Serialized)
             .ok_or("MPI was initialised already")?;

@@ -1,6 +1,6 @@
 //! Runs over several processes under `mpirun` (Open MPI), on loopback: a 2-rank run gives the
 //! 1-rank run's numbers; a rank that dies or hangs ends the job with an error within a bound;
-//! `--resume` then finishes the run. Built with the `mpi` feature, which needs MPI installed.
+//! `--resume` then finishes the run, on the same or another number of ranks. Built with the `mpi` feature, which needs MPI installed.
 #![cfg(feature = "mpi")]
 
 use std::path::Path;
@@ -196,10 +196,10 @@ fn two_ranks_train_like_one_and_survive_a_lost_rank() {
     );
     // A rank that hangs: the others give up after the collective timeout and end the job.
     let hung = scratch.path().join("hung");
-    let (out, took) = signal_rank_1(&hung, 2, "-STOP", "5");
+    let (out, took) = signal_rank_1(&hung, 2, "-STOP", "20");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the job ended with an error");
-    assert!(stderr.contains("did not complete within 5 s"), "{stderr}");
+    assert!(stderr.contains("did not complete within 20 s"), "{stderr}");
     assert!(
         took < Duration::from_secs(60),
         "the job took {took:?} to end after the hang"
@@ -214,4 +214,12 @@ fn two_ranks_train_like_one_and_survive_a_lost_rank() {
     assert!(killed.join("report.md").exists());
     assert_eq!(metrics(&killed), m2);
     assert_eq!(evaluation(&killed), evaluation(&two));
+    // And the hung one, resumed as one process, too.
+    run({
+        let mut cmd = Command::new(MEMR2);
+        cmd.args(["train", "--resume", &hung.display().to_string()]);
+        cmd
+    });
+    assert_eq!(metrics(&hung), m2);
+    assert_eq!(evaluation(&hung), evaluation(&two));
 }
