@@ -306,16 +306,25 @@ mod tests {
         visitor.out
     }
 
-    #[test]
-    fn sharded_gradients_equal_the_whole_batch_gradient() {
-        let model = model();
-        let batch: Vec<(Vec<u32>, Vec<u32>)> = vec![
+    /// Five sequences of different prompt and completion lengths.
+    fn batch() -> Vec<(Vec<u32>, Vec<u32>)> {
+        vec![
             (vec![1, 5, 9, 13], vec![7, 2]),
             (vec![1, 4], vec![8, 8, 2]),
             (vec![1, 6, 6], vec![3, 2]),
             (vec![1, 9, 4, 4, 7], vec![5, 5, 5, 2]),
             (vec![1, 2], vec![9, 2]),
-        ];
+        ]
+    }
+
+    fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max)
+    }
+
+    #[test]
+    fn sharded_gradients_equal_the_whole_batch_gradient() {
+        let model = model();
+        let batch = batch();
         let tokens: f32 = batch.iter().map(|(_, c)| c.len() as f32).sum();
         let whole = sample_loss(&model, &batch, tokens);
         let whole_value: f64 = whole.clone().into_scalar().elem();
@@ -334,11 +343,7 @@ mod tests {
                 "{shards}: {value} vs {whole_value}"
             );
             assert_eq!(grads.len(), whole.len());
-            let worst = grads
-                .iter()
-                .zip(&whole)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let worst = largest_difference(&grads, &whole);
             assert!(worst < 1e-5, "{shards} shards: largest difference {worst}");
             assert!(
                 whole.iter().any(|g| g.abs() > 1e-4),
@@ -349,13 +354,7 @@ mod tests {
 
     #[test]
     fn shards_dealt_to_ranks_give_the_one_process_gradient_on_every_rank() {
-        let batch: Vec<(Vec<u32>, Vec<u32>)> = vec![
-            (vec![1, 5, 9, 13], vec![7, 2]),
-            (vec![1, 4], vec![8, 8, 2]),
-            (vec![1, 6, 6], vec![3, 2]),
-            (vec![1, 9, 4, 4, 7], vec![5, 5, 5, 2]),
-            (vec![1, 2], vec![9, 2]),
-        ];
+        let batch = batch();
         let tokens: f32 = batch.iter().map(|(_, c)| c.len() as f32).sum();
         // Made and initialised once (burn initialises parameters lazily, from the backend's
         // global generator, which threads would share), and forked for each rank's thread, as
@@ -376,11 +375,7 @@ mod tests {
                 let out = crate::collective::tests::on_ranks(ranks, || gradients(shards));
                 for (rank, (grads, outputs)) in out.iter().enumerate() {
                     assert_eq!(outputs, &alone_outputs, "{shards} shards, rank {rank} of {ranks}");
-                    let worst = grads
-                        .iter()
-                        .zip(&alone)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0.0f32, f32::max);
+                    let worst = largest_difference(grads, &alone);
                     assert!(worst < 1e-6, "{shards} shards on {ranks} ranks: {worst}");
                     if shards == ranks {
                         // One shard per rank: the all-reduce adds what one process adds.
