@@ -85,6 +85,7 @@ impl Collective for Single {
 /// a library user can try a data-parallel setup without MPI.
 pub struct InProcess {
     rank: usize,
+    size: usize,
     shared: Arc<Exchange>,
 }
 
@@ -104,6 +105,7 @@ impl InProcess {
         (0..n)
             .map(|rank| InProcess {
                 rank,
+                size: n,
                 shared: shared.clone(),
             })
             .collect()
@@ -115,7 +117,7 @@ impl Collective for InProcess {
         self.rank
     }
     fn size(&self) -> usize {
-        self.shared.slots.lock().expect("exchange lock").len()
+        self.size
     }
     fn all_reduce_sum(&self, buf: &mut [f32]) {
         let all = self.all_gather(&f32_bytes(buf));
@@ -197,10 +199,6 @@ pub fn is_writer() -> bool {
 /// Every rank's `value`, in rank order, on every rank.
 pub fn gather<T: Serialize + DeserializeOwned>(value: &T) -> Vec<T> {
     let world = world();
-    if world.size() == 1 {
-        let bytes = rmp_serde::to_vec(value).expect("a value serialises");
-        return vec![rmp_serde::from_slice(&bytes).expect("a value reads back")];
-    }
     let bytes = rmp_serde::to_vec(value).expect("a value serialises");
     world
         .all_gather(&bytes)
@@ -242,33 +240,54 @@ where
         .collect()
 }
 
-/// Runs `f` on rank 0 first and on the other ranks once it has finished, for work whose
-/// output the others read (a run directory rank 0 creates, a tokenizer it writes). An error on
-/// rank 0 becomes an error on every rank.
-pub fn rank0_first<R>(f: impl FnOnce() -> Result<R, crate::TrainError>) -> Result<R, crate::TrainError> {
+/// Runs `f` on rank 0 alone, the other ranks waiting until it has finished: work whose output
+/// they then read (a run directory rank 0 creates). An error on rank 0 becomes an error on
+/// every rank.
+pub fn rank0_only(f: impl FnOnce() -> Result<(), crate::TrainError>) -> Result<(), crate::TrainError> {
     let world = world();
+    let out = if world.rank() == 0 { f() } else { Ok(()) };
     if world.size() == 1 {
-        return f();
+        return out;
     }
-    if world.rank() == 0 {
-        let out = f();
-        let mut status = match &out {
-            Ok(_) => Vec::new(),
-            Err(e) => e.to_string().into_bytes(),
-        };
-        world.broadcast(&mut status, 0);
-        out
+    let mut status = match &out {
+        Err(e) if world.rank() == 0 => e.to_string().into_bytes(),
+        _ => Vec::new(),
+    };
+    world.broadcast(&mut status, 0);
+    if world.rank() != 0 && !status.is_empty() {
+        return Err(crate::TrainError::Invalid(format!(
+            "rank 0 failed: {}",
+            String::from_utf8_lossy(&status)
+        )));
+    }
+    out
+}
+
+/// Runs `f` on rank 0 first and on the other ranks once it has finished (a tokenizer rank 0
+/// trains and writes, the others read), with [`rank0_only`]'s errors.
+pub fn rank0_first<R>(f: impl FnOnce() -> Result<R, crate::TrainError>) -> Result<R, crate::TrainError> {
+    if world().rank() == 0 {
+        let mut out = None;
+        rank0_only(|| f().map(|r| out = Some(r)))?;
+        Ok(out.expect("rank 0 ran it"))
     } else {
-        let mut status = Vec::new();
-        world.broadcast(&mut status, 0);
-        if !status.is_empty() {
-            return Err(crate::TrainError::Invalid(format!(
-                "rank 0 failed: {}",
-                String::from_utf8_lossy(&status)
-            )));
-        }
+        rank0_only(|| Ok(()))?;
         f()
     }
+}
+
+/// The number of processes an MPI launcher started this one among (`mpirun`, Hydra, Slurm's
+/// PMI), or `None` when none did.
+pub fn launched_ranks() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+}
+
+/// True when an MPI launcher started this process (PMIx, as Slurm's `--mpi=pmix`, names no
+/// size, only the rank).
+pub fn launched_by_mpi() -> bool {
+    launched_ranks().is_some() || std::env::var_os("PMIX_RANK").is_some()
 }
 
 /// A checksum of `model`'s parameters (CRC-32 of their bytes in visiting order).

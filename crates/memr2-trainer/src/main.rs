@@ -472,7 +472,7 @@ macro_rules! with_backend {
 /// The GPU this process uses: `MEMR2_DEVICE_INDEX` when set; else 0 when the launcher shows it
 /// one GPU (`CUDA_VISIBLE_DEVICES` with one entry, as Slurm's `--gpus-per-task=1` does); else
 /// the rank's index on its machine (`mpirun` with one rank per GPU); 0 for a single process.
-#[allow(dead_code)]
+#[cfg(feature = "cuda")]
 fn gpu_index() -> usize {
     let var = |name: &str| std::env::var(name).ok();
     if let Some(index) = var("MEMR2_DEVICE_INDEX").and_then(|v| v.trim().parse().ok()) {
@@ -581,12 +581,8 @@ fn main() {
 /// installed for the whole program. Only `train` and `eval` divide their work among ranks.
 fn start_ranks(command: &Command) -> Result<std::sync::Arc<dyn memr2_trainer::collective::Collective>> {
     use memr2_trainer::collective;
-    let launched_size = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
-        .unwrap_or(1);
     #[cfg(feature = "mpi")]
-    if memr2_trainer::mpi_world::launched_by_mpi() {
+    if collective::launched_by_mpi() {
         let world = memr2_trainer::mpi_world::MpiWorld::init().map_err(anyhow::Error::msg)?;
         let world: std::sync::Arc<dyn collective::Collective> = std::sync::Arc::new(world);
         if world.size() > 1 && !matches!(command, Command::Train(_) | Command::Eval(_)) {
@@ -598,9 +594,9 @@ fn start_ranks(command: &Command) -> Result<std::sync::Arc<dyn memr2_trainer::co
         collective::install(world.clone());
         return Ok(world);
     }
-    if launched_size > 1 {
+    if let Some(launched) = collective::launched_ranks().filter(|&n| n > 1) {
         bail!(
-            "started as one of {launched_size} MPI processes, but this memr2 was built without the `mpi` feature: \
+            "started as one of {launched} MPI processes, but this memr2 was built without the `mpi` feature: \
              build it with `cargo build --release -p memr2-trainer --features mpi`"
         );
     }

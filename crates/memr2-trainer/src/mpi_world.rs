@@ -32,13 +32,6 @@ pub struct MpiWorld {
     waited_ns: AtomicU64,
 }
 
-/// True when this process was started by an MPI launcher (Open MPI, MPICH / Hydra, Slurm's PMI).
-pub fn launched_by_mpi() -> bool {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
-}
-
 impl MpiWorld {
     /// Initialises MPI; an error when it was initialised already, when the library cannot give
     /// serialised threading (memr2 calls MPI from whichever thread runs the training loop), or

@@ -101,51 +101,41 @@ where
     X: Send + Serialize + DeserializeOwned,
     F: Fn(&Transformer<B>, &S) -> (Tensor<B, 1>, X) + Sync,
 {
-    let world = crate::collective::world();
-    let (rank, size) = (world.rank(), world.size());
-    let mine: Vec<usize> = (rank..shards.len()).step_by(size).collect();
     let device = model.devices()[0].clone();
-    let results = round_robin(
-        model,
-        mine.len(),
-        usize::MAX,
-        |m| m.clone().fork(&device),
-        |m, j| {
-            let (value, extra) = loss(m, &shards[mine[j]]);
-            let scalar: f64 = value.clone().into_scalar().elem();
-            let grads = scalar
-                .is_finite()
-                .then(|| GradientsParams::from_grads(value.backward(), m));
-            (scalar, extra, grads)
-        },
-    );
-    let mut grads = Vec::with_capacity(results.len());
-    let mut outputs = Vec::with_capacity(results.len());
-    for (value, extra, g) in results {
-        outputs.push((value, extra));
-        grads.extend(g);
-    }
-    if size > 1 {
-        outputs = interleave(crate::collective::gather(&outputs), shards.len());
-    }
-    let finite = outputs.iter().all(|(value, _)| value.is_finite());
-    if !finite {
+    // Over several ranks, shard `s` is computed by rank `s % ranks`; losses and outputs are
+    // gathered, each rank keeps its own shards' gradients.
+    let mut grads = Vec::new();
+    let outputs: Vec<(f64, X)> = crate::collective::dealt(shards.len(), |mine| {
+        round_robin(
+            model,
+            mine.len(),
+            usize::MAX,
+            |m| m.clone().fork(&device),
+            |m, j| {
+                let (value, extra) = loss(m, &shards[mine[j]]);
+                let scalar: f64 = value.clone().into_scalar().elem();
+                let grads = scalar
+                    .is_finite()
+                    .then(|| GradientsParams::from_grads(value.backward(), m));
+                (scalar, extra, grads)
+            },
+        )
+        .into_iter()
+        .map(|(value, extra, g)| {
+            grads.extend(g);
+            (value, extra)
+        })
+        .collect()
+    });
+    if !outputs.iter().all(|(value, _)| value.is_finite()) {
         return (None, outputs);
     }
     let summed = sum_gradients(model, grads);
-    let summed = if size > 1 {
-        all_reduce_gradients(model, summed, world.as_ref())
-    } else {
-        summed
-    };
+    let world = crate::collective::world();
+    if world.size() > 1 {
+        return (Some(all_reduce_gradients(model, summed, world.as_ref())), outputs);
+    }
     (Some(summed), outputs)
-}
-
-/// Rank `r`'s items (those of indices `r, r + size, ...`) put back in index order.
-fn interleave<T>(per_rank: Vec<Vec<T>>, n: usize) -> Vec<T> {
-    let size = per_rank.len().max(1);
-    let mut parts: Vec<std::vec::IntoIter<T>> = per_rank.into_iter().map(Vec::into_iter).collect();
-    (0..n).filter_map(|i| parts[i % size].next()).collect()
 }
 
 /// The sum over the ranks of each rank's gradients, by one all-reduce of one flat buffer: each
@@ -391,34 +381,28 @@ mod tests {
         let base = model();
         crate::collective::parameter_checksum(&base);
         let out = crate::collective::tests::on_ranks(2, || {
-            let model = base.clone().fork(&Default::default());
-            let parts = vec![
-                vec![(vec![1u32, 5], vec![7u32, 2])],
-                vec![(vec![1u32, 4], vec![8u32, 2])],
-            ];
-            let (grads, outputs) = sharded_gradients(&model, &parts, |m, rows| {
-                let loss = sample_loss(m, rows, 2.0);
-                let loss = if rows[0].0[1] == 4 { loss * f32::NAN } else { loss };
-                (loss, ())
-            });
+            let (grads, outputs) = nan_in_second_shard(&base.clone().fork(&Default::default()));
             (grads.is_none(), outputs.len())
         });
         assert_eq!(out, vec![(true, 2), (true, 2)]);
     }
 
-    #[test]
-    fn a_non_finite_shard_loss_gives_no_gradients() {
-        let model = model();
+    /// Two one-sequence shards, the second one's loss NaN.
+    fn nan_in_second_shard(model: &Transformer<B>) -> (Option<GradientsParams>, Vec<(f64, ())>) {
         let parts = vec![
             vec![(vec![1u32, 5], vec![7u32, 2])],
             vec![(vec![1u32, 4], vec![8u32, 2])],
         ];
-        let (grads, outputs) = sharded_gradients(&model, &parts, |m, rows| {
+        sharded_gradients(model, &parts, |m, rows| {
             let loss = sample_loss(m, rows, 2.0);
-            // The second shard's loss is NaN.
             let loss = if rows[0].0[1] == 4 { loss * f32::NAN } else { loss };
             (loss, ())
-        });
+        })
+    }
+
+    #[test]
+    fn a_non_finite_shard_loss_gives_no_gradients() {
+        let (grads, outputs) = nan_in_second_shard(&model());
         assert!(grads.is_none());
         assert!(outputs[0].0.is_finite() && outputs[1].0.is_nan());
     }

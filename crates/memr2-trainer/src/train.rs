@@ -430,8 +430,8 @@ pub fn run_with<B: AutodiffBackend>(
     }
     let data = Splits::of(env)?;
     // Rank 0 creates the run directory; over several ranks, the others wait for it.
-    collective::rank0_first(|| {
-        if options.resume || !collective::is_writer() {
+    collective::rank0_only(|| {
+        if options.resume {
             return Ok(());
         }
         create_run_dir::<B>(&run, &config, options, device)

@@ -33,6 +33,13 @@ fn train_args(run_dir: &Path) -> Vec<String> {
     .collect()
 }
 
+/// `memr2` as one process.
+fn alone(args: &[String]) -> Command {
+    let mut cmd = Command::new(MEMR2);
+    cmd.args(args);
+    cmd
+}
+
 fn mpirun(ranks: usize, args: &[String]) -> Command {
     let mut cmd = Command::new("mpirun");
     cmd.args([
@@ -163,11 +170,7 @@ fn two_ranks_train_like_one_and_survive_a_lost_rank() {
     let two = scratch.path().join("two");
 
     // One process, then two ranks with the same global batch: the same numbers.
-    run({
-        let mut cmd = Command::new(MEMR2);
-        cmd.args(train_args(&one));
-        cmd
-    });
+    run(alone(&train_args(&one)));
     let out = run(mpirun(2, &train_args(&two)));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
@@ -215,11 +218,11 @@ fn two_ranks_train_like_one_and_survive_a_lost_rank() {
     assert_eq!(metrics(&killed), m2);
     assert_eq!(evaluation(&killed), evaluation(&two));
     // And the hung one, resumed as one process, too.
-    run({
-        let mut cmd = Command::new(MEMR2);
-        cmd.args(["train", "--resume", &hung.display().to_string()]);
-        cmd
-    });
+    run(alone(&[
+        "train".into(),
+        "--resume".into(),
+        hung.display().to_string(),
+    ]));
     assert_eq!(metrics(&hung), m2);
     assert_eq!(evaluation(&hung), evaluation(&two));
 }
