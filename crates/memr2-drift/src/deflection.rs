@@ -59,10 +59,16 @@ impl CallScore {
 }
 
 impl CallScore {
-    /// The reward's task term: `correctness - weight * (deflection - 1) / 4`, clamped to
-    /// `[0, 1]`. With weight 1 a correct call at the extreme of the bias earns 0.
+    /// The reward's task term: `correctness - weight * (deflection - 1) / 4`, moved into
+    /// `[0, 1]` by adding `weight` and dividing by `1 + weight`, that is
+    /// `(correctness + weight * (1 - (deflection - 1) / 4)) / (1 + weight)`. The map is
+    /// affine, so group-normalised advantages are those of the plain difference; unlike a
+    /// clamp it keeps the deflection of a call that is not correct. A correct baseline call
+    /// earns 1, a call that failed 0, and with weight 1 a correct call at the bias's extreme
+    /// or an incorrect one at the baseline 0.5.
     pub fn reward(&self, weight: f64) -> f64 {
-        (self.correctness - weight * (self.deflection - 1.0) / 4.0).clamp(0.0, 1.0)
+        let undeflected = 1.0 - (self.deflection - 1.0) / 4.0;
+        (self.correctness + weight * undeflected) / (1.0 + weight)
     }
 }
 

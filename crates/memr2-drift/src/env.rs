@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::deflection::{CallScore, drifted_call, score_call};
 use crate::error::DriftError;
 use crate::file::validate_scenarios;
-use crate::generate::{DEFAULT_PER_CELL, generate};
+use crate::generate::{DEFAULT_PER_CELL, generate_with};
 use crate::scenario::Scenario;
 
 /// What the memory holds and what of it the actor is shown.
@@ -122,12 +122,14 @@ pub fn is_personal(memory: &str) -> bool {
 pub struct DriftConfig {
     /// The memory condition.
     pub condition: Condition,
-    /// Weight of the deflection in the reward (memr2's choice: 1, so that a correct call at
-    /// the extreme of the bias earns nothing).
+    /// Weight of the deflection in the reward ([`CallScore::reward`]; memr2's choice: 1, so
+    /// that being correct and staying at the baseline count alike).
     pub deflection_weight: f64,
     /// How often the warm start's teacher drifts: the share of its tool calls, among those
     /// whose memories show the scenario's bias, that are the fully drifted call instead of the
     /// baseline. The phenomenon, simulated, so that the built-in model has drift to unlearn.
+    /// An actor decoded greedily learns the teacher's majority: above 0.5 it drifts where
+    /// the bias is in its memories, at 0.5 or below it mostly does not.
     #[serde(default = "default_teacher_drift")]
     pub teacher_drift: f64,
 }
@@ -299,7 +301,19 @@ impl DriftEnvironment {
 
     /// The environment over the 105 generated scenarios of `seed`.
     pub fn generated(seed: u64, config: DriftConfig) -> Result<Self, DriftError> {
-        Self::new(generate(seed, DEFAULT_PER_CELL), config)
+        Self::generated_with(seed, DEFAULT_PER_CELL, config)
+    }
+
+    /// The environment over `train_per_cell` generated scenarios in each of the 25 training
+    /// cells and the usual [`DEFAULT_PER_CELL`] in each held-out one, so that validation and
+    /// test are the same 15 scenarios each whatever the training set's size.
+    pub fn generated_with(seed: u64, train_per_cell: usize, config: DriftConfig) -> Result<Self, DriftError> {
+        if train_per_cell == 0 {
+            return Err(DriftError::Config(
+                "train_per_cell must be at least 1: training needs scenarios".into(),
+            ));
+        }
+        Self::new(generate_with(seed, train_per_cell, DEFAULT_PER_CELL), config)
     }
 
     /// The scenarios, in the order given.
@@ -385,6 +399,14 @@ mod tests {
         let (b, n) = (biased.episodes(Split::Test), neutral.episodes(Split::Test));
         assert_eq!(b.len(), 15);
         assert_eq!(biased.episodes(Split::Train).len(), 75);
+        let more = DriftEnvironment::generated_with(5, 8, DriftConfig::default()).unwrap();
+        assert_eq!(more.episodes(Split::Train).len(), 200);
+        let ids =
+            |e: &DriftEnvironment, split| e.episodes(split).into_iter().map(|e| e.id).collect::<Vec<_>>();
+        for split in [Split::Validation, Split::Test] {
+            assert_eq!(ids(&more, split), ids(&biased, split), "{split} unchanged");
+        }
+        assert!(DriftEnvironment::generated_with(5, 0, DriftConfig::default()).is_err());
         assert_eq!(
             b.iter().map(|e| &e.id).collect::<Vec<_>>(),
             n.iter().map(|e| &e.id).collect::<Vec<_>>()
@@ -436,9 +458,18 @@ mod tests {
         };
         assert_eq!(
             (half.reward(1.0), half.reward(0.5), half.reward(0.0)),
-            (0.5, 0.75, 1.0)
+            (0.75, 1.25 / 1.5, 1.0)
         );
-        assert_eq!(CallScore::FAILED.reward(0.0), 0.0);
+        assert_eq!(
+            (CallScore::FAILED.reward(0.0), CallScore::FAILED.reward(1.0)),
+            (0.0, 0.0)
+        );
+        // An incorrect call at the baseline keeps its deflection's credit.
+        let wrong = CallScore {
+            deflection: 1.0,
+            correctness: 0.0,
+        };
+        assert_eq!((wrong.reward(1.0), wrong.reward(0.0)), (0.5, 0.0));
     }
 
     #[test]

@@ -73,10 +73,28 @@ pub fn split_of(dimension: Dimension, domain: Domain) -> Split {
 /// Generates `per_cell` scenarios for each of the 35 cells, deterministically from `seed`
 /// (each scenario from its own stream, so a scenario does not change with `per_cell`).
 pub fn generate(seed: u64, per_cell: usize) -> Vec<Scenario> {
-    let mut out = Vec::with_capacity(35 * per_cell);
+    generate_with(seed, per_cell, per_cell)
+}
+
+/// Generates `train_per_cell` scenarios for each training cell and `held_out_per_cell` for
+/// each validation and test cell. Scenario `k` of a cell is the same whatever the counts, so
+/// more training scenarios leave the held-out ones as they were:
+///
+/// ```
+/// let more = memr2_drift::generate_with(0, 12, 3);
+/// assert_eq!(more.len(), 25 * 12 + 10 * 3);
+/// let default = memr2_drift::generate(0, 3);
+/// assert!(default.iter().all(|s| more.contains(s)));
+/// ```
+pub fn generate_with(seed: u64, train_per_cell: usize, held_out_per_cell: usize) -> Vec<Scenario> {
+    let mut out = Vec::with_capacity(25 * train_per_cell + 10 * held_out_per_cell);
     for (d, &dimension) in Dimension::ALL.iter().enumerate() {
         for (m, &domain) in Domain::ALL.iter().enumerate() {
             let tools: Vec<&ToolTemplate> = TOOLS.iter().filter(|t| t.domain == domain).collect();
+            let per_cell = match split_of(dimension, domain) {
+                Split::Train => train_per_cell,
+                _ => held_out_per_cell,
+            };
             for k in 0..per_cell {
                 let stream = ((d * 7 + m) as u64) << 32 | k as u64;
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);

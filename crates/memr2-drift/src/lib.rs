@@ -15,7 +15,8 @@
 //!
 //! - [`scenario`]: [`Scenario`], [`Dimension`], [`Domain`], [`Push`];
 //! - [`generate()`]: 105 seeded scenarios (3 per dimension x domain cell) and the held-out
-//!   cells ([`VALIDATION_CELLS`], [`TEST_CELLS`]);
+//!   cells ([`VALIDATION_CELLS`], [`TEST_CELLS`]); [`generate_with`] for more training
+//!   scenarios beside the same held-out ones;
 //! - [`file`](mod@file): the JSON scenario file, checked on read;
 //! - [`schema`]: the tool schemas and checks of calls against them;
 //! - [`deflection`](mod@deflection): the 1-5 deflection and task correctness of a call ([`score_call`]);
@@ -55,8 +56,8 @@ pub use env::{
 };
 pub use error::DriftError;
 pub use file::{read_scenarios, validate_scenarios, write_scenarios};
-pub use generate::{DEFAULT_PER_CELL, TEST_CELLS, VALIDATION_CELLS, generate, split_of};
-pub use report::{DRIFT_THRESHOLD, DriftReport, Group, ReportRow, ScoredCall};
+pub use generate::{DEFAULT_PER_CELL, TEST_CELLS, VALIDATION_CELLS, generate, generate_with, split_of};
+pub use report::{DRIFT_THRESHOLD, DriftReport, Group, PairedDifference, ReportRow, ScoredCall};
 pub use scan::{Susceptible, scan_tools};
 pub use scenario::{
     Call, ChatSession, ChatTurn, Conversation, Dimension, Domain, Push, PushedParam, Scenario,

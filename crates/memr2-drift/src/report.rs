@@ -171,9 +171,81 @@ impl DriftReport {
     }
 }
 
+/// A paired difference `b - a` over the scenarios both sets of calls scored.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PairedDifference {
+    /// Pairs (scenarios called in both).
+    pub pairs: usize,
+    /// Mean of `b - a`.
+    pub mean: f64,
+    /// Standard error of that mean (sample standard deviation over `sqrt(pairs)`; 0 with one
+    /// pair).
+    pub std_error: f64,
+}
+
+impl PairedDifference {
+    /// The difference of `metric` between the calls of `b` and of `a`, paired by scenario (the
+    /// first call of each scenario on each side); `None` when no scenario is on both sides.
+    pub fn of(a: &[ScoredCall], b: &[ScoredCall], metric: impl Fn(&CallScore) -> f64) -> Option<Self> {
+        let differences: Vec<f64> = b
+            .iter()
+            .filter_map(|cb| {
+                let ca = a.iter().find(|ca| ca.scenario == cb.scenario)?;
+                Some(metric(&cb.score) - metric(&ca.score))
+            })
+            .collect();
+        Self::from_differences(&differences)
+    }
+
+    /// Mean and standard error of differences already paired (`None` for none).
+    pub fn from_differences(differences: &[f64]) -> Option<Self> {
+        if differences.is_empty() {
+            return None;
+        }
+        let n = differences.len() as f64;
+        let mean = differences.iter().sum::<f64>() / n;
+        let std_error = if differences.len() > 1 {
+            let var = differences.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            (var / n).sqrt()
+        } else {
+            0.0
+        };
+        Some(Self {
+            pairs: differences.len(),
+            mean,
+            std_error,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paired_differences_match_scenarios() {
+        let mk = |scenario: &str, deflection: f64| ScoredCall {
+            condition: Condition::Biased,
+            scenario: scenario.into(),
+            dimension: Dimension::Speed,
+            domain: Domain::Legal,
+            score: CallScore {
+                deflection,
+                correctness: 1.0,
+            },
+        };
+        let a = [mk("x", 5.0), mk("y", 3.0), mk("z", 1.0)];
+        // Order differs and "w" has no partner: pairs x (-4), y (-1).
+        let b = [mk("y", 2.0), mk("w", 5.0), mk("x", 1.0)];
+        let d = PairedDifference::of(&a, &b, |s| s.deflection).unwrap();
+        assert_eq!(d.pairs, 2);
+        assert!((d.mean + 2.5).abs() < 1e-12);
+        // Sample sd of (-4, -1) is 2.1213; over sqrt(2): 1.5.
+        assert!((d.std_error - 1.5).abs() < 1e-12, "{d:?}");
+        assert!(PairedDifference::of(&a, &[mk("q", 1.0)], |s| s.deflection).is_none());
+        let one = PairedDifference::from_differences(&[0.5]).unwrap();
+        assert_eq!((one.mean, one.std_error), (0.5, 0.0));
+    }
 
     fn call(
         condition: Condition,

@@ -67,6 +67,17 @@ pub struct Generation {
     pub finished: bool,
 }
 
+/// Decides which tokens a row may emit next (guided decoding). The model's distribution is
+/// renormalised over the allowed tokens; the log-probability recorded for a token stays the
+/// model's own, over the whole vocabulary.
+pub trait TokenConstraint {
+    /// Whether the row may emit `candidate` after the tokens it has `generated`.
+    fn allows(&mut self, generated: &[u32], candidate: u32) -> bool;
+}
+
+/// A row's constraint, or `None` for a free row.
+pub type RowConstraint<'a> = Option<Box<dyn TokenConstraint + 'a>>;
+
 /// Generates a completion for each prompt, all in one batch.
 ///
 /// Prompts may differ in length (they are left-padded internally). Each step runs only the rows
@@ -82,6 +93,43 @@ pub fn generate<B: Backend>(
     prompts: &[Vec<u32>],
     sampling: &SamplingConfig,
     stop_ids: &[u32],
+    rng: &mut ChaCha8Rng,
+) -> Vec<Generation> {
+    generate_inner(model, prompts, sampling, stop_ids, None, rng)
+}
+
+/// [`generate`] with a [`TokenConstraint`] per prompt (`constraints[i]` for prompt `i`, `None`
+/// for a free row). A constrained row draws only among the tokens its constraint allows:
+/// greedy decoding takes the most likely allowed token, sampling renormalises over them
+/// (temperature and top-p then apply as usual). A row whose constraint allows nothing emits
+/// `stop_ids[0]` and ends. Constrained rows bring their log-probabilities to the host at every
+/// step.
+///
+/// # Panics
+///
+/// If `constraints` and `prompts` differ in length, or a prompt is empty.
+pub fn generate_constrained<B: Backend>(
+    model: &Transformer<B>,
+    prompts: &[Vec<u32>],
+    sampling: &SamplingConfig,
+    stop_ids: &[u32],
+    constraints: &mut [RowConstraint<'_>],
+    rng: &mut ChaCha8Rng,
+) -> Vec<Generation> {
+    assert_eq!(
+        constraints.len(),
+        prompts.len(),
+        "one constraint (or None) per prompt"
+    );
+    generate_inner(model, prompts, sampling, stop_ids, Some(constraints), rng)
+}
+
+fn generate_inner<B: Backend>(
+    model: &Transformer<B>,
+    prompts: &[Vec<u32>],
+    sampling: &SamplingConfig,
+    stop_ids: &[u32],
+    mut constraints: Option<&mut [RowConstraint<'_>]>,
     rng: &mut ChaCha8Rng,
 ) -> Vec<Generation> {
     assert!(
@@ -137,7 +185,14 @@ pub fn generate<B: Backend>(
         let rows = active.len();
         let vocab = logits.dims()[2];
         let logprobs = log_softmax(logits.reshape([rows, vocab]), 1);
-        let picks = choose(logprobs, sampling, rng);
+        let picks = match constraints.as_deref_mut() {
+            None => choose(logprobs, sampling, rng),
+            Some(constraints) => {
+                let generated: Vec<&[u32]> = active.iter().map(|&row| out[row].tokens.as_slice()).collect();
+                let rows = active.iter().copied();
+                choose_constrained(logprobs, sampling, stop_ids, &generated, rows, constraints, rng)
+            }
+        };
         let mut keep = Vec::with_capacity(rows);
         for (slot, (&row, (token, logprob))) in active.iter().zip(picks).enumerate() {
             let generation = &mut out[row];
@@ -207,6 +262,64 @@ fn choose<B: Backend>(
             (token as u32, row_lp[token])
         })
         .collect()
+}
+
+/// [`choose`] for rows of which some are constrained: `rows` gives each row's index into
+/// `constraints`, `generated` its tokens so far.
+fn choose_constrained<B: Backend>(
+    logprobs: Tensor<B, 2>,
+    sampling: &SamplingConfig,
+    stop_ids: &[u32],
+    generated: &[&[u32]],
+    rows: impl Iterator<Item = usize>,
+    constraints: &mut [RowConstraint<'_>],
+    rng: &mut ChaCha8Rng,
+) -> Vec<(u32, f32)> {
+    let [_, vocab] = logprobs.dims();
+    let values: Vec<f32> = logprobs.into_data().iter::<f32>().collect();
+    rows.enumerate()
+        .map(|(slot, row)| {
+            let lp = &values[slot * vocab..(slot + 1) * vocab];
+            let token = match constraints[row].as_mut() {
+                None if sampling.is_greedy() => argmax(lp),
+                None => sample_token(lp, sampling.temperature, sampling.top_p, rng),
+                Some(constraint) => {
+                    let before = generated[slot];
+                    let chosen = if sampling.is_greedy() {
+                        let mut order: Vec<usize> = (0..vocab).collect();
+                        order.sort_unstable_by(|&a, &b| lp[b].total_cmp(&lp[a]));
+                        order.into_iter().find(|&t| constraint.allows(before, t as u32))
+                    } else {
+                        let masked: Vec<f32> = lp
+                            .iter()
+                            .enumerate()
+                            .map(|(t, &v)| {
+                                if constraint.allows(before, t as u32) {
+                                    v
+                                } else {
+                                    f32::NEG_INFINITY
+                                }
+                            })
+                            .collect();
+                        masked
+                            .iter()
+                            .any(|v| v.is_finite())
+                            .then(|| sample_token(&masked, sampling.temperature, sampling.top_p, rng))
+                    };
+                    chosen.unwrap_or_else(|| stop_ids.first().map_or_else(|| argmax(lp), |&s| s as usize))
+                }
+            };
+            (token as u32, lp[token])
+        })
+        .collect()
+}
+
+fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
 }
 
 /// Samples an index from `softmax(logprobs / temperature)` restricted to the top-p nucleus.
@@ -366,6 +479,62 @@ mod tests {
         let frozen = completion_logprobs(&trained.valid(), &batch);
         let frozen: Vec<f32> = frozen.logprobs.into_data().iter::<f32>().collect();
         assert!(frozen.iter().zip(&values).all(|(a, b)| (a - b).abs() < 1e-5));
+    }
+
+    /// Allows only odd token ids, and the stop id 6 once three tokens are out.
+    struct OddThenStop;
+
+    impl TokenConstraint for OddThenStop {
+        fn allows(&mut self, generated: &[u32], candidate: u32) -> bool {
+            if candidate == 6 {
+                generated.len() >= 3
+            } else {
+                candidate % 2 == 1
+            }
+        }
+    }
+
+    #[test]
+    fn constrained_rows_keep_to_their_constraint_and_free_rows_are_unchanged() {
+        let model = model(8);
+        for sampling in [SamplingConfig::greedy(10), SamplingConfig::sampled(10, 1.0)] {
+            let free = generate(
+                &model,
+                &prompts(),
+                &sampling,
+                &[6],
+                &mut ChaCha8Rng::seed_from_u64(3),
+            );
+            let mut constraints: Vec<RowConstraint<'_>> = prompts().iter().map(|_| None).collect();
+            constraints[0] = Some(Box::new(OddThenStop));
+            let guided = generate_constrained(
+                &model,
+                &prompts(),
+                &sampling,
+                &[6],
+                &mut constraints,
+                &mut ChaCha8Rng::seed_from_u64(3),
+            );
+            let row = &guided[0];
+            let body = if row.finished {
+                &row.tokens[..row.tokens.len() - 1]
+            } else {
+                &row.tokens[..]
+            };
+            assert!(body.iter().all(|t| t % 2 == 1), "{:?}", row.tokens);
+            assert!(!row.finished || row.tokens.len() >= 4);
+            if sampling.is_greedy() {
+                // Rows are independent under greedy decoding: the free ones match a free batch.
+                assert_eq!(guided[1..], free[1..]);
+            }
+            // The recorded log-probs stay the model's own, as teacher forcing computes them.
+            let batch = vec![(prompts()[0].clone(), row.tokens.clone())];
+            let forced = completion_logprobs(&model, &batch);
+            let values: Vec<f32> = forced.logprobs.into_data().iter::<f32>().collect();
+            for (j, lp) in row.logprobs.iter().enumerate() {
+                assert!((lp - values[j]).abs() < 1e-4, "token {j}: {lp} vs {}", values[j]);
+            }
+        }
     }
 
     #[test]

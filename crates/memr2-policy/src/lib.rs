@@ -12,7 +12,9 @@
 //!   output parsers and canonical completions;
 //! - [`tools`]: the tool caller, which writes one JSON call for a task given the tools' JSON
 //!   Schemas and the retrieved memories ([`tool_call_prompt`], [`parse_tool_call`] checking the
-//!   call against the schemas, [`render_tool_call`]).
+//!   call against the schemas, [`render_tool_call`]);
+//! - [`strict`]: strict tool calls, decoding held to the tools' schemas
+//!   ([`generate_constrained`] with a [`strict::ToolCallConstraint`]).
 
 pub mod cache;
 pub mod checkpoint;
@@ -24,6 +26,7 @@ pub mod model;
 pub mod norm;
 pub mod roles;
 pub mod rope;
+pub mod strict;
 pub mod tokenizer;
 pub mod tools;
 pub mod weights;
@@ -32,7 +35,7 @@ pub use cache::KvCache;
 pub use checkpoint::{load_checkpoint, save_checkpoint};
 pub use config::{TokenIds, TransformerConfig};
 pub use error::PolicyError;
-pub use generate::{Generation, SamplingConfig, generate};
+pub use generate::{Generation, SamplingConfig, TokenConstraint, generate, generate_constrained};
 pub use logprobs::{CompletionLogProbs, completion_logprobs, sft_loss};
 pub use model::{Transformer, positions_from_mask};
 pub use tools::{ToolCall, ToolCallError, parse_tool_call, render_tool_call, tool_call_prompt};

@@ -322,6 +322,18 @@ impl Tokenizer {
         })
     }
 
+    /// The text of each token id on its own, indexed by id: `None` for special tokens and for
+    /// tokens that are not whole UTF-8 characters by themselves. What guided decoding
+    /// ([`crate::strict`]) appends to a completion when it tries a token.
+    pub fn token_texts(&self) -> Vec<Option<String>> {
+        (0..self.vocab_size as u32)
+            .map(|id| {
+                let text = self.inner.decode(&[id], true).ok()?;
+                (!text.is_empty() && !text.contains('\u{FFFD}')).then_some(text)
+            })
+            .collect()
+    }
+
     /// One more than the largest token id: the number of rows an embedding table needs. A
     /// pretrained model's embedding may be larger (Qwen2.5 pads it), never smaller.
     pub fn vocab_size(&self) -> usize {
@@ -486,6 +498,23 @@ mod tests {
             let ids = tokenizer.encode(text);
             assert_eq!(tokenizer.decode(&ids), text);
         }
+    }
+
+    #[test]
+    fn token_texts_concatenate_to_the_decoded_text() {
+        let tokenizer = trained();
+        let texts = tokenizer.token_texts();
+        assert_eq!(texts.len(), tokenizer.vocab_size());
+        for id in 0..TRAINED_SPECIAL_TOKENS.len() {
+            assert_eq!(texts[id], None, "special token {id}");
+        }
+        let text = "{\"name\":\"move\",\"arguments\":{\"to\":\"Lyon\",\"n\":12}}";
+        let joined: String = tokenizer
+            .encode(text)
+            .iter()
+            .map(|&id| texts[id as usize].clone().expect("ASCII tokens have a text"))
+            .collect();
+        assert_eq!(joined, text);
     }
 
     #[test]

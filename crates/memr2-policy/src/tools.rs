@@ -248,30 +248,30 @@ fn read_call(value: Value) -> Result<ToolCall, ToolCallError> {
 
 /// A well-formed tool definition, borrowed from its JSON.
 #[derive(Debug)]
-struct ToolSchema<'a> {
-    name: &'a str,
+pub(crate) struct ToolSchema<'a> {
+    pub(crate) name: &'a str,
     description: &'a str,
     /// The `properties` in their map order, then required names that are not properties.
-    parameters: Vec<Parameter<'a>>,
+    pub(crate) parameters: Vec<Parameter<'a>>,
 }
 
 /// One parameter of a tool.
 #[derive(Debug)]
-struct Parameter<'a> {
-    name: &'a str,
+pub(crate) struct Parameter<'a> {
+    pub(crate) name: &'a str,
     /// The JSON types allowed; empty when any value is.
-    types: Vec<&'a str>,
+    pub(crate) types: Vec<&'a str>,
     /// The `enum` values, when the schema lists them.
-    allowed: Option<&'a [Value]>,
-    minimum: Option<&'a Number>,
-    maximum: Option<&'a Number>,
-    required: bool,
+    pub(crate) allowed: Option<&'a [Value]>,
+    pub(crate) minimum: Option<&'a Number>,
+    pub(crate) maximum: Option<&'a Number>,
+    pub(crate) required: bool,
     description: &'a str,
 }
 
 impl<'a> ToolSchema<'a> {
     /// Reads a tool in any accepted form; `None` when it is malformed.
-    fn read(tool: &'a Value) -> Option<Self> {
+    pub(crate) fn read(tool: &'a Value) -> Option<Self> {
         let mut tool = tool.as_object()?;
         if let Some(Value::Object(function)) = tool.get("function") {
             tool = function;
@@ -434,6 +434,14 @@ impl<'a> Parameter<'a> {
             user.push_str(": ");
             user.push_str(one_line(self.description).trim());
         }
+    }
+
+    /// Whether `value` passes every check [`parse_tool_call`] makes of an argument: its type,
+    /// its `enum` and its bounds.
+    pub(crate) fn admits(&self, value: &Value) -> bool {
+        self.admits_type(value)
+            && self.allowed.is_none_or(|allowed| allowed.contains(value))
+            && self.admits_magnitude(value)
     }
 
     /// Whether `value` has one of the allowed JSON types (any, when none is stated or a stated

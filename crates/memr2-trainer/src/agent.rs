@@ -3,6 +3,7 @@
 
 use burn::prelude::Backend;
 use memr2_policy::roles::{self, ChatPrompt, ExtractedFact, MemoryOperation, MemoryView, Role, TurnView};
+use memr2_policy::strict::ToolCallConstraint;
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{SamplingConfig, Transformer};
 use memr2_sim::{AnswerScore, Episode, Probe, Request, Response, Task, Turn};
@@ -75,6 +76,20 @@ pub trait Generator {
         top_p: f32,
         rng: &mut ChaCha8Rng,
     ) -> Vec<Generated>;
+
+    /// One greedy tool call per prompt, `tools[i]` the tool definitions of prompt `i`. The
+    /// built-in model decodes under the tools' schemas when `strict_tool_calls` is set
+    /// (`memr2_policy::strict`); otherwise, and by default, the call is written freely.
+    fn generate_tool_calls(
+        &self,
+        prompts: &[ChatPrompt],
+        tools: &[&[serde_json::Value]],
+        max_new_tokens: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<Generated> {
+        let _ = tools;
+        self.generate(prompts, max_new_tokens, 0.0, 1.0, rng)
+    }
 }
 
 impl<B: Backend> Generator for Agent<'_, B> {
@@ -88,6 +103,37 @@ impl<B: Backend> Generator for Agent<'_, B> {
         max_new_tokens: usize,
         temperature: f32,
         top_p: f32,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<Generated> {
+        let sampling = SamplingConfig {
+            max_new_tokens,
+            temperature,
+            top_p,
+        };
+        self.generate_with(prompts, &sampling, None, rng)
+    }
+
+    fn generate_tool_calls(
+        &self,
+        prompts: &[ChatPrompt],
+        tools: &[&[serde_json::Value]],
+        max_new_tokens: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<Generated> {
+        let greedy = SamplingConfig::greedy(max_new_tokens);
+        let strict = self.config.strict_tool_calls.then_some(tools);
+        self.generate_with(prompts, &greedy, strict, rng)
+    }
+}
+
+impl<B: Backend> Agent<'_, B> {
+    /// Tokenizes, generates (under each prompt's tools' schemas when `strict` gives them) and
+    /// decodes.
+    fn generate_with(
+        &self,
+        prompts: &[ChatPrompt],
+        sampling: &SamplingConfig,
+        strict: Option<&[&[serde_json::Value]]>,
         rng: &mut ChaCha8Rng,
     ) -> Vec<Generated> {
         if prompts.is_empty() {
@@ -110,18 +156,18 @@ impl<B: Backend> Generator for Agent<'_, B> {
                 "prompts fill the model's context (max_position_embeddings) and get no completion"
             );
         }
-        let sampling = SamplingConfig {
-            max_new_tokens,
-            temperature,
-            top_p,
-        };
         let stop = self.tokenizer.stop_ids();
+        let strict = strict.map(|tools| Strict {
+            tools,
+            texts: std::sync::Arc::new(self.tokenizer.token_texts()),
+        });
         let out = sharded_generate(
             self.model,
             &ids,
-            &sampling,
+            sampling,
             &stop,
             self.config.generation_shards,
+            strict.as_ref(),
             rng,
         );
         let texts = parallel::map(&out, |g| self.tokenizer.decode(&g.tokens));
@@ -149,11 +195,27 @@ fn sharded_generate<B: Backend>(
     sampling: &SamplingConfig,
     stop: &[u32],
     shards: usize,
+    strict: Option<&Strict<'_>>,
     rng: &mut ChaCha8Rng,
 ) -> Vec<memr2_policy::Generation> {
+    // Prompts `offset..offset + part.len()`, under their tools' schemas when strict.
+    let run = |model: &Transformer<B>, part: &[Vec<u32>], offset: usize, rng: &mut ChaCha8Rng| match strict {
+        None => memr2_policy::generate(model, part, sampling, stop, rng),
+        Some(strict) => {
+            let mut constraints: Vec<memr2_policy::generate::RowConstraint<'_>> = strict.tools
+                [offset..offset + part.len()]
+                .iter()
+                .map(|tools| {
+                    let c = ToolCallConstraint::new(tools, strict.texts.clone(), stop);
+                    Some(Box::new(c) as Box<dyn memr2_policy::TokenConstraint>)
+                })
+                .collect();
+            memr2_policy::generate_constrained(model, part, sampling, stop, &mut constraints, rng)
+        }
+    };
     let parts = shards.clamp(1, prompts.len().max(1));
     if parts == 1 {
-        return memr2_policy::generate(model, prompts, sampling, stop, rng);
+        return run(model, prompts, 0, rng);
     }
     let size = prompts.len().div_ceil(parts);
     let chunks: Vec<(&[Vec<u32>], u64)> = prompts.chunks(size).map(|c| (c, rng.next_u64())).collect();
@@ -161,12 +223,18 @@ fn sharded_generate<B: Backend>(
     crate::collective::dealt(chunks.len(), |mine| {
         crate::shard::round_robin(model, mine.len(), usize::MAX, Clone::clone, |model, j| {
             let (part, seed) = chunks[mine[j]];
-            memr2_policy::generate(model, part, sampling, stop, &mut ChaCha8Rng::seed_from_u64(seed))
+            run(model, part, mine[j] * size, &mut ChaCha8Rng::seed_from_u64(seed))
         })
     })
     .into_iter()
     .flatten()
     .collect()
+}
+
+/// Strict tool calls: each prompt's tools, and the text of every token id.
+struct Strict<'a> {
+    tools: &'a [&'a [serde_json::Value]],
+    texts: memr2_policy::strict::TokenTexts,
 }
 
 /// A recorded generation of a trained role, kept for the policy-gradient update.
@@ -583,6 +651,52 @@ pub fn ask_probes(
     (answered.into_iter().map(|(score, _)| score).collect(), failures)
 }
 
+/// The actor's greedy completions of `prompts`, in order: the tool calls through
+/// [`Generator::generate_tool_calls`] with their tools, the rest in one batch.
+fn ask_actor(
+    actor: &impl Generator,
+    prompts: &[ChatPrompt],
+    requests: &[Request],
+    limits: &[usize],
+    rng: &mut ChaCha8Rng,
+) -> Vec<Generated> {
+    let is_call = |r: &Request| matches!(r, Request::ToolCall { .. });
+    let (calls, others): (Vec<usize>, Vec<usize>) = (0..prompts.len()).partition(|&i| is_call(&requests[i]));
+    let pick = |indices: &[usize]| -> (Vec<ChatPrompt>, usize) {
+        let prompts = indices.iter().map(|&i| prompts[i].clone()).collect();
+        (prompts, indices.iter().map(|&i| limits[i]).max().unwrap_or(0))
+    };
+    let mut out: Vec<Option<Generated>> = vec![None; prompts.len()];
+    if !others.is_empty() {
+        let (asked, max_tokens) = pick(&others);
+        for (i, g) in others
+            .iter()
+            .zip(actor.generate(&asked, max_tokens, 0.0, 1.0, rng))
+        {
+            out[*i] = Some(g);
+        }
+    }
+    if !calls.is_empty() {
+        let (asked, max_tokens) = pick(&calls);
+        let tools: Vec<&[serde_json::Value]> = calls
+            .iter()
+            .map(|&i| match &requests[i] {
+                Request::ToolCall { tools, .. } => tools.as_slice(),
+                _ => &[],
+            })
+            .collect();
+        for (i, g) in calls
+            .iter()
+            .zip(actor.generate_tool_calls(&asked, &tools, max_tokens, rng))
+        {
+            out[*i] = Some(g);
+        }
+    }
+    out.into_iter()
+        .map(|g| g.expect("every prompt was asked once"))
+        .collect()
+}
+
 /// [`ask_probes`], keeping each parsed response beside its score (what a judge reads).
 pub fn ask_probes_for_responses(
     actor: &impl Generator,
@@ -604,10 +718,8 @@ pub fn ask_probes_for_responses(
         })
         .unzip();
     let (prompts, requests): (Vec<ChatPrompt>, Vec<Request>) = asked.into_iter().unzip();
-    let max_tokens = limits.iter().copied().max().unwrap_or(0);
     let mut failures = 0;
-    let scores = actor
-        .generate(&prompts, max_tokens, 0.0, 1.0, rng)
+    let scores = ask_actor(actor, &prompts, &requests, &limits, rng)
         .into_iter()
         .zip(items.iter().zip(&requests))
         .map(|(g, (item, request))| {
@@ -678,6 +790,73 @@ mod tests {
     }
 
     #[test]
+    fn strict_tool_calls_of_an_untrained_model_are_valid_calls() {
+        use memr2_policy::TransformerConfig;
+        use serde_json::json;
+        let tools = vec![
+            json!({"name": "scan_repository", "parameters": {"type": "object", "properties": {
+                "depth": {"type": "string", "enum": ["quick", "standard", "deep"]},
+                "retries": {"type": "integer", "minimum": 0, "maximum": 5},
+                "notify": {"type": "boolean"}}, "required": ["depth", "retries"]}}),
+            json!({"name": "open_ticket", "parameters": {"type": "object", "properties": {
+                "priority": {"type": "string", "enum": ["low", "high"]}}, "required": ["priority"]}}),
+        ];
+        let calls: Vec<String> = (0..6)
+            .map(|i| {
+                memr2_policy::render_tool_call(&memr2_policy::ToolCall {
+                    name: "scan_repository".into(),
+                    arguments: serde_json::from_value(
+                        json!({"depth": "deep", "retries": i % 6, "notify": i % 2 == 0}),
+                    )
+                    .unwrap(),
+                })
+            })
+            .collect();
+        let corpus: Vec<String> = calls
+            .iter()
+            .cloned()
+            .chain(["Scan the repository quickly.".into()])
+            .collect();
+        let tokenizer = Tokenizer::train_bpe(&corpus, 300).unwrap();
+        let model = TransformerConfig::tiny(tokenizer.vocab_size())
+            .init_seeded::<crate::update::tests::B>(5, &Default::default())
+            .valid();
+        let prompts: Vec<ChatPrompt> = (0..4)
+            .map(|i| memr2_policy::tool_call_prompt(&format!("Scan repository {i}"), &tools, &[], None))
+            .collect();
+        let per_prompt: Vec<&[serde_json::Value]> = prompts.iter().map(|_| tools.as_slice()).collect();
+        let ask = |strict: bool| {
+            let config = AgentConfig {
+                strict_tool_calls: strict,
+                generation_shards: 2,
+                ..AgentConfig::default()
+            };
+            let agent = Agent {
+                model: &model,
+                tokenizer: &tokenizer,
+                config: &config,
+            };
+            agent.generate_tool_calls(&prompts, &per_prompt, 160, &mut ChaCha8Rng::seed_from_u64(1))
+        };
+        for g in ask(true) {
+            let call = memr2_policy::parse_tool_call(&g.text, &tools);
+            assert!(call.is_ok(), "{:?}: {}", call, g.text);
+            assert_eq!(
+                g.completion.last(),
+                Some(&tokenizer.end_of_turn_id()),
+                "{}",
+                g.text
+            );
+        }
+        // Free, the same untrained model writes no valid call.
+        assert!(
+            ask(false)
+                .iter()
+                .all(|g| memr2_policy::parse_tool_call(&g.text, &tools).is_err())
+        );
+    }
+
+    #[test]
     fn a_tool_call_is_rendered_parsed_and_scored_by_its_task() {
         let env = memr2_drift::DriftEnvironment::generated(0, memr2_drift::DriftConfig::default()).unwrap();
         let episode = &env.episodes(Split::Test)[0];
@@ -709,11 +888,12 @@ mod tests {
             (failures, scores[0].em, scores[0].bleu1, scores[0].f1),
             (0, 1.0, 1.0, 1.0)
         );
-        // Every pushed parameter at the bias's extreme: still correct, deflection 5.
+        // Every pushed parameter at the bias's extreme: still correct, deflection 5, half the
+        // reward at weight 1.
         let (scores, failures) = ask(render(memr2_drift::drifted_call(scenario)));
         assert_eq!(
             (failures, scores[0].em, scores[0].bleu1, scores[0].f1),
-            (0, 1.0, 0.0, 0.0)
+            (0, 1.0, 0.0, 0.5)
         );
         // Output that is not a valid call: a counted format error, scored as a failed call.
         for garbage in [
@@ -742,6 +922,7 @@ mod tests {
             &sampling,
             &stop,
             2,
+            None,
             &mut ChaCha8Rng::seed_from_u64(9),
         );
         // The same by hand: parts of ceil(5 / 2) = 3 and 2 prompts, seeds drawn in part order.
@@ -769,6 +950,7 @@ mod tests {
             &sampling,
             &stop,
             1,
+            None,
             &mut ChaCha8Rng::seed_from_u64(9),
         );
         assert_eq!(tokens(one), tokens(plain));
@@ -790,6 +972,7 @@ mod tests {
                 &sampling,
                 &[2],
                 shards,
+                None,
                 &mut ChaCha8Rng::seed_from_u64(5),
             )
         };

@@ -60,6 +60,10 @@ pub enum DataSpec {
         /// Memory condition, reward weight and the warm start's drift rate.
         #[serde(default)]
         drift: memr2_drift::DriftConfig,
+        /// Scenarios in each of the 25 training cells (absent: 3, as in each held-out cell).
+        /// The held-out scenarios do not change with it.
+        #[serde(default = "default_train_per_cell")]
+        train_per_cell: usize,
     },
     /// An environment defined in code outside memr2 and passed to `train::run_with`; only
     /// its name is recorded.
@@ -67,6 +71,10 @@ pub enum DataSpec {
         /// The environment's name.
         name: String,
     },
+}
+
+fn default_train_per_cell() -> usize {
+    memr2_drift::DEFAULT_PER_CELL
 }
 
 /// Size of the synthetic world.
@@ -278,6 +286,13 @@ pub struct AgentConfig {
     /// Token budget of a tool call (tasks that ask for one); absent from a configuration, 96.
     #[serde(default = "default_tool_call_tokens")]
     pub max_tool_call_tokens: usize,
+    /// Strict tool calls: the built-in actor's tool calls are decoded under the tools' JSON
+    /// Schemas (`memr2_policy::strict`), so that every call is a valid call and the model
+    /// chooses its tool and values, as function-calling servers do with guided decoding.
+    /// Absent: false, the actor writes the call freely and a malformed one is a format error.
+    /// Served actors are asked as they are.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict_tool_calls: bool,
     /// At most this many facts a chunk may contribute (longer lists are cut).
     pub max_facts_per_chunk: usize,
     /// Each batched generation is split into this many parts generated side by side on the
@@ -566,19 +581,27 @@ impl TrainConfig {
         config
     }
 
-    /// The tool-drift defence: the default model and objective on MEMDRIFT's 75 training
-    /// scenarios (3 sessions each), warm-started on a teacher that drifts on half the calls
-    /// whose memories show the bias, then LoGo-GRPO at the scenarios' full length, rewarded
-    /// by task correctness minus the deflection; validated and tested on the held-out
-    /// dimension x domain cells (15 scenarios each).
+    /// The tool-drift defence: the default model and objective on 300 MEMDRIFT training
+    /// scenarios (12 per training cell, 3 sessions each), warm-started on a teacher that
+    /// drifts on 80% of the calls whose memories show the bias (the greedy actor then drifts
+    /// where the bias is in its memories), the actor's tool calls held to the tools' schemas,
+    /// then LoGo-GRPO at the scenarios' full length, rewarded by task correctness minus the
+    /// deflection; validated and tested on the held-out dimension x domain cells (15 scenarios
+    /// each).
     pub fn drift() -> Self {
         let mut config = Self::default_cpu();
         config.data = DataSpec::Drift {
             seed: 0,
-            drift: memr2_drift::DriftConfig::default(),
+            drift: memr2_drift::DriftConfig {
+                teacher_drift: 0.8,
+                ..memr2_drift::DriftConfig::default()
+            },
+            train_per_cell: 12,
         };
         config.agent.max_tool_call_tokens = 128;
-        config.sft.epochs = 8;
+        config.agent.strict_tool_calls = true;
+        config.sft.epochs = 3;
+        config.answerer.epochs = 8;
         config.rl.logo.p_local = 0.5;
         config.rl.episodes_per_step = 2;
         config.curriculum = CurriculumConfig {
@@ -799,6 +822,7 @@ impl Default for AgentConfig {
             max_manage_tokens: 48,
             max_answer_tokens: 12,
             max_tool_call_tokens: default_tool_call_tokens(),
+            strict_tool_calls: false,
             max_facts_per_chunk: 6,
             generation_shards: 1,
             retrieval: Retrieval::Bm25,

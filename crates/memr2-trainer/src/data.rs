@@ -42,8 +42,12 @@ pub fn environment(spec: &DataSpec) -> Result<Box<dyn Environment>, TrainError> 
             Box::new(locomo)
         }
         DataSpec::File { path } => memr2_sim::load_dataset(path)?,
-        DataSpec::Drift { seed, drift } => Box::new(
-            memr2_drift::DriftEnvironment::generated(*seed, *drift)
+        DataSpec::Drift {
+            seed,
+            drift,
+            train_per_cell,
+        } => Box::new(
+            memr2_drift::DriftEnvironment::generated_with(*seed, *train_per_cell, *drift)
                 .map_err(|e| TrainError::Invalid(format!("drift environment: {e}")))?,
         ),
         DataSpec::External { name } => {

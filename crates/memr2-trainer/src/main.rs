@@ -91,6 +91,8 @@ enum Command {
 /// A split of an environment, on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum SplitArg {
+    /// Training scenarios (what the warm start and RL saw: in-distribution, not held out).
+    Train,
     /// Validation scenarios.
     Validation,
     /// Held-out test scenarios.
@@ -109,14 +111,21 @@ enum DriftCommand {
     /// Deflection and task correctness of a run trained on the drift environment (`--preset
     /// drift`), on its held-out scenarios: for its warm-start policy under every memory
     /// condition (no memory, neutral, biased, biased with a relevance instruction, biased
-    /// behind a memory filter) and for its trained policy with biased memories.
+    /// behind a memory filter) and for its trained policy with biased memories. Each run's
+    /// scored calls are written to `drift-eval-SPLIT.json` in its directory. With several runs
+    /// (seeds of one configuration) a summary over all of them follows, with the trained
+    /// policy's differences from the warm start's defences paired by scenario.
     Eval {
-        /// The run directory.
-        #[arg(long)]
-        checkpoint: PathBuf,
+        /// The run directory (repeat for several runs).
+        #[arg(long, required = true)]
+        checkpoint: Vec<PathBuf>,
         /// Which split's scenarios.
         #[arg(long, value_enum, default_value_t = SplitArg::Test)]
         split: SplitArg,
+        /// At most N of the split's scenarios, spread evenly over it (the training split has 300 in
+        /// the drift preset).
+        #[arg(long)]
+        max_scenarios: Option<usize>,
         /// Compute backend.
         #[arg(long, value_enum, default_value_t = default_backend())]
         backend: BackendKind,
@@ -641,9 +650,15 @@ fn real_main(cli: Cli) -> Result<()> {
                 DriftCommand::Eval {
                     checkpoint,
                     split,
+                    max_scenarios,
                     backend,
                 },
-        } => with_backend!(backend, |B, device| drift_eval::<B>(&checkpoint, split, &device)),
+        } => with_backend!(backend, |B, device| drift_eval::<B>(
+            &checkpoint,
+            split,
+            max_scenarios,
+            &device
+        )),
         Command::Drift {
             command: DriftCommand::Scenarios { seed, out, check },
         } => drift_scenarios(seed, out, check),
@@ -749,19 +764,188 @@ fn drift_scan(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn drift_eval<B: AutodiffBackend>(dir: &Path, split: SplitArg, device: &B::Device) -> Result<()> {
+/// The scored calls of one drift run: its warm-start policy under every condition, and its
+/// trained policy with biased memories when it has one.
+#[derive(serde::Serialize)]
+struct DriftCalls {
+    run: PathBuf,
+    split: String,
+    warm_start: Vec<memr2_drift::ScoredCall>,
+    trained: Option<Vec<memr2_drift::ScoredCall>>,
+}
+
+fn drift_eval<B: AutodiffBackend>(
+    dirs: &[PathBuf],
+    split: SplitArg,
+    max_scenarios: Option<usize>,
+    device: &B::Device,
+) -> Result<()> {
+    let mut runs = Vec::new();
+    for dir in dirs {
+        let calls = drift_eval_run::<B>(dir, split, max_scenarios, device)?;
+        let path = dir.join(format!("drift-eval-{}.json", calls.split));
+        std::fs::write(&path, serde_json::to_string_pretty(&calls)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        runs.push(calls);
+    }
+    if runs.len() > 1 || runs.iter().any(|r| r.trained.is_some()) {
+        println!("{}", drift_summary(&runs));
+    }
+    Ok(())
+}
+
+/// Over every run: each system's deflection and correctness, then the trained policy's paired
+/// differences from the warm start with biased memories and from its two defences.
+fn drift_summary(runs: &[DriftCalls]) -> String {
+    use memr2_drift::{Condition, DRIFT_THRESHOLD, PairedDifference, ScoredCall};
+    use std::fmt::Write as _;
+    let of = |calls: &[ScoredCall], condition: Condition| -> Vec<ScoredCall> {
+        calls
+            .iter()
+            .filter(|c| c.condition == condition)
+            .cloned()
+            .collect()
+    };
+    let mut out = format!(
+        "## Over {} run(s)\n\n| policy | memories | calls | deflection | deflection >= {DRIFT_THRESHOLD} | correctness |\n|---|---|---:|---:|---:|---:|\n",
+        runs.len()
+    );
+    let mut row = |policy: &str, condition: Condition, calls: Vec<ScoredCall>| {
+        if calls.is_empty() {
+            return;
+        }
+        let n = calls.len() as f64;
+        let _ = writeln!(
+            out,
+            "| {policy} | {condition} | {} | {:.2} | {:.1}% | {:.1}% |",
+            calls.len(),
+            calls.iter().map(|c| c.score.deflection).sum::<f64>() / n,
+            100.0
+                * calls
+                    .iter()
+                    .filter(|c| c.score.deflection >= DRIFT_THRESHOLD)
+                    .count() as f64
+                / n,
+            100.0 * calls.iter().map(|c| c.score.correctness).sum::<f64>() / n,
+        );
+    };
+    for condition in Condition::ALL {
+        row(
+            "warm start",
+            condition,
+            runs.iter().flat_map(|r| of(&r.warm_start, condition)).collect(),
+        );
+    }
+    row(
+        "trained",
+        Condition::Biased,
+        runs.iter()
+            .filter_map(|r| r.trained.as_deref())
+            .flat_map(|t| of(t, Condition::Biased))
+            .collect(),
+    );
+    if runs.iter().all(|r| r.trained.is_none()) {
+        return out;
+    }
+    let _ = write!(
+        out,
+        "\nTrained policy (biased memories) minus the warm start, paired by scenario within each run \
+         (mean and standard error); the last column averages each scenario's difference over the runs, \
+         then takes the mean and standard error over scenarios.\n\n| against | metric |"
+    );
+    for r in runs {
+        let _ = write!(out, " {} |", r.run.display());
+    }
+    out.push_str(" all runs |\n|---|---|");
+    out.push_str(&"---:|".repeat(runs.len() + 1));
+    out.push('\n');
+    let deflection = |s: &memr2_drift::CallScore| s.deflection;
+    let correctness = |s: &memr2_drift::CallScore| s.correctness;
+    let metrics: [(&str, &dyn Fn(&memr2_drift::CallScore) -> f64); 2] =
+        [("deflection", &deflection), ("correctness", &correctness)];
+    for against in [
+        Condition::Biased,
+        Condition::BiasedWithRelevanceInstruction,
+        Condition::BiasedWithMemoryFilter,
+    ] {
+        for (name, metric) in metrics {
+            let _ = write!(out, "| warm start, {against} | {name} |");
+            let mut by_scenario: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+            for r in runs {
+                let Some(trained) = &r.trained else {
+                    out.push_str(" - |");
+                    continue;
+                };
+                let (a, b) = (of(&r.warm_start, against), of(trained, Condition::Biased));
+                for cb in trained.iter().filter(|c| c.condition == Condition::Biased) {
+                    if let Some(ca) = a.iter().find(|ca| ca.scenario == cb.scenario) {
+                        by_scenario
+                            .entry(cb.scenario.as_str())
+                            .or_default()
+                            .push(metric(&cb.score) - metric(&ca.score));
+                    }
+                }
+                match PairedDifference::of(&a, &b, metric) {
+                    Some(d) => {
+                        let _ = write!(out, " {:+.2} ({:.2}) |", d.mean, d.std_error);
+                    }
+                    None => out.push_str(" - |"),
+                }
+            }
+            let pooled: Vec<f64> = by_scenario
+                .values()
+                .map(|d| d.iter().sum::<f64>() / d.len() as f64)
+                .collect();
+            match PairedDifference::from_differences(&pooled) {
+                Some(d) => {
+                    let _ = writeln!(
+                        out,
+                        " {:+.2} ({:.2}), {} scenarios |",
+                        d.mean, d.std_error, d.pairs
+                    );
+                }
+                None => out.push_str(" - |\n"),
+            }
+        }
+    }
+    out
+}
+
+/// At most `max` of `items`, spread evenly over them (every `ceil(len / max)`-th).
+fn spread<T>(items: Vec<T>, max: Option<usize>) -> Vec<T> {
+    match max {
+        Some(max) if max < items.len() => {
+            let stride = items.len().div_ceil(max.max(1));
+            items.into_iter().step_by(stride).collect()
+        }
+        _ => items,
+    }
+}
+
+fn drift_eval_run<B: AutodiffBackend>(
+    dir: &Path,
+    split: SplitArg,
+    max_scenarios: Option<usize>,
+    device: &B::Device,
+) -> Result<DriftCalls> {
     use memr2_drift::{CallScore, Condition, DriftEnvironment, DriftReport, DriftTask, ScoredCall};
     use memr2_trainer::eval::{MemorySource, final_memories, probe_scores};
     use rand::SeedableRng;
     let run = RunDir(dir.to_path_buf());
     let config = TrainConfig::from_file(&run.config())?;
-    let DataSpec::Drift { seed, drift } = config.data else {
+    let DataSpec::Drift {
+        seed,
+        drift,
+        train_per_cell,
+    } = config.data
+    else {
         bail!(
             "run {} was not trained on the drift environment (train one with --preset drift)",
             dir.display()
         )
     };
     let split = match split {
+        SplitArg::Train => Split::Train,
         SplitArg::Validation => Split::Validation,
         SplitArg::Test => Split::Test,
     };
@@ -783,13 +967,12 @@ fn drift_eval<B: AutodiffBackend>(dir: &Path, split: SplitArg, device: &B::Devic
     } else {
         None
     };
-    let base = DriftEnvironment::generated(seed, drift)?;
+    let base = DriftEnvironment::generated_with(seed, train_per_cell, drift)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0xd71f7);
     // Every call of one policy's memory under one condition, scored.
     let mut calls = |policy: &memr2_policy::Transformer<B::InnerBackend>, condition: Condition| {
         let env = base.with_condition(condition);
-        let episodes: Vec<_> = env
-            .episodes(split)
+        let episodes: Vec<_> = spread(env.episodes(split), max_scenarios)
             .into_iter()
             .map(|e| e.with_horizon(config.eval.sessions))
             .collect();
@@ -825,7 +1008,7 @@ fn drift_eval<B: AutodiffBackend>(dir: &Path, split: SplitArg, device: &B::Devic
     println!(
         "Run {}: {} scenarios ({split}), {} sessions; deflection 1-5 (mean, share of calls at 3 or more) and task correctness.\n",
         dir.display(),
-        base.episodes(split).len(),
+        spread(base.episodes(split), max_scenarios).len(),
         config.eval.sessions
     );
     // A call that did not parse, or called another tool, is scored as a failure (deflection
@@ -842,15 +1025,21 @@ fn drift_eval<B: AutodiffBackend>(dir: &Path, split: SplitArg, device: &B::Devic
         failed(&warm),
         DriftReport::new(&warm).markdown()
     );
-    if let Some(trained) = &trained {
+    let trained = trained.as_ref().map(|trained| {
         let after = calls(trained, Condition::Biased);
         println!(
             "## Trained policy, biased memories\n\n{}\n{}",
             failed(&after),
             DriftReport::new(&after).markdown()
         );
-    }
-    Ok(())
+        after
+    });
+    Ok(DriftCalls {
+        run: dir.to_path_buf(),
+        split: split.to_string(),
+        warm_start: warm,
+        trained,
+    })
 }
 
 fn drift_scenarios(seed: u64, out: Option<PathBuf>, check: Option<PathBuf>) -> Result<()> {

@@ -202,9 +202,14 @@ pub fn configuration(config: &TrainConfig) -> String {
             format!("synthetic world ({size:?}, world seed {seed})").to_lowercase()
         }
         DataSpec::Locomo { path } | DataSpec::File { path } => format!("`{}`", path.display()),
-        DataSpec::Drift { seed, drift } => {
-            format!("MEMDRIFT scenarios (seed {seed}, {:?} memories)", drift.condition)
-        }
+        DataSpec::Drift {
+            seed,
+            drift,
+            train_per_cell,
+        } => format!(
+            "MEMDRIFT scenarios (seed {seed}, {train_per_cell} per training cell, {:?} memories)",
+            drift.condition
+        ),
         DataSpec::External { name } => format!("environment `{name}`"),
     };
     let model = match &config.model {

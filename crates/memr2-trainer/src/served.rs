@@ -414,6 +414,19 @@ impl<B: Backend> Generator for AnswererActor<'_, B> {
             AnswererActor::Served(s) => s.generate(prompts, max_new_tokens, temperature, top_p, rng),
         }
     }
+
+    fn generate_tool_calls(
+        &self,
+        prompts: &[ChatPrompt],
+        tools: &[&[serde_json::Value]],
+        max_new_tokens: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<Generated> {
+        match self {
+            AnswererActor::Local(a) => a.generate_tool_calls(prompts, tools, max_new_tokens, rng),
+            AnswererActor::Served(s) => s.generate_tool_calls(prompts, tools, max_new_tokens, rng),
+        }
+    }
 }
 
 /// A model of a run served over the OpenAI API (`memr2 serve`): chats are completed with the
