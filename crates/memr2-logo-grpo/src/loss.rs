@@ -173,7 +173,9 @@ pub struct LossStats {
     /// Advantages of the local sequences.
     pub local: AdvantageStats,
     /// Fraction of sequences whose advantage is exactly zero (from zero-variance groups):
-    /// they contribute no policy gradient, only KL and entropy terms.
+    /// they contribute no policy gradient, only KL and entropy terms. (memr2's trainer leaves
+    /// them out before the loss and reports the zero-variance fraction of its groups instead:
+    /// see `memr2_trainer::step`.)
     pub zero_advantage_fraction: f32,
 }
 

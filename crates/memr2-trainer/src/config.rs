@@ -211,9 +211,10 @@ pub struct RlConfig {
     pub max_grad_norm: f64,
     /// Sequences per minibatch in the update.
     pub minibatch_size: usize,
-    /// Sampling temperature of global rollouts.
+    /// Sampling temperature of global rollouts: 1, as `validate()` requires (the update takes
+    /// rollouts as samples of the untempered policy).
     pub temperature: f32,
-    /// Nucleus sampling threshold.
+    /// Nucleus sampling threshold: 1, as `validate()` requires.
     pub top_p: f32,
     /// Train on the first this many training conversations only (absent: all of them). One
     /// conversation is the overfitting check of a new environment or objective: the step
@@ -760,10 +761,22 @@ impl TrainConfig {
         if self.rl.max_grad_norm.is_nan() || self.rl.max_grad_norm <= 0.0 {
             return bad("rl.max_grad_norm must be positive".into());
         }
-        let temperature_ok = self.rl.temperature >= 0.0;
-        let top_p_ok = self.rl.top_p > 0.0 && self.rl.top_p <= 1.0;
-        if !temperature_ok || !top_p_ok {
-            return bad("rl.temperature must be >= 0 and rl.top_p in (0, 1]".into());
+        // The update treats every rollout as a sample of the untempered policy: the old
+        // log-probs recorded at generation are the full-vocabulary, untempered ones, as the
+        // PPO ratio's numerator is. Sampling at another temperature, or from a nucleus, would
+        // make every update off-policy without saying so.
+        let untempered = |t: f32| t == 1.0;
+        if !untempered(self.rl.temperature)
+            || !untempered(self.rl.logo.rerollout_temperature)
+            || self.rl.top_p != 1.0
+        {
+            return bad(format!(
+                "rl.temperature = {}, rl.logo.rerollout_temperature = {} and rl.top_p = {} must all be 1: \
+                 the update takes rollouts as samples of the untempered policy (its old log-probs are \
+                 the full-vocabulary, untempered ones), so another temperature or a nucleus would make \
+                 every update off-policy; a temperature of 0 would also make a group's rollouts identical",
+                self.rl.temperature, self.rl.logo.rerollout_temperature, self.rl.top_p
+            ));
         }
         let a = &self.agent;
         if a.chunks_per_session == 0 || a.manager_top_k == 0 || a.answer_top_k == 0 {
@@ -900,6 +913,18 @@ mod tests {
         let mut c = TrainConfig::smoke();
         c.shards = 0;
         assert!(c.validate().is_err());
+        // Tempered or nucleus rollouts would be off-policy for the update: refused, by name.
+        for change in [
+            |c: &mut TrainConfig| c.rl.temperature = 0.0,
+            |c: &mut TrainConfig| c.rl.temperature = 0.7,
+            |c: &mut TrainConfig| c.rl.top_p = 0.9,
+            |c: &mut TrainConfig| c.rl.logo.rerollout_temperature = 1.2,
+        ] {
+            let mut c = TrainConfig::smoke();
+            change(&mut c);
+            let refused = c.validate().unwrap_err().to_string();
+            assert!(refused.contains("off-policy"), "{refused}");
+        }
         let mut c = TrainConfig::smoke();
         c.eval.validation_sessions = Some(0);
         assert!(c.validate().is_err());

@@ -198,7 +198,11 @@ pub struct Collected {
     /// The advantage of each sample, aligned with `samples`.
     pub advantages: Vec<f32>,
     /// The recorded generations of samples with a non-zero advantage, each with its
-    /// sample's advantage.
+    /// sample's advantage. Samples of zero-variance groups are left out before any forward
+    /// pass: in the loss they would carry only the KL and entropy terms, and with half the
+    /// groups at zero variance (docs/RESULTS.md) their passes would be half the update's cost.
+    /// The KL to the reference and the entropy bonus therefore act, and are reported, on the
+    /// samples the update learns from, which is where they restrain it.
     pub train: Vec<TrainSample>,
     /// The step's metrics so far (all but the update's).
     pub metrics: StepMetrics,
