@@ -150,7 +150,7 @@ fn literal(s: &str, i: usize, expected: &str) -> Read<usize> {
 
 /// A JSON string without escapes at `i`: its content and the index after its closing quote.
 /// While it is open, `viable(content so far)` decides between `End` and `Bad`.
-fn string<'s>(s: &'s str, i: usize, viable: impl Fn(&str) -> bool) -> Read<(&'s str, usize)> {
+fn string(s: &str, i: usize, viable: impl Fn(&str) -> bool) -> Read<(&str, usize)> {
     let i = literal(s, i, "\"")?;
     let rest = &s[i..];
     let close = rest.find(['"', '\\']);

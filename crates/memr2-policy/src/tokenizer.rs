@@ -505,8 +505,8 @@ mod tests {
         let tokenizer = trained();
         let texts = tokenizer.token_texts();
         assert_eq!(texts.len(), tokenizer.vocab_size());
-        for id in 0..TRAINED_SPECIAL_TOKENS.len() {
-            assert_eq!(texts[id], None, "special token {id}");
+        for (id, text) in texts.iter().enumerate().take(TRAINED_SPECIAL_TOKENS.len()) {
+            assert_eq!(*text, None, "special token {id}");
         }
         let text = "{\"name\":\"move\",\"arguments\":{\"to\":\"Lyon\",\"n\":12}}";
         let joined: String = tokenizer

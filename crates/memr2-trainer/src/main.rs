@@ -859,10 +859,14 @@ fn drift_summary(runs: &[DriftCalls]) -> String {
     out.push_str(" all runs |\n|---|---|");
     out.push_str(&"---:|".repeat(runs.len() + 1));
     out.push('\n');
-    let deflection = |s: &memr2_drift::CallScore| s.deflection;
-    let correctness = |s: &memr2_drift::CallScore| s.correctness;
-    let metrics: [(&str, &dyn Fn(&memr2_drift::CallScore) -> f64); 2] =
-        [("deflection", &deflection), ("correctness", &correctness)];
+    fn deflection(s: &memr2_drift::CallScore) -> f64 {
+        s.deflection
+    }
+    fn correctness(s: &memr2_drift::CallScore) -> f64 {
+        s.correctness
+    }
+    type Metric = fn(&memr2_drift::CallScore) -> f64;
+    let metrics: [(&str, Metric); 2] = [("deflection", deflection), ("correctness", correctness)];
     for against in [
         Condition::Biased,
         Condition::BiasedWithRelevanceInstruction,
