@@ -126,6 +126,17 @@ enum DriftCommand {
         /// the drift preset).
         #[arg(long)]
         max_scenarios: Option<usize>,
+        /// An OpenAI-compatible endpoint whose model makes the tool calls instead of the run's
+        /// own tool caller (the memories are still the run's policies'): how a real model
+        /// drifts. Its replies are cached in the run directory.
+        #[arg(long)]
+        answerer_endpoint: Option<String>,
+        /// The endpoint's model (default: the one model it lists).
+        #[arg(long, requires = "answerer_endpoint")]
+        answerer_model: Option<String>,
+        /// The environment variable holding the endpoint's API key.
+        #[arg(long)]
+        api_key_env: Option<String>,
         /// Compute backend.
         #[arg(long, value_enum, default_value_t = default_backend())]
         backend: BackendKind,
@@ -651,14 +662,23 @@ fn real_main(cli: Cli) -> Result<()> {
                     checkpoint,
                     split,
                     max_scenarios,
+                    answerer_endpoint,
+                    answerer_model,
+                    api_key_env,
                     backend,
                 },
-        } => with_backend!(backend, |B, device| drift_eval::<B>(
-            &checkpoint,
-            split,
-            max_scenarios,
-            &device
-        )),
+        } => {
+            let served = answerer_endpoint
+                .map(|url| endpoint(&url, answerer_model.as_deref(), &api_key_env))
+                .transpose()?;
+            with_backend!(backend, |B, device| drift_eval::<B>(
+                &checkpoint,
+                split,
+                max_scenarios,
+                served.as_ref(),
+                &device
+            ))
+        }
         Command::Drift {
             command: DriftCommand::Scenarios { seed, out, check },
         } => drift_scenarios(seed, out, check),
@@ -778,11 +798,12 @@ fn drift_eval<B: AutodiffBackend>(
     dirs: &[PathBuf],
     split: SplitArg,
     max_scenarios: Option<usize>,
+    served: Option<&memr2_openai::client::Endpoint>,
     device: &B::Device,
 ) -> Result<()> {
     let mut runs = Vec::new();
     for dir in dirs {
-        let calls = drift_eval_run::<B>(dir, split, max_scenarios, device)?;
+        let calls = drift_eval_run::<B>(dir, split, max_scenarios, served, device)?;
         let path = dir.join(format!("drift-eval-{}.json", calls.split));
         std::fs::write(&path, serde_json::to_string_pretty(&calls)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -930,6 +951,7 @@ fn drift_eval_run<B: AutodiffBackend>(
     dir: &Path,
     split: SplitArg,
     max_scenarios: Option<usize>,
+    served: Option<&memr2_openai::client::Endpoint>,
     device: &B::Device,
 ) -> Result<DriftCalls> {
     use memr2_drift::{CallScore, Condition, DriftEnvironment, DriftReport, DriftTask, ScoredCall};
@@ -965,7 +987,16 @@ fn drift_eval_run<B: AutodiffBackend>(
     } else {
         None
     };
-    let answerer = answerer.as_ref().unwrap_or(&sft);
+    let caller = served
+        .map(|e| format!(", tool calls by {} at {}", e.model, e.base_url))
+        .unwrap_or_default();
+    let served = served
+        .map(|e| ServedModel::connect("answerer", e.clone(), Some(&run.served_cache())))
+        .transpose()?;
+    let actor = match &served {
+        Some(served) => Answerer::Served(served),
+        None => Answerer::Local(answerer.as_ref().unwrap_or(&sft)),
+    };
     let trained = if run.checkpoint("final").exists() {
         Some(load("final")?)
     } else {
@@ -986,7 +1017,7 @@ fn drift_eval_run<B: AutodiffBackend>(
         };
         let memories = final_memories(&source, &episodes, &tokenizer, &config.agent, &mut rng);
         let scores = probe_scores(
-            Answerer::Local(answerer),
+            actor,
             &tokenizer,
             &config.agent,
             env.task(),
@@ -1010,8 +1041,9 @@ fn drift_eval_run<B: AutodiffBackend>(
         warm.extend(calls(&sft, condition));
     }
     println!(
-        "Run {}: {} scenarios ({split}), {} sessions; deflection 1-5 (mean, share of calls at 3 or more) and task correctness.\n",
+        "Run {}{}: {} scenarios ({split}), {} sessions; deflection 1-5 (mean, share of calls at 3 or more) and task correctness.\n",
         dir.display(),
+        caller,
         spread(base.episodes(split), max_scenarios).len(),
         config.eval.sessions
     );
