@@ -12,8 +12,8 @@ use memr2_policy::Transformer;
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_sim::{Episode, Probe, ScoreBoard, Task, probes_up_to};
 use memr2_store::TokenCounter;
-use rand::Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -282,6 +282,9 @@ pub fn collect(
 ) -> Result<Collected, crate::TrainError> {
     let logo = &cfg.rl.logo;
     let n = logo.n_rollouts;
+    // The answerer draws from a generator of its own, seeded by one draw per step, so that
+    // how it asks (its generation parts, how many probes) never moves the rollouts' stream.
+    let mut answer_rng = ChaCha8Rng::seed_from_u64(rand::RngCore::next_u64(rng));
     let horizon = episodes.iter().map(|e| e.sessions.len()).max().unwrap_or(0);
     let mut metrics = StepMetrics {
         horizon,
@@ -343,7 +346,7 @@ pub fn collect(
                 }));
             }
         }
-        let (scores, failures) = ask_probes(answerer, task, &items, rng);
+        let (scores, failures) = ask_probes(answerer, task, &items, &mut answer_rng);
         metrics.answer_format_errors = failures;
         let mut offset = 0;
         let mut penalties = Vec::new();
@@ -456,7 +459,7 @@ pub fn collect(
                 probe: &probes[re.episode][p],
             }));
         }
-        let (scores, failures) = ask_probes(answerer, task, &items, rng);
+        let (scores, failures) = ask_probes(answerer, task, &items, &mut answer_rng);
         metrics.answer_format_errors += failures;
         let mut offset = 0;
         for (index, re) in local.iter().enumerate() {

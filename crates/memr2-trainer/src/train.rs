@@ -674,6 +674,24 @@ struct Supervised<'a> {
     prompt_weight: f64,
     /// The phase after `n` epochs.
     phase: fn(usize) -> Phase,
+    /// The [`side_stream`] its epochs' probes draw from.
+    probe_stream: u64,
+}
+
+/// [`side_stream`] purposes: what draws from a generator of its own rather than from the run's
+/// main one (the rollouts', persisted in the checkpoints).
+const SFT_PROBE_STREAM: u64 = 1;
+const ANSWERER_PROBE_STREAM: u64 = 2;
+const VALIDATION_STREAM: u64 = 3;
+
+/// A generator for one purpose and index (an epoch, a step), derived from the run's seed:
+/// what validation and the epochs' probes draw from, so that how often they run, or how
+/// their generation is split, never moves the stream the rollouts draw from. A function of
+/// its arguments, so a resumed run draws the same.
+fn side_stream(seed: u64, purpose: u64, index: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(purpose << 48 | index);
+    rng
 }
 
 /// What a supervised phase measures after each epoch: named figures for its metrics line.
@@ -722,7 +740,8 @@ fn supervised_epochs<B: AutodiffBackend>(
                 &format!("after {} epoch {}", spec.name, epoch + 1),
             )?;
         }
-        let mut record = probe(&training.model.valid(), &mut training.state.rng);
+        let mut probe_rng = side_stream(config.seed, spec.probe_stream, epoch as u64);
+        let mut record = probe(&training.model.valid(), &mut probe_rng);
         tracing::info!(phase = spec.name, epoch, loss, skipped, probe = %serde_json::Value::Object(record.clone()), "epoch done");
         record.insert(format!("{}_epoch", spec.name.to_lowercase()), (epoch + 1).into());
         record.insert("loss".into(), loss.into());
@@ -791,6 +810,7 @@ fn warm_start<B: AutodiffBackend>(
         schedule: config.sft.clone(),
         prompt_weight: config.sft.prompt_loss_weight,
         phase: |epochs_done| Phase::Sft { epochs_done },
+        probe_stream: SFT_PROBE_STREAM,
     };
     let mut training = supervised_epochs(training, config, spec, &mut probe, observe)?;
     training.save_as("sft")?;
@@ -868,6 +888,7 @@ fn tune_answerer<B: AutodiffBackend>(
         },
         prompt_weight: a.prompt_loss_weight,
         phase: |epochs_done| Phase::Answerer { epochs_done },
+        probe_stream: ANSWERER_PROBE_STREAM,
     };
     let mut training = supervised_epochs(training, config, spec, &mut probe, observe)?;
     training.save_as("answerer")?;
@@ -983,8 +1004,9 @@ fn curriculum<B: AutodiffBackend>(
             config.agent.embedder.check()?;
             Ok((f1, started.elapsed().as_secs_f64()))
         };
+        let validation_rng = |step: u64| side_stream(config.seed, VALIDATION_STREAM, step);
         if steps_done == 0 {
-            let validated = timed(&training.model, &mut training.state.rng)?;
+            let validated = timed(&training.model, &mut validation_rng(training.state.step))?;
             training.state.best = Some((validated.0, training.state.step));
             training.log.append(&record(training.state.step, validated))?;
             training.save_as(&best_name)?;
@@ -1018,7 +1040,7 @@ fn curriculum<B: AutodiffBackend>(
             training.log.append(&metrics)?;
             let done = step_in_stage + 1;
             if done % config.curriculum.validate_every == 0 || done == config.curriculum.steps_per_stage {
-                let validated = timed(&training.model, &mut training.state.rng)?;
+                let validated = timed(&training.model, &mut validation_rng(training.state.step))?;
                 let f1 = validated.0;
                 training.log.append(&record(training.state.step, validated))?;
                 if training.state.best.is_none_or(|(best, _)| f1 > best) {

@@ -134,3 +134,30 @@ fn corrupt_checkpoint_and_nonempty_run_dir_are_clear_errors() {
         .expect("nothing to resume");
     assert!(err.to_string().contains("config.json"), "{err}");
 }
+
+#[test]
+fn validating_more_often_leaves_the_rollouts_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let steps = |validate_every: usize, validation_shards: usize, name: &str| {
+        let mut config = tiny_config();
+        config.curriculum.validate_every = validate_every;
+        config.agent.generation_shards = validation_shards;
+        let options = RunOptions {
+            dir: root.path().join(name),
+            ..RunOptions::default()
+        };
+        run::<B>(config, &options, &device, &mut |_| {}).unwrap();
+        let records = deterministic(MetricsLog::read(&options.dir.join("metrics.jsonl")).unwrap());
+        let steps: Vec<Value> = records
+            .into_iter()
+            .filter(|r| r.get("reward_global").is_some())
+            .collect();
+        assert_eq!(steps.len(), 4, "{name}: two stages of two steps");
+        steps
+    };
+    // Validation after every step or only at the end of a stage: the same RL steps. Its
+    // generation is split in two parts, each seeded by a draw of its own generator. (The
+    // parts change the rollouts themselves, so both runs use two.)
+    assert_eq!(steps(1, 2, "every"), steps(2, 2, "end"));
+}
