@@ -1575,3 +1575,74 @@ fn data_stats(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memr2_drift::{CallScore, Condition, Dimension, Domain, ScoredCall};
+
+    fn call(condition: Condition, scenario: &str, deflection: f64, correctness: f64) -> ScoredCall {
+        ScoredCall {
+            condition,
+            scenario: scenario.into(),
+            dimension: Dimension::Speed,
+            domain: Domain::Legal,
+            score: CallScore {
+                deflection,
+                correctness,
+            },
+        }
+    }
+
+    #[test]
+    fn the_drift_summary_pairs_by_scenario_and_pools_runs_by_scenario() {
+        // Run a: the trained policy cuts the biased deflection by 4 on x and by 2 on y.
+        // Run b: by 2 on x, by 0 on y. Per scenario over runs: x -3, y -1: mean -2, se 1.
+        let warm = |x: f64, y: f64| {
+            vec![
+                call(Condition::Biased, "x", x, 1.0),
+                call(Condition::Biased, "y", y, 1.0),
+                call(Condition::Neutral, "x", 1.0, 1.0),
+            ]
+        };
+        let runs = [
+            DriftCalls {
+                run: "a".into(),
+                split: "test".into(),
+                warm_start: warm(5.0, 3.0),
+                trained: Some(vec![
+                    call(Condition::Biased, "y", 1.0, 1.0),
+                    call(Condition::Biased, "x", 1.0, 0.0),
+                ]),
+            },
+            DriftCalls {
+                run: "b".into(),
+                split: "test".into(),
+                warm_start: warm(3.0, 2.0),
+                trained: Some(vec![
+                    call(Condition::Biased, "x", 1.0, 1.0),
+                    call(Condition::Biased, "y", 2.0, 1.0),
+                ]),
+            },
+        ];
+        let table = drift_summary(&runs);
+        assert!(
+            table.contains("| warm start | biased | 4 | 3.25 | 75.0% | 100.0% |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| trained | biased | 4 | 1.25 | 0.0% | 75.0% |"),
+            "{table}"
+        );
+        // Run a: -4, -2 (se 1); run b: -2, 0 (se 1); pooled by scenario: -3, -1 (se 1).
+        assert!(
+            table.contains("| warm start, biased | deflection | -3.00 (1.00) | -1.00 (1.00) | -2.00 (1.00), 2 scenarios |"),
+            "{table}"
+        );
+        // No relevance-instruction calls in the warm start: nothing to pair.
+        assert!(
+            table.contains("| warm start, biased_with_relevance_instruction | deflection | - | - | - |"),
+            "{table}"
+        );
+    }
+}
