@@ -57,7 +57,7 @@ pub use env::{
 pub use error::DriftError;
 pub use file::{read_scenarios, validate_scenarios, write_scenarios};
 pub use generate::{DEFAULT_PER_CELL, TEST_CELLS, VALIDATION_CELLS, generate, generate_with, split_of};
-pub use report::{DRIFT_THRESHOLD, DriftReport, Group, PairedDifference, ReportRow, ScoredCall};
+pub use report::{DRIFT_THRESHOLD, DriftReport, Group, PairedDifference, ReportRow, ScoredCall, paired};
 pub use scan::{Susceptible, scan_tools};
 pub use scenario::{
     Call, ChatSession, ChatTurn, Conversation, Dimension, Domain, Push, PushedParam, Scenario,

@@ -171,6 +171,21 @@ impl DriftReport {
     }
 }
 
+/// `metric` of each call of `b` minus that of the first call of `a` for the same scenario, in
+/// `b`'s order, with the scenario; calls of `b` without a partner in `a` are left out.
+pub fn paired<'b>(
+    a: &[ScoredCall],
+    b: &'b [ScoredCall],
+    metric: impl Fn(&CallScore) -> f64,
+) -> Vec<(&'b str, f64)> {
+    b.iter()
+        .filter_map(|cb| {
+            let ca = a.iter().find(|ca| ca.scenario == cb.scenario)?;
+            Some((cb.scenario.as_str(), metric(&cb.score) - metric(&ca.score)))
+        })
+        .collect()
+}
+
 /// A paired difference `b - a` over the scenarios both sets of calls scored.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PairedDifference {
@@ -187,13 +202,7 @@ impl PairedDifference {
     /// The difference of `metric` between the calls of `b` and of `a`, paired by scenario (the
     /// first call of each scenario on each side); `None` when no scenario is on both sides.
     pub fn of(a: &[ScoredCall], b: &[ScoredCall], metric: impl Fn(&CallScore) -> f64) -> Option<Self> {
-        let differences: Vec<f64> = b
-            .iter()
-            .filter_map(|cb| {
-                let ca = a.iter().find(|ca| ca.scenario == cb.scenario)?;
-                Some(metric(&cb.score) - metric(&ca.score))
-            })
-            .collect();
+        let differences: Vec<f64> = paired(a, b, metric).into_iter().map(|(_, d)| d).collect();
         Self::from_differences(&differences)
     }
 

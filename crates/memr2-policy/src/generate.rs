@@ -286,9 +286,15 @@ fn choose_constrained<B: Backend>(
                 Some(constraint) => {
                     let before = generated[slot];
                     let chosen = if sampling.is_greedy() {
-                        let mut order: Vec<usize> = (0..vocab).collect();
-                        order.sort_unstable_by(|&a, &b| lp[b].total_cmp(&lp[a]));
-                        order.into_iter().find(|&t| constraint.allows(before, t as u32))
+                        // The most likely token is nearly always allowed: sort only when not.
+                        let best = argmax(lp);
+                        if constraint.allows(before, best as u32) {
+                            Some(best)
+                        } else {
+                            let mut order: Vec<usize> = (0..vocab).filter(|&t| t != best).collect();
+                            order.sort_unstable_by(|&a, &b| lp[b].total_cmp(&lp[a]));
+                            order.into_iter().find(|&t| constraint.allows(before, t as u32))
+                        }
                     } else {
                         let masked: Vec<f32> = lp
                             .iter()

@@ -147,6 +147,8 @@ pub struct Tokenizer {
     vocab_size: usize,
     pad_id: u32,
     stop_ids: Vec<u32>,
+    /// [`Tokenizer::token_texts`], computed on first use.
+    texts: std::sync::OnceLock<crate::strict::TokenTexts>,
 }
 
 impl Tokenizer {
@@ -285,6 +287,7 @@ impl Tokenizer {
             vocab_size,
             pad_id,
             stop_ids,
+            texts: std::sync::OnceLock::new(),
         })
     }
 
@@ -324,14 +327,20 @@ impl Tokenizer {
 
     /// The text of each token id on its own, indexed by id: `None` for special tokens and for
     /// tokens that are not whole UTF-8 characters by themselves. What guided decoding
-    /// ([`crate::strict`]) appends to a completion when it tries a token.
-    pub fn token_texts(&self) -> Vec<Option<String>> {
-        (0..self.vocab_size as u32)
-            .map(|id| {
-                let text = self.inner.decode(&[id], true).ok()?;
-                (!text.is_empty() && !text.contains('\u{FFFD}')).then_some(text)
+    /// ([`crate::strict`]) appends to a completion when it tries a token. Computed once per
+    /// tokenizer and shared.
+    pub fn token_texts(&self) -> crate::strict::TokenTexts {
+        self.texts
+            .get_or_init(|| {
+                let texts = (0..self.vocab_size as u32)
+                    .map(|id| {
+                        let text = self.inner.decode(&[id], true).ok()?;
+                        (!text.is_empty() && !text.contains('\u{FFFD}')).then_some(text)
+                    })
+                    .collect();
+                std::sync::Arc::new(texts)
             })
-            .collect()
+            .clone()
     }
 
     /// One more than the largest token id: the number of rows an embedding table needs. A

@@ -159,7 +159,7 @@ impl<B: Backend> Agent<'_, B> {
         let stop = self.tokenizer.stop_ids();
         let strict = strict.map(|tools| Strict {
             tools,
-            texts: std::sync::Arc::new(self.tokenizer.token_texts()),
+            texts: self.tokenizer.token_texts(),
         });
         let out = sharded_generate(
             self.model,

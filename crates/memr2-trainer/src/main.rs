@@ -818,7 +818,7 @@ fn drift_eval<B: AutodiffBackend>(
 /// Over every run: each system's deflection and correctness, then the trained policy's paired
 /// differences from the warm start with biased memories and from its two defences.
 fn drift_summary(runs: &[DriftCalls]) -> String {
-    use memr2_drift::{Condition, DRIFT_THRESHOLD, PairedDifference, ScoredCall};
+    use memr2_drift::{Condition, DRIFT_THRESHOLD, DriftReport, Group, PairedDifference, ScoredCall, paired};
     use std::fmt::Write as _;
     let of = |calls: &[ScoredCall], condition: Condition| -> Vec<ScoredCall> {
         calls
@@ -831,41 +831,30 @@ fn drift_summary(runs: &[DriftCalls]) -> String {
         "## Over {} run(s)\n\n| policy | memories | calls | deflection | deflection >= {DRIFT_THRESHOLD} | correctness |\n|---|---|---:|---:|---:|---:|\n",
         runs.len()
     );
-    let mut row = |policy: &str, condition: Condition, calls: Vec<ScoredCall>| {
-        if calls.is_empty() {
-            return;
+    let warm: Vec<ScoredCall> = runs.iter().flat_map(|r| r.warm_start.iter().cloned()).collect();
+    let trained: Vec<ScoredCall> = runs
+        .iter()
+        .filter_map(|r| r.trained.as_deref())
+        .flat_map(|t| of(t, Condition::Biased))
+        .collect();
+    let rows = [
+        ("warm start", DriftReport::new(&warm)),
+        ("trained", DriftReport::new(&trained)),
+    ];
+    for (policy, report) in &rows {
+        for r in report.rows.iter().filter(|r| r.group == Group::Overall) {
+            let _ = writeln!(
+                out,
+                "| {policy} | {} | {} | {:.2} | {:.1}% | {:.1}% |",
+                r.condition,
+                r.calls,
+                r.deflection,
+                100.0 * r.drifted,
+                100.0 * r.correctness
+            );
         }
-        let n = calls.len() as f64;
-        let _ = writeln!(
-            out,
-            "| {policy} | {condition} | {} | {:.2} | {:.1}% | {:.1}% |",
-            calls.len(),
-            calls.iter().map(|c| c.score.deflection).sum::<f64>() / n,
-            100.0
-                * calls
-                    .iter()
-                    .filter(|c| c.score.deflection >= DRIFT_THRESHOLD)
-                    .count() as f64
-                / n,
-            100.0 * calls.iter().map(|c| c.score.correctness).sum::<f64>() / n,
-        );
-    };
-    for condition in Condition::ALL {
-        row(
-            "warm start",
-            condition,
-            runs.iter().flat_map(|r| of(&r.warm_start, condition)).collect(),
-        );
     }
-    row(
-        "trained",
-        Condition::Biased,
-        runs.iter()
-            .filter_map(|r| r.trained.as_deref())
-            .flat_map(|t| of(t, Condition::Biased))
-            .collect(),
-    );
-    if runs.iter().all(|r| r.trained.is_none()) {
+    if trained.is_empty() {
         return out;
     }
     let _ = write!(
@@ -901,16 +890,12 @@ fn drift_summary(runs: &[DriftCalls]) -> String {
                     out.push_str(" - |");
                     continue;
                 };
-                let (a, b) = (of(&r.warm_start, against), of(trained, Condition::Biased));
-                for cb in trained.iter().filter(|c| c.condition == Condition::Biased) {
-                    if let Some(ca) = a.iter().find(|ca| ca.scenario == cb.scenario) {
-                        by_scenario
-                            .entry(cb.scenario.as_str())
-                            .or_default()
-                            .push(metric(&cb.score) - metric(&ca.score));
-                    }
+                let pairs = paired(&of(&r.warm_start, against), trained, metric);
+                for &(scenario, d) in &pairs {
+                    by_scenario.entry(scenario).or_default().push(d);
                 }
-                match PairedDifference::of(&a, &b, metric) {
+                let differences: Vec<f64> = pairs.iter().map(|&(_, d)| d).collect();
+                match PairedDifference::from_differences(&differences) {
                     Some(d) => {
                         let _ = write!(out, " {:+.2} ({:.2}) |", d.mean, d.std_error);
                     }
