@@ -4,8 +4,10 @@
 //!
 //! `cargo bench -p memr2-policy --bench policy` runs `flex` and `ndarray` on the tiny model.
 //! `--features test-wgpu` / `--features test-cuda` add those backends;
-//! `POLICY_BENCH_BACKENDS=flex,wgpu` picks some, and `POLICY_BENCH_MODELS=tiny,qwen0.5b` adds a
+//! `POLICY_BENCH_BACKENDS=flex,wgpu` picks some, and `POLICY_BENCH_MODELS=tiny,default,qwen0.5b`
+//! adds the default preset's model (hidden 128, vocabulary 1024, batches of 16 x 384) and a
 //! Qwen2.5-0.5B-shaped model with random weights (slow on a CPU: minutes per backend).
+//! `crates/memr2-policy/scripts/engine_vs_pytorch.py` runs it against PyTorch side by side.
 
 use std::time::Instant;
 
@@ -36,6 +38,22 @@ impl Workload {
             config: TransformerConfig::tiny(2048),
             train_batch: 8,
             train_seq: 256,
+            gen_prompt: 16,
+            gen_tokens: 240,
+        }
+    }
+
+    /// The default preset's built-in model (`memr2 train`): hidden 128, vocabulary 1024, SFT
+    /// batches of 16, sequences about as long as its manager prompts.
+    fn default_preset() -> Self {
+        let mut config = TransformerConfig::tiny(1024);
+        config.hidden_size = 128;
+        config.intermediate_size = 128 * 8 / 3 / 16 * 16;
+        Self {
+            name: "default",
+            config,
+            train_batch: 16,
+            train_seq: 384,
             gen_prompt: 16,
             gen_tokens: 240,
         }
@@ -238,15 +256,17 @@ fn compiled_backends() -> Vec<&'static str> {
 }
 
 fn main() {
+    memr2_policy::allocator::reuse_freed_buffers();
     let wanted = std::env::var("POLICY_BENCH_BACKENDS").unwrap_or_else(|_| compiled_backends().join(","));
     let models = std::env::var("POLICY_BENCH_MODELS").unwrap_or_else(|_| "tiny".to_string());
     let workloads: Vec<Workload> = models
         .split(',')
         .filter_map(|m| match m.trim() {
             "tiny" => Some(Workload::tiny()),
+            "default" => Some(Workload::default_preset()),
             "qwen0.5b" => Some(Workload::qwen()),
             other => {
-                eprintln!("unknown model {other} (tiny, qwen0.5b), skipped");
+                eprintln!("unknown model {other} (tiny, default, qwen0.5b), skipped");
                 None
             }
         })

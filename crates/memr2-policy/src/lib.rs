@@ -16,6 +16,7 @@
 //! - [`strict`]: strict tool calls, decoding held to the tools' schemas
 //!   ([`generate_constrained`] with a [`strict::ToolCallConstraint`]).
 
+pub mod allocator;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;

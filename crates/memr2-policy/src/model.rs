@@ -3,7 +3,7 @@
 
 use burn::module::{Initializer, Module};
 use burn::nn::{Embedding, Linear};
-use burn::tensor::activation::silu;
+use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
@@ -60,7 +60,8 @@ impl<B: Backend> Attention<B> {
         }
     }
 
-    /// `x` `[batch, seq, hidden]`, `masked` `[batch, 1, seq, keys]` (true = may not attend);
+    /// `x` `[batch, seq, hidden]`, `masked` `[batch, kv heads, rep * seq, keys]` (true = may not
+    /// attend; [`grouped_mask`] lays it out);
     /// with a cache, the new keys are appended to the layer's past keys first.
     fn forward(
         &self,
@@ -71,10 +72,15 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
         let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, hd]).swap_dims(1, 2);
-        let q = rope.apply(heads(self.q_proj.forward(x.clone()), h));
-        let mut k = rope.apply(heads(self.k_proj.forward(x.clone()), kv));
-        let mut v = heads(self.v_proj.forward(x), kv);
+        // Rotated in the projections' own [batch, seq, heads, hd] layout, then viewed head-major.
+        let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, hd]);
+        let q = rope
+            .apply_query(split(self.q_proj.forward(x.clone()), h))
+            .swap_dims(1, 2);
+        let mut k = rope
+            .apply_key(split(self.k_proj.forward(x.clone()), kv))
+            .swap_dims(1, 2);
+        let mut v = split(self.v_proj.forward(x), kv).swap_dims(1, 2);
         if let Some((past_k, past_v)) = cache {
             if let Some(pk) = past_k.take() {
                 k = Tensor::cat(vec![pk, k], 2);
@@ -90,23 +96,47 @@ impl<B: Backend> Attention<B> {
         // sequence axis ([batch, kv, rep * seq, hd]) so keys and values are never copied.
         let rep = h / kv;
         let q = q.reshape([batch, kv, rep * seq, hd]);
-        let masked = masked
-            .unsqueeze_dim::<5>(2)
-            .expand([batch, 1, rep, seq, keys])
-            .reshape([batch, 1, rep * seq, keys])
-            .expand([batch, kv, rep * seq, keys]);
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: false,
+        assert_eq!(
+            masked.dims(),
+            [batch, kv, rep * seq, keys],
+            "mask built for another shape"
+        );
+        let out = if B::ad_enabled(&q.device()) {
+            differentiable_attention(q, k, v, masked)
+        } else {
+            let options = AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: false,
+            };
+            attention(q, k, v, Some(masked), None, options)
         };
-        let out = attention(q, k, v, Some(masked), None, options);
         let out = out
             .reshape([batch, h, seq, hd])
             .swap_dims(1, 2)
             .reshape([batch, seq, h * hd]);
         self.o_proj.forward(out)
     }
+}
+
+/// Masked scaled dot-product attention written with tensor operations for the autodiff
+/// backends, `softmax(q k^T / sqrt(d), masked) v`, the same function as burn's `attention`.
+///
+/// burn's autodiff backends differentiate `attention` through a generic composition that
+/// scales the `[queries, keys]` scores, takes a tracked row maximum and clamps its sums,
+/// about a dozen passes over the scores forward and backward. Here the scale is applied to the
+/// queries (`head_dim` wide instead of `keys`) and burn's softmax shifts by a detached maximum;
+/// every row keeps at least its own position (`attention_masked`), so no clamping is needed.
+/// Inference keeps burn's `attention`, which the backends fuse.
+fn differentiable_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    masked: Tensor<B, 4, Bool>,
+) -> Tensor<B, 4> {
+    let scale = (q.dims()[3] as f64).powf(-0.5);
+    let scores = (q * scale).matmul(k.swap_dims(2, 3));
+    softmax(scores.mask_fill(masked, f32::NEG_INFINITY), 3).matmul(v)
 }
 
 /// SwiGLU feed-forward: `down_proj(silu(gate_proj(x)) * up_proj(x))`.
@@ -271,7 +301,10 @@ impl<B: Backend> Transformer<B> {
         masked: Tensor<B, 4, Bool>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
-        let rope = self.rope.angles(positions);
+        let attention = &self.layers[0].self_attn;
+        let (heads, kv_heads) = (attention.num_heads, attention.num_kv_heads);
+        let rope = self.rope.angles(positions, heads, kv_heads);
+        let masked = grouped_mask(masked, heads / kv_heads, kv_heads);
         let mut x = self.embed_tokens.forward(tokens);
         for (index, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| c.layer_mut(index));
@@ -286,6 +319,19 @@ impl<B: Backend> Transformer<B> {
         }
         self.norm.forward(x)
     }
+}
+
+/// `masked` `[batch, 1, seq, keys]` laid out for grouped queries, `[batch, kv_heads, rep * seq,
+/// keys]`: the `rep` query heads that share a kv head are stacked along the sequence axis, as
+/// the attention stacks them. Built once per forward pass into a tensor of its own, so that
+/// no layer's masking (forward or backward) copies a broadcast view.
+fn grouped_mask<B: Backend>(masked: Tensor<B, 4, Bool>, rep: usize, kv_heads: usize) -> Tensor<B, 4, Bool> {
+    let [batch, _, seq, keys] = masked.dims();
+    masked
+        .unsqueeze_dim::<5>(1)
+        .expand([batch, kv_heads, rep, seq, keys])
+        .reshape([batch * kv_heads * rep * seq, keys])
+        .reshape([batch, kv_heads, rep * seq, keys])
 }
 
 /// Positions `[batch, seq]` that count only real tokens: `cumsum(mask) - 1`, at least 0.

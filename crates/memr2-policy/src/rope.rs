@@ -20,11 +20,19 @@ pub struct RotaryEmbedding<B: Backend> {
     sin: Tensor<B, 2>,
 }
 
-/// Cosine and sine gathered for a batch of positions, `[batch, 1, seq, head_dim]` each.
+/// Cosine and sine gathered for a batch of positions, laid out for the projections' own
+/// `[batch, seq, heads, head_dim]` order and materialised once per forward pass for the query
+/// heads and the key heads, so that every layer's rotation is element-wise over contiguous
+/// tensors of one shape (the fast path of the CPU backends; a broadcast over heads, or a
+/// head-major view, falls to a strided loop there that cost more than the rotation's matmuls).
 #[derive(Clone, Debug)]
 pub struct RopeAngles<B: Backend> {
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
+    /// `[batch, seq, query heads, head_dim]`.
+    query: (Tensor<B, 4>, Tensor<B, 4>),
+    /// `[batch, seq, key heads, head_dim]`.
+    key: (Tensor<B, 4>, Tensor<B, 4>),
+    /// `[head_dim, head_dim]`: `x @ rotation` is HF's `rotate_half(x)`.
+    rotation: Tensor<B, 2>,
 }
 
 impl<B: Backend> RotaryEmbedding<B> {
@@ -59,32 +67,126 @@ impl<B: Backend> RotaryEmbedding<B> {
         self.cos.dims()[0]
     }
 
-    /// Gathers the angles of `positions` `[batch, seq]`.
-    pub fn angles(&self, positions: Tensor<B, 2, Int>) -> RopeAngles<B> {
+    /// Gathers the angles of `positions` `[batch, seq]` for `query_heads` and `key_heads`.
+    pub fn angles(
+        &self,
+        positions: Tensor<B, 2, Int>,
+        query_heads: usize,
+        key_heads: usize,
+    ) -> RopeAngles<B> {
         let [batch, seq] = positions.dims();
         let flat = positions.reshape([batch * seq]);
         let head_dim = self.cos.dims()[1];
-        let gather = |table: &Tensor<B, 2>| {
+        let gathered = |table: &Tensor<B, 2>| {
             table
                 .clone()
                 .select(0, flat.clone())
-                .reshape([batch, 1, seq, head_dim])
+                .reshape([batch, seq, 1, head_dim])
         };
+        let (cos, sin) = (gathered(&self.cos), gathered(&self.sin));
+        let for_heads = |heads: usize| (materialised(cos.clone(), heads), materialised(sin.clone(), heads));
         RopeAngles {
-            cos: gather(&self.cos),
-            sin: gather(&self.sin),
+            query: for_heads(query_heads),
+            key: for_heads(key_heads),
+            rotation: rotate_half_matrix(head_dim, &self.cos.device()),
         }
     }
 }
 
+/// `table` `[batch, seq, 1, head_dim]` repeated over `heads` into a tensor of its own (a
+/// reshape that merges a broadcast axis cannot be a view, so it copies).
+fn materialised<B: Backend>(table: Tensor<B, 4>, heads: usize) -> Tensor<B, 4> {
+    let [batch, seq, _, head_dim] = table.dims();
+    table
+        .expand([batch, seq, heads, head_dim])
+        .reshape([batch * seq * heads, head_dim])
+        .reshape([batch, seq, heads, head_dim])
+}
+
+/// The signed permutation `R` with `x @ R = cat(-x[d/2..], x[..d/2])`.
+fn rotate_half_matrix<B: Backend>(head_dim: usize, device: &B::Device) -> Tensor<B, 2> {
+    let half = head_dim / 2;
+    let mut values = vec![0.0f32; head_dim * head_dim];
+    for i in 0..half {
+        // Output column i takes -x[i + half]; output column i + half takes x[i].
+        values[(i + half) * head_dim + i] = -1.0;
+        values[i * head_dim + i + half] = 1.0;
+    }
+    Tensor::from_data(TensorData::new(values, [head_dim, head_dim]), device)
+}
+
 impl<B: Backend> RopeAngles<B> {
-    /// Rotates `x` `[batch, heads, seq, head_dim]`: `x * cos + rotate_half(x) * sin`.
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [batch, heads, seq, head_dim] = x.dims();
+    /// Rotates query heads `x` `[batch, seq, heads, head_dim]`.
+    pub fn apply_query(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.apply(x, &self.query)
+    }
+
+    /// Rotates key heads `x` `[batch, seq, heads, head_dim]`.
+    pub fn apply_key(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.apply(x, &self.key)
+    }
+
+    /// `x * cos + rotate_half(x) * sin`, with `rotate_half` one matmul over all rows.
+    fn apply(&self, x: Tensor<B, 4>, (cos, sin): &(Tensor<B, 4>, Tensor<B, 4>)) -> Tensor<B, 4> {
+        let dims = x.dims();
+        let [batch, seq, heads, head_dim] = dims;
+        assert_eq!(dims, cos.dims(), "rotary tables built for another shape");
+        let rotated = x
+            .clone()
+            .reshape([batch * seq * heads, head_dim])
+            .matmul(self.rotation.clone())
+            .reshape(dims);
+        x * cos.clone() + rotated * sin.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestBackend;
+
+    type B = TestBackend;
+
+    /// HF's formula written out element by element, against the tables and the matmul.
+    #[test]
+    fn rotation_matches_rotate_half_written_out() {
+        let device = Default::default();
+        let (batch, seq, heads, head_dim) = (2, 3, 4, 8);
+        let rope = RotaryEmbedding::<B>::new(head_dim, 16, 10_000.0, &device);
+        let positions = [[0i64, 1, 2], [0, 0, 5]];
+        let angles = rope.angles(
+            Tensor::from_data(TensorData::new(positions.concat(), [batch, seq]), &device),
+            heads,
+            2,
+        );
+        let x: Vec<f32> = (0..batch * seq * heads * head_dim)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect();
+        let input =
+            Tensor::<B, 4>::from_data(TensorData::new(x.clone(), [batch, seq, heads, head_dim]), &device);
+        let out: Vec<f32> = angles.apply_query(input).into_data().to_vec().unwrap();
         let half = head_dim / 2;
-        let x1 = x.clone().slice([0..batch, 0..heads, 0..seq, 0..half]);
-        let x2 = x.clone().slice([0..batch, 0..heads, 0..seq, half..head_dim]);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+        for (b, row) in positions.iter().enumerate() {
+            for (s, &position) in row.iter().enumerate() {
+                let p = position as f32;
+                for h in 0..heads {
+                    let row = ((b * seq + s) * heads + h) * head_dim;
+                    for i in 0..head_dim {
+                        let angle = p / 10_000f32.powf((2 * (i % half)) as f32 / head_dim as f32);
+                        let partner = if i < half {
+                            -x[row + i + half]
+                        } else {
+                            x[row + i - half]
+                        };
+                        let want = x[row + i] * angle.cos() + partner * angle.sin();
+                        assert!(
+                            (out[row + i] - want).abs() < 1e-4,
+                            "b{b} s{s} h{h} i{i}: {} vs {want}",
+                            out[row + i]
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -32,6 +32,7 @@ type B = Autodiff<Flex>;
 const ROUNDS: usize = 5;
 
 fn main() {
+    memr2_policy::allocator::reuse_freed_buffers();
     let config = TrainConfig::default_cpu();
     let world = SyntheticWorld::new(WorldConfig::default_cpu(), 7).expect("world");
     let episodes = world.episodes(Split::Train);

@@ -25,6 +25,7 @@ use rand_chacha::ChaCha8Rng;
 type B = Autodiff<Flex>;
 
 fn main() {
+    memr2_policy::allocator::reuse_freed_buffers();
     let Some(dir) = std::env::var_os("STEP_BENCH_RUN").map(PathBuf::from) else {
         eprintln!("set STEP_BENCH_RUN to a run directory that has finished its warm start");
         return;

@@ -561,6 +561,7 @@ fn compiled_backends() -> Vec<&'static str> {
 }
 
 fn main() {
+    memr2_policy::allocator::reuse_freed_buffers();
     use std::io::IsTerminal;
     let cli = Cli::parse();
     let ranks = match start_ranks(&cli.command) {
