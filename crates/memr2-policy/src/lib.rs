@@ -21,6 +21,7 @@ pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod fused;
 pub mod generate;
 pub mod logprobs;
 pub mod model;

@@ -3,7 +3,7 @@
 
 use burn::module::{Initializer, Module};
 use burn::nn::{Embedding, Linear};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
@@ -11,6 +11,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::cache::{KvCache, LayerCache};
 use crate::config::TransformerConfig;
+use crate::fused::masked_softmax;
 use crate::norm::RmsNorm;
 use crate::rope::{RopeAngles, RotaryEmbedding};
 
@@ -125,9 +126,10 @@ impl<B: Backend> Attention<B> {
 /// burn's autodiff backends differentiate `attention` through a generic composition that
 /// scales the `[queries, keys]` scores, takes a tracked row maximum and clamps its sums,
 /// about a dozen passes over the scores forward and backward. Here the scale is applied to the
-/// queries (`head_dim` wide instead of `keys`) and burn's softmax shifts by a detached maximum;
-/// every row keeps at least its own position (`attention_masked`), so no clamping is needed.
-/// Inference keeps burn's `attention`, which the backends fuse.
+/// queries (`head_dim` wide instead of `keys`) and the softmax is [`masked_softmax`], one node
+/// with its own gradient on the CPU backend; every row keeps at least its own position
+/// (`attention_masked`), so no clamping is needed. Inference keeps burn's `attention`, which
+/// the backends fuse.
 fn differentiable_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -136,7 +138,7 @@ fn differentiable_attention<B: Backend>(
 ) -> Tensor<B, 4> {
     let scale = (q.dims()[3] as f64).powf(-0.5);
     let scores = (q * scale).matmul(k.swap_dims(2, 3));
-    softmax(scores.mask_fill(masked, f32::NEG_INFINITY), 3).matmul(v)
+    masked_softmax(scores, masked).matmul(v)
 }
 
 /// SwiGLU feed-forward: `down_proj(silu(gate_proj(x)) * up_proj(x))`.
