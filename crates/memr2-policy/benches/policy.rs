@@ -5,7 +5,7 @@
 //! `cargo bench -p memr2-policy --bench policy` runs `flex` and `ndarray` on the tiny model.
 //! `--features test-wgpu` / `--features test-cuda` add those backends;
 //! `POLICY_BENCH_BACKENDS=flex,wgpu` picks some, and `POLICY_BENCH_MODELS=tiny,default,qwen0.5b`
-//! adds the default preset's model (hidden 128, vocabulary 1024, batches of 16 x 384) and a
+//! adds the default preset's model (hidden 128, 4 heads, vocabulary 1024, batches of 16 x 384) and a
 //! Qwen2.5-0.5B-shaped model with random weights (slow on a CPU: minutes per backend).
 //! `crates/memr2-policy/scripts/engine_vs_pytorch.py` runs it against PyTorch side by side.
 
@@ -43,15 +43,12 @@ impl Workload {
         }
     }
 
-    /// The default preset's built-in model (`memr2 train`): hidden 128, vocabulary 1024, SFT
-    /// batches of 16, sequences about as long as its manager prompts.
+    /// The default preset's built-in model (`memr2 train`): hidden 128, 4 layers, 4 heads,
+    /// vocabulary 1024, SFT batches of 16, sequences about as long as its manager prompts.
     fn default_preset() -> Self {
-        let mut config = TransformerConfig::tiny(1024);
-        config.hidden_size = 128;
-        config.intermediate_size = 128 * 8 / 3 / 16 * 16;
         Self {
             name: "default",
-            config,
+            config: TransformerConfig::tiny_sized(1024, 128, 4, 4),
             train_batch: 16,
             train_seq: 384,
             gen_prompt: 16,

@@ -24,11 +24,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-# The policy benchmark's models: (name, hidden, layers, heads, kv heads, ffn, vocab,
-# train batch, train sequence, decode prompt, decode tokens).
+# The policy benchmark's models (its `Workload`s): width, layers, query and key/value heads,
+# SwiGLU width, vocabulary, training batch and sequence length.
 MODELS = {
     "tiny": dict(hidden=256, layers=4, heads=4, kv=2, ffn=704, vocab=2048, batch=8, seq=256),
-    "default": dict(hidden=128, layers=4, heads=4, kv=2, ffn=336, vocab=1024, batch=16, seq=384),
+    "default": dict(hidden=128, layers=4, heads=4, kv=4, ffn=336, vocab=1024, batch=16, seq=384),
 }
 GEN_PROMPT, GEN_TOKENS = 16, 240
 

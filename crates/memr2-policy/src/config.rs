@@ -123,6 +123,21 @@ impl TransformerConfig {
         }
     }
 
+    /// The built-in model at another size, as `memr2 train` builds it from `model.tiny`:
+    /// [`tiny`](Self::tiny)'s architecture `hidden_size` wide with `layers` layers and `heads`
+    /// heads, each with keys and values of its own, and a SwiGLU width of 8/3 of the hidden
+    /// size rounded down to a multiple of 16.
+    pub fn tiny_sized(vocab_size: usize, hidden_size: usize, layers: usize, heads: usize) -> Self {
+        Self {
+            hidden_size,
+            intermediate_size: hidden_size * 8 / 3 / 16 * 16,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: Some(heads),
+            ..Self::tiny(vocab_size)
+        }
+    }
+
     /// The shape of Qwen2.5-0.5B-Instruct (494,032,768 parameters): width 896, 24 layers, 14
     /// query heads and 2 key/value heads of width 64, SwiGLU width 4864, a 151,936-token
     /// vocabulary, q/k/v biases, tied embeddings. For benchmarks with random weights; real

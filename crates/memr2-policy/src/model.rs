@@ -303,8 +303,7 @@ impl<B: Backend> Transformer<B> {
         masked: Tensor<B, 4, Bool>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
-        let attention = &self.layers[0].self_attn;
-        let (heads, kv_heads) = (attention.num_heads, attention.num_kv_heads);
+        let (heads, kv_heads) = (self.config.num_attention_heads, self.config.num_kv_heads());
         let rope = self.rope.angles(positions, heads, kv_heads);
         let masked = grouped_mask(masked, heads / kv_heads, kv_heads);
         let mut x = self.embed_tokens.forward(tokens);

@@ -561,8 +561,8 @@ fn compiled_backends() -> Vec<&'static str> {
 }
 
 fn main() {
-    memr2_policy::allocator::reuse_freed_buffers();
     use std::io::IsTerminal;
+    memr2_policy::allocator::reuse_freed_buffers();
     let cli = Cli::parse();
     let ranks = match start_ranks(&cli.command) {
         Ok(ranks) => ranks,
@@ -885,15 +885,16 @@ fn drift_summary(runs: &[DriftCalls]) -> String {
     ] {
         for (name, metric) in metrics {
             let _ = write!(out, "| warm start, {against} | {name} |");
-            let mut by_scenario: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+            let mut by_scenario: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
             for r in runs {
                 let Some(trained) = &r.trained else {
                     out.push_str(" - |");
                     continue;
                 };
-                let pairs = paired(&of(&r.warm_start, against), trained, metric);
+                let biased = of(trained, Condition::Biased);
+                let pairs = paired(&of(&r.warm_start, against), &biased, metric);
                 for &(scenario, d) in &pairs {
-                    by_scenario.entry(scenario).or_default().push(d);
+                    by_scenario.entry(scenario.to_owned()).or_default().push(d);
                 }
                 let differences: Vec<f64> = pairs.iter().map(|&(_, d)| d).collect();
                 match PairedDifference::from_differences(&differences) {

@@ -251,12 +251,7 @@ fn initial_model<B: Backend>(
             heads,
             ..
         } => {
-            let mut arch = TransformerConfig::tiny(tokenizer.vocab_size());
-            arch.hidden_size = *hidden_size;
-            arch.intermediate_size = hidden_size * 8 / 3 / 16 * 16;
-            arch.num_hidden_layers = *layers;
-            arch.num_attention_heads = *heads;
-            arch.num_key_value_heads = Some(*heads);
+            let arch = TransformerConfig::tiny_sized(tokenizer.vocab_size(), *hidden_size, *layers, *heads);
             B::seed(device, config.seed);
             Ok((arch.init(device), arch))
         }
