@@ -7,6 +7,7 @@
 //! `POLICY_BENCH_BACKENDS=flex,wgpu` picks some, and `POLICY_BENCH_MODELS=tiny,default,qwen0.5b`
 //! adds the default preset's model (hidden 128, 4 heads, vocabulary 1024, batches of 16 x 384) and a
 //! Qwen2.5-0.5B-shaped model with random weights (slow on a CPU: minutes per backend).
+//! `POLICY_BENCH_PARTS=train` (or `generate`) measures only that part, for a profiler.
 //! `crates/memr2-policy/scripts/engine_vs_pytorch.py` runs it against PyTorch side by side.
 
 use std::time::Instant;
@@ -235,9 +236,15 @@ fn run_backend<B: AutodiffBackend>(
         gflops: peak,
         fraction: 1.0,
     });
+    let parts = std::env::var("POLICY_BENCH_PARTS").unwrap_or_else(|_| "train,generate".to_string());
+    let part = |p: &str| parts.split(',').any(|w| w.trim() == p);
     for work in workloads {
-        train::<B>(work, name, device, peak, rows);
-        decode::<B::InnerBackend>(work, name, device, peak, rows);
+        if part("train") {
+            train::<B>(work, name, device, peak, rows);
+        }
+        if part("generate") {
+            decode::<B::InnerBackend>(work, name, device, peak, rows);
+        }
     }
 }
 

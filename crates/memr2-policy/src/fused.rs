@@ -13,10 +13,10 @@
 use std::any::Any;
 
 use burn::backend::Autodiff;
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ActivationOps, FloatTensorOps};
-use burn::tensor::{Bool, Tensor, TensorPrimitive};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData, TensorPrimitive};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
@@ -94,6 +94,292 @@ fn masked_softmax_flex(
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
+/// The log-probability of each position's target token and the entropy of its next-token
+/// distribution, from LM-head logits `[batch, seq, vocab]` and one target per position
+/// (`targets.len() == batch * seq`, row-major): `[batch, seq, 2]`, `[.., 0]` the log-probability
+/// and `[.., 1]` the entropy, both differentiable.
+///
+/// On the CPU backend this is one pass over each row of logits forward (maximum, then
+/// log-sum-exp, target and entropy together) and one backward, where burn's composition
+/// (`log_softmax`, `gather`, `exp`, a product and a sum) records nine operations over the
+/// `[batch, seq, vocab]` logits and differentiates each.
+///
+/// # Panics
+///
+/// If `targets` does not hold one token per position or a target is outside the vocabulary.
+pub fn token_logprobs<B: Backend>(logits: Tensor<B, 3>, targets: &[u32]) -> Tensor<B, 3> {
+    let [batch, seq, vocab] = logits.dims();
+    assert_eq!(
+        targets.len(),
+        batch * seq,
+        "token_logprobs: one target per position"
+    );
+    assert!(
+        targets.iter().all(|&t| (t as usize) < vocab),
+        "token_logprobs: a target is outside the vocabulary of {vocab}"
+    );
+    if logits.dtype() != DType::F32 {
+        return token_logprobs_composed(logits, targets);
+    }
+    let inputs: Box<dyn Any> = Box::new(logits);
+    let inputs = match inputs.downcast::<Tensor<FlexAutodiff, 3>>() {
+        Ok(flex) => {
+            let out: Box<dyn Any> = Box::new(token_logprobs_autodiff(*flex, [batch, seq, vocab], targets));
+            return *out
+                .downcast::<Tensor<B, 3>>()
+                .expect("the output has the input's type");
+        }
+        Err(inputs) => inputs,
+    };
+    match inputs.downcast::<Tensor<Flex, 3>>() {
+        Ok(flex) => {
+            let primitive = flex.into_primitive().tensor();
+            let (out, _) = token_logprobs_forward(&primitive, [batch, seq, vocab], targets);
+            let out: Box<dyn Any> = Box::new(Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(out)));
+            *out.downcast::<Tensor<B, 3>>()
+                .expect("the output has the input's type")
+        }
+        Err(inputs) => {
+            let logits = *inputs
+                .downcast::<Tensor<B, 3>>()
+                .expect("the input keeps its type");
+            token_logprobs_composed(logits, targets)
+        }
+    }
+}
+
+/// The same function from tensor operations, differentiated by whatever backend runs it.
+pub(crate) fn token_logprobs_composed<B: Backend>(logits: Tensor<B, 3>, targets: &[u32]) -> Tensor<B, 3> {
+    let [batch, seq, _] = logits.dims();
+    let device = logits.device();
+    let ids: Vec<i64> = targets.iter().map(|&t| i64::from(t)).collect();
+    let targets = Tensor::<B, 3, Int>::from_data(TensorData::new(ids, [batch, seq, 1]), &device);
+    let all = log_softmax(logits, 2);
+    let logprobs = all.clone().gather(2, targets);
+    let entropy = (all.clone().exp() * all).sum_dim(2).neg();
+    Tensor::cat(vec![logprobs, entropy], 2)
+}
+
+/// Per row of logits: `log p(target)`, the entropy, and the log-sum-exp the backward pass
+/// recomputes the probabilities from. Returns the `[.., 2]` output and the log-sum-exps.
+fn token_logprobs_forward(logits: &FlexTensor, dims: [usize; 3], targets: &[u32]) -> (FlexTensor, Vec<f32>) {
+    let vocab = dims[2];
+    let logits = logits.to_contiguous();
+    let x: &[f32] = logits.storage();
+    let mut out = vec![0.0_f32; targets.len() * 2];
+    let mut lse = vec![0.0_f32; targets.len()];
+    for (row, ((x, o), l)) in x
+        .chunks_exact(vocab)
+        .zip(out.chunks_exact_mut(2))
+        .zip(&mut lse)
+        .enumerate()
+    {
+        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // sum exp(x - max) and sum exp(x - max) (x - max) in one pass.
+        let (mut sum, mut weighted) = (0.0_f32, 0.0_f32);
+        for &v in x {
+            let shifted = v - max;
+            let e = shifted.exp();
+            sum += e;
+            weighted += e * shifted;
+        }
+        let log_sum = sum.ln();
+        *l = max + log_sum;
+        o[0] = x[targets[row] as usize] - *l;
+        // H = -sum p log p = log_sum - sum p (x - max).
+        o[1] = log_sum - weighted / sum;
+    }
+    let shape = [dims[0], dims[1], 2];
+    (FlexTensor::from_data(TensorData::new(out, shape)), lse)
+}
+
+/// The gradient of [`token_logprobs`]: with `p = softmax(x)`, `g` the gradient of the
+/// log-probability and `h` that of the entropy `H`,
+/// `dx_j = g (δ_jt - p_j) - h p_j (log p_j + H)`.
+#[derive(Debug, Clone)]
+struct TokenLogProbsBackward;
+
+/// What the backward pass needs: the logits, the targets, and per row the log-sum-exp and
+/// the entropy.
+#[derive(Debug, Clone)]
+struct TokenLogProbsState {
+    logits: FlexTensor,
+    dims: [usize; 3],
+    targets: Vec<u32>,
+    lse: Vec<f32>,
+    entropy: Vec<f32>,
+}
+
+impl Backward<Flex, 1> for TokenLogProbsBackward {
+    type State = TokenLogProbsState;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let state = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+            let grad = grad.to_contiguous();
+            let g: &[f32] = grad.storage();
+            let dims = state.dims;
+            let vocab = dims[2];
+            let x: &[f32] = state.logits.storage();
+            let mut dx = vec![0.0_f32; x.len()];
+            for (row, (x, d)) in x.chunks_exact(vocab).zip(dx.chunks_exact_mut(vocab)).enumerate() {
+                let (g_logp, g_entropy) = (g[2 * row], g[2 * row + 1]);
+                let (lse, entropy) = (state.lse[row], state.entropy[row]);
+                for (&v, d) in x.iter().zip(d.iter_mut()) {
+                    let log_p = v - lse;
+                    let p = log_p.exp();
+                    *d = -p * (g_logp + g_entropy * (log_p + entropy));
+                }
+                d[state.targets[row] as usize] += g_logp;
+            }
+            FlexTensor::from_data(TensorData::new(dx, dims))
+        });
+    }
+}
+
+fn token_logprobs_autodiff(
+    logits: Tensor<FlexAutodiff, 3>,
+    dims: [usize; 3],
+    targets: &[u32],
+) -> Tensor<FlexAutodiff, 3> {
+    let logits = logits.into_primitive().tensor();
+    let (out, lse) = token_logprobs_forward(&logits.primitive, dims, targets);
+    let out = match TokenLogProbsBackward
+        .prepare::<NoCheckpointing>([logits.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let entropy = out.storage::<f32>().chunks_exact(2).map(|o| o[1]).collect();
+            let state = TokenLogProbsState {
+                logits: logits.primitive.to_contiguous(),
+                dims,
+                targets: targets.to_vec(),
+                lse,
+                entropy,
+            };
+            prep.finish(state, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// SwiGLU's gate, `silu(gate) * up`, element-wise over two tensors of one shape.
+///
+/// On the CPU backend one node: one pass forward, and one backward that computes both
+/// gradients, `d gate = g up s (1 + gate (1 - s))` and `d up = g gate s` with
+/// `s = sigmoid(gate)`, where burn's composition records a sigmoid and two products (three
+/// outputs forward, six passes and a sum backward).
+pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+    assert_eq!(gate.dims(), up.dims(), "swiglu: gate and up differ in shape");
+    if gate.dtype() != DType::F32 || up.dtype() != DType::F32 {
+        return swiglu_composed(gate, up);
+    }
+    let inputs: Box<dyn Any> = Box::new((gate, up));
+    let inputs = match inputs.downcast::<(Tensor<FlexAutodiff, 3>, Tensor<FlexAutodiff, 3>)>() {
+        Ok(flex) => {
+            let (gate, up) = *flex;
+            let out: Box<dyn Any> = Box::new(swiglu_autodiff(gate, up));
+            return *out
+                .downcast::<Tensor<B, 3>>()
+                .expect("the output has the input's type");
+        }
+        Err(inputs) => inputs,
+    };
+    match inputs.downcast::<(Tensor<Flex, 3>, Tensor<Flex, 3>)>() {
+        Ok(flex) => {
+            let (gate, up) = *flex;
+            let dims = gate.dims();
+            let out = swiglu_forward(
+                &gate.into_primitive().tensor(),
+                &up.into_primitive().tensor(),
+                dims,
+            );
+            let out: Box<dyn Any> = Box::new(Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(out)));
+            *out.downcast::<Tensor<B, 3>>()
+                .expect("the output has the input's type")
+        }
+        Err(inputs) => {
+            let (gate, up) = *inputs
+                .downcast::<(Tensor<B, 3>, Tensor<B, 3>)>()
+                .expect("the inputs keep their type");
+            swiglu_composed(gate, up)
+        }
+    }
+}
+
+/// The same function from tensor operations, differentiated by whatever backend runs it.
+pub(crate) fn swiglu_composed<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+    silu(gate) * up
+}
+
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn swiglu_forward(gate: &FlexTensor, up: &FlexTensor, dims: [usize; 3]) -> FlexTensor {
+    let (gate, up) = (gate.to_contiguous(), up.to_contiguous());
+    let out: Vec<f32> = gate
+        .storage::<f32>()
+        .iter()
+        .zip(up.storage::<f32>())
+        .map(|(&g, &u)| g * sigmoid(g) * u)
+        .collect();
+    FlexTensor::from_data(TensorData::new(out, dims))
+}
+
+/// The gradients of [`swiglu`] with respect to the gate and the up projection.
+#[derive(Debug)]
+struct SwigluBackward;
+
+impl Backward<Flex, 2> for SwigluBackward {
+    /// The gate and up inputs, contiguous, and their shape.
+    type State = (FlexTensor, FlexTensor, [usize; 3]);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let (gate, up, dims) = ops.state;
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (g, gate, up) = (grad.storage::<f32>(), gate.storage::<f32>(), up.storage::<f32>());
+        let [gate_node, up_node] = ops.parents;
+        if let Some(node) = gate_node {
+            let d: Vec<f32> = g
+                .iter()
+                .zip(gate)
+                .zip(up)
+                .map(|((&g, &x), &u)| {
+                    let s = sigmoid(x);
+                    g * u * s * (1.0 + x * (1.0 - s))
+                })
+                .collect();
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(d, dims)));
+        }
+        if let Some(node) = up_node {
+            let d: Vec<f32> = g.iter().zip(gate).map(|(&g, &x)| g * x * sigmoid(x)).collect();
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(d, dims)));
+        }
+    }
+}
+
+fn swiglu_autodiff(gate: Tensor<FlexAutodiff, 3>, up: Tensor<FlexAutodiff, 3>) -> Tensor<FlexAutodiff, 3> {
+    let dims = gate.dims();
+    let (gate, up) = (gate.into_primitive().tensor(), up.into_primitive().tensor());
+    let out = swiglu_forward(&gate.primitive, &up.primitive, dims);
+    let out = match SwigluBackward
+        .prepare::<NoCheckpointing>([gate.node.clone(), up.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let state = (gate.primitive.to_contiguous(), up.primitive.to_contiguous(), dims);
+            prep.finish(state, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +430,77 @@ mod tests {
         for row in p.chunks(7) {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         }
+    }
+
+    /// Values and gradients of the fused token log-probabilities (log-probability and
+    /// entropy, both in the loss) equal those of the composition, and without autodiff too.
+    #[test]
+    fn token_logprobs_match_the_composition_and_its_gradient() {
+        let device = Default::default();
+        let (batch, seq, vocab) = (2, 3, 11);
+        // Spread logits (one row far off-scale) so that the log-sum-exp's shift matters.
+        let logits: Vec<f32> = (0..batch * seq * vocab)
+            .map(|i| ((i * 29 % 37) as f32 - 18.0) / 3.0 + if i / vocab == 4 { 60.0 } else { 0.0 })
+            .collect();
+        let targets: Vec<u32> = (0..batch * seq).map(|i| (i * 7 % vocab) as u32).collect();
+        let weights = Tensor::<Ad, 3>::random([batch, seq, 2], Distribution::Normal(0.0, 1.0), &device);
+        let run = |fused: bool| {
+            let x = Tensor::<Ad, 3>::from_data(TensorData::new(logits.clone(), [batch, seq, vocab]), &device)
+                .require_grad();
+            let out = if fused {
+                token_logprobs(x.clone(), &targets)
+            } else {
+                token_logprobs_composed(x.clone(), &targets)
+            };
+            let grads = (out.clone() * weights.clone()).sum().backward();
+            (out.into_data(), x.grad(&grads).unwrap().into_data())
+        };
+        let (out_fused, g_fused) = run(true);
+        let (out_composed, g_composed) = run(false);
+        out_fused.assert_approx_eq::<f32>(&out_composed, Tolerance::absolute(1e-5));
+        g_fused.assert_approx_eq::<f32>(&g_composed, Tolerance::absolute(1e-5));
+        let inner =
+            Tensor::<crate::TestBackend, 3>::from_data(TensorData::new(logits, [batch, seq, vocab]), &device);
+        token_logprobs(inner, &targets)
+            .into_data()
+            .assert_approx_eq::<f32>(&out_composed, Tolerance::absolute(1e-5));
+        let out: Vec<f32> = out_fused.to_vec().unwrap();
+        for pair in out.chunks(2) {
+            assert!(pair[0] <= 0.0, "a log-probability is at most 0");
+            assert!(
+                (0.0..=(vocab as f32).ln() + 1e-5).contains(&pair[1]),
+                "entropy in [0, ln V]"
+            );
+        }
+    }
+
+    /// Values and gradients of the fused SwiGLU gate equal those of `silu(gate) * up`.
+    #[test]
+    fn swiglu_matches_the_composition_and_its_gradient() {
+        let device = Default::default();
+        let shape = [2, 5, 7];
+        let gate = Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, 3.0), &device);
+        let up = Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let weights = Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let run = |fused: bool| {
+            let g = Tensor::<Ad, 3>::from_data(gate.to_data(), &device).require_grad();
+            let u = Tensor::<Ad, 3>::from_data(up.to_data(), &device).require_grad();
+            let out = if fused {
+                swiglu(g.clone(), u.clone())
+            } else {
+                swiglu_composed(g.clone(), u.clone())
+            };
+            let grads = (out.clone() * weights.clone()).sum().backward();
+            (
+                out.into_data(),
+                g.grad(&grads).unwrap().into_data(),
+                u.grad(&grads).unwrap().into_data(),
+            )
+        };
+        let (out_f, dg_f, du_f) = run(true);
+        let (out_c, dg_c, du_c) = run(false);
+        out_f.assert_approx_eq::<f32>(&out_c, Tolerance::absolute(1e-5));
+        dg_f.assert_approx_eq::<f32>(&dg_c, Tolerance::absolute(1e-5));
+        du_f.assert_approx_eq::<f32>(&du_c, Tolerance::absolute(1e-5));
     }
 }

@@ -1,10 +1,10 @@
 //! Teacher-forced log-probabilities and entropies of completions (differentiable), and the SFT
 //! loss built on them.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
+use crate::fused::token_logprobs;
 use crate::model::Transformer;
 
 /// Per-token statistics of a batch of completions, all `[batch, max_completion_len]`.
@@ -56,24 +56,24 @@ pub fn completion_logprobs<B: Backend>(
         tokens.extend(row);
         valid.extend((0..width).map(|j| j >= pad && j < prompt_width + completion.len()));
         for j in 0..completion_width {
-            targets.push(completion.get(j).map_or(0, |&t| i64::from(t)));
+            targets.push(completion.get(j).copied().unwrap_or(0));
             mask.push(if j < completion.len() { 1.0_f32 } else { 0.0 });
         }
     }
     let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [rows, width]), &device);
     let valid = Tensor::<B, 2, Bool>::from_data(TensorData::new(valid, [rows, width]), &device);
-    let targets =
-        Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [rows, completion_width, 1]), &device);
     let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [rows, completion_width]), &device);
 
     let hidden = model.forward_hidden(tokens, valid);
     let start = prompt_width - 1;
     let hidden = hidden.slice([0..rows, start..start + completion_width]);
-    let all = log_softmax(model.lm_logits(hidden), 2);
-    let logprobs = all.clone().gather(2, targets).reshape([rows, completion_width]);
-    let entropy = (all.clone().exp() * all)
-        .sum_dim(2)
-        .neg()
+    let both = token_logprobs(model.lm_logits(hidden), &targets);
+    let logprobs = both
+        .clone()
+        .slice([0..rows, 0..completion_width, 0..1])
+        .reshape([rows, completion_width]);
+    let entropy = both
+        .slice([0..rows, 0..completion_width, 1..2])
         .reshape([rows, completion_width]);
     CompletionLogProbs {
         logprobs: logprobs * mask.clone(),

@@ -3,7 +3,6 @@
 
 use burn::module::{Initializer, Module};
 use burn::nn::{Embedding, Linear};
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
@@ -11,7 +10,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::cache::{KvCache, LayerCache};
 use crate::config::TransformerConfig;
-use crate::fused::masked_softmax;
+use crate::fused::{masked_softmax, swiglu};
 use crate::norm::RmsNorm;
 use crate::rope::{RopeAngles, RotaryEmbedding};
 
@@ -106,7 +105,8 @@ impl<B: Backend> Attention<B> {
             differentiable_attention(q, k, v, masked)
         } else {
             let options = AttentionModuleOptions {
-                scale: None,
+                // The queries come scaled from the rotation.
+                scale: Some(1.0),
                 softcap: None,
                 is_causal: false,
             };
@@ -120,13 +120,14 @@ impl<B: Backend> Attention<B> {
     }
 }
 
-/// Masked scaled dot-product attention written with tensor operations for the autodiff
-/// backends, `softmax(q k^T / sqrt(d), masked) v`, the same function as burn's `attention`.
+/// Masked dot-product attention written with tensor operations for the autodiff backends,
+/// `softmax(q k^T, masked) v` with the queries already scaled by `1 / sqrt(d)` (the rotary
+/// tables carry the scale), the same function as burn's `attention` with a scale of 1.
 ///
 /// burn's autodiff backends differentiate `attention` through a generic composition that
 /// scales the `[queries, keys]` scores, takes a tracked row maximum and clamps its sums,
-/// about a dozen passes over the scores forward and backward. Here the scale is applied to the
-/// queries (`head_dim` wide instead of `keys`) and the softmax is [`masked_softmax`], one node
+/// about a dozen passes over the scores forward and backward. Here the softmax is
+/// [`masked_softmax`], one node
 /// with its own gradient on the CPU backend; every row keeps at least its own position
 /// (`attention_masked`), so no clamping is needed. Inference keeps burn's `attention`, which
 /// the backends fuse.
@@ -136,8 +137,7 @@ fn differentiable_attention<B: Backend>(
     v: Tensor<B, 4>,
     masked: Tensor<B, 4, Bool>,
 ) -> Tensor<B, 4> {
-    let scale = (q.dims()[3] as f64).powf(-0.5);
-    let scores = (q * scale).matmul(k.swap_dims(2, 3));
+    let scores = q.matmul(k.swap_dims(2, 3));
     masked_softmax(scores, masked).matmul(v)
 }
 
@@ -166,7 +166,7 @@ impl<B: Backend> Mlp<B> {
     /// `[batch, seq, hidden]` to the same shape.
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.down_proj
-            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+            .forward(swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x)))
     }
 }
 
@@ -304,7 +304,9 @@ impl<B: Backend> Transformer<B> {
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let (heads, kv_heads) = (self.config.num_attention_heads, self.config.num_kv_heads());
-        let rope = self.rope.angles(positions, heads, kv_heads);
+        // Attention's 1 / sqrt(head_dim) rides on the query rotation.
+        let scale = (self.config.head_dim() as f64).powf(-0.5);
+        let rope = self.rope.angles_scaled(positions, heads, kv_heads, scale);
         let masked = grouped_mask(masked, heads / kv_heads, kv_heads);
         let mut x = self.embed_tokens.forward(tokens);
         for (index, layer) in self.layers.iter().enumerate() {

@@ -74,6 +74,19 @@ impl<B: Backend> RotaryEmbedding<B> {
         query_heads: usize,
         key_heads: usize,
     ) -> RopeAngles<B> {
+        self.angles_scaled(positions, query_heads, key_heads, 1.0)
+    }
+
+    /// [`Self::angles`] with the query tables multiplied by `query_scale`, so that the rotated
+    /// queries come out scaled (by attention's `1 / sqrt(head_dim)`, say) at no cost: the
+    /// rotation is linear.
+    pub fn angles_scaled(
+        &self,
+        positions: Tensor<B, 2, Int>,
+        query_heads: usize,
+        key_heads: usize,
+        query_scale: f64,
+    ) -> RopeAngles<B> {
         let [batch, seq] = positions.dims();
         let flat = positions.reshape([batch * seq]);
         let head_dim = self.cos.dims()[1];
@@ -84,10 +97,22 @@ impl<B: Backend> RotaryEmbedding<B> {
                 .reshape([batch, seq, 1, head_dim])
         };
         let (cos, sin) = (gathered(&self.cos), gathered(&self.sin));
-        let for_heads = |heads: usize| (materialised(cos.clone(), heads), materialised(sin.clone(), heads));
+        let for_heads = |heads: usize, scale: f64| {
+            let scaled = |t: &Tensor<B, 4>| {
+                if scale == 1.0 {
+                    t.clone()
+                } else {
+                    t.clone() * scale
+                }
+            };
+            (
+                materialised(scaled(&cos), heads),
+                materialised(scaled(&sin), heads),
+            )
+        };
         RopeAngles {
-            query: for_heads(query_heads),
-            key: for_heads(key_heads),
+            query: for_heads(query_heads, query_scale),
+            key: for_heads(key_heads, 1.0),
             rotation: rotate_half_matrix(head_dim, &self.cos.device()),
         }
     }
