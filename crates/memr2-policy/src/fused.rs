@@ -5,10 +5,13 @@
 //! subtraction, `exp`, a sum and a division), each recorded and differentiated on its own: the
 //! backward pass computes `exp` again and runs the division's two-sided gradient over the
 //! `[queries, keys]` scores. [`masked_softmax`] records one node instead, whose backward is
-//! `p * (g - sum(g * p))` from the saved probabilities. It is taken on the CPU training backend
-//! (`Autodiff<Flex>`), recognised by type at run time so that the model stays generic over
-//! `B: Backend`; every other backend computes the same function from tensor operations. Tests
-//! compare values and gradients of the two.
+//! `p * (g - sum(g * p))` from the saved probabilities. [`token_logprobs`] takes the target's
+//! log-probability and the entropy from the LM head's logits in one pass per row (one node,
+//! one backward), and [`swiglu`] the feed-forward gate `silu(gate) * up` (one node, both
+//! gradients in one backward). They are taken on the CPU backend (`Autodiff<Flex>`, and
+//! `Flex` without autodiff for the last two), recognised by type at run time so that the model
+//! stays generic over `B: Backend`; every other backend computes the same functions from
+//! tensor operations. Tests compare values and gradients of the two.
 
 use std::any::Any;
 
