@@ -202,15 +202,15 @@ fn token_logprobs_forward(logits: &FlexTensor, dims: [usize; 3], targets: &[u32]
 #[derive(Debug, Clone)]
 struct TokenLogProbsBackward;
 
-/// What the backward pass needs: the logits, the targets, and per row the log-sum-exp and
-/// the entropy.
+/// What the backward pass needs: the logits, the targets, per row the log-sum-exp, and the
+/// forward's output (whose `[.., 1]` are the entropies).
 #[derive(Debug, Clone)]
 struct TokenLogProbsState {
     logits: FlexTensor,
     dims: [usize; 3],
     targets: Vec<u32>,
     lse: Vec<f32>,
-    entropy: Vec<f32>,
+    out: FlexTensor,
 }
 
 impl Backward<Flex, 1> for TokenLogProbsBackward {
@@ -224,10 +224,11 @@ impl Backward<Flex, 1> for TokenLogProbsBackward {
             let dims = state.dims;
             let vocab = dims[2];
             let x: &[f32] = state.logits.storage();
+            let out: &[f32] = state.out.storage();
             let mut dx = vec![0.0_f32; x.len()];
             for (row, (x, d)) in x.chunks_exact(vocab).zip(dx.chunks_exact_mut(vocab)).enumerate() {
                 let (g_logp, g_entropy) = (g[2 * row], g[2 * row + 1]);
-                let (lse, entropy) = (state.lse[row], state.entropy[row]);
+                let (lse, entropy) = (state.lse[row], out[2 * row + 1]);
                 for (&v, d) in x.iter().zip(d.iter_mut()) {
                     let log_p = v - lse;
                     let p = log_p.exp();
@@ -253,13 +254,12 @@ fn token_logprobs_autodiff(
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let entropy = out.storage::<f32>().chunks_exact(2).map(|o| o[1]).collect();
             let state = TokenLogProbsState {
                 logits: logits.primitive.to_contiguous(),
                 dims,
                 targets: targets.to_vec(),
                 lse,
-                entropy,
+                out: out.clone(),
             };
             prep.finish(state, out)
         }
@@ -345,22 +345,18 @@ impl Backward<Flex, 2> for SwigluBackward {
         let (gate, up, dims) = ops.state;
         let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
         let (g, gate, up) = (grad.storage::<f32>(), gate.storage::<f32>(), up.storage::<f32>());
-        let [gate_node, up_node] = ops.parents;
-        if let Some(node) = gate_node {
-            let d: Vec<f32> = g
-                .iter()
-                .zip(gate)
-                .zip(up)
-                .map(|((&g, &x), &u)| {
-                    let s = sigmoid(x);
-                    g * u * s * (1.0 + x * (1.0 - s))
-                })
-                .collect();
-            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(d, dims)));
+        // Both gradients from one sigmoid per element.
+        let (mut d_gate, mut d_up) = (Vec::with_capacity(g.len()), Vec::with_capacity(g.len()));
+        for ((&g, &x), &u) in g.iter().zip(gate).zip(up) {
+            let s = sigmoid(x);
+            d_gate.push(g * u * s * (1.0 + x * (1.0 - s)));
+            d_up.push(g * x * s);
         }
-        if let Some(node) = up_node {
-            let d: Vec<f32> = g.iter().zip(gate).map(|(&g, &x)| g * x * sigmoid(x)).collect();
-            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(d, dims)));
+        let [gate_node, up_node] = ops.parents;
+        for (node, d) in [(gate_node, d_gate), (up_node, d_up)] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(d, dims)));
+            }
         }
     }
 }
