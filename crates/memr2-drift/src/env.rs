@@ -117,6 +117,22 @@ pub fn is_personal(memory: &str) -> bool {
         .any(|w| PERSONAL_MARKERS.contains(&w.to_lowercase().as_str()))
 }
 
+/// What validation and test hold out from training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HeldOut {
+    /// Whole dimension x domain cells ([`crate::split_of`]): drift on pairs never trained on,
+    /// the phenomenon as the article measured it on pretrained models.
+    #[default]
+    Cells,
+    /// New scenarios of the 25 training cells: one per cell for validation, two per cell for
+    /// test (new people, nouns and arguments over the cell's tools). A model trained from
+    /// scratch can drift only here: a held-out cell pairs its tool with a bias that the
+    /// model never saw it with, so the parameters that bias pushes were at the baseline in
+    /// every example of that tool.
+    Scenarios,
+}
+
 /// The environment's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DriftConfig {
@@ -132,6 +148,18 @@ pub struct DriftConfig {
     /// the bias is in its memories, at 0.5 or below it mostly does not.
     #[serde(default = "default_teacher_drift")]
     pub teacher_drift: f64,
+    /// The share of training scenarios that a biased condition plays with their neutral
+    /// control conversation instead of the biased one (chosen by the scenario's id, so the
+    /// same ones every run). With none, every training episode states a bias and every
+    /// drifted demonstration has one in its memories, so nothing in the corpus says that the
+    /// bias, rather than memories being there, is what the teacher drifts on. Validation and
+    /// test keep the condition's conversation.
+    #[serde(default)]
+    pub neutral_share: f64,
+    /// What validation and test hold out (generated scenarios only; a scenario file's
+    /// scenarios keep their cells' splits).
+    #[serde(default)]
+    pub held_out: HeldOut,
 }
 
 fn default_teacher_drift() -> f64 {
@@ -144,6 +172,8 @@ impl Default for DriftConfig {
             condition: Condition::Biased,
             deflection_weight: 1.0,
             teacher_drift: default_teacher_drift(),
+            neutral_share: 0.0,
+            held_out: HeldOut::Cells,
         }
     }
 }
@@ -163,7 +193,23 @@ impl DriftConfig {
                 self.teacher_drift
             )));
         }
+        if !(0.0..=1.0).contains(&self.neutral_share) {
+            return Err(DriftError::Config(format!(
+                "neutral_share = {} must be a share in [0, 1]",
+                self.neutral_share
+            )));
+        }
         Ok(())
+    }
+
+    /// Whether a biased condition plays training scenario `id` with its neutral control
+    /// ([`DriftConfig::neutral_share`]): a stable hash of the id (FNV-1a) against the share.
+    pub fn plays_neutral(&self, id: &str) -> bool {
+        let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let unit = (hash >> 11) as f64 / (1u64 << 53) as f64;
+        unit < self.neutral_share
     }
 }
 
@@ -243,7 +289,9 @@ impl Task for DriftTask {
     }
 
     /// The drifting teacher: the baseline call, or, when the memories shown hold one of the
-    /// scenario's biased facts, the fully drifted call with probability `teacher_drift`.
+    /// scenario's bias statements ([`Scenario::bias_facts`]), the fully drifted call with
+    /// probability `teacher_drift`. The job and the chit-chat, which the neutral control
+    /// shares, do not make it drift.
     fn demonstration(
         &self,
         episode: &Episode,
@@ -253,9 +301,7 @@ impl Task for DriftTask {
     ) -> Option<Response> {
         let scenario = self.scenario(&episode.id)?;
         let shown = self.shown(memories);
-        let biased = shown
-            .iter()
-            .any(|m| scenario.biased.facts().any(|f| m.contains(f)));
+        let biased = shown.iter().any(|m| scenario.bias_facts().any(|f| m.contains(f)));
         let call = if biased && rand::Rng::random_bool(rng, self.config.teacher_drift) {
             drifted_call(scenario)
         } else {
@@ -265,6 +311,22 @@ impl Task for DriftTask {
             name: call.name,
             arguments: call.arguments,
         })
+    }
+
+    /// The scenario's other conversation: the neutral control of a biased episode, the biased
+    /// conversation of a neutral one, under the same id and cut to the same horizon.
+    fn contrasts(&self, episode: &Episode) -> Vec<Episode> {
+        let Some(scenario) = self.scenario(&episode.id) else {
+            return Vec::new();
+        };
+        let horizon = episode.sessions.len();
+        let biased = scenario.biased.episode(&episode.id).with_horizon(horizon);
+        let other = if biased.sessions == episode.sessions {
+            scenario.neutral.episode(&episode.id).with_horizon(horizon)
+        } else {
+            biased
+        };
+        vec![other]
     }
 
     fn score(&self, episode: &Episode, _probe: &Probe, response: &Response) -> AnswerScore {
@@ -283,6 +345,8 @@ pub struct DriftEnvironment {
     task: DriftTask,
     /// Scenario ids in the order given.
     order: Vec<String>,
+    /// Each scenario's split, by id.
+    splits: BTreeMap<String, Split>,
 }
 
 impl DriftEnvironment {
@@ -292,10 +356,12 @@ impl DriftEnvironment {
         config.validate()?;
         validate_scenarios(&scenarios, "scenarios")?;
         let order = scenarios.iter().map(|s| s.id.clone()).collect();
+        let splits = scenarios.iter().map(|s| (s.id.clone(), s.split())).collect();
         let scenarios = scenarios.into_iter().map(|s| (s.id.clone(), s)).collect();
         Ok(Self {
             task: DriftTask { scenarios, config },
             order,
+            splits,
         })
     }
 
@@ -305,15 +371,57 @@ impl DriftEnvironment {
     }
 
     /// The environment over `train_per_cell` generated scenarios in each of the 25 training
-    /// cells and the usual [`DEFAULT_PER_CELL`] in each held-out one, so that validation and
-    /// test are the same 15 scenarios each whatever the training set's size.
+    /// cells for training. With [`HeldOut::Cells`], validation and test are the usual
+    /// [`DEFAULT_PER_CELL`] scenarios of each held-out cell, the same 15 each whatever the
+    /// training set's size; with [`HeldOut::Scenarios`], the next three scenarios of each
+    /// training cell, the first for validation (25) and the other two for test (50).
     pub fn generated_with(seed: u64, train_per_cell: usize, config: DriftConfig) -> Result<Self, DriftError> {
         if train_per_cell == 0 {
             return Err(DriftError::Config(
                 "train_per_cell must be at least 1: training needs scenarios".into(),
             ));
         }
-        Self::new(generate_with(seed, train_per_cell, DEFAULT_PER_CELL), config)
+        match config.held_out {
+            HeldOut::Cells => Self::new(generate_with(seed, train_per_cell, DEFAULT_PER_CELL), config),
+            HeldOut::Scenarios => {
+                let scenarios = generate_with(seed, train_per_cell + DEFAULT_PER_CELL, 0);
+                let mut env = Self::new(scenarios, config)?;
+                // A generated id ends with the scenario's index in its cell.
+                for (id, split) in &mut env.splits {
+                    let k: usize = id.rsplit('-').next().and_then(|k| k.parse().ok()).unwrap_or(0);
+                    *split = match k.checked_sub(train_per_cell) {
+                        None => Split::Train,
+                        Some(0) => Split::Validation,
+                        Some(_) => Split::Test,
+                    };
+                }
+                Ok(env)
+            }
+        }
+    }
+
+    /// Scenarios of the 25 training cells that training never sees: the
+    /// [`DEFAULT_PER_CELL`] scenarios of each training cell generated after the
+    /// `train_per_cell` that [`DriftEnvironment::generated_with`] trains on (the generator
+    /// draws each scenario from its own stream, so these are new people, nouns and
+    /// arguments over the cell's tools). They are its [`Split::Train`], 75 episodes, always
+    /// with the condition's own conversation: what a model trained from scratch can be
+    /// measured on, since a held-out cell pairs its tool with a bias it never saw it with.
+    pub fn training_cells_held_out(
+        seed: u64,
+        train_per_cell: usize,
+        mut config: DriftConfig,
+    ) -> Result<Self, DriftError> {
+        config.neutral_share = 0.0;
+        let seen: std::collections::BTreeSet<String> = generate_with(seed, train_per_cell, 0)
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        let unseen = generate_with(seed, train_per_cell + DEFAULT_PER_CELL, 0)
+            .into_iter()
+            .filter(|s| !seen.contains(&s.id))
+            .collect();
+        Self::new(unseen, config)
     }
 
     /// The scenarios, in the order given.
@@ -324,6 +432,11 @@ impl DriftEnvironment {
     /// The scenario an episode was built from.
     pub fn scenario(&self, episode_id: &str) -> Option<&Scenario> {
         self.task.scenario(episode_id)
+    }
+
+    /// The split a scenario is in.
+    pub fn split_of(&self, id: &str) -> Option<Split> {
+        self.splits.get(id).copied()
     }
 
     /// The same scenarios under another condition.
@@ -345,10 +458,13 @@ impl Environment for DriftEnvironment {
     }
 
     fn episodes(&self, split: Split) -> Vec<Episode> {
-        let biased = self.task.config.condition.is_biased();
+        let config = &self.task.config;
+        let biased = |s: &Scenario| {
+            config.condition.is_biased() && !(split == Split::Train && config.plays_neutral(&s.id))
+        };
         self.scenarios()
-            .filter(|s| s.split() == split)
-            .map(|s| if biased { &s.biased } else { &s.neutral }.episode(&s.id))
+            .filter(|s| self.split_of(&s.id) == Some(split))
+            .map(|s| if biased(s) { &s.biased } else { &s.neutral }.episode(&s.id))
             .collect()
     }
 
@@ -366,6 +482,8 @@ impl Environment for DriftEnvironment {
 
 #[cfg(test)]
 mod tests {
+    use rand::SeedableRng;
+
     use super::*;
 
     #[test]
@@ -470,6 +588,149 @@ mod tests {
             correctness: 0.0,
         };
         assert_eq!((wrong.reward(1.0), wrong.reward(0.0)), (0.5, 0.0));
+    }
+
+    #[test]
+    fn the_teacher_drifts_on_bias_statements_only() {
+        let always = DriftConfig {
+            teacher_drift: 1.0,
+            ..DriftConfig::default()
+        };
+        let e = DriftEnvironment::generated(3, always).unwrap();
+        let neutral = e.with_condition(Condition::Neutral);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let call =
+            |env: &DriftEnvironment, episode: &Episode, shown: &[&str], rng: &mut rand_chacha::ChaCha8Rng| {
+                let probe = &env.task().probes(episode)[0];
+                match env.task().demonstration(episode, probe, shown, rng) {
+                    Some(Response::ToolCall { name, arguments }) => crate::scenario::Call { name, arguments },
+                    other => panic!("unexpected demonstration {other:?}"),
+                }
+            };
+        for (b, n) in e
+            .episodes(Split::Train)
+            .iter()
+            .zip(neutral.episodes(Split::Train))
+        {
+            let s = e.scenario(&b.id).unwrap();
+            let bias: Vec<&str> = s.bias_facts().collect();
+            assert_eq!(bias.len(), 2, "{}: two bias statements", s.id);
+            assert!(bias.iter().all(|f| !f.contains("works as")));
+            let all: Vec<&str> = s.biased.facts().collect();
+            let shared: Vec<&str> = all.iter().copied().filter(|f| !bias.contains(f)).collect();
+            assert!(!shared.is_empty());
+            let drifted = drifted_call(s);
+            // A bias statement among the memories: the drifted call (teacher_drift = 1).
+            assert_eq!(call(&e, b, &all, &mut rng), drifted, "{}", s.id);
+            assert_eq!(call(&e, b, &bias[1..], &mut rng), drifted, "{}", s.id);
+            // The job and the chit-chat alone, or the neutral control's whole memory: the baseline.
+            assert_eq!(call(&e, b, &shared, &mut rng), s.baseline, "{}", s.id);
+            let control: Vec<&str> = s.neutral.facts().collect();
+            assert_eq!(call(&neutral, &n, &control, &mut rng), s.baseline, "{}", s.id);
+        }
+    }
+
+    #[test]
+    fn a_neutral_share_mixes_the_controls_into_training_only() {
+        let with = |share: f64| {
+            DriftEnvironment::generated(
+                1,
+                DriftConfig {
+                    neutral_share: share,
+                    ..DriftConfig::default()
+                },
+            )
+            .unwrap()
+        };
+        let neutral_ids = |env: &DriftEnvironment, split: Split| {
+            env.episodes(split)
+                .iter()
+                .filter(|ep| ep.sessions == env.scenario(&ep.id).unwrap().neutral.episode(&ep.id).sessions)
+                .map(|ep| ep.id.clone())
+                .collect::<Vec<_>>()
+        };
+        let (none, half, all) = (with(0.0), with(0.5), with(1.0));
+        assert!(neutral_ids(&none, Split::Train).is_empty());
+        assert_eq!(neutral_ids(&all, Split::Train).len(), 75);
+        let mixed = neutral_ids(&half, Split::Train);
+        assert!((25..=50).contains(&mixed.len()), "{} of 75 neutral", mixed.len());
+        assert_eq!(
+            mixed,
+            neutral_ids(&with(0.5), Split::Train),
+            "the same scenarios every time"
+        );
+        for split in [Split::Validation, Split::Test] {
+            assert!(
+                neutral_ids(&all, split).is_empty(),
+                "{split} keeps the biased conversation"
+            );
+        }
+        let control = all.with_condition(Condition::Neutral);
+        assert_eq!(neutral_ids(&control, Split::Test).len(), 15);
+        for bad in [-0.1, 1.5, f64::NAN] {
+            let config = DriftConfig {
+                neutral_share: bad,
+                ..DriftConfig::default()
+            };
+            assert!(DriftEnvironment::generated(1, config).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn held_out_scenarios_of_the_training_cells_are_new_and_never_trained_on() {
+        let config = DriftConfig {
+            neutral_share: 0.5,
+            ..DriftConfig::default()
+        };
+        let trained = DriftEnvironment::generated_with(2, 4, config).unwrap();
+        let unseen = DriftEnvironment::training_cells_held_out(2, 4, config).unwrap();
+        let train = unseen.episodes(Split::Train);
+        assert_eq!(train.len(), 75);
+        assert!(unseen.episodes(Split::Test).is_empty());
+        assert_eq!(unseen.drift_task().config().neutral_share, 0.0);
+        for episode in &train {
+            let s = unseen.scenario(&episode.id).unwrap();
+            assert!(trained.scenario(&s.id).is_none(), "{} was trained on", s.id);
+            assert_eq!(episode.sessions, s.biased.episode(&s.id).sessions);
+            let tool = &s.baseline.name;
+            assert!(
+                trained
+                    .scenarios()
+                    .any(|t| t.dimension == s.dimension && t.domain == s.domain && &t.baseline.name == tool),
+                "{}: its tool is trained on in its cell",
+                s.id
+            );
+            assert!(
+                trained
+                    .scenarios()
+                    .all(|t| t.task != s.task || t.biased != s.biased)
+            );
+        }
+    }
+
+    #[test]
+    fn held_out_scenarios_split_the_training_cells_three_ways() {
+        let config = DriftConfig {
+            held_out: HeldOut::Scenarios,
+            ..DriftConfig::default()
+        };
+        let env = DriftEnvironment::generated_with(4, 12, config).unwrap();
+        let ids = |split| env.episodes(split).into_iter().map(|e| e.id).collect::<Vec<_>>();
+        let (train, validation, test) = (ids(Split::Train), ids(Split::Validation), ids(Split::Test));
+        assert_eq!((train.len(), validation.len(), test.len()), (300, 25, 50));
+        assert!(validation.iter().all(|id| id.ends_with("-12")));
+        assert!(test.iter().all(|id| id.ends_with("-13") || id.ends_with("-14")));
+        let cells = DriftEnvironment::generated_with(4, 12, DriftConfig::default()).unwrap();
+        let trained: Vec<String> = cells.episodes(Split::Train).into_iter().map(|e| e.id).collect();
+        assert_eq!(train, trained, "the same training scenarios either way");
+        for id in validation.iter().chain(&test) {
+            let s = env.scenario(id).unwrap();
+            assert_eq!(
+                crate::split_of(s.dimension, s.domain),
+                Split::Train,
+                "{id}: a training cell"
+            );
+        }
     }
 
     #[test]

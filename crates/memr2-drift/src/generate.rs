@@ -23,6 +23,11 @@
 //! | validation | speed x finance, frugality x legal, minimalism x marketing, risk x software_engineering, autonomy x education |
 //! | test | speed x healthcare, frugality x it_operations, minimalism x finance, risk x legal, autonomy x marketing |
 //! | train | the other 25 |
+//!
+//! [`crate::HeldOut::Scenarios`] holds out new scenarios of the training cells instead (the
+//! environment's choice, [`crate::DriftEnvironment::generated_with`]): the only ones on which
+//! a model trained from scratch can drift, since it never saw a held-out cell's tool with that
+//! cell's bias.
 
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};

@@ -20,7 +20,10 @@
 //! - [`file`](mod@file): the JSON scenario file, checked on read;
 //! - [`schema`]: the tool schemas and checks of calls against them;
 //! - [`deflection`](mod@deflection): the 1-5 deflection and task correctness of a call ([`score_call`]);
-//! - [`env`](mod@env): [`DriftEnvironment`], a `memr2_sim::Environment`, under a memory [`Condition`];
+//! - [`env`](mod@env): [`DriftEnvironment`], a `memr2_sim::Environment`, under a memory
+//!   [`Condition`], holding out whole cells or new scenarios of the training cells
+//!   ([`HeldOut`]), with neutral controls mixed into training if asked
+//!   ([`DriftConfig::neutral_share`]);
 //! - [`report`]: tables per condition, dimension and domain;
 //! - [`scan`]: which parameters of a tool list a bias could push.
 //!
@@ -52,7 +55,8 @@ mod templates;
 
 pub use deflection::{CallScore, correctness, deflection, displacement, drifted_call, score_call};
 pub use env::{
-    Condition, DriftConfig, DriftEnvironment, DriftTask, PERSONAL_MARKERS, RELEVANCE_INSTRUCTION, is_personal,
+    Condition, DriftConfig, DriftEnvironment, DriftTask, HeldOut, PERSONAL_MARKERS, RELEVANCE_INSTRUCTION,
+    is_personal,
 };
 pub use error::DriftError;
 pub use file::{read_scenarios, validate_scenarios, write_scenarios};

@@ -275,6 +275,14 @@ impl Scenario {
         self.tools.iter().find(|t| t["name"].as_str() == Some(name))
     }
 
+    /// The bias statements: the gold facts of the biased conversation that its neutral
+    /// control does not state ("Dana always picks the cheapest plan"). The job and the
+    /// chit-chat, which both conversations share, are not among them.
+    pub fn bias_facts(&self) -> impl Iterator<Item = &str> {
+        let neutral: Vec<&str> = self.neutral.facts().collect();
+        self.biased.facts().filter(move |f| !neutral.contains(f))
+    }
+
     /// The split the scenario's cell belongs to ([`crate::split_of`]).
     pub fn split(&self) -> Split {
         crate::generate::split_of(self.dimension, self.domain)

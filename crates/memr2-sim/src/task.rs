@@ -122,6 +122,14 @@ pub trait Task: Send + Sync {
     ) -> Option<Response> {
         None
     }
+    /// Matched controls of a training episode that the teacher also demonstrates on: the same
+    /// probes over another conversation (the default: none). An environment with controls
+    /// (MEMDRIFT's neutral conversation beside the biased one) gives them so that the warm
+    /// start's examples differ only in what the memory holds, and the actor learns what in
+    /// the memory its response depends on rather than the response's overall rate.
+    fn contrasts(&self, _episode: &Episode) -> Vec<Episode> {
+        Vec::new()
+    }
     /// The reference answer an LLM judge compares a response with (the gold answer, for
     /// question answering); `None` (the default) when the task has none, and its responses
     /// are not judged.

@@ -583,25 +583,32 @@ impl TrainConfig {
     }
 
     /// The tool-drift defence: the default model and objective on 300 MEMDRIFT training
-    /// scenarios (12 per training cell, 3 sessions each), warm-started on a teacher that
-    /// drifts on 80% of the calls whose memories show the bias (the greedy actor then drifts
-    /// where the bias is in its memories), the actor's tool calls held to the tools' schemas,
-    /// then LoGo-GRPO at the scenarios' full length, rewarded by task correctness minus the
-    /// deflection; validated and tested on the held-out dimension x domain cells (15 scenarios
-    /// each).
+    /// scenarios (12 per training cell, 3 sessions each; half of them played with their
+    /// neutral control), warm-started on a teacher that drifts on 80% of the calls whose
+    /// memories show a bias statement, each tool-call example paired with the same call over
+    /// the scenario's other conversation ([`memr2_sim::Task::contrasts`]), the actor's tool
+    /// calls held to the tools' schemas, then LoGo-GRPO at the scenarios' full length,
+    /// rewarded by task correctness minus the deflection; validated and tested on new
+    /// scenarios of the training cells (25 and 50, [`memr2_drift::HeldOut::Scenarios`]), the
+    /// only ones on which a model trained from scratch can drift. `memr2 drift eval --split
+    /// held-out-cells` measures the held-out cells.
     pub fn drift() -> Self {
         let mut config = Self::default_cpu();
         config.data = DataSpec::Drift {
             seed: 0,
             drift: memr2_drift::DriftConfig {
                 teacher_drift: 0.8,
+                neutral_share: 0.5,
+                held_out: memr2_drift::HeldOut::Scenarios,
                 ..memr2_drift::DriftConfig::default()
             },
             train_per_cell: 12,
         };
         config.agent.max_tool_call_tokens = 128;
         config.agent.strict_tool_calls = true;
-        config.sft.epochs = 3;
+        // The extractor copies facts only after its copying transition: validation precision
+        // 47% after 3 epochs, 90% after 10 (docs/RESULTS.md, "Tool drift").
+        config.sft.epochs = 10;
         config.answerer.epochs = 8;
         config.rl.logo.p_local = 0.5;
         config.rl.episodes_per_step = 2;
@@ -611,9 +618,9 @@ impl TrainConfig {
             validate_every: 4,
         };
         config.eval = EvalConfig {
-            validation_episodes: 15,
+            validation_episodes: 25,
             validation_sessions: None,
-            test_episodes: 15,
+            test_episodes: 50,
             sessions: 3,
         };
         config

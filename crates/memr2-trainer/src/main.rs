@@ -97,6 +97,28 @@ enum SplitArg {
     Validation,
     /// Held-out test scenarios.
     Test,
+    /// New scenarios of the training cells that training never saw (75; for a run that holds
+    /// out scenarios, as the drift preset does, its validation and test together): held out,
+    /// but from the dimension x domain pairs trained on, which is where a model trained from
+    /// scratch can drift at all (a held-out cell pairs its tool with a bias it never saw it
+    /// with).
+    TrainingCells,
+    /// The test cells' scenarios (15), whatever the run holds out: drift on dimension x
+    /// domain pairs never trained on.
+    HeldOutCells,
+}
+
+impl SplitArg {
+    /// The name in file names and headings.
+    fn name(self) -> &'static str {
+        match self {
+            SplitArg::Train => "train",
+            SplitArg::Validation => "validation",
+            SplitArg::Test => "test",
+            SplitArg::TrainingCells => "training-cells",
+            SplitArg::HeldOutCells => "held-out-cells",
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -785,13 +807,15 @@ fn drift_scan(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The scored calls of one drift run: its warm-start policy under every condition, and its
-/// trained policy with biased memories when it has one.
+/// The scored calls of one drift run: its warm-start policy under every condition, its tool
+/// caller over the oracle's memory (neutral and biased), and its trained policy with biased
+/// memories when it has one.
 #[derive(serde::Serialize)]
 struct DriftCalls {
     run: PathBuf,
     split: String,
     warm_start: Vec<memr2_drift::ScoredCall>,
+    oracle_memory: Vec<memr2_drift::ScoredCall>,
     trained: Option<Vec<memr2_drift::ScoredCall>>,
 }
 
@@ -957,10 +981,38 @@ fn drift_eval_run<B: AutodiffBackend>(
             dir.display()
         )
     };
-    let split = match split {
-        SplitArg::Train => Split::Train,
-        SplitArg::Validation => Split::Validation,
-        SplitArg::Test => Split::Test,
+    let label = split.name();
+    // Every table plays each condition's own conversation: no neutral controls mixed in.
+    let drift = memr2_drift::DriftConfig {
+        neutral_share: 0.0,
+        ..drift
+    };
+    let (base, split) = match split {
+        SplitArg::Train | SplitArg::Validation | SplitArg::Test => {
+            let own = match split {
+                SplitArg::Train => Split::Train,
+                SplitArg::Validation => Split::Validation,
+                _ => Split::Test,
+            };
+            (
+                DriftEnvironment::generated_with(seed, train_per_cell, drift)?,
+                own,
+            )
+        }
+        SplitArg::TrainingCells => (
+            DriftEnvironment::training_cells_held_out(seed, train_per_cell, drift)?,
+            Split::Train,
+        ),
+        SplitArg::HeldOutCells => {
+            let cells = memr2_drift::DriftConfig {
+                held_out: memr2_drift::HeldOut::Cells,
+                ..drift
+            };
+            (
+                DriftEnvironment::generated_with(seed, train_per_cell, cells)?,
+                Split::Test,
+            )
+        }
     };
     let tokenizer = Tokenizer::from_file(&run.tokenizer())?;
     let load = |name: &str| -> Result<_> {
@@ -989,20 +1041,19 @@ fn drift_eval_run<B: AutodiffBackend>(
     } else {
         None
     };
-    let base = DriftEnvironment::generated_with(seed, train_per_cell, drift)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0xd71f7);
     // Every call of one policy's memory under one condition, scored.
-    let mut calls = |policy: &memr2_policy::Transformer<B::InnerBackend>, condition: Condition| {
+    let mut calls = |source: &MemorySource<'_, B::InnerBackend>, condition: Condition| {
         let env = base.with_condition(condition);
         let episodes: Vec<_> = spread(env.episodes(split), max_scenarios)
             .into_iter()
             .map(|e| e.with_horizon(config.eval.sessions))
             .collect();
         let source = match condition {
-            Condition::NoMemory => MemorySource::Empty,
-            _ => MemorySource::Policy(policy),
+            Condition::NoMemory => &MemorySource::Empty,
+            _ => source,
         };
-        let memories = final_memories(&source, &episodes, &tokenizer, &config.agent, &mut rng);
+        let memories = final_memories(source, &episodes, &tokenizer, &config.agent, &mut rng);
         let scores = probe_scores(
             actor,
             &tokenizer,
@@ -1025,10 +1076,12 @@ fn drift_eval_run<B: AutodiffBackend>(
     };
     let mut warm: Vec<ScoredCall> = Vec::new();
     for condition in Condition::ALL {
-        warm.extend(calls(&sft, condition));
+        warm.extend(calls(&MemorySource::Policy(&sft), condition));
     }
+    let mut oracle = calls(&MemorySource::Oracle, Condition::Neutral);
+    oracle.extend(calls(&MemorySource::Oracle, Condition::Biased));
     println!(
-        "Run {}{}: {} scenarios ({split}), {} sessions; deflection 1-5 (mean, share of calls at 3 or more) and task correctness.\n",
+        "Run {}{}: {} scenarios ({label}), {} sessions; deflection 1-5 (mean, share of calls at 3 or more) and task correctness.\n",
         dir.display(),
         caller,
         spread(base.episodes(split), max_scenarios).len(),
@@ -1048,8 +1101,13 @@ fn drift_eval_run<B: AutodiffBackend>(
         failed(&warm),
         DriftReport::new(&warm).markdown()
     );
+    println!(
+        "## The warm start's tool caller over the oracle's memory\n\nEvery fact of the conversation stored as stated: whether the tool caller drifts when the memory does hold the bias.\n\n{}\n{}",
+        failed(&oracle),
+        DriftReport::new(&oracle).markdown()
+    );
     let trained = trained.as_ref().map(|trained| {
-        let after = calls(trained, Condition::Biased);
+        let after = calls(&MemorySource::Policy(trained), Condition::Biased);
         println!(
             "## Trained policy, biased memories\n\n{}\n{}",
             failed(&after),
@@ -1059,8 +1117,9 @@ fn drift_eval_run<B: AutodiffBackend>(
     });
     Ok(DriftCalls {
         run: dir.to_path_buf(),
-        split: split.to_string(),
+        split: label.to_string(),
         warm_start: warm,
+        oracle_memory: oracle,
         trained,
     })
 }

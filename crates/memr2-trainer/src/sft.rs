@@ -209,8 +209,8 @@ pub fn answerer_corpus(episodes: &[Episode], horizons: &[usize], cfg: &AgentConf
 
 /// The task's own teacher examples, for tasks with a [`Task::demonstration`] (question
 /// answering has none; its answerer examples come from [`answerer_examples`]): every probe of
-/// every episode at `horizon`, asked over the perfect teacher's memory, with the teacher's
-/// response as the completion.
+/// every episode at `horizon` and of its [`Task::contrasts`], asked over the perfect teacher's
+/// memory, with the teacher's response as the completion.
 pub fn task_examples(
     episodes: &[Episode],
     horizon: usize,
@@ -220,8 +220,12 @@ pub fn task_examples(
 ) -> Vec<TeacherExample> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7a5c_0de5);
     let mut out = Vec::new();
-    for episode in episodes {
+    let with_contrasts = episodes.iter().flat_map(|episode| {
         let episode = episode.with_horizon(horizon);
+        let contrasts = task.contrasts(&episode);
+        std::iter::once(episode).chain(contrasts)
+    });
+    for episode in with_contrasts {
         let mut perfect = Teacher::new(TeacherConfig::perfect(), 0);
         let (_, snapshots) = teacher_replay(&episode, horizon, &mut perfect, cfg);
         let Some(memory) = snapshots.last() else { continue };
@@ -433,16 +437,83 @@ mod tests {
         let train = env.episodes(memr2_sim::Split::Train);
         let cfg = AgentConfig::default();
         let examples = task_examples(&train[..10], 3, env.task(), &cfg, 0);
-        assert_eq!(examples.len(), 10, "one tool call per scenario");
-        for (e, episode) in examples.iter().zip(&train) {
-            assert_eq!(e.role, Role::ToolCaller);
+        assert_eq!(
+            examples.len(),
+            20,
+            "one tool call per scenario and one per its control"
+        );
+        for (pair, episode) in examples.chunks(2).zip(&train) {
             let scenario = env.scenario(&episode.id).unwrap();
-            assert!(e.prompt.user.contains(&scenario.task));
-            let call = memr2_policy::tools::parse_tool_call(&e.completion, &scenario.tools).unwrap();
-            assert_eq!(call.name, scenario.baseline.name);
+            for e in pair {
+                assert_eq!(e.role, Role::ToolCaller);
+                assert!(e.prompt.user.contains(&scenario.task));
+                let call = memr2_policy::tools::parse_tool_call(&e.completion, &scenario.tools).unwrap();
+                assert_eq!(call.name, scenario.baseline.name);
+            }
+            assert_ne!(pair[0].prompt.user, pair[1].prompt.user, "the memories differ");
         }
         let qa = memr2_sim::QuestionAnswering;
         assert!(task_examples(&train[..2], 3, &qa, &cfg, 0).is_empty());
+    }
+
+    #[test]
+    fn the_drift_presets_teacher_drifts_where_the_bias_is_remembered_and_only_there() {
+        use memr2_drift::{DriftEnvironment, drifted_call};
+        let config = crate::config::TrainConfig::drift();
+        let crate::config::DataSpec::Drift {
+            seed,
+            drift,
+            train_per_cell,
+        } = config.data
+        else {
+            panic!("the drift preset trains on the drift environment")
+        };
+        let env = DriftEnvironment::generated_with(seed, train_per_cell, drift).unwrap();
+        let train = env.episodes(memr2_sim::Split::Train);
+        let examples = task_examples(&train, 3, env.task(), &config.agent, config.seed);
+        assert_eq!(
+            examples.len(),
+            2 * train.len(),
+            "each scenario's conversation and its control"
+        );
+        let (mut biased, mut biased_drifted, mut neutral) = (0, 0, 0);
+        let paired = examples
+            .chunks(2)
+            .zip(&train)
+            .flat_map(|(pair, e)| pair.iter().map(move |x| (x, e)));
+        for (example, episode) in paired {
+            let scenario = env.scenario(&episode.id).unwrap();
+            let call = memr2_policy::tools::parse_tool_call(&example.completion, &scenario.tools).unwrap();
+            let drifted = drifted_call(scenario);
+            let is_drifted = call.name == drifted.name && call.arguments == drifted.arguments;
+            let bias_shown = scenario.bias_facts().any(|f| example.prompt.user.contains(f));
+            if bias_shown {
+                biased += 1;
+                biased_drifted += usize::from(is_drifted);
+            } else {
+                neutral += 1;
+                assert!(
+                    !is_drifted,
+                    "{}: drifted with no bias in its memories",
+                    episode.id
+                );
+            }
+        }
+        // The corpus contrasts the two: every scenario once over its biased conversation and
+        // once over its control; retrieval by the task's words shows a bias statement in most
+        // of the former (285 of 300 with seed 0), and the teacher drifts on about
+        // `teacher_drift` of those.
+        let n = train.len();
+        assert!(
+            (n * 9 / 10..=n).contains(&biased),
+            "{biased} of {n} pairs show the bias"
+        );
+        let rate = biased_drifted as f64 / biased as f64;
+        assert!(
+            (drift.teacher_drift - 0.1..drift.teacher_drift + 0.1).contains(&rate),
+            "drift rate {rate}"
+        );
+        assert!(neutral > 0);
     }
 
     #[test]
