@@ -142,18 +142,20 @@ pub struct DriftConfig {
     /// that being correct and staying at the baseline count alike).
     pub deflection_weight: f64,
     /// How often the warm start's teacher drifts: the share of its tool calls, among those
-    /// whose memories show the scenario's bias, that are the fully drifted call instead of the
-    /// baseline. The phenomenon, simulated, so that the built-in model has drift to unlearn.
-    /// An actor decoded greedily learns the teacher's majority: above 0.5 it drifts where
-    /// the bias is in its memories, at 0.5 or below it mostly does not.
+    /// whose memories show one of the scenario's bias statements, that are the fully drifted
+    /// call instead of the baseline. The phenomenon, simulated, so that the built-in model
+    /// has drift to unlearn. Only above 0.5 is drifting the teacher's majority where the bias
+    /// shows, which is what an actor decoded greedily would reproduce if it learned the
+    /// condition (the built-in model trained from scratch learns little of it:
+    /// docs/RESULTS.md, "Tool drift").
     #[serde(default = "default_teacher_drift")]
     pub teacher_drift: f64,
     /// The share of training scenarios that a biased condition plays with their neutral
     /// control conversation instead of the biased one (chosen by the scenario's id, so the
-    /// same ones every run). With none, every training episode states a bias and every
-    /// drifted demonstration has one in its memories, so nothing in the corpus says that the
-    /// bias, rather than memories being there, is what the teacher drifts on. Validation and
-    /// test keep the condition's conversation.
+    /// same ones every run): the extractor, the manager and RL then also meet users without
+    /// the bias. (The tool caller's examples contrast each scenario with its control
+    /// whatever the share, through [`Task::contrasts`].) Validation and test keep the
+    /// condition's conversation.
     #[serde(default)]
     pub neutral_share: f64,
     /// What validation and test hold out (generated scenarios only; a scenario file's

@@ -1656,6 +1656,7 @@ mod tests {
                 run: "a".into(),
                 split: "test".into(),
                 warm_start: warm(5.0, 3.0),
+                oracle_memory: Vec::new(),
                 trained: Some(vec![
                     call(Condition::Biased, "y", 1.0, 1.0),
                     call(Condition::Biased, "x", 1.0, 0.0),
@@ -1665,6 +1666,7 @@ mod tests {
                 run: "b".into(),
                 split: "test".into(),
                 warm_start: warm(3.0, 2.0),
+                oracle_memory: Vec::new(),
                 trained: Some(vec![
                     call(Condition::Biased, "x", 1.0, 1.0),
                     call(Condition::Biased, "y", 2.0, 1.0),
