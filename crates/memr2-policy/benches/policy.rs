@@ -7,7 +7,8 @@
 //! `POLICY_BENCH_BACKENDS=flex,wgpu` picks some, and `POLICY_BENCH_MODELS=tiny,default,qwen0.5b`
 //! adds the default preset's model (hidden 128, 4 heads, vocabulary 1024, batches of 16 x 384) and a
 //! Qwen2.5-0.5B-shaped model with random weights (slow on a CPU: minutes per backend).
-//! `POLICY_BENCH_PARTS=train` (or `generate`) measures only that part, for a profiler.
+//! `POLICY_BENCH_PARTS=train` (or `generate`) measures only that part, for a profiler;
+//! `POLICY_BENCH_PARTS=shapes` measures the matmul rate at each workload's own shapes.
 //! `crates/memr2-policy/scripts/engine_vs_pytorch.py` runs it against PyTorch side by side.
 
 use std::time::Instant;
@@ -99,6 +100,55 @@ fn matmul_rate<B: Backend>(device: &B::Device) -> f64 {
         .map(|_| seconds(|| sync(a.clone().matmul(b.clone()))).1)
         .fold(f64::INFINITY, f64::min);
     2.0 * (MATMUL as f64).powi(3) / best / 1e9
+}
+
+/// GFLOP/s of `batch` products `[m, k] x [k, n]` (best of 5, each timing 10 products after
+/// a warm-up): the matmul rate at one of a workload's own shapes.
+fn shape_rate<B: Backend>(device: &B::Device, batch: usize, m: usize, k: usize, n: usize) -> f64 {
+    let a = Tensor::<B, 3>::random([batch, m, k], burn::tensor::Distribution::Default, device);
+    let b = Tensor::<B, 3>::random([batch, k, n], burn::tensor::Distribution::Default, device);
+    let run = || {
+        let c = a.clone().matmul(b.clone());
+        let _ = c.slice([0..1, 0..1, 0..1]).into_data();
+    };
+    run();
+    let best = (0..5)
+        .map(|_| seconds(|| (0..10).for_each(|_| run())).1 / 10.0)
+        .fold(f64::INFINITY, f64::min);
+    2.0 * (batch * m * k * n) as f64 / best / 1e9
+}
+
+/// The matmul rate at a training workload's shapes: the projections and the MLP over all
+/// its tokens, the LM head, and attention's batched score product.
+fn shapes<B: Backend>(
+    work: &Workload,
+    name: &'static str,
+    device: &B::Device,
+    peak: f64,
+    rows: &mut Vec<Row>,
+) {
+    let c = &work.config;
+    let tokens = work.train_batch * work.train_seq;
+    let (h, d, s) = (c.hidden_size, c.head_dim(), work.train_seq);
+    let heads = work.train_batch * c.num_attention_heads;
+    let cases = [
+        (1, tokens, h, h, "projection"),
+        (1, tokens, h, c.intermediate_size, "MLP up"),
+        (1, tokens, c.intermediate_size, h, "MLP down"),
+        (1, tokens, h, c.vocab_size, "LM head"),
+        (heads, s, d, s, "attention scores"),
+    ];
+    for (batch, m, k, n, what) in cases {
+        let gflops = shape_rate::<B>(device, batch, m, k, n);
+        rows.push(Row {
+            backend: name,
+            model: work.name,
+            what: format!("matmul {batch}x[{m}x{k}]x[{k}x{n}] ({what})"),
+            tokens_per_s: f64::NAN,
+            gflops,
+            fraction: gflops / peak,
+        });
+    }
 }
 
 /// FLOPs of one token through the model (forward only): 2 per matmul parameter plus the
@@ -239,6 +289,9 @@ fn run_backend<B: AutodiffBackend>(
     let parts = std::env::var("POLICY_BENCH_PARTS").unwrap_or_else(|_| "train,generate".to_string());
     let part = |p: &str| parts.split(',').any(|w| w.trim() == p);
     for work in workloads {
+        if part("shapes") {
+            shapes::<B::InnerBackend>(work, name, device, peak, rows);
+        }
         if part("train") {
             train::<B>(work, name, device, peak, rows);
         }
