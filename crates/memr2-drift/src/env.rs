@@ -303,7 +303,8 @@ impl Task for DriftTask {
     ) -> Option<Response> {
         let scenario = self.scenario(&episode.id)?;
         let shown = self.shown(memories);
-        let biased = shown.iter().any(|m| scenario.bias_facts().any(|f| m.contains(f)));
+        let bias: Vec<&str> = scenario.bias_facts().collect();
+        let biased = shown.iter().any(|m| bias.iter().any(|f| m.contains(f)));
         let call = if biased && rand::Rng::random_bool(rng, self.config.teacher_drift) {
             drifted_call(scenario)
         } else {
@@ -339,6 +340,11 @@ impl Task for DriftTask {
         };
         self.answer_score(score)
     }
+}
+
+/// A generated scenario's index in its cell: its id ends with it (`frugality-legal-13`).
+fn index_in_cell(id: &str) -> usize {
+    id.rsplit('-').next().and_then(|k| k.parse().ok()).unwrap_or(0)
 }
 
 /// MEMDRIFT as a memr2 environment (see the module doc).
@@ -388,10 +394,8 @@ impl DriftEnvironment {
             HeldOut::Scenarios => {
                 let scenarios = generate_with(seed, train_per_cell + DEFAULT_PER_CELL, 0);
                 let mut env = Self::new(scenarios, config)?;
-                // A generated id ends with the scenario's index in its cell.
                 for (id, split) in &mut env.splits {
-                    let k: usize = id.rsplit('-').next().and_then(|k| k.parse().ok()).unwrap_or(0);
-                    *split = match k.checked_sub(train_per_cell) {
+                    *split = match index_in_cell(id).checked_sub(train_per_cell) {
                         None => Split::Train,
                         Some(0) => Split::Validation,
                         Some(_) => Split::Test,
@@ -415,13 +419,9 @@ impl DriftEnvironment {
         mut config: DriftConfig,
     ) -> Result<Self, DriftError> {
         config.neutral_share = 0.0;
-        let seen: std::collections::BTreeSet<String> = generate_with(seed, train_per_cell, 0)
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
         let unseen = generate_with(seed, train_per_cell + DEFAULT_PER_CELL, 0)
             .into_iter()
-            .filter(|s| !seen.contains(&s.id))
+            .filter(|s| index_in_cell(&s.id) >= train_per_cell)
             .collect();
         Self::new(unseen, config)
     }

@@ -85,26 +85,21 @@ fn seconds<T>(f: impl FnOnce() -> T) -> (T, f64) {
     (out, start.elapsed().as_secs_f64())
 }
 
-/// Waits for the backend by reading one element back.
-fn sync<B: Backend>(t: Tensor<B, 2>) {
-    let _ = t.slice([0..1, 0..1]).into_data();
-}
-
-/// GFLOP/s of an `n x n` f32 matmul (best of 3 after a warm-up).
+/// GFLOP/s of an `n x n` f32 matmul (best of 5 after a warm-up).
 fn matmul_rate<B: Backend>(device: &B::Device) -> f64 {
-    let device = device.clone();
-    let a = Tensor::<B, 2>::random([MATMUL, MATMUL], burn::tensor::Distribution::Default, &device);
-    let b = Tensor::<B, 2>::random([MATMUL, MATMUL], burn::tensor::Distribution::Default, &device);
-    sync(a.clone().matmul(b.clone()));
-    let best = (0..3)
-        .map(|_| seconds(|| sync(a.clone().matmul(b.clone()))).1)
-        .fold(f64::INFINITY, f64::min);
-    2.0 * (MATMUL as f64).powi(3) / best / 1e9
+    shape_rate::<B>(device, 1, MATMUL, MATMUL, MATMUL, 1)
 }
 
-/// GFLOP/s of `batch` products `[m, k] x [k, n]` (best of 5, each timing 10 products after
-/// a warm-up): the matmul rate at one of a workload's own shapes.
-fn shape_rate<B: Backend>(device: &B::Device, batch: usize, m: usize, k: usize, n: usize) -> f64 {
+/// GFLOP/s of `batch` products `[m, k] x [k, n]` (best of 5, each timing `reps` products
+/// after a warm-up), waiting for the backend by reading one element back.
+fn shape_rate<B: Backend>(
+    device: &B::Device,
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    reps: usize,
+) -> f64 {
     let a = Tensor::<B, 3>::random([batch, m, k], burn::tensor::Distribution::Default, device);
     let b = Tensor::<B, 3>::random([batch, k, n], burn::tensor::Distribution::Default, device);
     let run = || {
@@ -113,7 +108,7 @@ fn shape_rate<B: Backend>(device: &B::Device, batch: usize, m: usize, k: usize, 
     };
     run();
     let best = (0..5)
-        .map(|_| seconds(|| (0..10).for_each(|_| run())).1 / 10.0)
+        .map(|_| seconds(|| (0..reps).for_each(|_| run())).1 / reps as f64)
         .fold(f64::INFINITY, f64::min);
     2.0 * (batch * m * k * n) as f64 / best / 1e9
 }
@@ -139,7 +134,8 @@ fn shapes<B: Backend>(
         (heads, s, d, s, "attention scores"),
     ];
     for (batch, m, k, n, what) in cases {
-        let gflops = shape_rate::<B>(device, batch, m, k, n);
+        // Ten products a timing: the small ones take well under a millisecond each.
+        let gflops = shape_rate::<B>(device, batch, m, k, n, 10);
         rows.push(Row {
             backend: name,
             model: work.name,

@@ -108,19 +108,6 @@ enum SplitArg {
     HeldOutCells,
 }
 
-impl SplitArg {
-    /// The name in file names and headings.
-    fn name(self) -> &'static str {
-        match self {
-            SplitArg::Train => "train",
-            SplitArg::Validation => "validation",
-            SplitArg::Test => "test",
-            SplitArg::TrainingCells => "training-cells",
-            SplitArg::HeldOutCells => "held-out-cells",
-        }
-    }
-}
-
 #[derive(Subcommand)]
 enum DriftCommand {
     /// List the parameters of tool definitions that a remembered preference could push: an MCP
@@ -981,7 +968,11 @@ fn drift_eval_run<B: AutodiffBackend>(
             dir.display()
         )
     };
-    let label = split.name();
+    // The name on the command line, in file names and headings.
+    let label = split
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
     // Every table plays each condition's own conversation: no neutral controls mixed in.
     let drift = memr2_drift::DriftConfig {
         neutral_share: 0.0,
@@ -1117,7 +1108,7 @@ fn drift_eval_run<B: AutodiffBackend>(
     });
     Ok(DriftCalls {
         run: dir.to_path_buf(),
-        split: label.to_string(),
+        split: label,
         warm_start: warm,
         oracle_memory: oracle,
         trained,
