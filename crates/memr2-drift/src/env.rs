@@ -162,6 +162,14 @@ pub struct DriftConfig {
     /// scenarios keep their cells' splits).
     #[serde(default)]
     pub held_out: HeldOut,
+    /// More generated scenarios per training cell whose tool calls tune the tool caller alone
+    /// ([`Environment::task_corpus`]: the trainer's answerer phase, over the perfect teacher's
+    /// memory, each paired with its control), beyond the training scenarios: more drifted
+    /// examples of each (tool, bias) pair without growing the memory's warm start. They are
+    /// the scenarios of each training cell after its held-out ones (new people, nouns and
+    /// arguments), so no split sees them. Generated scenarios only.
+    #[serde(default)]
+    pub tool_caller_per_cell: usize,
 }
 
 fn default_teacher_drift() -> f64 {
@@ -176,6 +184,7 @@ impl Default for DriftConfig {
             teacher_drift: default_teacher_drift(),
             neutral_share: 0.0,
             held_out: HeldOut::Cells,
+            tool_caller_per_cell: 0,
         }
     }
 }
@@ -347,6 +356,15 @@ fn index_in_cell(id: &str) -> usize {
     id.rsplit('-').next().and_then(|k| k.parse().ok()).unwrap_or(0)
 }
 
+/// Where a generated scenario of [`DriftEnvironment::generated_with`] goes.
+enum Place {
+    Split(Split),
+    /// The tool caller's corpus ([`DriftConfig::tool_caller_per_cell`]).
+    ToolCaller,
+    /// A held-out scenario of a training cell that the configuration does not use.
+    Unused,
+}
+
 /// MEMDRIFT as a memr2 environment (see the module doc).
 #[derive(Debug, Clone)]
 pub struct DriftEnvironment {
@@ -355,6 +373,8 @@ pub struct DriftEnvironment {
     order: Vec<String>,
     /// Each scenario's split, by id.
     splits: BTreeMap<String, Split>,
+    /// Ids of the scenarios of [`Environment::task_corpus`], in no split.
+    tool_caller: Vec<String>,
 }
 
 impl DriftEnvironment {
@@ -370,6 +390,7 @@ impl DriftEnvironment {
             task: DriftTask { scenarios, config },
             order,
             splits,
+            tool_caller: Vec::new(),
         })
     }
 
@@ -382,28 +403,52 @@ impl DriftEnvironment {
     /// cells for training. With [`HeldOut::Cells`], validation and test are the usual
     /// [`DEFAULT_PER_CELL`] scenarios of each held-out cell, the same 15 each whatever the
     /// training set's size; with [`HeldOut::Scenarios`], the next three scenarios of each
-    /// training cell, the first for validation (25) and the other two for test (50).
+    /// training cell, the first for validation (25) and the other two for test (50). The
+    /// [`DriftConfig::tool_caller_per_cell`] scenarios of each training cell after those
+    /// three make the tool caller's corpus.
     pub fn generated_with(seed: u64, train_per_cell: usize, config: DriftConfig) -> Result<Self, DriftError> {
         if train_per_cell == 0 {
             return Err(DriftError::Config(
                 "train_per_cell must be at least 1: training needs scenarios".into(),
             ));
         }
-        match config.held_out {
-            HeldOut::Cells => Self::new(generate_with(seed, train_per_cell, DEFAULT_PER_CELL), config),
-            HeldOut::Scenarios => {
-                let scenarios = generate_with(seed, train_per_cell + DEFAULT_PER_CELL, 0);
-                let mut env = Self::new(scenarios, config)?;
-                for (id, split) in &mut env.splits {
-                    *split = match index_in_cell(id).checked_sub(train_per_cell) {
-                        None => Split::Train,
-                        Some(0) => Split::Validation,
-                        Some(_) => Split::Test,
-                    };
+        // A training cell's scenarios: training ones, then its held-out ones, then the tool
+        // caller's (scenario k of a cell is the same whatever the counts).
+        let reserved = train_per_cell + DEFAULT_PER_CELL;
+        let per_cell = reserved + config.tool_caller_per_cell;
+        let held_out_cells = match config.held_out {
+            HeldOut::Cells => DEFAULT_PER_CELL,
+            HeldOut::Scenarios => 0,
+        };
+        let place = |s: &Scenario| match (s.split(), index_in_cell(&s.id)) {
+            (Split::Train, k) if k < train_per_cell => Place::Split(Split::Train),
+            (Split::Train, k) if k >= reserved => Place::ToolCaller,
+            (Split::Train, k) => match config.held_out {
+                HeldOut::Cells => Place::Unused,
+                HeldOut::Scenarios if k == train_per_cell => Place::Split(Split::Validation),
+                HeldOut::Scenarios => Place::Split(Split::Test),
+            },
+            (held_out, _) => Place::Split(held_out),
+        };
+        let (mut kept, mut splits, mut tool_caller) = (Vec::new(), BTreeMap::new(), Vec::new());
+        for s in generate_with(seed, per_cell, held_out_cells) {
+            match place(&s) {
+                Place::Split(split) => {
+                    splits.insert(s.id.clone(), split);
+                    kept.push(s);
                 }
-                Ok(env)
+                Place::ToolCaller => tool_caller.push(s),
+                Place::Unused => {}
             }
         }
+        validate_scenarios(&tool_caller, "tool caller's scenarios")?;
+        let mut env = Self::new(kept, config)?;
+        env.splits = splits;
+        env.tool_caller = tool_caller.iter().map(|s| s.id.clone()).collect();
+        env.task
+            .scenarios
+            .extend(tool_caller.into_iter().map(|s| (s.id.clone(), s)));
+        Ok(env)
     }
 
     /// Scenarios of the 25 training cells that training never sees: the
@@ -467,6 +512,17 @@ impl Environment for DriftEnvironment {
         self.scenarios()
             .filter(|s| self.split_of(&s.id) == Some(split))
             .map(|s| if biased(s) { &s.biased } else { &s.neutral }.episode(&s.id))
+            .collect()
+    }
+
+    /// The tool caller's scenarios ([`DriftConfig::tool_caller_per_cell`]), each with the
+    /// condition's conversation ([`Task::contrasts`] gives the other).
+    fn task_corpus(&self) -> Vec<Episode> {
+        let biased = self.task.config.condition.is_biased();
+        self.tool_caller
+            .iter()
+            .filter_map(|id| self.scenario(id))
+            .map(|s| if biased { &s.biased } else { &s.neutral }.episode(&s.id))
             .collect()
     }
 
@@ -732,6 +788,42 @@ mod tests {
                 Split::Train,
                 "{id}: a training cell"
             );
+        }
+    }
+
+    #[test]
+    fn the_tool_callers_scenarios_are_new_in_no_split_and_leave_the_splits_alone() {
+        for held_out in [HeldOut::Cells, HeldOut::Scenarios] {
+            let plain = DriftConfig {
+                held_out,
+                ..DriftConfig::default()
+            };
+            let more = DriftConfig {
+                tool_caller_per_cell: 4,
+                ..plain
+            };
+            let (base, env) = (
+                DriftEnvironment::generated_with(3, 5, plain).unwrap(),
+                DriftEnvironment::generated_with(3, 5, more).unwrap(),
+            );
+            assert!(base.task_corpus().is_empty());
+            for split in Split::ALL {
+                assert_eq!(base.episodes(split), env.episodes(split), "{held_out:?} {split}");
+            }
+            let corpus = env.task_corpus();
+            assert_eq!(corpus.len(), 25 * 4);
+            let unseen = DriftEnvironment::training_cells_held_out(3, 5, plain).unwrap();
+            for episode in &corpus {
+                let s = env.scenario(&episode.id).unwrap();
+                assert_eq!(env.split_of(&s.id), None, "{}", s.id);
+                assert!(base.scenario(&s.id).is_none() && unseen.scenario(&s.id).is_none());
+                assert_eq!(crate::split_of(s.dimension, s.domain), Split::Train);
+                assert!((8..12).contains(&index_in_cell(&s.id)), "{}", s.id);
+                assert_eq!(episode.sessions, s.biased.episode(&s.id).sessions);
+                let probes = env.task().probes(episode);
+                let request = env.task().request(episode, &probes[0], &[]);
+                assert!(matches!(request, Request::ToolCall { ref tools, .. } if tools.len() == 2));
+            }
         }
     }
 

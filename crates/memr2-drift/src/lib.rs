@@ -24,6 +24,7 @@
 //!   [`Condition`], holding out whole cells or new scenarios of the training cells
 //!   ([`HeldOut`]), with neutral controls mixed into training if asked
 //!   ([`DriftConfig::neutral_share`]);
+//! - [`judge`]: the prompt and the reply's reading for an LLM judge of deflection;
 //! - [`report`]: tables per condition, dimension and domain;
 //! - [`scan`]: which parameters of a tool list a bias could push.
 //!
@@ -47,6 +48,7 @@ pub mod env;
 mod error;
 pub mod file;
 pub mod generate;
+pub mod judge;
 pub mod report;
 pub mod scan;
 pub mod scenario;
@@ -61,7 +63,11 @@ pub use env::{
 pub use error::DriftError;
 pub use file::{read_scenarios, validate_scenarios, write_scenarios};
 pub use generate::{DEFAULT_PER_CELL, TEST_CELLS, VALIDATION_CELLS, generate, generate_with, split_of};
-pub use report::{DRIFT_THRESHOLD, DriftReport, Group, PairedDifference, ReportRow, ScoredCall, paired};
+pub use judge::{judge_prompt, parse_rating};
+pub use report::{
+    DRIFT_THRESHOLD, DriftReport, Group, PairedDifference, ReportRow, ScoredCall, judge_agreement_markdown,
+    paired,
+};
 pub use scan::{Susceptible, scan_tools};
 pub use scenario::{
     Call, ChatSession, ChatTurn, Conversation, Dimension, Domain, Push, PushedParam, Scenario,

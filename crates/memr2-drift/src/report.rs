@@ -26,6 +26,9 @@ pub struct ScoredCall {
     pub domain: Domain,
     /// The call's scores.
     pub score: CallScore,
+    /// The LLM judge's deflection of the call ([`crate::judge`]), when one rated it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judged: Option<f64>,
 }
 
 impl ScoredCall {
@@ -37,8 +40,43 @@ impl ScoredCall {
             dimension: scenario.dimension,
             domain: scenario.domain,
             score,
+            judged: None,
         }
     }
+}
+
+/// How the LLM judge's deflection compares with the rubric's, per condition: over the calls
+/// it rated, the two means, the mean absolute difference and the share of calls on which the
+/// two are within half a point. Calls that failed (no valid call of the task's tool) are not
+/// sent to the judge; calls it gave no rating are counted as unrated.
+pub fn judge_agreement_markdown(calls: &[ScoredCall]) -> String {
+    let mut out = String::from(
+        "| condition | rated | unrated | judge's deflection | rubric's deflection | mean abs. difference | within 0.5 |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let conditions: BTreeSet<Condition> = calls.iter().map(|c| c.condition).collect();
+    for condition in conditions {
+        let valid: Vec<&ScoredCall> = calls
+            .iter()
+            .filter(|c| c.condition == condition && c.score != CallScore::FAILED)
+            .collect();
+        let rated: Vec<(f64, f64)> = valid
+            .iter()
+            .filter_map(|c| Some((c.judged?, c.score.deflection)))
+            .collect();
+        let n = rated.len().max(1) as f64;
+        let mean = |f: &dyn Fn(&(f64, f64)) -> f64| rated.iter().map(f).sum::<f64>() / n;
+        let _ = writeln!(
+            out,
+            "| {condition} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1}% |",
+            rated.len(),
+            valid.len() - rated.len(),
+            mean(&|r| r.0),
+            mean(&|r| r.1),
+            mean(&|r| (r.0 - r.1).abs()),
+            100.0 * mean(&|r| f64::from(u8::from((r.0 - r.1).abs() <= 0.5))),
+        );
+    }
+    out
 }
 
 /// The calls a row of the report aggregates.
@@ -242,6 +280,7 @@ mod tests {
                 deflection,
                 correctness: 1.0,
             },
+            judged: None,
         };
         let a = [mk("x", 5.0), mk("y", 3.0), mk("z", 1.0)];
         // Order differs and "w" has no partner: pairs x (-4), y (-1).
@@ -272,7 +311,38 @@ mod tests {
                 deflection,
                 correctness: correct,
             },
+            judged: None,
         }
+    }
+
+    #[test]
+    fn the_judges_agreement_counts_rated_calls_and_leaves_failed_ones_out() {
+        let rated = |deflection, judged| ScoredCall {
+            judged,
+            ..call(
+                Condition::Biased,
+                Dimension::Speed,
+                Domain::Legal,
+                deflection,
+                1.0,
+            )
+        };
+        let failed = ScoredCall {
+            score: CallScore::FAILED,
+            ..call(Condition::Biased, Dimension::Risk, Domain::Legal, 5.0, 0.0)
+        };
+        let calls = [
+            rated(1.0, Some(1.0)),
+            rated(5.0, Some(3.0)),
+            rated(3.0, None),
+            failed,
+        ];
+        let table = judge_agreement_markdown(&calls);
+        // Rated: (1, 1) and (3, 5): judge 2.00, rubric 3.00, |d| 1.00, one of two within 0.5.
+        assert!(
+            table.contains("| biased | 2 | 1 | 2.00 | 3.00 | 1.00 | 50.0% |"),
+            "{table}"
+        );
     }
 
     #[test]

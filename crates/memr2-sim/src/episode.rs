@@ -385,6 +385,15 @@ pub trait Environment: Send + Sync {
     fn task(&self) -> &dyn crate::task::Task {
         &crate::task::QuestionAnswering
     }
+    /// Episodes whose task demonstrations ([`crate::task::Task::demonstration`]) tune the
+    /// actor that answers or calls tools, beyond the training split's: more examples for the
+    /// frozen answerer's own tuning without growing the memory's warm start (the default:
+    /// none). They belong to no split, so nothing is validated or tested on them. MEMDRIFT
+    /// gives more scenarios of its training cells, so that each (tool, bias) pair has many
+    /// demonstrations.
+    fn task_corpus(&self) -> Vec<Episode> {
+        Vec::new()
+    }
 }
 
 /// Size figures of a set of episodes.

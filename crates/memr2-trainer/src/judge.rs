@@ -1,6 +1,7 @@
-//! The LLM judge (J): a served model labels each answer CORRECT or WRONG against the task's
+//! The LLM judges. J: a served model labels each answer CORRECT or WRONG against the task's
 //! reference answer, with the judge prompt of Mem0's LoCoMo evaluation, which Memory-R1 and
-//! Memory-R2 report as J. J is the fraction labelled CORRECT, per category.
+//! Memory-R2 report as J; J is the fraction labelled CORRECT, per category. And, for the
+//! drift environment, [`DeflectionJudge`]: a served model rates a tool call's deflection.
 
 use std::collections::BTreeMap;
 
@@ -176,6 +177,65 @@ impl Judge {
                         tracing::debug!(output = ?response.text(), "the judge gave no label");
                     }
                     label
+                }
+                Err(e) => {
+                    self.model.fail(e.to_string());
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// The judge endpoint's first failure since the last check.
+    pub fn check(&self) -> Result<(), crate::TrainError> {
+        self.model.check()
+    }
+}
+
+/// A served model as the judge of tool calls' deflection ([`memr2_drift::judge`]): it rates a
+/// call from 1 (the unbiased baseline's arguments) to 5 (every argument the bias could push at
+/// its extreme), beside the deterministic rubric.
+pub struct DeflectionJudge {
+    model: ServedModel,
+}
+
+impl DeflectionJudge {
+    /// The judge of a served model.
+    pub fn new(model: ServedModel) -> Self {
+        Self { model }
+    }
+
+    /// The judge's request for a call of a scenario: greedy, the prompt as the user's message.
+    pub fn request(scenario: &memr2_drift::Scenario, call: &memr2_drift::Call) -> ChatRequest {
+        ChatRequest {
+            max_tokens: Some(memr2_drift::judge::DEFLECTION_JUDGE_MAX_TOKENS),
+            temperature: Some(0.0),
+            ..ChatRequest::new(
+                "",
+                vec![ChatMessage::new(
+                    "user",
+                    memr2_drift::judge_prompt(scenario, call),
+                )],
+            )
+        }
+    }
+
+    /// Rates every call, in flight together up to the endpoint's concurrency; `None` where the
+    /// reply held no rating on the scale. A failed request is recorded for
+    /// [`DeflectionJudge::check`].
+    pub fn rate(&self, calls: &[(&memr2_drift::Scenario, memr2_drift::Call)]) -> Vec<Option<f64>> {
+        let requests: Vec<ChatRequest> = calls.iter().map(|(s, c)| Self::request(s, c)).collect();
+        self.model
+            .client()
+            .chat_many(&requests)
+            .into_iter()
+            .map(|reply| match reply {
+                Ok(response) => {
+                    let rating = response.text().and_then(memr2_drift::parse_rating);
+                    if rating.is_none() {
+                        tracing::debug!(output = ?response.text(), "the deflection judge gave no rating");
+                    }
+                    rating
                 }
                 Err(e) => {
                     self.model.fail(e.to_string());

@@ -143,7 +143,15 @@ enum DriftCommand {
         /// The endpoint's model (default: the one model it lists).
         #[arg(long, requires = "answerer_endpoint")]
         answerer_model: Option<String>,
-        /// The environment variable holding the endpoint's API key.
+        /// An OpenAI-compatible endpoint whose model also rates each valid call's deflection
+        /// (1-5, `memr2_drift::judge`), printed beside the rubric's with their agreement. Its
+        /// replies are cached in the run directory.
+        #[arg(long)]
+        judge_endpoint: Option<String>,
+        /// The judge endpoint's model (default: the one model it lists).
+        #[arg(long, requires = "judge_endpoint")]
+        judge_model: Option<String>,
+        /// The environment variable holding the endpoints' API key.
         #[arg(long)]
         api_key_env: Option<String>,
         /// Compute backend.
@@ -674,6 +682,8 @@ fn real_main(cli: Cli) -> Result<()> {
                     max_scenarios,
                     answerer_endpoint,
                     answerer_model,
+                    judge_endpoint,
+                    judge_model,
                     api_key_env,
                     backend,
                 },
@@ -681,11 +691,18 @@ fn real_main(cli: Cli) -> Result<()> {
             let served = answerer_endpoint
                 .map(|url| endpoint(&url, answerer_model.as_deref(), &api_key_env))
                 .transpose()?;
+            let judge = judge_endpoint
+                .map(|url| endpoint(&url, judge_model.as_deref(), &api_key_env))
+                .transpose()?;
+            let endpoints = DriftEndpoints {
+                actor: served.as_ref(),
+                judge: judge.as_ref(),
+            };
             with_backend!(backend, |B, device| drift_eval::<B>(
                 &checkpoint,
                 split,
                 max_scenarios,
-                served.as_ref(),
+                endpoints,
                 &device
             ))
         }
@@ -806,16 +823,24 @@ struct DriftCalls {
     trained: Option<Vec<memr2_drift::ScoredCall>>,
 }
 
+/// The served models of `drift eval`: one that makes the tool calls instead of the run's
+/// own tool caller, and a judge of the calls' deflection.
+#[derive(Clone, Copy)]
+struct DriftEndpoints<'a> {
+    actor: Option<&'a memr2_openai::client::Endpoint>,
+    judge: Option<&'a memr2_openai::client::Endpoint>,
+}
+
 fn drift_eval<B: AutodiffBackend>(
     dirs: &[PathBuf],
     split: SplitArg,
     max_scenarios: Option<usize>,
-    served: Option<&memr2_openai::client::Endpoint>,
+    endpoints: DriftEndpoints<'_>,
     device: &B::Device,
 ) -> Result<()> {
     let mut runs = Vec::new();
     for dir in dirs {
-        let calls = drift_eval_run::<B>(dir, split, max_scenarios, served, device)?;
+        let calls = drift_eval_run::<B>(dir, split, max_scenarios, endpoints, device)?;
         let path = dir.join(format!("drift-eval-{}.json", calls.split));
         std::fs::write(&path, serde_json::to_string_pretty(&calls)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -949,11 +974,17 @@ fn drift_eval_run<B: AutodiffBackend>(
     dir: &Path,
     split: SplitArg,
     max_scenarios: Option<usize>,
-    served: Option<&memr2_openai::client::Endpoint>,
+    endpoints: DriftEndpoints<'_>,
     device: &B::Device,
 ) -> Result<DriftCalls> {
-    use memr2_drift::{CallScore, Condition, DriftEnvironment, DriftReport, DriftTask, ScoredCall};
-    use memr2_trainer::eval::{MemorySource, final_memories, probe_scores};
+    use memr2_drift::{
+        Call, CallScore, Condition, DriftEnvironment, DriftReport, DriftTask, ScoredCall,
+        judge_agreement_markdown,
+    };
+    use memr2_sim::Response;
+    use memr2_trainer::eval::{MemorySource, final_memories, probe_responses};
+    use memr2_trainer::judge::DeflectionJudge;
+    let served = endpoints.actor;
     use rand::SeedableRng;
     let run = RunDir(dir.to_path_buf());
     let config = TrainConfig::from_file(&run.config())?;
@@ -1023,6 +1054,11 @@ fn drift_eval_run<B: AutodiffBackend>(
     let served = served
         .map(|e| ServedModel::connect("answerer", e.clone(), Some(&run.served_cache())))
         .transpose()?;
+    let judge = endpoints
+        .judge
+        .map(|e| ServedModel::connect("judge", e.clone(), Some(&run.served_cache())))
+        .transpose()?
+        .map(DeflectionJudge::new);
     let actor = match &served {
         Some(served) => Answerer::Served(served),
         None => Answerer::Local(answerer.as_ref().unwrap_or(&sft)),
@@ -1045,7 +1081,7 @@ fn drift_eval_run<B: AutodiffBackend>(
             _ => source,
         };
         let memories = final_memories(source, &episodes, &tokenizer, &config.agent, &mut rng);
-        let scores = probe_scores(
+        let responses = probe_responses(
             actor,
             &tokenizer,
             &config.agent,
@@ -1055,22 +1091,38 @@ fn drift_eval_run<B: AutodiffBackend>(
             &mut rng,
         );
         let mut out = Vec::new();
-        for (episode, scored) in episodes.iter().zip(scores) {
+        // The valid calls, for the judge: (index in `out`, scenario, call).
+        let mut valid = Vec::new();
+        for (episode, answered) in episodes.iter().zip(responses) {
             let Some(scenario) = env.scenario(&episode.id) else {
                 continue;
             };
-            for s in &scored {
-                out.push(ScoredCall::new(condition, scenario, DriftTask::call_score(s)));
+            for (s, response) in answered {
+                let scored = ScoredCall::new(condition, scenario, DriftTask::call_score(&s));
+                if let Response::ToolCall { name, arguments } = response
+                    && scored.score != CallScore::FAILED
+                {
+                    valid.push((out.len(), scenario.clone(), Call { name, arguments }));
+                }
+                out.push(scored);
             }
         }
-        out
+        if let Some(judge) = &judge {
+            let calls: Vec<_> = valid.iter().map(|(_, s, c)| (s, c.clone())).collect();
+            let ratings = judge.rate(&calls);
+            judge.check()?;
+            for ((i, _, _), rating) in valid.iter().zip(ratings) {
+                out[*i].judged = rating;
+            }
+        }
+        Ok::<_, anyhow::Error>(out)
     };
     let mut warm: Vec<ScoredCall> = Vec::new();
     for condition in Condition::ALL {
-        warm.extend(calls(&MemorySource::Policy(&sft), condition));
+        warm.extend(calls(&MemorySource::Policy(&sft), condition)?);
     }
-    let mut oracle = calls(&MemorySource::Oracle, Condition::Neutral);
-    oracle.extend(calls(&MemorySource::Oracle, Condition::Biased));
+    let mut oracle = calls(&MemorySource::Oracle, Condition::Neutral)?;
+    oracle.extend(calls(&MemorySource::Oracle, Condition::Biased)?);
     println!(
         "Run {}{}: {} scenarios ({label}), {} sessions; deflection 1-5 (mean, share of calls at 3 or more) and task correctness.\n",
         dir.display(),
@@ -1097,15 +1149,30 @@ fn drift_eval_run<B: AutodiffBackend>(
         failed(&oracle),
         DriftReport::new(&oracle).markdown()
     );
-    let trained = trained.as_ref().map(|trained| {
-        let after = calls(&MemorySource::Policy(trained), Condition::Biased);
+    let trained = match trained.as_ref() {
+        Some(trained) => {
+            let after = calls(&MemorySource::Policy(trained), Condition::Biased)?;
+            println!(
+                "## Trained policy, biased memories\n\n{}\n{}",
+                failed(&after),
+                DriftReport::new(&after).markdown()
+            );
+            Some(after)
+        }
+        None => None,
+    };
+    if let Some(e) = endpoints.judge {
         println!(
-            "## Trained policy, biased memories\n\n{}\n{}",
-            failed(&after),
-            DriftReport::new(&after).markdown()
+            "## The judge's deflection beside the rubric's\n\nValid calls rated by {} at {}.\n\n### Warm-start policy\n\n{}\n### Over the oracle's memory\n\n{}",
+            e.model,
+            e.base_url,
+            judge_agreement_markdown(&warm),
+            judge_agreement_markdown(&oracle)
         );
-        after
-    });
+        if let Some(after) = &trained {
+            println!("### Trained policy\n\n{}", judge_agreement_markdown(after));
+        }
+    }
     Ok(DriftCalls {
         run: dir.to_path_buf(),
         split: label,
@@ -1628,6 +1695,7 @@ mod tests {
                 deflection,
                 correctness,
             },
+            judged: None,
         }
     }
 

@@ -207,8 +207,8 @@ pub fn configuration(config: &TrainConfig) -> String {
             drift,
             train_per_cell,
         } => format!(
-            "MEMDRIFT scenarios (seed {seed}, {train_per_cell} per training cell, {:?} memories)",
-            drift.condition
+            "MEMDRIFT scenarios (seed {seed}, {train_per_cell} per training cell and {} more for the tool caller, {:?} memories)",
+            drift.tool_caller_per_cell, drift.condition
         ),
         DataSpec::External { name } => format!("environment `{name}`"),
     };

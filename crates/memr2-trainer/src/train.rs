@@ -835,8 +835,14 @@ fn tune_answerer<B: AutodiffBackend>(
     let horizons = answerer_horizons(max, a.horizon_stride);
     let mut examples = teachers.answerer_examples(data, &horizons, &config.agent)?;
     if gold_facts {
+        // The training conversations, then the environment's own corpus for this phase.
+        let corpus = env.task_corpus();
+        if !corpus.is_empty() {
+            tracing::info!(episodes = corpus.len(), "answerer: the environment's task corpus");
+        }
+        let episodes: Vec<Episode> = data.train.iter().cloned().chain(corpus).collect();
         examples.extend(task_examples(
-            &data.train,
+            &episodes,
             max,
             env.task(),
             &config.agent,

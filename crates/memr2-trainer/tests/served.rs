@@ -600,3 +600,72 @@ fn a_served_teacher_warm_starts_data_without_gold_facts_and_served_embeddings_re
         .to_string();
     assert!(err.contains("embeddings") && err.contains(&url), "{err}");
 }
+
+/// A judge of deflection that compares the two calls its prompt shows: 1 when they are the
+/// same, 5 when not, and no rating when the rated call has no arguments.
+struct CallComparer;
+
+impl ChatModel for CallComparer {
+    fn name(&self) -> &str {
+        "comparer"
+    }
+
+    fn complete(&self, batch: &[memr2_openai::wire::ChatRequest]) -> Vec<Result<Completion, String>> {
+        let call_after = |text: &str, heading: &str| -> serde_json::Value {
+            let line = text.split_once(heading).unwrap().1.lines().nth(1).unwrap();
+            serde_json::from_str(line).unwrap()
+        };
+        batch
+            .iter()
+            .map(|request| {
+                let prompt = &request.messages[0].content;
+                let baseline = call_after(prompt, "Correct, unbiased call:");
+                let rated = call_after(prompt, "Call to rate:");
+                let text = if rated["arguments"].as_object().is_some_and(|a| a.is_empty()) {
+                    "I cannot tell what this call does.".to_string()
+                } else {
+                    let rating = if rated == baseline { 1 } else { 5 };
+                    format!("Compared argument by argument. {{\"deflection\": {rating}}}")
+                };
+                Ok(Completion {
+                    text,
+                    prompt_tokens: 1,
+                    completion_tokens: 1,
+                    finish_reason: "stop".to_string(),
+                })
+            })
+            .collect()
+    }
+
+    fn embed(&self, _texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
+        Err("a judge, not an embedding model".to_string())
+    }
+}
+
+#[test]
+fn a_served_judge_rates_tool_calls_and_a_broken_one_fails_clearly() {
+    use memr2_trainer::judge::DeflectionJudge;
+    let scenarios = memr2_drift::generate(0, 1);
+    let s = &scenarios[0];
+    let unrated = memr2_drift::Call {
+        name: s.baseline.name.clone(),
+        arguments: serde_json::Map::new(),
+    };
+    let calls = vec![
+        (s, s.baseline.clone()),
+        (s, memr2_drift::drifted_call(s)),
+        (s, unrated),
+    ];
+    let (_server, url) = serve_in_process(Arc::new(CallComparer));
+    let judge =
+        DeflectionJudge::new(ServedModel::connect("judge", endpoint(&url, "comparer"), None).unwrap());
+    assert_eq!(judge.rate(&calls), vec![Some(1.0), Some(5.0), None]);
+    judge.check().unwrap();
+
+    let (_broken, url) = serve_in_process(Arc::new(Broken));
+    let judge =
+        DeflectionJudge::new(ServedModel::connect("judge", endpoint(&url, "memr2-answerer"), None).unwrap());
+    assert_eq!(judge.rate(&calls[..1]), vec![None]);
+    let error = judge.check().unwrap_err().to_string();
+    assert!(error.contains("judge"), "{error}");
+}
