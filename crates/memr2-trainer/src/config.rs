@@ -586,12 +586,15 @@ impl TrainConfig {
     /// scenarios (12 per training cell, 3 sessions each; half of them played with their
     /// neutral control), warm-started on a teacher that drifts on 80% of the calls whose
     /// memories show a bias statement, each tool-call example paired with the same call over
-    /// the scenario's other conversation ([`memr2_sim::Task::contrasts`]), the actor's tool
-    /// calls held to the tools' schemas, then LoGo-GRPO at the scenarios' full length,
-    /// rewarded by task correctness minus the deflection; validated and tested on new
-    /// scenarios of the training cells (25 and 50, [`memr2_drift::HeldOut::Scenarios`]), the
-    /// only ones on which a model trained from scratch can drift. `memr2 drift eval --split
-    /// held-out-cells` measures the held-out cells.
+    /// the scenario's other conversation ([`memr2_sim::Task::contrasts`]); the tool caller
+    /// (the frozen answerer) then tuned on the calls of 36 more scenarios per training cell
+    /// (`tool_caller_per_cell`, 2,400 examples), enough for it to learn to drift; the actor's
+    /// tool calls held to the tools' schemas; then 60 steps of LoGo-GRPO at the scenarios'
+    /// full length, rewarded by task correctness minus the deflection; validated and tested
+    /// on new scenarios of the training cells (25 and 50,
+    /// [`memr2_drift::HeldOut::Scenarios`]), the only ones on which a model trained from
+    /// scratch can drift. `memr2 drift eval --split held-out-cells` measures the held-out
+    /// cells.
     pub fn drift() -> Self {
         let mut config = Self::default_cpu();
         config.data = DataSpec::Drift {
@@ -600,6 +603,10 @@ impl TrainConfig {
                 teacher_drift: 0.8,
                 neutral_share: 0.5,
                 held_out: memr2_drift::HeldOut::Scenarios,
+                // With the 12 training scenarios alone (about three drifted calls per tool
+                // and bias) the tool caller did not learn to drift on new scenarios; with 36
+                // more it does (docs/RESULTS.md, "Tool drift").
+                tool_caller_per_cell: 36,
                 ..memr2_drift::DriftConfig::default()
             },
             train_per_cell: 12,
@@ -609,13 +616,13 @@ impl TrainConfig {
         // The extractor copies facts only after its copying transition: validation precision
         // 47% after 3 epochs, 90% after 10 (docs/RESULTS.md, "Tool drift").
         config.sft.epochs = 10;
-        config.answerer.epochs = 8;
+        config.answerer.epochs = 4;
         config.rl.logo.p_local = 0.5;
         config.rl.episodes_per_step = 2;
         config.curriculum = CurriculumConfig {
             horizons: vec![3],
-            steps_per_stage: 12,
-            validate_every: 4,
+            steps_per_stage: 60,
+            validate_every: 10,
         };
         config.eval = EvalConfig {
             validation_episodes: 25,
