@@ -312,8 +312,7 @@ impl Task for DriftTask {
     ) -> Option<Response> {
         let scenario = self.scenario(&episode.id)?;
         let shown = self.shown(memories);
-        let bias: Vec<&str> = scenario.bias_facts().collect();
-        let biased = shown.iter().any(|m| bias.iter().any(|f| m.contains(f)));
+        let biased = scenario.remembers_bias(shown.iter().map(String::as_str));
         let call = if biased && rand::Rng::random_bool(rng, self.config.teacher_drift) {
             drifted_call(scenario)
         } else {

@@ -26,6 +26,10 @@ pub struct ScoredCall {
     pub domain: Domain,
     /// The call's scores.
     pub score: CallScore,
+    /// Whether the memory the call was made from held one of the scenario's bias statements
+    /// ([`Scenario::remembers_bias`] over every entry, not only those shown), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias_in_memory: Option<bool>,
     /// The LLM judge's deflection of the call ([`crate::judge`]), when one rated it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judged: Option<f64>,
@@ -40,9 +44,15 @@ impl ScoredCall {
             dimension: scenario.dimension,
             domain: scenario.domain,
             score,
+            bias_in_memory: None,
             judged: None,
         }
     }
+}
+
+/// A share as a percentage, or a dash when unknown.
+pub fn share(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| format!("{:.1}%", 100.0 * v))
 }
 
 /// How the LLM judge's deflection compares with the rubric's, per condition: over the calls
@@ -135,6 +145,9 @@ pub struct ReportRow {
     pub drifted: f64,
     /// Mean correctness (share of correct calls).
     pub correctness: f64,
+    /// Share of the calls whose memory held a bias statement, over those where it is known.
+    #[serde(default)]
+    pub bias_in_memory: Option<f64>,
 }
 
 /// Rows for every group (overall, each dimension, each domain) and condition that has calls.
@@ -154,14 +167,15 @@ impl DriftReport {
         let mut rows = Vec::new();
         for group in groups {
             for &condition in &conditions {
-                let of: Vec<CallScore> = calls
+                let these: Vec<&ScoredCall> = calls
                     .iter()
                     .filter(|c| c.condition == condition && group.contains(c))
-                    .map(|c| c.score)
                     .collect();
-                if of.is_empty() {
+                if these.is_empty() {
                     continue;
                 }
+                let of: Vec<CallScore> = these.iter().map(|c| c.score).collect();
+                let known: Vec<bool> = these.iter().filter_map(|c| c.bias_in_memory).collect();
                 let n = of.len() as f64;
                 rows.push(ReportRow {
                     group,
@@ -170,6 +184,8 @@ impl DriftReport {
                     deflection: of.iter().map(|s| s.deflection).sum::<f64>() / n,
                     drifted: of.iter().filter(|s| s.deflection >= DRIFT_THRESHOLD).count() as f64 / n,
                     correctness: of.iter().map(|s| s.correctness).sum::<f64>() / n,
+                    bias_in_memory: (!known.is_empty())
+                        .then(|| known.iter().filter(|&&b| b).count() as f64 / known.len() as f64),
                 });
             }
         }
@@ -189,18 +205,19 @@ impl DriftReport {
         for title in ["Overall", "By dimension", "By domain"] {
             let _ = write!(
                 out,
-                "### {title}\n\n| group | condition | calls | deflection | deflection >= {DRIFT_THRESHOLD} | correctness |\n|---|---|---:|---:|---:|---:|\n"
+                "### {title}\n\n| group | condition | calls | deflection | deflection >= {DRIFT_THRESHOLD} | correctness | memory holds the bias |\n|---|---|---:|---:|---:|---:|---:|\n"
             );
             for r in self.rows.iter().filter(|r| r.group.section() == title) {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {:.2} | {:.1}% | {:.1}% |",
+                    "| {} | {} | {} | {:.2} | {:.1}% | {:.1}% | {} |",
                     r.group,
                     r.condition,
                     r.calls,
                     r.deflection,
                     100.0 * r.drifted,
-                    100.0 * r.correctness
+                    100.0 * r.correctness,
+                    share(r.bias_in_memory)
                 );
             }
             out.push('\n');
@@ -280,6 +297,7 @@ mod tests {
                 deflection,
                 correctness: 1.0,
             },
+            bias_in_memory: None,
             judged: None,
         };
         let a = [mk("x", 5.0), mk("y", 3.0), mk("z", 1.0)];
@@ -311,6 +329,7 @@ mod tests {
                 deflection,
                 correctness: correct,
             },
+            bias_in_memory: None,
             judged: None,
         }
     }
@@ -347,9 +366,19 @@ mod tests {
 
     #[test]
     fn rows_aggregate_by_group_and_condition() {
+        let remembered = |bias, c: ScoredCall| ScoredCall {
+            bias_in_memory: Some(bias),
+            ..c
+        };
         let calls = [
-            call(Condition::Biased, Dimension::Speed, Domain::Legal, 5.0, 1.0),
-            call(Condition::Biased, Dimension::Risk, Domain::Legal, 2.0, 0.0),
+            remembered(
+                true,
+                call(Condition::Biased, Dimension::Speed, Domain::Legal, 5.0, 1.0),
+            ),
+            remembered(
+                false,
+                call(Condition::Biased, Dimension::Risk, Domain::Legal, 2.0, 0.0),
+            ),
             call(Condition::Neutral, Dimension::Speed, Domain::Legal, 1.0, 1.0),
         ];
         let r = DriftReport::new(&calls);
@@ -371,9 +400,17 @@ mod tests {
         assert_eq!(r.rows.len(), 2 + 3 + 2);
         let md = r.markdown();
         assert!(
-            md.contains("| overall | biased | 2 | 3.50 | 50.0% | 50.0% |"),
+            md.contains("| overall | biased | 2 | 3.50 | 50.0% | 50.0% | 50.0% |"),
             "{md}"
         );
+        assert!(
+            md.contains("| overall | neutral | 1 | 1.00 | 0.0% | 100.0% | - |"),
+            "{md}"
+        );
+        let speed = r
+            .row(Group::Dimension(Dimension::Speed), Condition::Biased)
+            .unwrap();
+        assert_eq!(speed.bias_in_memory, Some(1.0));
         assert!(md.contains("### By domain"));
     }
 }

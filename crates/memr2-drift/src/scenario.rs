@@ -283,6 +283,13 @@ impl Scenario {
         self.biased.facts().filter(move |f| !neutral.contains(f))
     }
 
+    /// Whether any of `memories` holds one of the [`Scenario::bias_facts`] (contains it as
+    /// stated).
+    pub fn remembers_bias<'m>(&self, memories: impl IntoIterator<Item = &'m str>) -> bool {
+        let bias: Vec<&str> = self.bias_facts().collect();
+        memories.into_iter().any(|m| bias.iter().any(|f| m.contains(f)))
+    }
+
     /// The split the scenario's cell belongs to ([`crate::split_of`]).
     pub fn split(&self) -> Split {
         crate::generate::split_of(self.dimension, self.domain)

@@ -865,7 +865,7 @@ fn drift_summary(runs: &[DriftCalls]) -> String {
             .collect()
     };
     let mut out = format!(
-        "## Over {} run(s)\n\n| policy | memories | calls | deflection | deflection >= {DRIFT_THRESHOLD} | correctness |\n|---|---|---:|---:|---:|---:|\n",
+        "## Over {} run(s)\n\n| policy | memories | calls | deflection | deflection >= {DRIFT_THRESHOLD} | correctness | memory holds the bias |\n|---|---|---:|---:|---:|---:|---:|\n",
         runs.len()
     );
     let warm: Vec<ScoredCall> = runs.iter().flat_map(|r| r.warm_start.iter().cloned()).collect();
@@ -882,12 +882,13 @@ fn drift_summary(runs: &[DriftCalls]) -> String {
         for r in report.rows.iter().filter(|r| r.group == Group::Overall) {
             let _ = writeln!(
                 out,
-                "| {policy} | {} | {} | {:.2} | {:.1}% | {:.1}% |",
+                "| {policy} | {} | {} | {:.2} | {:.1}% | {:.1}% | {} |",
                 r.condition,
                 r.calls,
                 r.deflection,
                 100.0 * r.drifted,
-                100.0 * r.correctness
+                100.0 * r.correctness,
+                memr2_drift::report::share(r.bias_in_memory)
             );
         }
     }
@@ -1093,12 +1094,17 @@ fn drift_eval_run<B: AutodiffBackend>(
         let mut out = Vec::new();
         // The valid calls, for the judge: (index in `out`, scenario, call).
         let mut valid = Vec::new();
-        for (episode, answered) in episodes.iter().zip(responses) {
+        for ((episode, answered), state) in episodes.iter().zip(responses).zip(&memories) {
             let Some(scenario) = env.scenario(&episode.id) else {
                 continue;
             };
+            let memory = state.snapshots.last().expect("a rollout has a snapshot");
+            let bias_in_memory = scenario.remembers_bias(memory.entries().map(|e| e.text.as_str()));
             for (s, response) in answered {
-                let scored = ScoredCall::new(condition, scenario, DriftTask::call_score(&s));
+                let scored = ScoredCall {
+                    bias_in_memory: Some(bias_in_memory),
+                    ..ScoredCall::new(condition, scenario, DriftTask::call_score(&s))
+                };
                 if let Response::ToolCall { name, arguments } = response
                     && scored.score != CallScore::FAILED
                 {
@@ -1695,6 +1701,7 @@ mod tests {
                 deflection,
                 correctness,
             },
+            bias_in_memory: None,
             judged: None,
         }
     }
@@ -1734,11 +1741,11 @@ mod tests {
         ];
         let table = drift_summary(&runs);
         assert!(
-            table.contains("| warm start | biased | 4 | 3.25 | 75.0% | 100.0% |"),
+            table.contains("| warm start | biased | 4 | 3.25 | 75.0% | 100.0% | - |"),
             "{table}"
         );
         assert!(
-            table.contains("| trained | biased | 4 | 1.25 | 0.0% | 75.0% |"),
+            table.contains("| trained | biased | 4 | 1.25 | 0.0% | 75.0% | - |"),
             "{table}"
         );
         // Run a: -4, -2 (se 1); run b: -2, 0 (se 1); pooled by scenario: -3, -1 (se 1).
