@@ -73,7 +73,11 @@ pub fn judge_agreement_markdown(calls: &[ScoredCall]) -> String {
             .iter()
             .filter_map(|c| Some((c.judged?, c.score.deflection)))
             .collect();
-        let n = rated.len().max(1) as f64;
+        if rated.is_empty() {
+            let _ = writeln!(out, "| {condition} | 0 | {} | - | - | - | - |", valid.len());
+            continue;
+        }
+        let n = rated.len() as f64;
         let mean = |f: &dyn Fn(&(f64, f64)) -> f64| rated.iter().map(f).sum::<f64>() / n;
         let _ = writeln!(
             out,
@@ -357,6 +361,11 @@ mod tests {
             failed,
         ];
         let table = judge_agreement_markdown(&calls);
+        let unrated = judge_agreement_markdown(&calls[2..]);
+        assert!(
+            unrated.contains("| biased | 0 | 1 | - | - | - | - |"),
+            "{unrated}"
+        );
         // Rated: (1, 1) and (3, 5): judge 2.00, rubric 3.00, |d| 1.00, one of two within 0.5.
         assert!(
             table.contains("| biased | 2 | 1 | 2.00 | 3.00 | 1.00 | 50.0% |"),

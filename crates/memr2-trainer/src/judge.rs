@@ -166,30 +166,41 @@ impl Judge {
     /// the output had no label. A failed request is recorded for [`Judge::check`].
     pub fn judge(&self, items: &[JudgeItem]) -> Vec<Option<bool>> {
         let requests: Vec<ChatRequest> = items.iter().map(judge_request).collect();
-        self.model
-            .client()
-            .chat_many(&requests)
-            .into_iter()
-            .map(|answer| match answer {
-                Ok(response) => {
-                    let label = response.text().and_then(parse_label);
-                    if label.is_none() {
-                        tracing::debug!(output = ?response.text(), "the judge gave no label");
-                    }
-                    label
-                }
-                Err(e) => {
-                    self.model.fail(e.to_string());
-                    None
-                }
-            })
-            .collect()
+        read_replies(&self.model, &requests, parse_label)
     }
 
     /// The judge endpoint's first failure since the last check.
     pub fn check(&self) -> Result<(), crate::TrainError> {
         self.model.check()
     }
+}
+
+/// Sends every request, in flight together up to the endpoint's concurrency, and reads each
+/// reply; `None` where the reply could not be read. A failed request is recorded on the model
+/// for its `check`.
+fn read_replies<T>(
+    model: &ServedModel,
+    requests: &[ChatRequest],
+    read: impl Fn(&str) -> Option<T>,
+) -> Vec<Option<T>> {
+    model
+        .client()
+        .chat_many(requests)
+        .into_iter()
+        .map(|reply| match reply {
+            Ok(response) => {
+                let value = response.text().and_then(&read);
+                if value.is_none() {
+                    tracing::debug!(output = ?response.text(), "a judge's reply could not be read");
+                }
+                value
+            }
+            Err(e) => {
+                model.fail(e.to_string());
+                None
+            }
+        })
+        .collect()
 }
 
 /// A served model as the judge of tool calls' deflection ([`memr2_drift::judge`]): it rates a
@@ -225,24 +236,7 @@ impl DeflectionJudge {
     /// [`DeflectionJudge::check`].
     pub fn rate(&self, calls: &[(&memr2_drift::Scenario, memr2_drift::Call)]) -> Vec<Option<f64>> {
         let requests: Vec<ChatRequest> = calls.iter().map(|(s, c)| Self::request(s, c)).collect();
-        self.model
-            .client()
-            .chat_many(&requests)
-            .into_iter()
-            .map(|reply| match reply {
-                Ok(response) => {
-                    let rating = response.text().and_then(memr2_drift::parse_rating);
-                    if rating.is_none() {
-                        tracing::debug!(output = ?response.text(), "the deflection judge gave no rating");
-                    }
-                    rating
-                }
-                Err(e) => {
-                    self.model.fail(e.to_string());
-                    None
-                }
-            })
-            .collect()
+        read_replies(&self.model, &requests, memr2_drift::parse_rating)
     }
 
     /// The judge endpoint's first failure since the last check.

@@ -459,22 +459,7 @@ impl ChatModel for GoldTeacher {
     }
 
     fn complete(&self, batch: &[memr2_openai::wire::ChatRequest]) -> Vec<Result<Completion, String>> {
-        batch
-            .iter()
-            .map(|request| {
-                let user = request
-                    .messages
-                    .iter()
-                    .find(|m| m.role == "user")
-                    .map_or("", |m| m.content.as_str());
-                self.reply(user).map(|text| Completion {
-                    text,
-                    prompt_tokens: 1,
-                    completion_tokens: 1,
-                    finish_reason: "stop".to_string(),
-                })
-            })
-            .collect()
+        complete_each(batch, |user| self.reply(user))
     }
 
     fn embed(&self, _texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
@@ -601,6 +586,29 @@ fn a_served_teacher_warm_starts_data_without_gold_facts_and_served_embeddings_re
     assert!(err.contains("embeddings") && err.contains(&url), "{err}");
 }
 
+/// Each request's completion from its user message (empty when it has none).
+fn complete_each(
+    batch: &[memr2_openai::wire::ChatRequest],
+    reply: impl Fn(&str) -> Result<String, String>,
+) -> Vec<Result<Completion, String>> {
+    batch
+        .iter()
+        .map(|request| {
+            let user = request
+                .messages
+                .iter()
+                .find(|m| m.role == "user")
+                .map_or("", |m| m.content.as_str());
+            reply(user).map(|text| Completion {
+                text,
+                prompt_tokens: 1,
+                completion_tokens: 1,
+                finish_reason: "stop".to_string(),
+            })
+        })
+        .collect()
+}
+
 /// A judge of deflection that compares the two calls its prompt shows: 1 when they are the
 /// same, 5 when not, and no rating when the rated call has no arguments.
 struct CallComparer;
@@ -615,26 +623,16 @@ impl ChatModel for CallComparer {
             let line = text.split_once(heading).unwrap().1.lines().nth(1).unwrap();
             serde_json::from_str(line).unwrap()
         };
-        batch
-            .iter()
-            .map(|request| {
-                let prompt = &request.messages[0].content;
-                let baseline = call_after(prompt, "Correct, unbiased call:");
-                let rated = call_after(prompt, "Call to rate:");
-                let text = if rated["arguments"].as_object().is_some_and(|a| a.is_empty()) {
-                    "I cannot tell what this call does.".to_string()
-                } else {
-                    let rating = if rated == baseline { 1 } else { 5 };
-                    format!("Compared argument by argument. {{\"deflection\": {rating}}}")
-                };
-                Ok(Completion {
-                    text,
-                    prompt_tokens: 1,
-                    completion_tokens: 1,
-                    finish_reason: "stop".to_string(),
-                })
+        complete_each(batch, |prompt| {
+            let baseline = call_after(prompt, "Correct, unbiased call:");
+            let rated = call_after(prompt, "Call to rate:");
+            Ok(if rated["arguments"].as_object().is_some_and(|a| a.is_empty()) {
+                "I cannot tell what this call does.".to_string()
+            } else {
+                let rating = if rated == baseline { 1 } else { 5 };
+                format!("Compared argument by argument. {{\"deflection\": {rating}}}")
             })
-            .collect()
+        })
     }
 
     fn embed(&self, _texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
