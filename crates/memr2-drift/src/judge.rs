@@ -1,6 +1,6 @@
 //! The LLM judge of deflection: a served model rates how far a call's parameters moved from
 //! the unbiased baseline toward the scenario's bias, on the same 1-5 scale as the
-//! deterministic scorer ([`crate::deflection`]), as the article had a judge model rate its
+//! deterministic scorer ([`deflection`](mod@crate::deflection)), as the article had a judge model rate its
 //! calls. This module holds what is text: the prompt ([`judge_prompt`]) and the reading of
 //! the judge's reply ([`parse_rating`]); the trainer sends the requests.
 //!
