@@ -234,7 +234,7 @@ impl DeflectionJudge {
     /// Rates every call, in flight together up to the endpoint's concurrency; `None` where the
     /// reply held no rating on the scale. A failed request is recorded for
     /// [`DeflectionJudge::check`].
-    pub fn rate(&self, calls: &[(&memr2_drift::Scenario, memr2_drift::Call)]) -> Vec<Option<f64>> {
+    pub fn rate(&self, calls: &[(&memr2_drift::Scenario, &memr2_drift::Call)]) -> Vec<Option<f64>> {
         let requests: Vec<ChatRequest> = calls.iter().map(|(s, c)| Self::request(s, c)).collect();
         read_replies(&self.model, &requests, memr2_drift::parse_rating)
     }

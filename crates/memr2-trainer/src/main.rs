@@ -1092,7 +1092,7 @@ fn drift_eval_run<B: AutodiffBackend>(
             &mut rng,
         );
         let mut out = Vec::new();
-        // The valid calls, for the judge: (index in `out`, scenario, call).
+        // The valid calls, when there is a judge: (index in `out`, scenario, call).
         let mut valid = Vec::new();
         for ((episode, answered), state) in episodes.iter().zip(responses).zip(&memories) {
             let Some(scenario) = env.scenario(&episode.id) else {
@@ -1106,15 +1106,16 @@ fn drift_eval_run<B: AutodiffBackend>(
                     ..ScoredCall::new(condition, scenario, DriftTask::call_score(&s))
                 };
                 if let Response::ToolCall { name, arguments } = response
+                    && judge.is_some()
                     && scored.score != CallScore::FAILED
                 {
-                    valid.push((out.len(), scenario.clone(), Call { name, arguments }));
+                    valid.push((out.len(), scenario, Call { name, arguments }));
                 }
                 out.push(scored);
             }
         }
         if let Some(judge) = &judge {
-            let calls: Vec<_> = valid.iter().map(|(_, s, c)| (s, c.clone())).collect();
+            let calls: Vec<_> = valid.iter().map(|(_, s, c)| (*s, c)).collect();
             let ratings = judge.rate(&calls);
             judge.check()?;
             for ((i, _, _), rating) in valid.iter().zip(ratings) {

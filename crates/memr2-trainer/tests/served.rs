@@ -649,11 +649,8 @@ fn a_served_judge_rates_tool_calls_and_a_broken_one_fails_clearly() {
         name: s.baseline.name.clone(),
         arguments: serde_json::Map::new(),
     };
-    let calls = vec![
-        (s, s.baseline.clone()),
-        (s, memr2_drift::drifted_call(s)),
-        (s, unrated),
-    ];
+    let drifted = memr2_drift::drifted_call(s);
+    let calls = vec![(s, &s.baseline), (s, &drifted), (s, &unrated)];
     let (_server, url) = serve_in_process(Arc::new(CallComparer));
     let judge =
         DeflectionJudge::new(ServedModel::connect("judge", endpoint(&url, "comparer"), None).unwrap());
