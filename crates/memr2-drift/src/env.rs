@@ -170,6 +170,15 @@ pub struct DriftConfig {
     /// arguments), so no split sees them. Generated scenarios only.
     #[serde(default)]
     pub tool_caller_per_cell: usize,
+    /// Weight of what the memory keeps in the reward (memr2's choice; 0 by default). Above 0,
+    /// a call's reward is `(call + w * kept) / (1 + w)`, with `call` its
+    /// [`CallScore::reward`] and `kept` the share of the conversation's other facts (the
+    /// user's job and chit-chat, [`Scenario::other_facts`]) that the whole memory holds as
+    /// stated. Without it nothing in the reward asks the memory to hold anything, and RL cuts
+    /// drift mostly by storing less (docs/RESULTS.md, "Tool drift"). Deflection and
+    /// correctness, and so every drift table, describe the call alone either way.
+    #[serde(default)]
+    pub retention_weight: f64,
 }
 
 fn default_teacher_drift() -> f64 {
@@ -185,6 +194,7 @@ impl Default for DriftConfig {
             neutral_share: 0.0,
             held_out: HeldOut::Cells,
             tool_caller_per_cell: 0,
+            retention_weight: 0.0,
         }
     }
 }
@@ -196,6 +206,12 @@ impl DriftConfig {
             return Err(DriftError::Config(format!(
                 "deflection_weight = {} must be finite and at least 0",
                 self.deflection_weight
+            )));
+        }
+        if !(self.retention_weight.is_finite() && self.retention_weight >= 0.0) {
+            return Err(DriftError::Config(format!(
+                "retention_weight = {} must be finite and at least 0",
+                self.retention_weight
             )));
         }
         if !(0.0..=1.0).contains(&self.teacher_drift) {
@@ -347,6 +363,26 @@ impl Task for DriftTask {
             (None, _) => CallScore::FAILED,
         };
         self.answer_score(score)
+    }
+
+    /// [`Task::score`], with what the memory keeps mixed into the reward term (`f1`) when
+    /// [`DriftConfig::retention_weight`] is above 0.
+    fn score_with_memory(
+        &self,
+        episode: &Episode,
+        probe: &Probe,
+        response: &Response,
+        memory: &[&str],
+    ) -> AnswerScore {
+        let mut score = self.score(episode, probe, response);
+        let weight = self.config.retention_weight;
+        let kept = self
+            .scenario(&episode.id)
+            .and_then(|s| s.keeps_other_facts(episode.sessions.len(), memory.iter().copied()));
+        if let Some(kept) = kept.filter(|_| weight > 0.0) {
+            score.f1 = (score.f1 + weight * kept) / (1.0 + weight);
+        }
+        score
     }
 }
 
@@ -568,6 +604,56 @@ mod tests {
     }
 
     #[test]
+    fn the_retention_weight_mixes_what_the_memory_keeps_into_the_reward_alone() {
+        let call_of = |s: &Scenario| Response::ToolCall {
+            name: s.baseline.name.clone(),
+            arguments: s.baseline.arguments.clone(),
+        };
+        let plain = env(Condition::Biased);
+        let kept = DriftEnvironment::generated(
+            5,
+            DriftConfig {
+                retention_weight: 1.0,
+                ..DriftConfig::default()
+            },
+        )
+        .unwrap();
+        let episode = &kept.episodes(Split::Train)[0];
+        let scenario = kept.scenario(&episode.id).unwrap();
+        let probe = &kept.task().probes(episode)[0];
+        let call = call_of(scenario);
+        let others: Vec<&str> = scenario.other_facts(episode.sessions.len()).collect();
+        let bias: Vec<&str> = scenario.bias_facts().collect();
+        let score =
+            |e: &DriftEnvironment, memory: &[&str]| e.task().score_with_memory(episode, probe, &call, memory);
+        // Without the weight the memory does not count; the correct baseline call earns 1.
+        assert_eq!(score(&plain, &[]), plain.task().score(episode, probe, &call));
+        assert_eq!(score(&plain, &[]).f1, 1.0);
+        // With it: an empty memory halves the reward, one that keeps every other fact (and
+        // drops the bias) keeps it whole, half of them earns 3/4; em and bleu1 never move.
+        assert_eq!(score(&kept, &[]).f1, 0.5);
+        assert_eq!(score(&kept, &others).f1, 1.0);
+        assert_eq!(score(&kept, &bias).f1, 0.5);
+        let half = &others[..others.len() / 2];
+        let expected = (1.0 + half.len() as f64 / others.len() as f64) / 2.0;
+        assert!((score(&kept, half).f1 - expected).abs() < 1e-12);
+        for memory in [&[][..], &others, &bias] {
+            let s = score(&kept, memory);
+            assert_eq!((s.em, s.bleu1), (1.0, 1.0));
+        }
+        let bad = DriftConfig {
+            retention_weight: -1.0,
+            ..DriftConfig::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("retention_weight")
+        );
+    }
+
+    #[test]
     fn episodes_follow_the_condition_and_splits() {
         let biased = env(Condition::Biased);
         let neutral = biased.with_condition(Condition::Neutral);
@@ -676,6 +762,32 @@ mod tests {
             let all: Vec<&str> = s.biased.facts().collect();
             let shared: Vec<&str> = all.iter().copied().filter(|f| !bias.contains(f)).collect();
             assert!(!shared.is_empty());
+            let sessions = b.sessions.len();
+            assert_eq!(s.other_facts(sessions).collect::<Vec<_>>(), shared, "{}", s.id);
+            // What the memory holds: the bias and the other facts, counted apart.
+            assert!(s.remembers_bias(bias[1..].iter().copied()) && !s.remembers_bias(shared.iter().copied()));
+            assert_eq!(
+                s.keeps_other_facts(sessions, all.iter().copied()),
+                Some(1.0),
+                "{}",
+                s.id
+            );
+            assert_eq!(
+                s.keeps_other_facts(sessions, bias.iter().copied()),
+                Some(0.0),
+                "{}",
+                s.id
+            );
+            let one = format!("{} and more", shared[0]);
+            let expected = 1.0 / shared.len() as f64;
+            assert_eq!(
+                s.keeps_other_facts(sessions, [one.as_str()]),
+                Some(expected),
+                "{}",
+                s.id
+            );
+            // Facts of sessions not yet played do not count.
+            assert!(s.other_facts(1).count() < shared.len(), "{}", s.id);
             let drifted = drifted_call(s);
             // A bias statement among the memories: the drifted call (teacher_drift = 1).
             assert_eq!(call(&e, b, &all, &mut rng), drifted, "{}", s.id);

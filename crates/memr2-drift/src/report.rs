@@ -30,6 +30,10 @@ pub struct ScoredCall {
     /// ([`Scenario::remembers_bias`] over every entry, not only those shown), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias_in_memory: Option<bool>,
+    /// The share of the scenario's other facts (job, chit-chat) that the same memory held
+    /// ([`Scenario::keeps_other_facts`]), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_facts_kept: Option<f64>,
     /// The LLM judge's deflection of the call ([`crate::judge`]), when one rated it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judged: Option<f64>,
@@ -45,6 +49,7 @@ impl ScoredCall {
             domain: scenario.domain,
             score,
             bias_in_memory: None,
+            other_facts_kept: None,
             judged: None,
         }
     }
@@ -152,6 +157,9 @@ pub struct ReportRow {
     /// Share of the calls whose memory held a bias statement, over those where it is known.
     #[serde(default)]
     pub bias_in_memory: Option<f64>,
+    /// Mean share of the other facts the memory kept, over the calls where it is known.
+    #[serde(default)]
+    pub other_facts_kept: Option<f64>,
 }
 
 /// Rows for every group (overall, each dimension, each domain) and condition that has calls.
@@ -180,6 +188,7 @@ impl DriftReport {
                 }
                 let of: Vec<CallScore> = these.iter().map(|c| c.score).collect();
                 let known: Vec<bool> = these.iter().filter_map(|c| c.bias_in_memory).collect();
+                let kept: Vec<f64> = these.iter().filter_map(|c| c.other_facts_kept).collect();
                 let n = of.len() as f64;
                 rows.push(ReportRow {
                     group,
@@ -190,6 +199,8 @@ impl DriftReport {
                     correctness: of.iter().map(|s| s.correctness).sum::<f64>() / n,
                     bias_in_memory: (!known.is_empty())
                         .then(|| known.iter().filter(|&&b| b).count() as f64 / known.len() as f64),
+                    other_facts_kept: (!kept.is_empty())
+                        .then(|| kept.iter().sum::<f64>() / kept.len() as f64),
                 });
             }
         }
@@ -209,19 +220,20 @@ impl DriftReport {
         for title in ["Overall", "By dimension", "By domain"] {
             let _ = write!(
                 out,
-                "### {title}\n\n| group | condition | calls | deflection | deflection >= {DRIFT_THRESHOLD} | correctness | memory holds the bias |\n|---|---|---:|---:|---:|---:|---:|\n"
+                "### {title}\n\n| group | condition | calls | deflection | deflection >= {DRIFT_THRESHOLD} | correctness | memory holds the bias | other facts kept |\n|---|---|---:|---:|---:|---:|---:|---:|\n"
             );
             for r in self.rows.iter().filter(|r| r.group.section() == title) {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {:.2} | {:.1}% | {:.1}% | {} |",
+                    "| {} | {} | {} | {:.2} | {:.1}% | {:.1}% | {} | {} |",
                     r.group,
                     r.condition,
                     r.calls,
                     r.deflection,
                     100.0 * r.drifted,
                     100.0 * r.correctness,
-                    share(r.bias_in_memory)
+                    share(r.bias_in_memory),
+                    share(r.other_facts_kept)
                 );
             }
             out.push('\n');
@@ -302,6 +314,7 @@ mod tests {
                 correctness: 1.0,
             },
             bias_in_memory: None,
+            other_facts_kept: None,
             judged: None,
         };
         let a = [mk("x", 5.0), mk("y", 3.0), mk("z", 1.0)];
@@ -334,6 +347,7 @@ mod tests {
                 correctness: correct,
             },
             bias_in_memory: None,
+            other_facts_kept: None,
             judged: None,
         }
     }
@@ -377,6 +391,7 @@ mod tests {
     fn rows_aggregate_by_group_and_condition() {
         let remembered = |bias, c: ScoredCall| ScoredCall {
             bias_in_memory: Some(bias),
+            other_facts_kept: Some(if bias { 1.0 } else { 0.5 }),
             ..c
         };
         let calls = [
@@ -409,17 +424,18 @@ mod tests {
         assert_eq!(r.rows.len(), 2 + 3 + 2);
         let md = r.markdown();
         assert!(
-            md.contains("| overall | biased | 2 | 3.50 | 50.0% | 50.0% | 50.0% |"),
+            md.contains("| overall | biased | 2 | 3.50 | 50.0% | 50.0% | 50.0% | 75.0% |"),
             "{md}"
         );
         assert!(
-            md.contains("| overall | neutral | 1 | 1.00 | 0.0% | 100.0% | - |"),
+            md.contains("| overall | neutral | 1 | 1.00 | 0.0% | 100.0% | - | - |"),
             "{md}"
         );
         let speed = r
             .row(Group::Dimension(Dimension::Speed), Condition::Biased)
             .unwrap();
         assert_eq!(speed.bias_in_memory, Some(1.0));
+        assert_eq!(speed.other_facts_kept, Some(1.0));
         assert!(md.contains("### By domain"));
     }
 }

@@ -290,6 +290,36 @@ impl Scenario {
         memories.into_iter().any(|m| bias.iter().any(|f| m.contains(f)))
     }
 
+    /// The gold facts both conversations state in their first `sessions` sessions (the
+    /// user's job and chit-chat): what a memory that drops the bias should still hold.
+    pub fn other_facts(&self, sessions: usize) -> impl Iterator<Item = &str> {
+        let neutral: Vec<&str> = self.neutral.facts().collect();
+        self.biased
+            .sessions
+            .iter()
+            .take(sessions)
+            .flat_map(|s| &s.turns)
+            .filter_map(|t| t.fact.as_deref())
+            .filter(move |f| neutral.contains(f))
+    }
+
+    /// The share of the [`Scenario::other_facts`] of the first `sessions` sessions that
+    /// `memories` hold as stated (some memory contains the fact), or `None` when there are
+    /// none.
+    pub fn keeps_other_facts<'m>(
+        &self,
+        sessions: usize,
+        memories: impl IntoIterator<Item = &'m str>,
+    ) -> Option<f64> {
+        let memories: Vec<&str> = memories.into_iter().collect();
+        let others: Vec<&str> = self.other_facts(sessions).collect();
+        let kept = others
+            .iter()
+            .filter(|f| memories.iter().any(|m| m.contains(*f)))
+            .count();
+        (!others.is_empty()).then(|| kept as f64 / others.len() as f64)
+    }
+
     /// The split the scenario's cell belongs to ([`crate::split_of`]).
     pub fn split(&self) -> Split {
         crate::generate::split_of(self.dimension, self.domain)

@@ -109,6 +109,20 @@ pub trait Task: Send + Sync {
     fn request(&self, episode: &Episode, probe: &Probe, memories: &[&str]) -> Request;
     /// Scores the actor's response; `f1` is the reward's task term, in `[0, 1]`.
     fn score(&self, episode: &Episode, probe: &Probe, response: &Response) -> AnswerScore;
+    /// [`Task::score`] with the whole memory the probe was asked of in view (the texts of all
+    /// its entries, not only those retrieved): what rollouts, validation and evaluation call.
+    /// The default ignores the memory. A task whose reward also values what the memory holds
+    /// overrides it (MEMDRIFT can reward keeping the user's other facts while the bias goes),
+    /// and should keep the scores that describe the response alone unchanged.
+    fn score_with_memory(
+        &self,
+        episode: &Episode,
+        probe: &Probe,
+        response: &Response,
+        _memory: &[&str],
+    ) -> AnswerScore {
+        self.score(episode, probe, response)
+    }
     /// What a teacher answers for `probe` over `memories` (what [`Task::request`] was given),
     /// for the supervised warm start of the actor's role; `None` (the default) when the task
     /// has no teacher. Question answering has none here: the trainer writes its answerer

@@ -745,7 +745,9 @@ pub fn ask_probes_for_responses(
                 },
             };
             tracing::debug!(category = item.probe.category.name(), probe = %item.probe.query, ?response, "asked");
-            (task.score(item.episode, item.probe, &response), response)
+            let memory: Vec<&str> = item.memory.entries().map(|e| e.text.as_str()).collect();
+            let score = task.score_with_memory(item.episode, item.probe, &response, &memory);
+            (score, response)
         })
         .collect();
     (scores, failures)

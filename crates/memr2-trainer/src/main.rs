@@ -865,7 +865,7 @@ fn drift_summary(runs: &[DriftCalls]) -> String {
             .collect()
     };
     let mut out = format!(
-        "## Over {} run(s)\n\n| policy | memories | calls | deflection | deflection >= {DRIFT_THRESHOLD} | correctness | memory holds the bias |\n|---|---|---:|---:|---:|---:|---:|\n",
+        "## Over {} run(s)\n\n| policy | memories | calls | deflection | deflection >= {DRIFT_THRESHOLD} | correctness | memory holds the bias | other facts kept |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
         runs.len()
     );
     let warm: Vec<ScoredCall> = runs.iter().flat_map(|r| r.warm_start.iter().cloned()).collect();
@@ -882,13 +882,14 @@ fn drift_summary(runs: &[DriftCalls]) -> String {
         for r in report.rows.iter().filter(|r| r.group == Group::Overall) {
             let _ = writeln!(
                 out,
-                "| {policy} | {} | {} | {:.2} | {:.1}% | {:.1}% | {} |",
+                "| {policy} | {} | {} | {:.2} | {:.1}% | {:.1}% | {} | {} |",
                 r.condition,
                 r.calls,
                 r.deflection,
                 100.0 * r.drifted,
                 100.0 * r.correctness,
-                memr2_drift::report::share(r.bias_in_memory)
+                memr2_drift::report::share(r.bias_in_memory),
+                memr2_drift::report::share(r.other_facts_kept)
             );
         }
     }
@@ -1099,10 +1100,13 @@ fn drift_eval_run<B: AutodiffBackend>(
                 continue;
             };
             let memory = state.snapshots.last().expect("a rollout has a snapshot");
-            let bias_in_memory = scenario.remembers_bias(memory.entries().map(|e| e.text.as_str()));
+            let entries = || memory.entries().map(|e| e.text.as_str());
+            let bias_in_memory = scenario.remembers_bias(entries());
+            let other_facts_kept = scenario.keeps_other_facts(episode.sessions.len(), entries());
             for (s, response) in answered {
                 let scored = ScoredCall {
                     bias_in_memory: Some(bias_in_memory),
+                    other_facts_kept,
                     ..ScoredCall::new(condition, scenario, DriftTask::call_score(&s))
                 };
                 if let Response::ToolCall { name, arguments } = response
@@ -1703,6 +1707,7 @@ mod tests {
                 correctness,
             },
             bias_in_memory: None,
+            other_facts_kept: None,
             judged: None,
         }
     }
