@@ -23,7 +23,8 @@
 //! - [`env`](mod@env): [`DriftEnvironment`], a `memr2_sim::Environment`, under a memory
 //!   [`Condition`], holding out whole cells or new scenarios of the training cells
 //!   ([`HeldOut`]), with neutral controls mixed into training if asked
-//!   ([`DriftConfig::neutral_share`]);
+//!   ([`DriftConfig::neutral_share`]) and, if asked, a reward for the user's other facts the
+//!   memory keeps ([`DriftConfig::retention_weight`]);
 //! - [`judge`]: the prompt and the reply's reading for an LLM judge of deflection;
 //! - [`report`]: tables per condition, dimension and domain;
 //! - [`scan`]: which parameters of a tool list a bias could push.
