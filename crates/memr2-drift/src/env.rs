@@ -376,10 +376,13 @@ impl Task for DriftTask {
     ) -> AnswerScore {
         let mut score = self.score(episode, probe, response);
         let weight = self.config.retention_weight;
+        if weight == 0.0 {
+            return score;
+        }
         let kept = self
             .scenario(&episode.id)
             .and_then(|s| s.keeps_other_facts(episode.sessions.len(), memory.iter().copied()));
-        if let Some(kept) = kept.filter(|_| weight > 0.0) {
+        if let Some(kept) = kept {
             score.f1 = (score.f1 + weight * kept) / (1.0 + weight);
         }
         score

@@ -275,24 +275,9 @@ impl Scenario {
         self.tools.iter().find(|t| t["name"].as_str() == Some(name))
     }
 
-    /// The bias statements: the gold facts of the biased conversation that its neutral
-    /// control does not state ("Dana always picks the cheapest plan"). The job and the
-    /// chit-chat, which both conversations share, are not among them.
-    pub fn bias_facts(&self) -> impl Iterator<Item = &str> {
-        let neutral: Vec<&str> = self.neutral.facts().collect();
-        self.biased.facts().filter(move |f| !neutral.contains(f))
-    }
-
-    /// Whether any of `memories` holds one of the [`Scenario::bias_facts`] (contains it as
-    /// stated).
-    pub fn remembers_bias<'m>(&self, memories: impl IntoIterator<Item = &'m str>) -> bool {
-        let bias: Vec<&str> = self.bias_facts().collect();
-        memories.into_iter().any(|m| bias.iter().any(|f| m.contains(f)))
-    }
-
-    /// The gold facts both conversations state in their first `sessions` sessions (the
-    /// user's job and chit-chat): what a memory that drops the bias should still hold.
-    pub fn other_facts(&self, sessions: usize) -> impl Iterator<Item = &str> {
+    /// The gold facts of the biased conversation's first `sessions` sessions, each with
+    /// whether its neutral control states it too.
+    fn facts_shared_or_not(&self, sessions: usize) -> impl Iterator<Item = (&str, bool)> {
         let neutral: Vec<&str> = self.neutral.facts().collect();
         self.biased
             .sessions
@@ -300,7 +285,29 @@ impl Scenario {
             .take(sessions)
             .flat_map(|s| &s.turns)
             .filter_map(|t| t.fact.as_deref())
-            .filter(move |f| neutral.contains(f))
+            .map(move |f| (f, neutral.contains(&f)))
+    }
+
+    /// The bias statements: the gold facts of the biased conversation that its neutral
+    /// control does not state ("Dana always picks the cheapest plan"). The job and the
+    /// chit-chat, which both conversations share, are not among them.
+    pub fn bias_facts(&self) -> impl Iterator<Item = &str> {
+        self.facts_shared_or_not(usize::MAX)
+            .filter_map(|(f, shared)| (!shared).then_some(f))
+    }
+
+    /// Whether any of `memories` holds one of the [`Scenario::bias_facts`] (contains it as
+    /// stated).
+    pub fn remembers_bias<'m>(&self, memories: impl IntoIterator<Item = &'m str>) -> bool {
+        let memories: Vec<&str> = memories.into_iter().collect();
+        self.bias_facts().any(|f| holds(&memories, f))
+    }
+
+    /// The gold facts both conversations state in their first `sessions` sessions (the
+    /// user's job and chit-chat): what a memory that drops the bias should still hold.
+    pub fn other_facts(&self, sessions: usize) -> impl Iterator<Item = &str> {
+        self.facts_shared_or_not(sessions)
+            .filter_map(|(f, shared)| shared.then_some(f))
     }
 
     /// The share of the [`Scenario::other_facts`] of the first `sessions` sessions that
@@ -312,12 +319,10 @@ impl Scenario {
         memories: impl IntoIterator<Item = &'m str>,
     ) -> Option<f64> {
         let memories: Vec<&str> = memories.into_iter().collect();
-        let others: Vec<&str> = self.other_facts(sessions).collect();
-        let kept = others
-            .iter()
-            .filter(|f| memories.iter().any(|m| m.contains(*f)))
-            .count();
-        (!others.is_empty()).then(|| kept as f64 / others.len() as f64)
+        let (kept, all) = self.other_facts(sessions).fold((0, 0), |(kept, all), f| {
+            (kept + usize::from(holds(&memories, f)), all + 1)
+        });
+        (all > 0).then(|| kept as f64 / all as f64)
     }
 
     /// The split the scenario's cell belongs to ([`crate::split_of`]).
@@ -340,6 +345,11 @@ impl Scenario {
         shared.dedup();
         shared
     }
+}
+
+/// Whether some memory contains `fact` as stated.
+fn holds(memories: &[&str], fact: &str) -> bool {
+    memories.iter().any(|m| m.contains(fact))
 }
 
 /// Lower-case words of four letters or more that are not common function words.
