@@ -179,6 +179,22 @@ pub struct DriftConfig {
     /// correctness, and so every drift table, describe the call alone either way.
     #[serde(default)]
     pub retention_weight: f64,
+    /// Validation scenarios per training cell with [`HeldOut::Scenarios`] (1 by default: 25
+    /// in all). The first is the scenario after the cell's training ones, as always; the others
+    /// come after the tool caller's corpus, so that raising the count leaves training, test
+    /// and the tool caller's corpus as they were and only validation grows. Validation picks
+    /// the curriculum's best checkpoint, so more of it picks with less luck; the trainer reads
+    /// at most its `eval.validation_episodes` of them.
+    #[serde(default = "one_per_cell", skip_serializing_if = "is_one")]
+    pub validation_per_cell: usize,
+}
+
+fn one_per_cell() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 fn default_teacher_drift() -> f64 {
@@ -195,12 +211,14 @@ impl Default for DriftConfig {
             held_out: HeldOut::Cells,
             tool_caller_per_cell: 0,
             retention_weight: 0.0,
+            validation_per_cell: 1,
         }
     }
 }
 
 impl DriftConfig {
-    /// Rejects a negative or non-finite weight.
+    /// Rejects a negative or non-finite weight, a share outside `[0, 1]`, and a validation
+    /// count that is 0 or set without [`HeldOut::Scenarios`].
     pub fn validate(&self) -> Result<(), DriftError> {
         if !(self.deflection_weight.is_finite() && self.deflection_weight >= 0.0) {
             return Err(DriftError::Config(format!(
@@ -224,6 +242,18 @@ impl DriftConfig {
             return Err(DriftError::Config(format!(
                 "neutral_share = {} must be a share in [0, 1]",
                 self.neutral_share
+            )));
+        }
+        if self.validation_per_cell == 0 {
+            return Err(DriftError::Config(
+                "validation_per_cell = 0: validation needs at least one scenario per cell".into(),
+            ));
+        }
+        if self.validation_per_cell != 1 && self.held_out != HeldOut::Scenarios {
+            return Err(DriftError::Config(format!(
+                "validation_per_cell = {} applies to held_out = \"scenarios\" only: held-out \
+                 cells keep their 15 validation scenarios",
+                self.validation_per_cell
             )));
         }
         Ok(())
@@ -399,6 +429,8 @@ enum Place {
     Split(Split),
     /// The tool caller's corpus ([`DriftConfig::tool_caller_per_cell`]).
     ToolCaller,
+    /// A validation scenario after the tool caller's ([`DriftConfig::validation_per_cell`]).
+    MoreValidation,
     /// A held-out scenario of a training cell that the configuration does not use.
     Unused,
 }
@@ -443,7 +475,8 @@ impl DriftEnvironment {
     /// training set's size; with [`HeldOut::Scenarios`], the next three scenarios of each
     /// training cell, the first for validation (25) and the other two for test (50). The
     /// [`DriftConfig::tool_caller_per_cell`] scenarios of each training cell after those
-    /// three make the tool caller's corpus.
+    /// three make the tool caller's corpus, and the
+    /// [`DriftConfig::validation_per_cell`]` - 1` after those more validation scenarios.
     pub fn generated_with(seed: u64, train_per_cell: usize, config: DriftConfig) -> Result<Self, DriftError> {
         if train_per_cell == 0 {
             return Err(DriftError::Config(
@@ -453,13 +486,19 @@ impl DriftEnvironment {
         // A training cell's scenarios: training ones, then its held-out ones, then the tool
         // caller's (scenario k of a cell is the same whatever the counts).
         let reserved = train_per_cell + DEFAULT_PER_CELL;
-        let per_cell = reserved + config.tool_caller_per_cell;
+        let tool_caller_end = reserved + config.tool_caller_per_cell;
+        let more_validation = match config.held_out {
+            HeldOut::Cells => 0,
+            HeldOut::Scenarios => config.validation_per_cell.saturating_sub(1),
+        };
+        let per_cell = tool_caller_end + more_validation;
         let held_out_cells = match config.held_out {
             HeldOut::Cells => DEFAULT_PER_CELL,
             HeldOut::Scenarios => 0,
         };
         let place = |s: &Scenario| match (s.split(), index_in_cell(&s.id)) {
             (Split::Train, k) if k < train_per_cell => Place::Split(Split::Train),
+            (Split::Train, k) if k >= tool_caller_end => Place::MoreValidation,
             (Split::Train, k) if k >= reserved => Place::ToolCaller,
             (Split::Train, k) => match config.held_out {
                 HeldOut::Cells => Place::Unused,
@@ -469,16 +508,24 @@ impl DriftEnvironment {
             (held_out, _) => Place::Split(held_out),
         };
         let (mut kept, mut splits, mut tool_caller) = (Vec::new(), BTreeMap::new(), Vec::new());
+        let mut more_validation = Vec::new();
         for s in generate_with(seed, per_cell, held_out_cells) {
             match place(&s) {
                 Place::Split(split) => {
                     splits.insert(s.id.clone(), split);
                     kept.push(s);
                 }
+                Place::MoreValidation => {
+                    splits.insert(s.id.clone(), Split::Validation);
+                    more_validation.push(s);
+                }
                 Place::ToolCaller => tool_caller.push(s),
                 Place::Unused => {}
             }
         }
+        // After the first validation scenario of every cell, so that the first 25 validation
+        // episodes are the same whatever the count.
+        kept.extend(more_validation);
         validate_scenarios(&tool_caller, "tool caller's scenarios")?;
         let mut env = Self::new(kept, config)?;
         env.splits = splits;
@@ -903,6 +950,45 @@ mod tests {
                 "{id}: a training cell"
             );
         }
+    }
+
+    #[test]
+    fn more_validation_scenarios_leave_training_test_and_the_tool_callers_corpus_alone() {
+        let plain = DriftConfig {
+            held_out: HeldOut::Scenarios,
+            tool_caller_per_cell: 2,
+            ..DriftConfig::default()
+        };
+        let more = DriftConfig {
+            validation_per_cell: 4,
+            ..plain
+        };
+        let (base, env) = (
+            DriftEnvironment::generated_with(5, 6, plain).unwrap(),
+            DriftEnvironment::generated_with(5, 6, more).unwrap(),
+        );
+        for split in [Split::Train, Split::Test] {
+            assert_eq!(base.episodes(split), env.episodes(split), "{split}");
+        }
+        assert_eq!(base.task_corpus(), env.task_corpus());
+        let (few, many) = (base.episodes(Split::Validation), env.episodes(Split::Validation));
+        assert_eq!((few.len(), many.len()), (25, 100));
+        assert_eq!(few[..], many[..25], "the first 25 stay first");
+        // The others come after the 6 training, 3 held-out and 2 tool caller's scenarios.
+        for e in many.iter().filter(|e| !few.contains(e)) {
+            assert!((11..14).contains(&index_in_cell(&e.id)), "{}", e.id);
+        }
+        let cells = DriftConfig {
+            held_out: HeldOut::Cells,
+            ..more
+        };
+        let err = DriftEnvironment::generated_with(5, 6, cells).unwrap_err();
+        assert!(err.to_string().contains("validation_per_cell"), "{err}");
+        let none = DriftConfig {
+            validation_per_cell: 0,
+            ..plain
+        };
+        assert!(DriftEnvironment::generated_with(5, 6, none).is_err());
     }
 
     #[test]

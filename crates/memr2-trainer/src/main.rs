@@ -1030,6 +1030,7 @@ fn drift_eval_run<B: AutodiffBackend>(
         SplitArg::HeldOutCells => {
             let cells = memr2_drift::DriftConfig {
                 held_out: memr2_drift::HeldOut::Cells,
+                validation_per_cell: 1,
                 ..drift
             };
             (

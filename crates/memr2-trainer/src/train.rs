@@ -658,7 +658,8 @@ fn after_warm_start(config: &TrainConfig, run: &RunDir) -> Phase {
 }
 
 /// One supervised phase: epochs over a corpus, each followed by a probe of the model whose
-/// figures join the epoch's metrics line, the resumable checkpoint saved after each.
+/// figures (and seconds, `probe_s`) join the epoch's metrics line, the resumable checkpoint
+/// saved after each.
 struct Supervised<'a> {
     /// Name in progress bars and the key of the epoch in the metrics (`{name}_epoch`).
     name: &'a str,
@@ -735,13 +736,15 @@ fn supervised_epochs<B: AutodiffBackend>(
                 &format!("after {} epoch {}", spec.name, epoch + 1),
             )?;
         }
+        let probe_started = std::time::Instant::now();
         let mut probe_rng = side_stream(config.seed, spec.probe_stream, epoch as u64);
         let mut record = probe(&training.model.valid(), &mut probe_rng);
+        record.insert("probe_s".into(), probe_started.elapsed().as_secs_f64().into());
         tracing::info!(phase = spec.name, epoch, loss, skipped, probe = %serde_json::Value::Object(record.clone()), "epoch done");
         record.insert(format!("{}_epoch", spec.name.to_lowercase()), (epoch + 1).into());
         record.insert("loss".into(), loss.into());
         record.insert("skipped_nonfinite".into(), skipped.into());
-        // The epoch's seconds, its validation probe included.
+        // The epoch's seconds, its probe (`probe_s`) included.
         record.insert("epoch_s".into(), started.elapsed().as_secs_f64().into());
         let world = collective::world();
         if world.size() > 1 {
