@@ -478,6 +478,8 @@ impl DriftEnvironment {
     /// three make the tool caller's corpus, and the
     /// [`DriftConfig::validation_per_cell`]` - 1` after those more validation scenarios.
     pub fn generated_with(seed: u64, train_per_cell: usize, config: DriftConfig) -> Result<Self, DriftError> {
+        // Before the counts below size the generation.
+        config.validate()?;
         if train_per_cell == 0 {
             return Err(DriftError::Config(
                 "train_per_cell must be at least 1: training needs scenarios".into(),
