@@ -489,11 +489,8 @@ impl DriftEnvironment {
         // caller's (scenario k of a cell is the same whatever the counts).
         let reserved = train_per_cell + DEFAULT_PER_CELL;
         let tool_caller_end = reserved + config.tool_caller_per_cell;
-        let more_validation = match config.held_out {
-            HeldOut::Cells => 0,
-            HeldOut::Scenarios => config.validation_per_cell.saturating_sub(1),
-        };
-        let per_cell = tool_caller_end + more_validation;
+        // At least 1, and exactly 1 with held-out cells (checked above).
+        let per_cell = tool_caller_end + config.validation_per_cell - 1;
         let held_out_cells = match config.held_out {
             HeldOut::Cells => DEFAULT_PER_CELL,
             HeldOut::Scenarios => 0,
