@@ -84,6 +84,7 @@ fn main() {
                 let (_, metrics) = rl_step(
                     sft.clone(),
                     &mut optim,
+                    None,
                     &ctx,
                     &episodes,
                     cfg.rl.learning_rate,

@@ -90,6 +90,19 @@ pub trait Generator {
         let _ = tools;
         self.generate(prompts, max_new_tokens, 0.0, 1.0, rng)
     }
+
+    /// One tool call per prompt sampled from the untempered policy, as
+    /// [`Generator::generate_tool_calls`] decodes them otherwise (RL on the actor, `rl.actor`).
+    fn sample_tool_calls(
+        &self,
+        prompts: &[ChatPrompt],
+        tools: &[&[serde_json::Value]],
+        max_new_tokens: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<Generated> {
+        let _ = tools;
+        self.generate(prompts, max_new_tokens, 1.0, 1.0, rng)
+    }
 }
 
 impl<B: Backend> Generator for Agent<'_, B> {
@@ -123,6 +136,22 @@ impl<B: Backend> Generator for Agent<'_, B> {
         let greedy = SamplingConfig::greedy(max_new_tokens);
         let strict = self.config.strict_tool_calls.then_some(tools);
         self.generate_with(prompts, &greedy, strict, rng)
+    }
+
+    fn sample_tool_calls(
+        &self,
+        prompts: &[ChatPrompt],
+        tools: &[&[serde_json::Value]],
+        max_new_tokens: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<Generated> {
+        let sampling = SamplingConfig {
+            max_new_tokens,
+            temperature: 1.0,
+            top_p: 1.0,
+        };
+        let strict = self.config.strict_tool_calls.then_some(tools);
+        self.generate_with(prompts, &sampling, strict, rng)
     }
 }
 
@@ -723,34 +752,119 @@ pub fn ask_probes_for_responses(
         .into_iter()
         .zip(items.iter().zip(&requests))
         .map(|(g, (item, request))| {
-            let response = match request {
-                Request::Answer { .. } => match roles::parse_answer(&g.text) {
-                    Ok(a) => Response::Answer(a),
-                    Err(_) => {
-                        failures += 1;
-                        Response::Unparsed(g.text)
-                    }
-                },
-                Request::Chat { .. } => Response::Text(g.text),
-                Request::ToolCall { tools, .. } => match memr2_policy::tools::parse_tool_call(&g.text, tools) {
-                    Ok(call) => Response::ToolCall {
-                        name: call.name,
-                        arguments: call.arguments,
-                    },
-                    Err(e) => {
-                        tracing::debug!(error = %e, kind = e.kind(), output = %g.text, "tool call did not parse");
-                        failures += 1;
-                        Response::Unparsed(g.text)
-                    }
-                },
-            };
-            tracing::debug!(category = item.probe.category.name(), probe = %item.probe.query, ?response, "asked");
-            let memory: Vec<&str> = item.memory.entries().map(|e| e.text.as_str()).collect();
-            let score = task.score_with_memory(item.episode, item.probe, &response, &memory);
+            let (score, response) = score_response(task, item, request, g.text);
+            failures += u64::from(matches!(response, Response::Unparsed(_)));
             (score, response)
         })
         .collect();
     (scores, failures)
+}
+
+/// The actor's response to `request` parsed from `text`, and the task's score of it over the
+/// item's memory. A request for an answer or a tool call whose text does not parse is
+/// `Response::Unparsed`.
+fn score_response(
+    task: &dyn Task,
+    item: &ProbeItem<'_>,
+    request: &Request,
+    text: String,
+) -> (AnswerScore, Response) {
+    let response = match request {
+        Request::Answer { .. } => match roles::parse_answer(&text) {
+            Ok(a) => Response::Answer(a),
+            Err(_) => Response::Unparsed(text),
+        },
+        Request::Chat { .. } => Response::Text(text),
+        Request::ToolCall { tools, .. } => match memr2_policy::tools::parse_tool_call(&text, tools) {
+            Ok(call) => Response::ToolCall {
+                name: call.name,
+                arguments: call.arguments,
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, kind = e.kind(), output = %text, "tool call did not parse");
+                Response::Unparsed(text)
+            }
+        },
+    };
+    tracing::debug!(category = item.probe.category.name(), probe = %item.probe.query, ?response, "asked");
+    let memory: Vec<&str> = item.memory.entries().map(|e| e.text.as_str()).collect();
+    let score = task.score_with_memory(item.episode, item.probe, &response, &memory);
+    (score, response)
+}
+
+/// One sampled answer of the actor ([`sample_probe_responses`]).
+#[derive(Clone, Debug)]
+pub struct SampledAnswer {
+    /// The task's score of it.
+    pub score: AnswerScore,
+    /// Whether it parsed as the response the request asks for.
+    pub parsed: bool,
+    /// The generation, with its tokens and log-probs.
+    pub generated: Generated,
+}
+
+/// `samples` answers of the actor to each of `items`, sampled from its untempered policy
+/// (tool calls under the tools' schemas when `strict_tool_calls` is set), each with the
+/// task's score: `[item][sample]`. The recorded log-probs are the model's own, so they are
+/// the old log-probs of an update of the actor on these answers.
+pub fn sample_probe_responses(
+    actor: &impl Generator,
+    task: &dyn Task,
+    items: &[ProbeItem<'_>],
+    samples: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Vec<SampledAnswer>> {
+    let cfg = actor.config();
+    let _span = tracing::info_span!("sample_answers", probes = items.len(), samples).entered();
+    prepare_embeddings(cfg, items.iter().map(|item| item.probe.query.as_str()));
+    let asked: Vec<(ChatPrompt, Request, usize)> = items
+        .iter()
+        .map(|item| {
+            let memories = memory_texts(item.memory, &item.probe.query, cfg);
+            let shown: Vec<&str> = memories.iter().map(String::as_str).collect();
+            let request = task.request(item.episode, item.probe, &shown);
+            let (prompt, limit) = request_prompt(&request, &shown, cfg);
+            (prompt, request, limit)
+        })
+        .collect();
+    // Tool calls and the rest are generated apart (the calls under their schemas), each batch
+    // with every item repeated `samples` times.
+    let mut out: Vec<Vec<SampledAnswer>> = (0..items.len()).map(|_| Vec::new()).collect();
+    for calls in [false, true] {
+        let chosen: Vec<usize> = (0..items.len())
+            .filter(|&i| matches!(asked[i].1, Request::ToolCall { .. }) == calls)
+            .collect();
+        if chosen.is_empty() {
+            continue;
+        }
+        let repeated: Vec<usize> = chosen
+            .iter()
+            .flat_map(|&i| std::iter::repeat_n(i, samples))
+            .collect();
+        let prompts: Vec<ChatPrompt> = repeated.iter().map(|&i| asked[i].0.clone()).collect();
+        let max_new_tokens = repeated.iter().map(|&i| asked[i].2).max().unwrap_or(0);
+        let generated = if calls {
+            let tools: Vec<&[serde_json::Value]> = repeated
+                .iter()
+                .map(|&i| match &asked[i].1 {
+                    Request::ToolCall { tools, .. } => tools.as_slice(),
+                    _ => &[],
+                })
+                .collect();
+            actor.sample_tool_calls(&prompts, &tools, max_new_tokens, rng)
+        } else {
+            actor.generate(&prompts, max_new_tokens, 1.0, 1.0, rng)
+        };
+        for (&i, g) in repeated.iter().zip(generated) {
+            let (score, response) = score_response(task, &items[i], &asked[i].1, g.text.clone());
+            out[i].push(SampledAnswer {
+                score,
+                parsed: !matches!(response, Response::Unparsed(_)),
+                generated: g,
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]

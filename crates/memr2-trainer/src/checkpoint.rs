@@ -56,6 +56,9 @@ pub struct TrainState {
 const MODEL: &str = "model.bin";
 const OPTIM: &str = "optim.bin";
 const STATE: &str = "state.json";
+/// The actor trained beside the policy (`rl.actor`), when there is one, and its optimizer.
+const ACTOR: &str = "actor.bin";
+const ACTOR_OPTIM: &str = "actor-optim.bin";
 
 #[derive(Serialize, Deserialize)]
 struct Manifest {
@@ -94,6 +97,19 @@ pub fn save<B: Backend, R: burn::record::Record<B>>(
     optim: Option<R>,
     state: Option<&TrainState>,
 ) -> Result<(), TrainError> {
+    save_with_actor(dir, model, config, optim, state, None)
+}
+
+/// [`save`], with the actor that RL trains beside the policy (`rl.actor`) and optionally its
+/// optimizer record, in the same directory, so that the two are replaced together.
+pub fn save_with_actor<B: Backend, R: burn::record::Record<B>>(
+    dir: &Path,
+    model: &Transformer<B>,
+    config: &TransformerConfig,
+    optim: Option<R>,
+    state: Option<&TrainState>,
+    actor: Option<(&Transformer<B>, Option<R>)>,
+) -> Result<(), TrainError> {
     let parent = dir
         .parent()
         .ok_or_else(|| corrupt(dir, "checkpoint path has no parent"))?;
@@ -120,6 +136,20 @@ pub fn save<B: Backend, R: burn::record::Record<B>>(
             .record(record, optim_path.clone())
             .map_err(|e| corrupt(&optim_path, e.to_string()))?;
         checksums.insert(OPTIM.to_string(), crc_of(&optim_path)?);
+    }
+    if let Some((actor, actor_optim)) = actor {
+        let path = tmp.join(ACTOR);
+        recorder
+            .record(actor.clone().into_record(), path.clone())
+            .map_err(|e| corrupt(&path, e.to_string()))?;
+        checksums.insert(ACTOR.to_string(), crc_of(&path)?);
+        if let Some(record) = actor_optim {
+            let path = tmp.join(ACTOR_OPTIM);
+            recorder
+                .record(record, path.clone())
+                .map_err(|e| corrupt(&path, e.to_string()))?;
+            checksums.insert(ACTOR_OPTIM.to_string(), crc_of(&path)?);
+        }
     }
     let manifest = Manifest {
         format: 1,
@@ -153,19 +183,38 @@ pub struct Loaded<B: Backend> {
     pub config: TransformerConfig,
     /// The training state, when the checkpoint has one.
     pub state: Option<TrainState>,
+    /// The actor trained beside the policy (`rl.actor`), when the checkpoint has one.
+    pub actor: Option<Transformer<B>>,
     /// Where the optimizer record is, when there is one (verified).
     optim: Option<PathBuf>,
+    /// Where the actor's optimizer record is, when there is one (verified).
+    actor_optim: Option<PathBuf>,
 }
 
 impl<B: Backend> Loaded<B> {
     /// The optimizer record, when the checkpoint has one.
     pub fn optimizer<R: burn::record::Record<B>>(&self, device: &B::Device) -> Result<Option<R>, TrainError> {
-        let Some(path) = &self.optim else { return Ok(None) };
-        BinFileRecorder::<FullPrecisionSettings>::new()
-            .load(path.clone(), device)
-            .map(Some)
-            .map_err(|e| corrupt(path, format!("optimizer state does not load: {e}")))
+        load_optimizer(self.optim.as_deref(), device)
     }
+
+    /// The actor's optimizer record, when the checkpoint has one.
+    pub fn actor_optimizer<R: burn::record::Record<B>>(
+        &self,
+        device: &B::Device,
+    ) -> Result<Option<R>, TrainError> {
+        load_optimizer(self.actor_optim.as_deref(), device)
+    }
+}
+
+fn load_optimizer<B: Backend, R: burn::record::Record<B>>(
+    path: Option<&Path>,
+    device: &B::Device,
+) -> Result<Option<R>, TrainError> {
+    let Some(path) = path else { return Ok(None) };
+    BinFileRecorder::<FullPrecisionSettings>::new()
+        .load(path.to_path_buf(), device)
+        .map(Some)
+        .map_err(|e| corrupt(path, format!("optimizer state does not load: {e}")))
 }
 
 /// The directory to read: `dir`, or the previous copy left by an interrupted save.
@@ -207,20 +256,30 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>, Tra
             ));
         }
     }
-    let model_path = dir.join(MODEL);
     if !manifest.checksums.contains_key(MODEL) {
         return Err(corrupt(&dir, "checkpoint has no model"));
     }
-    let record = BinFileRecorder::<FullPrecisionSettings>::new()
-        .load(model_path.clone(), device)
-        .map_err(|e| corrupt(&model_path, format!("weights do not load: {e}")))?;
-    let model = manifest.model.init::<B>(device).load_record(record);
-    let optim = manifest.checksums.contains_key(OPTIM).then(|| dir.join(OPTIM));
+    let weights = |file: &str| -> Result<Transformer<B>, TrainError> {
+        let path = dir.join(file);
+        let record = BinFileRecorder::<FullPrecisionSettings>::new()
+            .load(path.clone(), device)
+            .map_err(|e| corrupt(&path, format!("weights do not load: {e}")))?;
+        Ok(manifest.model.init::<B>(device).load_record(record))
+    };
+    let model = weights(MODEL)?;
+    let actor = manifest
+        .checksums
+        .contains_key(ACTOR)
+        .then(|| weights(ACTOR))
+        .transpose()?;
+    let listed = |file: &str| manifest.checksums.contains_key(file).then(|| dir.join(file));
     Ok(Loaded {
         model,
-        config: manifest.model,
-        state: manifest.state,
-        optim,
+        config: manifest.model.clone(),
+        state: manifest.state.clone(),
+        actor,
+        optim: listed(OPTIM),
+        actor_optim: listed(ACTOR_OPTIM),
     })
 }
 
@@ -281,5 +340,49 @@ mod tests {
         std::fs::write(path.join(STATE), "{\"format\":").unwrap();
         assert!(load::<B>(&path, &device).is_err());
         assert!(load::<B>(&dir.path().join("nothing"), &device).is_err());
+    }
+
+    #[test]
+    fn the_actor_travels_with_the_policy() {
+        use burn::tensor::Tensor;
+        let dir = tempfile::tempdir().unwrap();
+        let device = Default::default();
+        let config = tiny();
+        let model = config.init::<B>(&device);
+        let actor = config.init::<B>(&device);
+        let flat = |m: &Transformer<B>| -> Vec<f32> {
+            let tokens = Tensor::<B, 2, burn::tensor::Int>::from_data([[1i64, 2, 3]], &device);
+            let mask = Tensor::<B, 2, burn::tensor::Bool>::from_data([[true, true, true]], &device);
+            m.forward(tokens, mask).into_data().to_vec().unwrap()
+        };
+        // Parameters are drawn when first used: draw them before saving.
+        let (policy_out, actor_out) = (flat(&model), flat(&actor));
+        let path = dir.path().join("best");
+        save_with_actor::<B, ()>(&path, &model, &config, None, None, Some((&actor, None))).unwrap();
+        let loaded = load::<B>(&path, &device).unwrap();
+        let back = loaded.actor.as_ref().expect("the actor was saved");
+        assert_eq!(flat(back), actor_out);
+        assert_eq!(flat(&loaded.model), policy_out);
+        assert_ne!(actor_out, policy_out, "actor and policy are different weights");
+        assert!(loaded.actor_optimizer::<()>(&device).unwrap().is_none());
+
+        // A checkpoint without one has none; a damaged actor is caught like the policy.
+        save::<B, ()>(&dir.path().join("plain"), &model, &config, None, None).unwrap();
+        assert!(
+            load::<B>(&dir.path().join("plain"), &device)
+                .unwrap()
+                .actor
+                .is_none()
+        );
+        let weights = path.join(ACTOR);
+        let mut bytes = std::fs::read(&weights).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&weights, &bytes).unwrap();
+        let err = load::<B>(&path, &device)
+            .err()
+            .expect("a corrupt actor must not load")
+            .to_string();
+        assert!(err.contains("checksum") && err.contains(ACTOR), "{err}");
     }
 }

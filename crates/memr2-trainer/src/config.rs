@@ -237,6 +237,24 @@ pub struct RlConfig {
     /// docs/PERF.md has what it costs).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recompute_old_logprobs: bool,
+    /// Train the actor (the answerer, or MEMDRIFT's tool caller) by RL beside the memory
+    /// (absent: the actor stays frozen, as in Memory-R2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<ActorRlConfig>,
+}
+
+/// RL on the actor: every step, each probe asked of a global rollout's final memory is also
+/// answered `samples` times by sampling, the answers form a group of their own (one prompt,
+/// one memory, so the comparison is the actor's alone), and the actor takes a clipped
+/// policy-gradient update on them with the memory's loss settings. The memory's rewards are
+/// still those of the actor's greedy answers, as in validation and evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorRlConfig {
+    /// Answers sampled per prompt (the group size, at least 2).
+    pub samples: usize,
+    /// The actor's AdamW learning rate.
+    pub learning_rate: f64,
 }
 
 impl RlConfig {
@@ -532,6 +550,7 @@ impl TrainConfig {
                 reward_excludes: Vec::new(),
                 placebo: false,
                 recompute_old_logprobs: false,
+                actor: None,
             },
             curriculum: CurriculumConfig {
                 horizons: vec![8, 16, 32],
@@ -805,6 +824,27 @@ impl TrainConfig {
                 self.rl.temperature, self.rl.logo.rerollout_temperature, self.rl.top_p
             ));
         }
+        if let Some(actor) = &self.rl.actor {
+            if actor.samples < 2 {
+                return bad(format!(
+                    "rl.actor.samples must be at least 2 (a group of one answer has nothing to compare), got {}",
+                    actor.samples
+                ));
+            }
+            if !(actor.learning_rate > 0.0 && actor.learning_rate.is_finite()) {
+                return bad(format!(
+                    "rl.actor.learning_rate must be positive, got {}",
+                    actor.learning_rate
+                ));
+            }
+            if self.served.answerer.is_some() {
+                return bad(
+                    "rl.actor trains the run's own actor, but the answerer is served (served.answerer): \
+                            drop one of the two"
+                        .into(),
+                );
+            }
+        }
         let a = &self.agent;
         if a.chunks_per_session == 0 || a.manager_top_k == 0 || a.answer_top_k == 0 {
             return bad("agent.chunks_per_session, manager_top_k and answer_top_k must be at least 1".into());
@@ -952,6 +992,25 @@ mod tests {
             let refused = c.validate().unwrap_err().to_string();
             assert!(refused.contains("off-policy"), "{refused}");
         }
+        // RL on the actor: a group needs two answers, and a served answerer is not ours to train.
+        let actor = |samples, learning_rate| {
+            let mut c = TrainConfig::smoke();
+            c.rl.actor = Some(ActorRlConfig {
+                samples,
+                learning_rate,
+            });
+            c
+        };
+        assert!(actor(4, 1e-4).validate().is_ok());
+        let refused = actor(1, 1e-4).validate().unwrap_err().to_string();
+        assert!(refused.contains("rl.actor.samples"), "{refused}");
+        let refused = actor(4, 0.0).validate().unwrap_err().to_string();
+        assert!(refused.contains("rl.actor.learning_rate"), "{refused}");
+        let mut c = actor(4, 1e-4);
+        c.answerer.epochs = 0;
+        c.served.answerer = Some(memr2_openai::client::Endpoint::new("http://127.0.0.1:9/v1", "m"));
+        let refused = c.validate().unwrap_err().to_string();
+        assert!(refused.contains("served.answerer"), "{refused}");
         let mut c = TrainConfig::smoke();
         c.eval.validation_sessions = Some(0);
         assert!(c.validate().is_err());

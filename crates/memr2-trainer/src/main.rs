@@ -1066,14 +1066,18 @@ fn drift_eval_run<B: AutodiffBackend>(
         Some(served) => Answerer::Served(served),
         None => Answerer::Local(answerer.as_ref().unwrap_or(&sft)),
     };
+    // The trained policy, and the tool caller RL trained beside it (`rl.actor`), if any.
     let trained = if run.checkpoint("final").exists() {
-        Some(load("final")?)
+        let loaded = checkpoint::load::<B>(&run.checkpoint("final"), device)?;
+        Some((loaded.model.valid(), loaded.actor.map(|a| a.valid())))
     } else {
         None
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0xd71f7);
     // Every call of one policy's memory under one condition, scored.
-    let mut calls = |source: &MemorySource<'_, B::InnerBackend>, condition: Condition| {
+    let mut calls = |source: &MemorySource<'_, B::InnerBackend>,
+                     actor: Answerer<'_, B::InnerBackend>,
+                     condition: Condition| {
         let env = base.with_condition(condition);
         let episodes: Vec<_> = spread(env.episodes(split), max_scenarios)
             .into_iter()
@@ -1131,10 +1135,10 @@ fn drift_eval_run<B: AutodiffBackend>(
     };
     let mut warm: Vec<ScoredCall> = Vec::new();
     for condition in Condition::ALL {
-        warm.extend(calls(&MemorySource::Policy(&sft), condition)?);
+        warm.extend(calls(&MemorySource::Policy(&sft), actor, condition)?);
     }
-    let mut oracle = calls(&MemorySource::Oracle, Condition::Neutral)?;
-    oracle.extend(calls(&MemorySource::Oracle, Condition::Biased)?);
+    let mut oracle = calls(&MemorySource::Oracle, actor, Condition::Neutral)?;
+    oracle.extend(calls(&MemorySource::Oracle, actor, Condition::Biased)?);
     println!(
         "Run {}{}: {} scenarios ({label}), {} sessions; deflection 1-5 (mean, share of calls at 3 or more) and task correctness.\n",
         dir.display(),
@@ -1162,13 +1166,38 @@ fn drift_eval_run<B: AutodiffBackend>(
         DriftReport::new(&oracle).markdown()
     );
     let trained = match trained.as_ref() {
-        Some(trained) => {
-            let after = calls(&MemorySource::Policy(trained), Condition::Biased)?;
+        Some((trained, trained_actor)) => {
+            let caller = trained_actor.as_ref().map_or(actor, Answerer::Local);
+            let after = calls(&MemorySource::Policy(trained), caller, Condition::Biased)?;
+            let whose = match trained_actor {
+                Some(_) => "Trained policy and its trained tool caller",
+                None => "Trained policy",
+            };
             println!(
-                "## Trained policy, biased memories\n\n{}\n{}",
+                "## {whose}, biased memories\n\n{}\n{}",
                 failed(&after),
                 DriftReport::new(&after).markdown()
             );
+            if let Some(trained_actor) = trained_actor {
+                // Which half of the defence does the work: each trained part with the other
+                // part of the warm start.
+                let memory_alone = calls(&MemorySource::Policy(trained), actor, Condition::Biased)?;
+                let caller_alone = calls(
+                    &MemorySource::Policy(&sft),
+                    Answerer::Local(trained_actor),
+                    Condition::Biased,
+                )?;
+                println!(
+                    "## The trained memory with the warm start's tool caller, biased memories\n\n{}\n{}",
+                    failed(&memory_alone),
+                    DriftReport::new(&memory_alone).markdown()
+                );
+                println!(
+                    "## The warm start's memory with the trained tool caller, biased memories\n\n{}\n{}",
+                    failed(&caller_alone),
+                    DriftReport::new(&caller_alone).markdown()
+                );
+            }
             Some(after)
         }
         None => None,
@@ -1453,19 +1482,24 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
         dir if dir.exists() => Some(load(&dir)?),
         _ => None,
     };
-    let logo = load(&run.checkpoint("final"))?;
+    // A final checkpoint's policy, and the actor RL trained beside it (`rl.actor`), if any.
+    let trained = |dir: &Path| -> Result<_> {
+        let loaded = checkpoint::load::<B>(dir, device)?;
+        Ok((loaded.model.valid(), loaded.actor.map(|a| a.valid())))
+    };
+    let logo = trained(&run.checkpoint("final"))?;
     let grpo = args
         .grpo
         .as_ref()
-        .map(|d| load(&RunDir(d.clone()).checkpoint("final")))
+        .map(|d| trained(&RunDir(d.clone()).checkpoint("final")))
         .transpose()?;
-    let mut systems: Vec<(&str, Option<&memr2_policy::Transformer<B::InnerBackend>>)> =
-        vec![(memr2_trainer::report::SFT_ROW, Some(&sft))];
-    if let Some(g) = &grpo {
-        systems.push(("GRPO (global only)", Some(g)));
+    let mut systems: Vec<train::System<'_, B::InnerBackend>> =
+        vec![(memr2_trainer::report::SFT_ROW, Some(&sft), None)];
+    if let Some((g, actor)) = &grpo {
+        systems.push(("GRPO (global only)", Some(g), actor.as_ref()));
     }
     let name = config.policy_name();
-    systems.push((&name, Some(&logo)));
+    systems.push((&name, Some(&logo.0), logo.1.as_ref()));
     let served_answerer = config
         .served
         .answerer

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::{
     Agent, Generator, OpCounts, ProbeItem, RolloutSampling, RolloutState, SessionJob, TokenizerCounter,
-    ask_probes, run_sessions,
+    ask_probes, run_sessions, sample_probe_responses,
 };
 use crate::config::TrainConfig;
 use crate::reward::{cumulative_session_tokens, penalty_after, rollout_reward};
@@ -30,7 +30,9 @@ use crate::update::{TrainSample, UpdateSettings, UpdateStats, ppo_update};
 pub struct StepContext<'a, B: AutodiffBackend> {
     /// Tokenizer of the policy (and answerer).
     pub tokenizer: &'a Tokenizer,
-    /// The frozen answerer that supplies the reward: a model of the run or a served one.
+    /// The frozen answerer that supplies the reward: a model of the run or a served one. When
+    /// RL trains the actor too (`rl.actor`), the actor being trained answers instead, and this
+    /// one, the actor it started from, is its KL reference.
     pub answerer: Answerer<'a, B::InnerBackend>,
     /// What the answerer does with a memory and how it is scored.
     pub task: &'a dyn Task,
@@ -38,6 +40,31 @@ pub struct StepContext<'a, B: AutodiffBackend> {
     pub reference: Option<&'a Transformer<B::InnerBackend>>,
     /// The run's configuration.
     pub config: &'a TrainConfig,
+}
+
+/// The actor that RL trains beside the memory (`rl.actor`), with its optimizer.
+pub struct ActorState<B: AutodiffBackend, O> {
+    /// The actor's weights.
+    pub model: Transformer<B>,
+    /// Its optimizer.
+    pub optim: O,
+}
+
+/// What the actor's part of a step measured (`rl.actor`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ActorMetrics {
+    /// Task values of the sampled answers.
+    pub reward: MeanStd,
+    /// Fraction of the answer groups (one prompt each) whose values were all equal.
+    pub zero_variance_fraction: f64,
+    /// Sampled answers that did not parse.
+    pub format_errors: u64,
+    /// Seconds sampling and scoring the answers.
+    pub sampling_s: f64,
+    /// Seconds in the actor's update.
+    pub update_s: f64,
+    /// The actor's update.
+    pub update: UpdateStats,
 }
 
 /// Mean and standard deviation.
@@ -126,6 +153,9 @@ pub struct StepMetrics {
     pub update_s: f64,
     /// Seconds of the whole step.
     pub step_s: f64,
+    /// The actor's sampled answers and update, when RL trains the actor (`rl.actor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<ActorMetrics>,
     /// Seconds of the step spent in collectives across ranks (exchanging parts and gradients,
     /// and waiting for the slowest rank); absent in a run of one process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -209,10 +239,13 @@ pub struct Collected {
 }
 
 /// Runs one step on `episodes` (already cut to the stage's horizon), updating at
-/// `learning_rate`, and returns the updated model with the step's metrics.
+/// `learning_rate`, and returns the updated model with the step's metrics. With `actor`
+/// (`rl.actor`), that actor answers instead of `ctx.answerer` and is updated on answers of its
+/// own after the memory's update.
 pub fn rl_step<B, O>(
     model: Transformer<B>,
     optim: &mut O,
+    mut actor: Option<&mut ActorState<B, O>>,
     ctx: &StepContext<'_, B>,
     episodes: &[Episode],
     learning_rate: f64,
@@ -232,7 +265,12 @@ where
         tokenizer: ctx.tokenizer,
         config: &cfg.agent,
     };
-    let answerer = ctx.answerer.generator(ctx.tokenizer, &cfg.agent);
+    let actor_now = actor.as_ref().map(|a| a.model.valid());
+    let answering = match &actor_now {
+        Some(model) => Answerer::Local(model),
+        None => ctx.answerer,
+    };
+    let answerer = answering.generator(ctx.tokenizer, &cfg.agent);
     let counter = TokenizerCounter(ctx.tokenizer);
     let collected = collect(&agent, &answerer, ctx.task, &counter, cfg, episodes, rng)?;
     // A served answerer that failed leaves rewards that mean nothing: stop before the update.
@@ -261,11 +299,111 @@ where
     metrics.update_s = update_start.elapsed().as_secs_f64();
     metrics.update_tokens_per_s = update.tokens as f64 / metrics.update_s.max(1e-9);
     metrics.update = update;
+
+    // 6. The actor's own answers and update, when RL trains it.
+    if let (Some(state), Some(current), Some(actor_cfg)) = (actor.as_deref_mut(), &actor_now, &cfg.rl.actor) {
+        let sampling_start = Instant::now();
+        let speaker = Agent {
+            model: current,
+            tokenizer: ctx.tokenizer,
+            config: &cfg.agent,
+        };
+        let (train, mut actor_metrics) = actor_samples(
+            &speaker,
+            ctx.task,
+            cfg,
+            episodes,
+            &collected.global,
+            actor_cfg.samples,
+            rng,
+        )?;
+        actor_metrics.sampling_s = sampling_start.elapsed().as_secs_f64();
+        let reference = match ctx.answerer {
+            Answerer::Local(frozen) if cfg.rl.logo.kl_coef > 0.0 => Some(frozen),
+            _ => None,
+        };
+        let settings = UpdateSettings {
+            learning_rate: actor_cfg.learning_rate,
+            ..settings
+        };
+        let update_start = Instant::now();
+        let (next, update) = ppo_update(
+            state.model.clone(),
+            &mut state.optim,
+            reference,
+            &train,
+            &settings,
+            rng,
+        );
+        state.model = next;
+        actor_metrics.update_s = update_start.elapsed().as_secs_f64();
+        actor_metrics.update = update;
+        metrics.actor = Some(actor_metrics);
+    }
     metrics.step_s = start.elapsed().as_secs_f64();
     if world.size() > 1 {
         metrics.collective_s = Some((world.waited() - waited_before).as_secs_f64());
     }
     Ok((model, metrics))
+}
+
+/// The actor's training samples of a step (`rl.actor`): every probe of every global
+/// rollout's final memory answered `samples` times by sampling, each prompt's answers a group
+/// whose advantages are their task values normalised within it (`rl.logo.advantage_scaling`),
+/// and the answers with a non-zero advantage as samples.
+fn actor_samples(
+    actor: &impl Generator,
+    task: &dyn Task,
+    cfg: &TrainConfig,
+    episodes: &[Episode],
+    global: &[Vec<RolloutState>],
+    samples: usize,
+    rng: &mut ChaCha8Rng,
+) -> Result<(Vec<TrainSample>, ActorMetrics), crate::TrainError> {
+    let probes: Vec<Vec<Probe>> = episodes.iter().map(|e| task.probes(e)).collect();
+    let mut items = Vec::new();
+    for (e, episode) in episodes.iter().enumerate() {
+        for state in &global[e] {
+            let memory = state.snapshots.last().expect("a rollout has its start snapshot");
+            items.extend(probes[e].iter().map(|probe| ProbeItem {
+                memory,
+                episode,
+                probe,
+            }));
+        }
+    }
+    let answered = sample_probe_responses(actor, task, &items, samples, rng);
+    let mut scored = Vec::new();
+    let mut metrics = ActorMetrics::default();
+    for (i, answers) in answered.iter().enumerate() {
+        for answer in answers {
+            scored.push(Sample::new(
+                GroupKey::global(i as u64, 0),
+                answer.score.f1 as f32,
+                scored.len(),
+            ));
+            metrics.format_errors += u64::from(!answer.parsed);
+        }
+    }
+    let logo = &cfg.rl.logo;
+    let advantages = compute_advantages(&scored, logo.advantage_scaling, logo.advantage_eps)?;
+    let values: Vec<f64> = scored.iter().map(|s| f64::from(s.reward)).collect();
+    metrics.reward = MeanStd::of(&values);
+    metrics.zero_variance_fraction = advantages.zero_variance_groups as f64 / advantages.groups.max(1) as f64;
+    let train = answered
+        .into_iter()
+        .flatten()
+        .zip(&advantages.values)
+        .filter(|(_, advantage)| **advantage != 0.0)
+        .map(|(answer, &advantage)| TrainSample {
+            prompt: answer.generated.prompt,
+            completion: answer.generated.completion,
+            advantage,
+            local: false,
+            old_logprobs: (!cfg.rl.recompute_old_logprobs).then_some(answer.generated.logprobs),
+        })
+        .collect();
+    Ok((train, metrics))
 }
 
 /// Phases 1-4 of a step, without the model: global rollouts, their rewards, local
@@ -718,6 +856,89 @@ mod tests {
         )
         .unwrap();
         (collected, episodes)
+    }
+
+    /// An actor whose greedy answer is always wrong and whose sampled answer is right by a
+    /// coin, each answer with log-probs of its own.
+    struct CoinActor(AgentConfig);
+
+    impl Generator for CoinActor {
+        fn config(&self) -> &AgentConfig {
+            &self.0
+        }
+
+        fn generate(
+            &self,
+            prompts: &[ChatPrompt],
+            _: usize,
+            temperature: f32,
+            _: f32,
+            rng: &mut ChaCha8Rng,
+        ) -> Vec<Generated> {
+            prompts
+                .iter()
+                .map(|_| {
+                    let right = temperature > 0.0 && rng.random_bool(0.5);
+                    let mut g =
+                        Generated::scripted(roles::render_answer(if right { "gold" } else { "wrong" }));
+                    g.logprobs = vec![if right { -0.25 } else { -1.5 }; g.completion.len()];
+                    g
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn the_actor_learns_from_groups_of_its_own_samples_of_one_prompt() {
+        let (c, episodes) = collect_scripted(RewardMode::PerSession, false, 3);
+        let config = config(RewardMode::PerSession);
+        let actor = CoinActor(config.agent.clone());
+        let samples = 4;
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let (train, metrics) = actor_samples(
+            &actor,
+            &memr2_sim::QuestionAnswering,
+            &config,
+            &episodes,
+            &c.global,
+            samples,
+            &mut rng,
+        )
+        .unwrap();
+        // Every probe of every rollout's final memory, answered `samples` times.
+        let probes: usize = episodes
+            .iter()
+            .map(|e| e.questions.len() * config.rl.logo.n_rollouts)
+            .sum();
+        assert_eq!(metrics.reward.n, probes * samples);
+        assert_eq!(metrics.format_errors, 0);
+        // Only groups whose answers differ are trained on: a right answer gets a positive
+        // advantage and a wrong one a negative one, and each group's advantages sum to zero.
+        assert!(!train.is_empty() && train.len() < probes * samples);
+        let mut sum = 0.0;
+        for sample in &train {
+            let right = sample.old_logprobs.as_ref().expect("the sampler's log-probs")[0] == -0.25;
+            assert_eq!(sample.advantage > 0.0, right, "{:?}", sample.advantage);
+            sum += sample.advantage;
+        }
+        assert!(sum.abs() < 1e-4, "{sum}");
+        let mixed = train.len() as f64 / samples as f64;
+        assert!((metrics.zero_variance_fraction - (1.0 - mixed / probes as f64)).abs() < 1e-9);
+
+        // With the old log-probs recomputed, none are passed on.
+        let mut recompute = config.clone();
+        recompute.rl.recompute_old_logprobs = true;
+        let (train, _) = actor_samples(
+            &actor,
+            &memr2_sim::QuestionAnswering,
+            &recompute,
+            &episodes,
+            &c.global,
+            samples,
+            &mut ChaCha8Rng::seed_from_u64(9),
+        )
+        .unwrap();
+        assert!(train.iter().all(|s| s.old_logprobs.is_none()));
     }
 
     fn texts(snapshot: &memr2_store::Snapshot) -> Vec<String> {

@@ -37,7 +37,7 @@ use crate::sft::{
     EpochSettings, TeacherExample, TokenizedExample, answerer_corpus, answerer_horizons, build_examples,
     fit_context, sft_epoch, task_examples, tokenize,
 };
-use crate::step::{StepContext, StepMetrics, rl_step};
+use crate::step::{ActorState, StepContext, StepMetrics, rl_step};
 use crate::teacher::ServedTeacher;
 
 /// What the caller (the binary's progress bar) is told as the run goes.
@@ -319,6 +319,8 @@ struct Training<B: AutodiffBackend> {
     model: Transformer<B>,
     arch: TransformerConfig,
     optim: Adam<B>,
+    /// The actor RL trains beside the policy (`rl.actor`), from the curriculum on.
+    actor: Option<ActorState<B, Adam<B>>>,
     state: TrainState,
     log: MetricsLog,
     run: RunDir,
@@ -332,12 +334,13 @@ impl<B: AutodiffBackend> Training<B> {
         if !collective::is_writer() {
             return Ok(());
         }
-        checkpoint::save(
+        checkpoint::save_with_actor(
             &self.run.checkpoint("latest"),
             &self.model,
             &self.arch,
             Some(self.optim.to_record()),
             Some(&self.state),
+            self.actor.as_ref().map(|a| (&a.model, Some(a.optim.to_record()))),
         )
     }
 
@@ -346,14 +349,61 @@ impl<B: AutodiffBackend> Training<B> {
         if !collective::is_writer() {
             return Ok(());
         }
-        checkpoint::save::<B, ()>(&self.run.checkpoint(name), &self.model, &self.arch, None, None)
+        checkpoint::save_with_actor::<B, ()>(
+            &self.run.checkpoint(name),
+            &self.model,
+            &self.arch,
+            None,
+            None,
+            self.actor.as_ref().map(|a| (&a.model, None)),
+        )
     }
 
-    /// Moves to `phase` with a fresh optimizer and saves.
+    /// Moves to `phase` with fresh optimizers and saves.
     fn enter(&mut self, phase: Phase) -> Result<(), TrainError> {
         self.state.phase = phase;
         self.optim = adam::<B>();
+        if let Some(actor) = &mut self.actor {
+            actor.optim = adam::<B>();
+        }
         self.save_latest()
+    }
+
+    /// Reads the policy, and the actor when RL trains one, back from checkpoint `name`.
+    fn restore(&mut self, name: &str, device: &B::Device) -> Result<(), TrainError> {
+        let path = self.run.checkpoint(name);
+        let loaded = checkpoint::load::<B>(&path, device)?;
+        self.model = loaded.model;
+        if let Some(actor) = &mut self.actor {
+            actor.model = loaded.actor.ok_or_else(|| TrainError::Checkpoint {
+                path,
+                reason: "rl.actor is set but the checkpoint holds no actor".into(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Starts training the actor (`rl.actor`) from the frozen one, unless a resumed
+    /// checkpoint brought it back.
+    fn start_actor(
+        &mut self,
+        config: &TrainConfig,
+        frozen: &Frozen<B>,
+        device: &B::Device,
+    ) -> Result<(), TrainError> {
+        if config.rl.actor.is_none() || self.actor.is_some() {
+            return Ok(());
+        }
+        let name = if frozen.tuned_answerer.is_some() {
+            "answerer"
+        } else {
+            "sft"
+        };
+        self.actor = Some(ActorState {
+            model: checkpoint::load::<B>(&self.run.checkpoint(name), device)?.model,
+            optim: adam::<B>(),
+        });
+        Ok(())
     }
 }
 
@@ -479,6 +529,7 @@ pub fn run_with<B: AutodiffBackend>(
     // The warm start's checkpoints are read back: rank 0 has written them once all get here.
     collective::world().barrier();
     let frozen = Frozen::<B>::load(&training.run, &config, device)?;
+    training.start_actor(&config, &frozen, device)?;
     let context = StepContext::<B> {
         tokenizer: &tokenizer,
         answerer: frozen.answerer(),
@@ -603,6 +654,7 @@ fn start_or_resume<B: AutodiffBackend>(
         metrics_lines: 0,
         best: None,
     };
+    let mut actor = None;
     let (model, arch, optim, state) = if options.resume {
         let loaded = checkpoint::load::<B>(&run.checkpoint("latest"), device)?;
         let state = loaded.state.clone().ok_or_else(|| TrainError::Checkpoint {
@@ -612,6 +664,16 @@ fn start_or_resume<B: AutodiffBackend>(
         let mut optim = adam::<B>();
         if let Some(record) = loaded.optimizer(device)? {
             optim = optim.load_record(record);
+        }
+        if let Some(model) = loaded.actor.clone() {
+            let mut actor_optim = adam::<B>();
+            if let Some(record) = loaded.actor_optimizer(device)? {
+                actor_optim = actor_optim.load_record(record);
+            }
+            actor = Some(ActorState {
+                model,
+                optim: actor_optim,
+            });
         }
         (loaded.model, loaded.config, optim, state)
     } else if options.init_from.is_some() {
@@ -638,6 +700,7 @@ fn start_or_resume<B: AutodiffBackend>(
         model,
         arch,
         optim,
+        actor,
         state,
         log,
         run,
@@ -977,13 +1040,14 @@ fn curriculum<B: AutodiffBackend>(
             name: format!("LoGo-GRPO stage {}/{} ({h} sessions)", stage + 1, horizons.len()),
             total,
         });
-        let score = |model: &Transformer<B>, rng: &mut ChaCha8Rng| {
+        let score = |model: &Transformer<B>, actor: Option<&Transformer<B>>, rng: &mut ChaCha8Rng| {
             let _span = tracing::info_span!("validate").entered();
             let policy = model.valid();
             let source = MemorySource::Policy(&policy);
+            let actor = actor.map(|a| a.valid());
             evaluate(
                 &source,
-                context.answerer,
+                actor.as_ref().map_or(context.answerer, Answerer::Local),
                 context.tokenizer,
                 &config.agent,
                 context.task,
@@ -1001,16 +1065,16 @@ fn curriculum<B: AutodiffBackend>(
                 "validation_s": seconds
             })
         };
-        let timed = |model: &Transformer<B>, rng: &mut ChaCha8Rng| -> Result<(f64, f64), TrainError> {
+        let timed = |training: &Training<B>, rng: &mut ChaCha8Rng| -> Result<(f64, f64), TrainError> {
             let started = std::time::Instant::now();
-            let f1 = score(model, rng);
+            let f1 = score(&training.model, training.actor.as_ref().map(|a| &a.model), rng);
             context.answerer.check()?;
             config.agent.embedder.check()?;
             Ok((f1, started.elapsed().as_secs_f64()))
         };
         let validation_rng = |step: u64| side_stream(config.seed, VALIDATION_STREAM, step);
         if steps_done == 0 {
-            let validated = timed(&training.model, &mut validation_rng(training.state.step))?;
+            let validated = timed(&training, &mut validation_rng(training.state.step))?;
             training.state.best = Some((validated.0, training.state.step));
             training.log.append(&record(training.state.step, validated))?;
             training.save_as(&best_name)?;
@@ -1029,6 +1093,7 @@ fn curriculum<B: AutodiffBackend>(
             let (next, mut metrics) = rl_step(
                 training.model,
                 &mut training.optim,
+                training.actor.as_mut(),
                 context,
                 &episodes,
                 config.rl.learning_rate_at(step_in_stage),
@@ -1044,7 +1109,7 @@ fn curriculum<B: AutodiffBackend>(
             training.log.append(&metrics)?;
             let done = step_in_stage + 1;
             if done % config.curriculum.validate_every == 0 || done == config.curriculum.steps_per_stage {
-                let validated = timed(&training.model, &mut validation_rng(training.state.step))?;
+                let validated = timed(&training, &mut validation_rng(training.state.step))?;
                 let f1 = validated.0;
                 training.log.append(&record(training.state.step, validated))?;
                 if training.state.best.is_none_or(|(best, _)| f1 > best) {
@@ -1065,7 +1130,7 @@ fn curriculum<B: AutodiffBackend>(
         // The next stage starts from this stage's best checkpoint, with a fresh optimizer
         // (written by rank 0, read by every rank).
         collective::world().barrier();
-        training.model = checkpoint::load::<B>(&training.run.checkpoint(&best_name), device)?.model;
+        training.restore(&best_name, device)?;
         tracing::info!(horizon = h, best = ?training.state.best, "stage done");
         training.state.best = None;
         let next = if stage + 1 < horizons.len() {
@@ -1096,8 +1161,11 @@ fn evaluation<B: AutodiffBackend>(
     let started = std::time::Instant::now();
     let name = config.policy_name();
     let final_model = training.model.valid();
-    let systems: Vec<(&str, Option<&Transformer<B::InnerBackend>>)> =
-        vec![(SFT_ROW, Some(&frozen.sft)), (&name, Some(&final_model))];
+    let final_actor = training.actor.as_ref().map(|a| a.model.valid());
+    let systems: Vec<System<'_, B::InnerBackend>> = vec![
+        (SFT_ROW, Some(&frozen.sft), None),
+        (&name, Some(&final_model), final_actor.as_ref()),
+    ];
     let judge = judge_of(config, &run.served_cache())?;
     let evaluation = final_evaluation(
         config,
@@ -1142,9 +1210,13 @@ pub fn judge_of(config: &TrainConfig, cache: &Path) -> Result<Option<Judge>, Tra
         .transpose()
 }
 
+/// A row of the evaluation: its name, the policy that writes its memory (`None`: counted, not
+/// run), and the actor that answers from it when RL trained one (`None`: the frozen answerer).
+pub type System<'a, B> = (&'a str, Option<&'a Transformer<B>>, Option<&'a Transformer<B>>);
+
 /// The evaluation table: no memory, oracle memory (when the environment has gold facts), then
-/// each named policy's memory, all asked the task's probes by the same frozen answerer on the
-/// test episodes.
+/// each named policy's memory, all asked the task's probes on the test episodes by the frozen
+/// answerer (or by the actor RL trained with the policy, `rl.actor`).
 #[allow(clippy::too_many_arguments)]
 pub fn final_evaluation<B: Backend>(
     config: &TrainConfig,
@@ -1153,7 +1225,7 @@ pub fn final_evaluation<B: Backend>(
     tokenizer: &Tokenizer,
     answerer: Answerer<'_, B>,
     judge: Option<&Judge>,
-    systems: &[(&str, Option<&Transformer<B>>)],
+    systems: &[System<'_, B>],
     observe: &mut dyn FnMut(Event<'_>),
 ) -> Result<Evaluation, TrainError> {
     let test = at_horizon(&data.test, config.eval.sessions, config.eval.test_episodes);
@@ -1176,17 +1248,17 @@ pub fn final_evaluation<B: Backend>(
     // The fixed rows, then each named policy's (a system without a model is only counted).
     let rows = fixed
         .into_iter()
-        .map(|(name, source)| (name, Some(source)))
+        .map(|(name, source)| (name, Some(source), None))
         .chain(
             systems
                 .iter()
-                .map(|(name, model)| (*name, model.map(MemorySource::Policy))),
+                .map(|(name, model, actor)| (*name, model.map(MemorySource::Policy), *actor)),
         );
-    for (done, (name, source)) in (1..).zip(rows) {
+    for (done, (name, source, actor)) in (1..).zip(rows) {
         if let Some(source) = source {
             let scores = evaluate_judged(
                 &source,
-                answerer,
+                actor.map_or(answerer, Answerer::Local),
                 judge,
                 tokenizer,
                 &config.agent,

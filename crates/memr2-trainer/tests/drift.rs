@@ -59,3 +59,100 @@ fn the_drift_preset_trains_and_evaluates_tool_calls() {
     assert!(report.rows.iter().all(|(_, s)| s.board.overall().count == 2));
     assert!(report.table.contains("Differences paired"), "{}", report.table);
 }
+
+/// RL on the tool caller (`rl.actor`): its sampled calls are logged and trained on, the
+/// trained caller travels in the checkpoints, and a run stopped mid-curriculum and resumed
+/// writes the same metrics as one never stopped.
+#[test]
+fn the_tool_caller_trains_beside_the_memory_and_resumes_exactly() {
+    use memr2_trainer::TrainError;
+    use memr2_trainer::checkpoint;
+    use memr2_trainer::config::ActorRlConfig;
+    use serde_json::Value;
+
+    let root = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let config = || {
+        let mut config = TrainConfig::drift();
+        config.model = ModelSpec::Tiny {
+            vocab_size: 512,
+            hidden_size: 32,
+            layers: 1,
+            heads: 2,
+        };
+        config.sft.epochs = 0;
+        config.answerer.epochs = 0;
+        config.rl.logo.n_rollouts = 2;
+        config.rl.logo.p_local = 0.0;
+        config.rl.episodes_per_step = 1;
+        config.rl.actor = Some(ActorRlConfig {
+            samples: 4,
+            learning_rate: 1e-2,
+        });
+        config.curriculum = CurriculumConfig {
+            horizons: vec![3],
+            steps_per_stage: 2,
+            validate_every: 1,
+        };
+        config.eval = EvalConfig {
+            validation_episodes: 1,
+            validation_sessions: None,
+            test_episodes: 1,
+            sessions: 3,
+        };
+        config
+    };
+    let quiet = &mut |_: memr2_trainer::train::Event<'_>| {};
+    let straight = RunOptions {
+        dir: root.path().join("straight"),
+        ..RunOptions::default()
+    };
+    run::<B>(config(), &straight, &device, quiet).unwrap();
+    let killed = RunOptions {
+        dir: root.path().join("killed"),
+        stop_after_steps: Some(1),
+        ..RunOptions::default()
+    };
+    let err = run::<B>(config(), &killed, &device, quiet)
+        .err()
+        .expect("stopped");
+    assert!(matches!(err, TrainError::Stopped { step: 1 }), "{err}");
+    let resumed = RunOptions {
+        resume: true,
+        stop_after_steps: None,
+        ..killed.clone()
+    };
+    run::<B>(config(), &resumed, &device, quiet).unwrap();
+
+    // Wall-clock fields differ from run to run; everything else must not.
+    let timeless = |path: &std::path::Path| -> Vec<Value> {
+        fn strip(v: &mut Value) {
+            if let Some(map) = v.as_object_mut() {
+                map.retain(|k, _| !k.ends_with("_s") && !k.ends_with("_per_s"));
+                map.values_mut().for_each(strip);
+            }
+        }
+        let mut records = MetricsLog::read(&path.join("metrics.jsonl")).unwrap();
+        records.iter_mut().for_each(strip);
+        records
+    };
+    let a = timeless(&straight.dir);
+    assert_eq!(a, timeless(&killed.dir), "the resumed run differs");
+
+    // Each step sampled 4 calls for each rollout's memory (2 rollouts, one task each). This
+    // untrained model's calls never finish, so there is nothing to learn here; the groups and
+    // advantages are checked in `step`'s unit tests.
+    let steps: Vec<&Value> = a.iter().filter(|r| r.get("reward_global").is_some()).collect();
+    assert_eq!(steps.len(), 2);
+    for step in &steps {
+        assert_eq!(step["actor"]["reward"]["n"], 8, "{step}");
+    }
+
+    // The caller travels with the policy in the checkpoints the run keeps.
+    for name in ["final", "best-stage-3", "latest"] {
+        let loaded = checkpoint::load::<B>(&straight.dir.join("checkpoints").join(name), &device).unwrap();
+        assert!(loaded.actor.is_some(), "checkpoint {name} holds no tool caller");
+    }
+    let sft = checkpoint::load::<B>(&straight.dir.join("checkpoints/sft"), &device).unwrap();
+    assert!(sft.actor.is_none());
+}

@@ -136,7 +136,7 @@ fn a_served_answerer_answers_as_the_in_process_one_and_its_cache_outlives_the_se
     let (sft, answerer, policy) = (load("sft"), load("answerer"), load("final"));
     let env = environment(&config.data).unwrap();
     let data = Splits::of(env.as_ref()).unwrap();
-    let systems = [("SFT only", Some(&sft)), ("LoGo-GRPO", Some(&policy))];
+    let systems = [("SFT only", Some(&sft), None), ("LoGo-GRPO", Some(&policy), None)];
     let evaluate = |answerer: Answerer<'_, _>, judge: Option<&Judge>| {
         train::final_evaluation(
             &config,
