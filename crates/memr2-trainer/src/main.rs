@@ -727,8 +727,13 @@ fn serve_command<B: AutodiffBackend>(args: &ServeArgs, device: &B::Device) -> Re
             .with_context(|| format!("run {} has none of the checkpoints {names:?}", run.0.display()))
     };
     let load = |dir: PathBuf| -> Result<_> { Ok(checkpoint::load::<B>(&dir, device)?.model.valid()) };
-    let policy = load(pick(&["final", "latest"])?)?;
-    let answerer = load(pick(&["answerer", "sft"])?)?;
+    let trained = checkpoint::load::<B>(&pick(&["final", "latest"])?, device)?;
+    let policy = trained.model.valid();
+    // The actor RL trained beside the policy (`rl.actor`), else the frozen one.
+    let answerer = match trained.actor {
+        Some(actor) => actor.valid(),
+        None => load(pick(&["answerer", "sft"])?)?,
+    };
     let models: Vec<Arc<dyn ChatModel>> = vec![
         Arc::new(PolicyModel::new(
             "memr2-policy".into(),

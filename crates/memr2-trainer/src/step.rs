@@ -245,7 +245,7 @@ pub struct Collected {
 pub fn rl_step<B, O>(
     model: Transformer<B>,
     optim: &mut O,
-    mut actor: Option<&mut ActorState<B, O>>,
+    actor: Option<&mut ActorState<B, O>>,
     ctx: &StepContext<'_, B>,
     episodes: &[Episode],
     learning_rate: f64,
@@ -301,7 +301,7 @@ where
     metrics.update = update;
 
     // 6. The actor's own answers and update, when RL trains it.
-    if let (Some(state), Some(current), Some(actor_cfg)) = (actor.as_deref_mut(), &actor_now, &cfg.rl.actor) {
+    if let (Some(state), Some(current), Some(actor_cfg)) = (actor, &actor_now, &cfg.rl.actor) {
         let sampling_start = Instant::now();
         let speaker = Agent {
             model: current,
