@@ -385,10 +385,13 @@ fn actor_samples(
             metrics.format_errors += u64::from(!answer.parsed);
         }
     }
-    let logo = &cfg.rl.logo;
-    let advantages = compute_advantages(&scored, logo.advantage_scaling, logo.advantage_eps)?;
     let values: Vec<f64> = scored.iter().map(|s| f64::from(s.reward)).collect();
     metrics.reward = MeanStd::of(&values);
+    if cfg.rl.placebo {
+        shuffle_within_groups(&mut scored, rng);
+    }
+    let logo = &cfg.rl.logo;
+    let advantages = compute_advantages(&scored, logo.advantage_scaling, logo.advantage_eps)?;
     metrics.zero_variance_fraction = advantages.zero_variance_groups as f64 / advantages.groups.max(1) as f64;
     let train = answered
         .into_iter()
