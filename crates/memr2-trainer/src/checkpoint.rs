@@ -125,30 +125,41 @@ pub fn save_with_actor<B: Backend, R: burn::record::Record<B>>(
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
     let mut checksums = BTreeMap::new();
-    let model_path = tmp.join(MODEL);
-    recorder
-        .record(model.clone().into_record(), model_path.clone())
-        .map_err(|e| corrupt(&model_path, e.to_string()))?;
-    checksums.insert(MODEL.to_string(), crc_of(&model_path)?);
-    if let Some(record) = optim {
-        let optim_path = tmp.join(OPTIM);
+    // Writes one record and its checksum.
+    fn write<B: Backend, R: burn::record::Record<B>>(
+        recorder: &BinFileRecorder<FullPrecisionSettings>,
+        checksums: &mut BTreeMap<String, u32>,
+        dir: &Path,
+        file: &str,
+        record: R,
+    ) -> Result<(), TrainError> {
+        let path = dir.join(file);
         recorder
-            .record(record, optim_path.clone())
-            .map_err(|e| corrupt(&optim_path, e.to_string()))?;
-        checksums.insert(OPTIM.to_string(), crc_of(&optim_path)?);
+            .record(record, path.clone())
+            .map_err(|e| corrupt(&path, e.to_string()))?;
+        checksums.insert(file.to_string(), crc_of(&path)?);
+        Ok(())
+    }
+    write::<B, _>(
+        &recorder,
+        &mut checksums,
+        &tmp,
+        MODEL,
+        model.clone().into_record(),
+    )?;
+    if let Some(record) = optim {
+        write::<B, _>(&recorder, &mut checksums, &tmp, OPTIM, record)?;
     }
     if let Some((actor, actor_optim)) = actor {
-        let path = tmp.join(ACTOR);
-        recorder
-            .record(actor.clone().into_record(), path.clone())
-            .map_err(|e| corrupt(&path, e.to_string()))?;
-        checksums.insert(ACTOR.to_string(), crc_of(&path)?);
+        write::<B, _>(
+            &recorder,
+            &mut checksums,
+            &tmp,
+            ACTOR,
+            actor.clone().into_record(),
+        )?;
         if let Some(record) = actor_optim {
-            let path = tmp.join(ACTOR_OPTIM);
-            recorder
-                .record(record, path.clone())
-                .map_err(|e| corrupt(&path, e.to_string()))?;
-            checksums.insert(ACTOR_OPTIM.to_string(), crc_of(&path)?);
+            write::<B, _>(&recorder, &mut checksums, &tmp, ACTOR_OPTIM, record)?;
         }
     }
     let manifest = Manifest {

@@ -347,6 +347,27 @@ where
     Ok((model, metrics))
 }
 
+/// Every probe of every global rollout's final memory, episode by episode and rollout by
+/// rollout: what the rewards and the actor's samples are asked of.
+fn final_probe_items<'a>(
+    episodes: &'a [Episode],
+    global: &'a [Vec<RolloutState>],
+    probes: &'a [Vec<Probe>],
+) -> Vec<ProbeItem<'a>> {
+    let mut items = Vec::new();
+    for (e, episode) in episodes.iter().enumerate() {
+        for state in &global[e] {
+            let memory = state.snapshots.last().expect("a rollout has its start snapshot");
+            items.extend(probes[e].iter().map(|probe| ProbeItem {
+                memory,
+                episode,
+                probe,
+            }));
+        }
+    }
+    items
+}
+
 /// The actor's training samples of a step (`rl.actor`): every probe of every global
 /// rollout's final memory answered `samples` times by sampling, each prompt's answers a group
 /// whose advantages are their task values normalised within it (`rl.logo.advantage_scaling`),
@@ -361,17 +382,7 @@ fn actor_samples(
     rng: &mut ChaCha8Rng,
 ) -> Result<(Vec<TrainSample>, ActorMetrics), crate::TrainError> {
     let probes: Vec<Vec<Probe>> = episodes.iter().map(|e| task.probes(e)).collect();
-    let mut items = Vec::new();
-    for (e, episode) in episodes.iter().enumerate() {
-        for state in &global[e] {
-            let memory = state.snapshots.last().expect("a rollout has its start snapshot");
-            items.extend(probes[e].iter().map(|probe| ProbeItem {
-                memory,
-                episode,
-                probe,
-            }));
-        }
-    }
+    let items = final_probe_items(episodes, global, &probes);
     let answered = sample_probe_responses(actor, task, &items, samples, rng);
     let mut scored = Vec::new();
     let mut metrics = ActorMetrics::default();
@@ -476,17 +487,7 @@ pub fn collect(
         .collect();
     {
         let _span = tracing::info_span!("scoring").entered();
-        let mut items = Vec::new();
-        for (e, episode) in episodes.iter().enumerate() {
-            for state in &global[e] {
-                let memory = state.snapshots.last().expect("a rollout has its start snapshot");
-                items.extend(probes[e].iter().map(|probe| ProbeItem {
-                    memory,
-                    episode,
-                    probe,
-                }));
-            }
-        }
+        let items = final_probe_items(episodes, &global, &probes);
         let (scores, failures) = ask_probes(answerer, task, &items, &mut answer_rng);
         metrics.answer_format_errors = failures;
         let mut offset = 0;
