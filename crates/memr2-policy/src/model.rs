@@ -4,13 +4,12 @@
 use burn::module::{Initializer, Module};
 use burn::nn::{Embedding, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{attention, linear};
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::module::linear;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::cache::{KvCache, LayerCache};
 use crate::config::TransformerConfig;
-use crate::fused::{masked_softmax, swiglu};
+use crate::fused::{masked_attention, swiglu};
 use crate::norm::RmsNorm;
 use crate::rope::{RopeAngles, RotaryEmbedding};
 
@@ -101,44 +100,14 @@ impl<B: Backend> Attention<B> {
             [batch, kv, rep * seq, keys],
             "mask built for another shape"
         );
-        let out = if B::ad_enabled(&q.device()) {
-            differentiable_attention(q, k, v, masked)
-        } else {
-            let options = AttentionModuleOptions {
-                // The queries come scaled from the rotation.
-                scale: Some(1.0),
-                softcap: None,
-                is_causal: false,
-            };
-            attention(q, k, v, Some(masked), None, options)
-        };
+        // The queries come scaled from the rotation.
+        let out = masked_attention(q, k, v, masked);
         let out = out
             .reshape([batch, h, seq, hd])
             .swap_dims(1, 2)
             .reshape([batch, seq, h * hd]);
         self.o_proj.forward(out)
     }
-}
-
-/// Masked dot-product attention written with tensor operations for the autodiff backends,
-/// `softmax(q k^T, masked) v` with the queries already scaled by `1 / sqrt(d)` (the rotary
-/// tables carry the scale), the same function as burn's `attention` with a scale of 1.
-///
-/// burn's autodiff backends differentiate `attention` through a generic composition that
-/// scales the `[queries, keys]` scores, takes a tracked row maximum and clamps its sums,
-/// about a dozen passes over the scores forward and backward. Here the softmax is
-/// [`masked_softmax`], one node
-/// with its own gradient on the CPU backend; every row keeps at least its own position
-/// (`attention_masked`), so no clamping is needed. Inference keeps burn's `attention`, which
-/// the backends fuse.
-fn differentiable_attention<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    masked: Tensor<B, 4, Bool>,
-) -> Tensor<B, 4> {
-    let scores = q.matmul(k.swap_dims(2, 3));
-    masked_softmax(scores, masked).matmul(v)
 }
 
 /// SwiGLU feed-forward: `down_proj(silu(gate_proj(x)) * up_proj(x))`.

@@ -1,6 +1,9 @@
 //! Operations of our own with a gradient of their own, where burn's autodiff composes one
 //! slowly.
 //!
+//! [`masked_attention`] is `softmax(q k^T, masked) v` as one node, worked through in blocks of
+//! query rows that skip the keys no row of the block may see and keep their scores in cache;
+//! its backward recomputes the probabilities from saved log-sum-exps (module `attention`).
 //! burn 0.21 differentiates a softmax as the operations it is written with (a maximum, a
 //! subtraction, `exp`, a sum and a division), each recorded and differentiated on its own: the
 //! backward pass computes `exp` again and runs the division's two-sided gradient over the
@@ -9,15 +12,17 @@
 //! log-probability and the entropy from the LM head's logits in one pass per row (one node,
 //! one backward), and [`swiglu`] the feed-forward gate `silu(gate) * up` (one node, both
 //! gradients in one backward). They are taken on the CPU backend (`Autodiff<Flex>`, and
-//! `Flex` without autodiff for the last two), recognised by type at run time so that the model
-//! stays generic over `B: Backend`; every other backend computes the same functions from
-//! tensor operations. Tests compare values and gradients of the two.
+//! `Flex` without autodiff for all but the softmax), recognised by type at run time so that
+//! the model stays generic over `B: Backend`; every other backend computes the same functions
+//! from tensor operations. Tests compare values and gradients of the two.
 
 use std::any::Any;
 
 use burn::backend::Autodiff;
 use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::backend::Backend;
+use burn::tensor::module::attention as burn_attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::ops::{ActivationOps, FloatTensorOps};
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData, TensorPrimitive};
 use burn_autodiff::checkpoint::base::Checkpointer;
@@ -26,8 +31,92 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn_flex::{Flex, FlexTensor};
 
+mod attention;
+
 /// The CPU training backend, on which the fused operations run.
 type FlexAutodiff = Autodiff<Flex>;
+
+/// Masked dot-product attention, `softmax(q k^T, masked) v` with the queries already scaled
+/// (a scale of 1): `q` `[batch, heads, queries, dim]`, `k` `[batch, heads, keys, dim]`, `v`
+/// `[batch, heads, keys, value_dim]`, `masked` `[batch, heads, queries, keys]` (true = may not
+/// attend). A row that may attend to no key gives zeros on the CPU backend; the model's masks
+/// always keep a row's own position.
+///
+/// On `Autodiff<Flex>` one node with its own backward, and on `Flex` the same blocked forward
+/// pass (module `attention`). Elsewhere: with autodiff, the scores' product, [`masked_softmax`]
+/// and the values' product; without, burn's `attention`, which the backends fuse.
+pub fn masked_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    masked: Tensor<B, 4, Bool>,
+) -> Tensor<B, 4> {
+    let [batch, heads, queries, dim] = q.dims();
+    let [_, _, keys, _] = k.dims();
+    assert_eq!(
+        k.dims()[..2],
+        [batch, heads],
+        "masked_attention: keys of another shape"
+    );
+    assert_eq!(k.dims()[3], dim, "masked_attention: keys of another width");
+    assert_eq!(
+        v.dims()[..3],
+        [batch, heads, keys],
+        "masked_attention: values of another shape"
+    );
+    assert_eq!(
+        masked.dims(),
+        [batch, heads, queries, keys],
+        "masked_attention: mask built for another shape"
+    );
+    if !attention::supported([q.dtype(), k.dtype(), v.dtype()]) {
+        return masked_attention_composed(q, k, v, masked);
+    }
+    let inputs: Box<dyn Any> = Box::new((q, k, v, masked));
+    type Four<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4, Bool>);
+    let inputs = match inputs.downcast::<Four<FlexAutodiff>>() {
+        Ok(flex) => {
+            let (q, k, v, masked) = *flex;
+            let out: Box<dyn Any> = Box::new(attention::attention_autodiff(q, k, v, masked));
+            return *out
+                .downcast::<Tensor<B, 4>>()
+                .expect("the output has the input's type");
+        }
+        Err(inputs) => inputs,
+    };
+    let inputs = match inputs.downcast::<Four<Flex>>() {
+        Ok(flex) => {
+            let (q, k, v, masked) = *flex;
+            let out: Box<dyn Any> = Box::new(attention::attention_inference(q, k, v, masked));
+            return *out
+                .downcast::<Tensor<B, 4>>()
+                .expect("the output has the input's type");
+        }
+        Err(inputs) => inputs,
+    };
+    let (q, k, v, masked) = *inputs.downcast::<Four<B>>().expect("the inputs keep their type");
+    masked_attention_composed(q, k, v, masked)
+}
+
+/// The same function from tensor operations: with autodiff the products around
+/// [`masked_softmax`], without burn's `attention`.
+pub(crate) fn masked_attention_composed<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    masked: Tensor<B, 4, Bool>,
+) -> Tensor<B, 4> {
+    if B::ad_enabled(&q.device()) {
+        masked_softmax(q.matmul(k.swap_dims(2, 3)), masked).matmul(v)
+    } else {
+        let options = AttentionModuleOptions {
+            scale: Some(1.0),
+            softcap: None,
+            is_causal: false,
+        };
+        burn_attention(q, k, v, Some(masked), None, options)
+    }
+}
 
 /// `softmax` over the last axis of `scores` `[.., keys]`, with the positions where `masked` is
 /// true left out (probability 0). Every row must keep at least one position.
@@ -428,6 +517,96 @@ mod tests {
         );
         for row in p.chunks(7) {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+    }
+
+    /// A mask like the model's for `queries` new tokens after `past` cached ones, with the
+    /// keys in `padded` left out: causal, and every row keeps its own position.
+    fn model_like_mask(pairs: usize, queries: usize, keys: usize, padded: &[usize]) -> Vec<bool> {
+        let past = keys - queries;
+        (0..pairs * queries * keys)
+            .map(|i| {
+                let (q, k) = ((i / keys) % queries, i % keys);
+                let own = k == past + q;
+                !own && (k > past + q || padded.contains(&k))
+            })
+            .collect()
+    }
+
+    /// Values and gradients (queries, keys and values) of the fused attention against the
+    /// products around the composed softmax, on `Autodiff<Flex>`, and its forward pass without
+    /// autodiff against burn's attention.
+    fn check_attention(shape: [usize; 4], keys: usize, value_dim: usize, padded: &[usize], seed: u64) {
+        let device = Default::default();
+        <crate::TestBackend as Backend>::seed(&device, seed);
+        let [batch, heads, queries, dim] = shape;
+        let normal = Distribution::Normal(0.0, 1.0);
+        let q = Tensor::<Ad, 4>::random(shape, normal, &device);
+        let k = Tensor::<Ad, 4>::random([batch, heads, keys, dim], normal, &device);
+        let v = Tensor::<Ad, 4>::random([batch, heads, keys, value_dim], normal, &device);
+        let weights = Tensor::<Ad, 4>::random([batch, heads, queries, value_dim], normal, &device);
+        let mask = model_like_mask(batch * heads, queries, keys, padded);
+        let masked =
+            Tensor::<Ad, 4, Bool>::from_data(TensorData::new(mask, [batch, heads, queries, keys]), &device);
+        let run = |fused: bool| {
+            let leaf = |t: &Tensor<Ad, 4>| Tensor::<Ad, 4>::from_data(t.to_data(), &device).require_grad();
+            let (ql, kl, vl) = (leaf(&q), leaf(&k), leaf(&v));
+            let out = if fused {
+                masked_attention(ql.clone(), kl.clone(), vl.clone(), masked.clone())
+            } else {
+                masked_softmax_composed(ql.clone().matmul(kl.clone().swap_dims(2, 3)), masked.clone())
+                    .matmul(vl.clone())
+            };
+            let grads = (out.clone() * weights.clone()).sum().backward();
+            let grad = |t: &Tensor<Ad, 4>| t.grad(&grads).unwrap().into_data();
+            [out.into_data(), grad(&ql), grad(&kl), grad(&vl)]
+        };
+        let (fused, composed) = (run(true), run(false));
+        for (name, (f, c)) in ["output", "d q", "d k", "d v"]
+            .iter()
+            .zip(fused.iter().zip(&composed))
+        {
+            let (f, c): (Vec<f32>, Vec<f32>) = (f.to_vec().unwrap(), c.to_vec().unwrap());
+            let worst = f
+                .iter()
+                .zip(&c)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0_f32, f32::max);
+            assert!(worst < 1e-4, "{name}: off by {worst} for {shape:?} keys {keys}");
+        }
+        let inner = |t: &Tensor<Ad, 4>| t.clone().inner();
+        let plain = masked_attention(inner(&q), inner(&k), inner(&v), masked.clone().inner());
+        let burn = masked_attention_composed(inner(&q), inner(&k), inner(&v), masked.inner());
+        plain
+            .into_data()
+            .assert_approx_eq::<f32>(&burn.into_data(), Tolerance::absolute(1e-4));
+    }
+
+    #[test]
+    fn masked_attention_matches_the_composition_and_its_gradients() {
+        // Blocks of 64 queries: one partial block, a whole and a partial one; cached keys
+        // before the queries; padded keys; grouped heads of another value width.
+        check_attention([2, 3, 5, 4], 5, 4, &[], 1);
+        check_attention([2, 2, 100, 8], 100, 8, &[0, 1, 2, 57], 2);
+        check_attention([1, 2, 70, 16], 77, 12, &[3, 75], 3);
+        check_attention([3, 1, 1, 8], 40, 8, &[0], 4);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Any shape and padding: the fused attention equals the composition.
+        #[test]
+        fn masked_attention_matches_the_composition_for_any_shape(
+            batch in 1usize..3,
+            heads in 1usize..3,
+            queries in 1usize..140,
+            past in 0usize..20,
+            dim in 1usize..20,
+            value_dim in 1usize..20,
+            padded in proptest::collection::vec(0usize..160, 0..6),
+            seed in 0u64..1000,
+        ) {
+            check_attention([batch, heads, queries, dim], queries + past, value_dim, &padded, seed);
         }
     }
 

@@ -1,0 +1,520 @@
+//! Masked dot-product attention as one operation with a gradient of its own, on the CPU
+//! backend.
+//!
+//! `softmax(q k^T, masked) v`, worked through in blocks of [`BLOCK`] query rows per
+//! (batch, key/value head) pair:
+//! - keys after the last one any row of the block may see are never touched, so a causal
+//!   mask skips about half of the products that the composition computes whole and masks
+//!   afterwards;
+//! - a block's scores live in a buffer of `BLOCK x keys` that stays in cache while the mask,
+//!   the softmax and the product with the values use it, where the composition writes the
+//!   `[queries, keys]` scores of every head out and reads them back once per operation
+//!   (about a dozen passes forward and backward);
+//! - the backward pass recomputes a block's probabilities from the scores and each row's saved
+//!   log-sum-exp (FlashAttention's recomputation) instead of keeping them per layer.
+//!
+//! The pairs run in parallel (rayon); each product is one `gemm` call on one thread.
+
+use burn::tensor::{Bool, DType, Tensor, TensorData, TensorPrimitive};
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::NoCheckpointing;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
+
+use super::FlexAutodiff;
+
+/// Query rows per block: a block's scores (`BLOCK x keys` floats, 96 KiB at 384 keys) stay
+/// in the L2 cache.
+const BLOCK: usize = 64;
+
+/// The operands' sizes, the leading two axes (batch, key/value heads) flattened into `pairs`.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    pairs: usize,
+    queries: usize,
+    keys: usize,
+    dim: usize,
+    value_dim: usize,
+}
+
+/// The inputs, contiguous: `q` `[pairs, queries, dim]`, `k` `[pairs, keys, dim]`, `v` `[pairs,
+/// keys, value_dim]`, `mask` `[pairs, queries, keys]` (non-zero = may not attend).
+#[derive(Debug, Clone)]
+struct Inputs {
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    mask: FlexTensor,
+    dims: Dims,
+    shape: [usize; 4],
+}
+
+impl Inputs {
+    fn new(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, mask: &FlexTensor, shape: [usize; 4]) -> Self {
+        let [batch, heads, queries, dim] = shape;
+        let kshape = k.layout().shape();
+        let (keys, value_dim) = (kshape[2], v.layout().shape()[3]);
+        Self {
+            q: q.to_contiguous(),
+            k: k.to_contiguous(),
+            v: v.to_contiguous(),
+            mask: mask.to_contiguous(),
+            dims: Dims {
+                pairs: batch * heads,
+                queries,
+                keys,
+                dim,
+                value_dim,
+            },
+            shape,
+        }
+    }
+}
+
+/// `dst[m, n] (+)= lhs[m, k] x rhs[k, n]` on the calling thread, each operand given as a slice
+/// with its row and column strides (in elements); `accumulate` adds to `dst` instead of
+/// overwriting it. The strides and sizes are checked against the slices' lengths, which is
+/// what makes the call into `gemm` sound.
+#[allow(clippy::too_many_arguments, unsafe_code)]
+fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(last(m, dst_rs, n, 1) < dst.len(), "matmul: dst too short");
+    if k == 0 {
+        if !accumulate {
+            for row in 0..m {
+                dst[row * dst_rs..row * dst_rs + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    assert!(last(m, lhs_rs, k, lhs_cs) < lhs.len(), "matmul: lhs too short");
+    assert!(last(k, rhs_rs, n, rhs_cs) < rhs.len(), "matmul: rhs too short");
+    // SAFETY: every element the strides reach lies inside its slice (checked above), `dst`
+    // is borrowed mutably and does not overlap the shared `lhs` and `rhs`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// One past the last key that any row of a block may see (`mask` holds the block's rows of
+/// `keys` each); 0 when every key is masked for every row.
+fn visible_end(mask: &[u8], keys: usize) -> usize {
+    mask.chunks_exact(keys)
+        .map(|row| row.iter().rposition(|&m| m == 0).map_or(0, |j| j + 1))
+        .max()
+        .unwrap_or(0)
+}
+
+/// `exp(x)` for `x` at most 88, to about 2e-7 relative: `2^k exp(r)` with `k` the nearest
+/// integer to `x / ln 2` and `exp(r)` a degree-6 polynomial on `|r| <= ln 2 / 2`; below -87
+/// it gives about 1.6e-38 instead of less. Plain arithmetic and bit operations, so a loop over
+/// a row vectorises, where `f32::exp` is a call into libm per element.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    // Adding 1.5 * 2^23 rounds to an integer held in the low bits of the mantissa.
+    const ROUND: f32 = 12_582_912.0;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let k = t - ROUND;
+    let r = x - k * LN2_HI - k * LN2_LO;
+    let p = 1.0
+        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let k = t.to_bits() as i32 - ROUND.to_bits() as i32;
+    f32::from_bits(((k + 127) << 23) as u32) * p
+}
+
+/// Lanes that the reductions below keep apart, so that they vectorise.
+const LANES: usize = 8;
+
+/// The maximum of a row (`-inf` when empty).
+fn max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(v);
+        }
+    }
+    lanes.iter().fold(tail, |a, &b| a.max(b))
+}
+
+/// The sum of a row.
+fn sum(row: &[f32]) -> f32 {
+    let mut lanes = [0.0_f32; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Turns one row of scores into probabilities in place (masked positions 0) and returns the
+/// row's log-sum-exp over its visible keys; `+inf` for a row that sees no key, whose
+/// probabilities are then all 0 (in the forward pass and in the backward's recomputation).
+fn softmax_row(scores: &mut [f32], mask: &[u8]) -> f32 {
+    for (s, &m) in scores.iter_mut().zip(mask) {
+        *s = if m == 0 { *s } else { f32::NEG_INFINITY };
+    }
+    let max = max(scores);
+    if max == f32::NEG_INFINITY {
+        scores.fill(0.0);
+        return f32::INFINITY;
+    }
+    for (s, &m) in scores.iter_mut().zip(mask) {
+        let e = exp(*s - max);
+        *s = if m == 0 { e } else { 0.0 };
+    }
+    let total = sum(scores);
+    let inv = 1.0 / total;
+    scores.iter_mut().for_each(|s| *s *= inv);
+    max + total.ln()
+}
+
+/// The probabilities of one row from its scores and log-sum-exp, in place.
+fn probabilities_row(scores: &mut [f32], mask: &[u8], lse: f32) {
+    for (s, &m) in scores.iter_mut().zip(mask) {
+        let e = exp(*s - lse);
+        *s = if m == 0 { e } else { 0.0 };
+    }
+}
+
+/// Slices of one (batch, head) pair.
+struct Pair<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    mask: &'a [u8],
+}
+
+impl<'a> Pair<'a> {
+    fn of(inputs: &'a Inputs, index: usize) -> Self {
+        let d = inputs.dims;
+        let slice = |t: &'a FlexTensor, len: usize| &t.storage::<f32>()[index * len..(index + 1) * len];
+        Self {
+            q: slice(&inputs.q, d.queries * d.dim),
+            k: slice(&inputs.k, d.keys * d.dim),
+            v: slice(&inputs.v, d.keys * d.value_dim),
+            mask: &inputs.mask.bytes()[index * d.queries * d.keys..(index + 1) * d.queries * d.keys],
+        }
+    }
+
+    /// Block `start..start + rows`: its mask rows, the keys it sees, and its scores
+    /// `q k^T` over those keys written into `scores` (`rows x end`).
+    fn scores<'s>(
+        &self,
+        d: Dims,
+        start: usize,
+        rows: usize,
+        scratch: &'s mut Vec<f32>,
+    ) -> (&'a [u8], usize, &'s mut [f32]) {
+        let mask = &self.mask[start * d.keys..(start + rows) * d.keys];
+        let end = visible_end(mask, d.keys);
+        if scratch.len() < rows * end {
+            scratch.resize(rows * end, 0.0);
+        }
+        let scores = &mut scratch[..rows * end];
+        matmul(
+            (rows, end, d.dim),
+            scores,
+            end,
+            false,
+            &self.q[start * d.dim..],
+            (d.dim, 1),
+            self.k,
+            (1, d.dim),
+        );
+        (mask, end, scores)
+    }
+}
+
+/// The forward pass: the output `[pairs, queries, value_dim]` and each row's log-sum-exp.
+fn forward(inputs: &Inputs) -> (Vec<f32>, Vec<f32>) {
+    let d = inputs.dims;
+    let mut out = vec![0.0_f32; d.pairs * d.queries * d.value_dim];
+    let mut lse = vec![0.0_f32; d.pairs * d.queries];
+    if out.is_empty() {
+        return (out, lse);
+    }
+    out.par_chunks_mut(d.queries * d.value_dim)
+        .zip(lse.par_chunks_mut(d.queries))
+        .enumerate()
+        .for_each_init(Vec::new, |scratch, (index, (out, lse))| {
+            let pair = Pair::of(inputs, index);
+            for start in (0..d.queries).step_by(BLOCK) {
+                let rows = BLOCK.min(d.queries - start);
+                let (mask, end, p) = pair.scores(d, start, rows, scratch);
+                for (row, l) in lse[start..start + rows].iter_mut().enumerate() {
+                    *l = softmax_row(&mut p[row * end..(row + 1) * end], &mask[row * d.keys..]);
+                }
+                matmul(
+                    (rows, d.value_dim, end),
+                    &mut out[start * d.value_dim..],
+                    d.value_dim,
+                    false,
+                    p,
+                    (end, 1),
+                    pair.v,
+                    (d.value_dim, 1),
+                );
+            }
+        });
+    (out, lse)
+}
+
+/// The backward pass from the output's gradient: the gradients of `q`, `k` and `v`.
+fn backward(inputs: &Inputs, out: &[f32], lse: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let d = inputs.dims;
+    let mut dq = vec![0.0_f32; d.pairs * d.queries * d.dim];
+    let mut dk = vec![0.0_f32; d.pairs * d.keys * d.dim];
+    let mut dv = vec![0.0_f32; d.pairs * d.keys * d.value_dim];
+    if d.pairs * d.queries * d.keys == 0 {
+        return (dq, dk, dv);
+    }
+    let value_len = d.queries * d.value_dim;
+    dq.par_chunks_mut(d.queries * d.dim)
+        .zip(dk.par_chunks_mut(d.keys * d.dim))
+        .zip(dv.par_chunks_mut(d.keys * d.value_dim))
+        .enumerate()
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(scratch, scratch_dp), (index, ((dq, dk), dv))| {
+                let pair = Pair::of(inputs, index);
+                let out = &out[index * value_len..(index + 1) * value_len];
+                let grad = &grad[index * value_len..(index + 1) * value_len];
+                let lse = &lse[index * d.queries..(index + 1) * d.queries];
+                for start in (0..d.queries).step_by(BLOCK) {
+                    let rows = BLOCK.min(d.queries - start);
+                    let (mask, end, p) = pair.scores(d, start, rows, scratch);
+                    for row in 0..rows {
+                        probabilities_row(
+                            &mut p[row * end..(row + 1) * end],
+                            &mask[row * d.keys..],
+                            lse[start + row],
+                        );
+                    }
+                    let grad_block = &grad[start * d.value_dim..];
+                    // dv[..end] += p^T grad_block
+                    matmul(
+                        (end, d.value_dim, rows),
+                        dv,
+                        d.value_dim,
+                        true,
+                        p,
+                        (1, end),
+                        grad_block,
+                        (d.value_dim, 1),
+                    );
+                    // dp = grad_block v[..end]^T, then ds = p (dp - rowsum(grad * out)) in place.
+                    if scratch_dp.len() < rows * end {
+                        scratch_dp.resize(rows * end, 0.0);
+                    }
+                    let ds = &mut scratch_dp[..rows * end];
+                    matmul(
+                        (rows, end, d.value_dim),
+                        ds,
+                        end,
+                        false,
+                        grad_block,
+                        (d.value_dim, 1),
+                        pair.v,
+                        (1, d.value_dim),
+                    );
+                    for row in 0..rows {
+                        let at = (start + row) * d.value_dim;
+                        let delta: f32 = grad[at..at + d.value_dim]
+                            .iter()
+                            .zip(&out[at..at + d.value_dim])
+                            .map(|(g, o)| g * o)
+                            .sum();
+                        let range = row * end..(row + 1) * end;
+                        for (s, &p) in ds[range.clone()].iter_mut().zip(&p[range]) {
+                            *s = p * (*s - delta);
+                        }
+                    }
+                    // dq_block = ds k[..end]; dk[..end] += ds^T q_block.
+                    matmul(
+                        (rows, d.dim, end),
+                        &mut dq[start * d.dim..],
+                        d.dim,
+                        false,
+                        ds,
+                        (end, 1),
+                        pair.k,
+                        (d.dim, 1),
+                    );
+                    matmul(
+                        (end, d.dim, rows),
+                        dk,
+                        d.dim,
+                        true,
+                        ds,
+                        (1, end),
+                        &pair.q[start * d.dim..],
+                        (d.dim, 1),
+                    );
+                }
+            },
+        );
+    (dq, dk, dv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vectorisable `exp` is within 3e-7 relative of libm's over the range softmax uses.
+    #[test]
+    fn exp_matches_libm() {
+        let mut worst = 0.0_f32;
+        for i in 0..=200_000 {
+            let x = -87.0 + 175.0 * i as f32 / 200_000.0;
+            let (ours, libm) = (exp(x), x.exp());
+            worst = worst.max(((ours - libm) / libm).abs());
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert!(exp(f32::NEG_INFINITY) < 1e-37 && exp(-1000.0) >= 0.0);
+        assert_eq!(exp(0.0), 1.0);
+    }
+}
+
+/// The gradients of [`masked_attention`] with respect to the queries, keys and values.
+#[derive(Debug)]
+struct AttentionBackward;
+
+/// What the backward pass needs: the inputs, the output and the rows' log-sum-exps.
+#[derive(Debug, Clone)]
+struct AttentionState {
+    inputs: Inputs,
+    out: Vec<f32>,
+    lse: Vec<f32>,
+}
+
+impl Backward<Flex, 3> for AttentionBackward {
+    type State = AttentionState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let AttentionState { inputs, out, lse } = ops.state;
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (dq, dk, dv) = backward(&inputs, &out, &lse, grad.storage::<f32>());
+        let [batch, heads, queries, dim] = inputs.shape;
+        let (keys, value_dim) = (inputs.dims.keys, inputs.dims.value_dim);
+        let shapes = [
+            [batch, heads, queries, dim],
+            [batch, heads, keys, dim],
+            [batch, heads, keys, value_dim],
+        ];
+        for ((node, d), shape) in ops.parents.into_iter().zip([dq, dk, dv]).zip(shapes) {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(d, shape)));
+            }
+        }
+    }
+}
+
+fn output(inputs: &Inputs, out: Vec<f32>) -> FlexTensor {
+    let [batch, heads, queries, _] = inputs.shape;
+    FlexTensor::from_data(TensorData::new(
+        out,
+        [batch, heads, queries, inputs.dims.value_dim],
+    ))
+}
+
+/// The attention on `Autodiff<Flex>`: one node whose backward is [`backward`].
+pub(super) fn attention_autodiff(
+    q: Tensor<FlexAutodiff, 4>,
+    k: Tensor<FlexAutodiff, 4>,
+    v: Tensor<FlexAutodiff, 4>,
+    masked: Tensor<FlexAutodiff, 4, Bool>,
+) -> Tensor<FlexAutodiff, 4> {
+    let shape = q.dims();
+    let (q, k, v) = (
+        q.into_primitive().tensor(),
+        k.into_primitive().tensor(),
+        v.into_primitive().tensor(),
+    );
+    let inputs = Inputs::new(
+        &q.primitive,
+        &k.primitive,
+        &v.primitive,
+        &masked.into_primitive(),
+        shape,
+    );
+    let (out, lse) = forward(&inputs);
+    let result = output(&inputs, out.clone());
+    let result = match AttentionBackward
+        .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(AttentionState { inputs, out, lse }, result),
+        OpsKind::UnTracked(prep) => prep.finish(result),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(result))
+}
+
+/// The attention on `Flex` without autodiff (generation): the same forward pass.
+pub(super) fn attention_inference(
+    q: Tensor<Flex, 4>,
+    k: Tensor<Flex, 4>,
+    v: Tensor<Flex, 4>,
+    masked: Tensor<Flex, 4, Bool>,
+) -> Tensor<Flex, 4> {
+    let shape = q.dims();
+    let inputs = Inputs::new(
+        &q.into_primitive().tensor(),
+        &k.into_primitive().tensor(),
+        &v.into_primitive().tensor(),
+        &masked.into_primitive(),
+        shape,
+    );
+    let (out, _) = forward(&inputs);
+    Tensor::from_primitive(TensorPrimitive::Float(output(&inputs, out)))
+}
+
+/// Whether the fused kernels can take these operands (f32 throughout).
+pub(super) fn supported(dtypes: [DType; 3]) -> bool {
+    dtypes.iter().all(|&d| d == DType::F32)
+}
