@@ -4,7 +4,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
-/// Per-layer keys and values `[batch, kv_heads, cached, head_dim]`, empty before the first step.
+/// Per-layer keys and values `[batch, cached, kv_heads, head_dim]` (the projections' layout),
+/// empty before the first step.
 pub(crate) type LayerCache<B> = (Option<Tensor<B, 4>>, Option<Tensor<B, 4>>);
 
 /// Cached keys and values of a batch of sequences.

@@ -59,8 +59,7 @@ impl<B: Backend> Attention<B> {
         }
     }
 
-    /// `x` `[batch, seq, hidden]`, `masked` `[batch, kv heads, rep * seq, keys]` (true = may not
-    /// attend; [`grouped_mask`] lays it out);
+    /// `x` `[batch, seq, hidden]`, `masked` `[batch, 1, seq, keys]` (true = may not attend);
     /// with a cache, the new keys are appended to the layer's past keys first.
     fn forward(
         &self,
@@ -71,42 +70,24 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
         let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        // Rotated in the projections' own [batch, seq, heads, hd] layout, then viewed head-major.
+        // Rotated and attended in the projections' own [batch, seq, heads, hd] layout.
         let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, hd]);
-        let q = rope
-            .apply_query(split(self.q_proj.forward(x.clone()), h))
-            .swap_dims(1, 2);
-        let mut k = rope
-            .apply_key(split(self.k_proj.forward(x.clone()), kv))
-            .swap_dims(1, 2);
-        let mut v = split(self.v_proj.forward(x), kv).swap_dims(1, 2);
+        let q = rope.apply_query(split(self.q_proj.forward(x.clone()), h));
+        let mut k = rope.apply_key(split(self.k_proj.forward(x.clone()), kv));
+        let mut v = split(self.v_proj.forward(x), kv);
         if let Some((past_k, past_v)) = cache {
             if let Some(pk) = past_k.take() {
-                k = Tensor::cat(vec![pk, k], 2);
+                k = Tensor::cat(vec![pk, k], 1);
             }
             if let Some(pv) = past_v.take() {
-                v = Tensor::cat(vec![pv, v], 2);
+                v = Tensor::cat(vec![pv, v], 1);
             }
             *past_k = Some(k.clone());
             *past_v = Some(v.clone());
         }
-        let keys = k.dims()[2];
-        // Grouped queries: the `rep` query heads sharing one kv head are stacked along the
-        // sequence axis ([batch, kv, rep * seq, hd]) so keys and values are never copied.
-        let rep = h / kv;
-        let q = q.reshape([batch, kv, rep * seq, hd]);
-        assert_eq!(
-            masked.dims(),
-            [batch, kv, rep * seq, keys],
-            "mask built for another shape"
-        );
         // The queries come scaled from the rotation.
         let out = masked_attention(q, k, v, masked);
-        let out = out
-            .reshape([batch, h, seq, hd])
-            .swap_dims(1, 2)
-            .reshape([batch, seq, h * hd]);
-        self.o_proj.forward(out)
+        self.o_proj.forward(out.reshape([batch, seq, h * hd]))
     }
 }
 
@@ -276,7 +257,6 @@ impl<B: Backend> Transformer<B> {
         // Attention's 1 / sqrt(head_dim) rides on the query rotation.
         let scale = (self.config.head_dim() as f64).powf(-0.5);
         let rope = self.rope.angles_scaled(positions, heads, kv_heads, scale);
-        let masked = grouped_mask(masked, heads / kv_heads, kv_heads);
         let mut x = self.embed_tokens.forward(tokens);
         for (index, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| c.layer_mut(index));
@@ -291,19 +271,6 @@ impl<B: Backend> Transformer<B> {
         }
         self.norm.forward(x)
     }
-}
-
-/// `masked` `[batch, 1, seq, keys]` laid out for grouped queries, `[batch, kv_heads, rep * seq,
-/// keys]`: the `rep` query heads that share a kv head are stacked along the sequence axis, as
-/// the attention stacks them. Built once per forward pass into a tensor of its own, so that
-/// no layer's masking (forward or backward) copies a broadcast view.
-fn grouped_mask<B: Backend>(masked: Tensor<B, 4, Bool>, rep: usize, kv_heads: usize) -> Tensor<B, 4, Bool> {
-    let [batch, _, seq, keys] = masked.dims();
-    masked
-        .unsqueeze_dim::<5>(1)
-        .expand([batch, kv_heads, rep, seq, keys])
-        .reshape([batch * kv_heads * rep * seq, keys])
-        .reshape([batch, kv_heads, rep * seq, keys])
 }
 
 /// Positions `[batch, seq]` that count only real tokens: `cumsum(mask) - 1`, at least 0.

@@ -36,11 +36,13 @@ mod attention;
 /// The CPU training backend, on which the fused operations run.
 type FlexAutodiff = Autodiff<Flex>;
 
-/// Masked dot-product attention, `softmax(q k^T, masked) v` with the queries already scaled
-/// (a scale of 1): `q` `[batch, heads, queries, dim]`, `k` `[batch, heads, keys, dim]`, `v`
-/// `[batch, heads, keys, value_dim]`, `masked` `[batch, heads, queries, keys]` (true = may not
-/// attend). A row that may attend to no key gives zeros on the CPU backend; the model's masks
-/// always keep a row's own position.
+/// Masked dot-product attention over grouped queries, `softmax(q k^T, masked) v` with the
+/// queries already scaled (a scale of 1), in the projections' sequence-major layout: `q`
+/// `[batch, seq, heads, dim]`, `k` `[batch, keys, kv_heads, dim]`, `v` `[batch, keys, kv_heads,
+/// value_dim]` (query head `h` attends with key/value head `h / (heads / kv_heads)`), `masked`
+/// `[batch, 1, seq, keys]` (true = may not attend), shared by all heads. Returns `[batch, seq,
+/// heads, value_dim]`. A row that may attend to no key gives zeros on the CPU backend; the
+/// model's masks always keep a row's own position.
 ///
 /// On `Autodiff<Flex>` one node with its own backward, and on `Flex` the same blocked forward
 /// pass (module `attention`). Elsewhere: with autodiff, the scores' product, [`masked_softmax`]
@@ -51,22 +53,25 @@ pub fn masked_attention<B: Backend>(
     v: Tensor<B, 4>,
     masked: Tensor<B, 4, Bool>,
 ) -> Tensor<B, 4> {
-    let [batch, heads, queries, dim] = q.dims();
-    let [_, _, keys, _] = k.dims();
+    let [batch, seq, heads, dim] = q.dims();
+    let [_, keys, kv_heads, _] = k.dims();
     assert_eq!(
-        k.dims()[..2],
-        [batch, heads],
+        k.dims(),
+        [batch, keys, kv_heads, dim],
         "masked_attention: keys of another shape"
     );
-    assert_eq!(k.dims()[3], dim, "masked_attention: keys of another width");
     assert_eq!(
         v.dims()[..3],
-        [batch, heads, keys],
+        [batch, keys, kv_heads],
         "masked_attention: values of another shape"
+    );
+    assert!(
+        kv_heads > 0 && heads % kv_heads == 0,
+        "masked_attention: {heads} query heads do not group over {kv_heads} key/value heads"
     );
     assert_eq!(
         masked.dims(),
-        [batch, heads, queries, keys],
+        [batch, 1, seq, keys],
         "masked_attention: mask built for another shape"
     );
     if !attention::supported([q.dtype(), k.dtype(), v.dtype()]) {
@@ -98,7 +103,9 @@ pub fn masked_attention<B: Backend>(
     masked_attention_composed(q, k, v, masked)
 }
 
-/// The same function from tensor operations: with autodiff the products around
+/// The same function from tensor operations, head-major: the `rep` query heads that share a
+/// key/value head are stacked along the sequence axis (`[batch, kv_heads, rep * seq, dim]`) so
+/// that keys and values are never repeated; with autodiff the products around
 /// [`masked_softmax`], without burn's `attention`.
 pub(crate) fn masked_attention_composed<B: Backend>(
     q: Tensor<B, 4>,
@@ -106,7 +113,20 @@ pub(crate) fn masked_attention_composed<B: Backend>(
     v: Tensor<B, 4>,
     masked: Tensor<B, 4, Bool>,
 ) -> Tensor<B, 4> {
-    if B::ad_enabled(&q.device()) {
+    let [batch, seq, heads, dim] = q.dims();
+    let [_, keys, kv_heads, _] = k.dims();
+    let value_dim = v.dims()[3];
+    let rep = heads / kv_heads;
+    let q = q.swap_dims(1, 2).reshape([batch, kv_heads, rep * seq, dim]);
+    let (k, v) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
+    // Laid out for the stacked queries as a tensor of its own (the flat reshape copies the
+    // broadcast view once), so that the masking does not copy it again.
+    let masked = masked
+        .unsqueeze_dim::<5>(1)
+        .expand([batch, kv_heads, rep, seq, keys])
+        .reshape([batch * kv_heads * rep * seq, keys])
+        .reshape([batch, kv_heads, rep * seq, keys]);
+    let out = if B::ad_enabled(&q.device()) {
         masked_softmax(q.matmul(k.swap_dims(2, 3)), masked).matmul(v)
     } else {
         let options = AttentionModuleOptions {
@@ -115,7 +135,8 @@ pub(crate) fn masked_attention_composed<B: Backend>(
             is_causal: false,
         };
         burn_attention(q, k, v, Some(masked), None, options)
-    }
+    };
+    out.reshape([batch, heads, seq, value_dim]).swap_dims(1, 2)
 }
 
 /// `softmax` over the last axis of `scores` `[.., keys]`, with the positions where `masked` is
@@ -520,43 +541,51 @@ mod tests {
         }
     }
 
-    /// A mask like the model's for `queries` new tokens after `past` cached ones, with the
-    /// keys in `padded` left out: causal, and every row keeps its own position.
-    fn model_like_mask(pairs: usize, queries: usize, keys: usize, padded: &[usize]) -> Vec<bool> {
+    /// A mask like the model's `[batch, 1, queries, keys]` for `queries` new tokens after
+    /// `past` cached ones, with the keys in `padded` left out of the first sequence: causal,
+    /// and every row keeps its own position.
+    fn model_like_mask(batch: usize, queries: usize, keys: usize, padded: &[usize]) -> Vec<bool> {
         let past = keys - queries;
-        (0..pairs * queries * keys)
+        (0..batch * queries * keys)
             .map(|i| {
-                let (q, k) = ((i / keys) % queries, i % keys);
+                let (b, q, k) = (i / (queries * keys), (i / keys) % queries, i % keys);
                 let own = k == past + q;
-                !own && (k > past + q || padded.contains(&k))
+                !own && (k > past + q || (b == 0 && padded.contains(&k)))
             })
             .collect()
     }
 
     /// Values and gradients (queries, keys and values) of the fused attention against the
-    /// products around the composed softmax, on `Autodiff<Flex>`, and its forward pass without
-    /// autodiff against burn's attention.
-    fn check_attention(shape: [usize; 4], keys: usize, value_dim: usize, padded: &[usize], seed: u64) {
+    /// head-major composition, on `Autodiff<Flex>`, and its forward pass without autodiff
+    /// against burn's attention. `shape` is the queries' `[batch, seq, heads, dim]`.
+    fn check_attention(
+        shape: [usize; 4],
+        kv_heads: usize,
+        keys: usize,
+        value_dim: usize,
+        padded: &[usize],
+        seed: u64,
+    ) {
         let device = Default::default();
         <crate::TestBackend as Backend>::seed(&device, seed);
-        let [batch, heads, queries, dim] = shape;
+        let [batch, queries, _, dim] = shape;
         let normal = Distribution::Normal(0.0, 1.0);
         let q = Tensor::<Ad, 4>::random(shape, normal, &device);
-        let k = Tensor::<Ad, 4>::random([batch, heads, keys, dim], normal, &device);
-        let v = Tensor::<Ad, 4>::random([batch, heads, keys, value_dim], normal, &device);
-        let weights = Tensor::<Ad, 4>::random([batch, heads, queries, value_dim], normal, &device);
-        let mask = model_like_mask(batch * heads, queries, keys, padded);
+        let k = Tensor::<Ad, 4>::random([batch, keys, kv_heads, dim], normal, &device);
+        let v = Tensor::<Ad, 4>::random([batch, keys, kv_heads, value_dim], normal, &device);
+        let weights = Tensor::<Ad, 4>::random([batch, queries, shape[2], value_dim], normal, &device);
+        let mask = model_like_mask(batch, queries, keys, padded);
         let masked =
-            Tensor::<Ad, 4, Bool>::from_data(TensorData::new(mask, [batch, heads, queries, keys]), &device);
+            Tensor::<Ad, 4, Bool>::from_data(TensorData::new(mask, [batch, 1, queries, keys]), &device);
         let run = |fused: bool| {
             let leaf = |t: &Tensor<Ad, 4>| Tensor::<Ad, 4>::from_data(t.to_data(), &device).require_grad();
             let (ql, kl, vl) = (leaf(&q), leaf(&k), leaf(&v));
-            let out = if fused {
-                masked_attention(ql.clone(), kl.clone(), vl.clone(), masked.clone())
+            let attend = if fused {
+                masked_attention
             } else {
-                masked_softmax_composed(ql.clone().matmul(kl.clone().swap_dims(2, 3)), masked.clone())
-                    .matmul(vl.clone())
+                masked_attention_composed
             };
+            let out = attend(ql.clone(), kl.clone(), vl.clone(), masked.clone());
             let grads = (out.clone() * weights.clone()).sum().backward();
             let grad = |t: &Tensor<Ad, 4>| t.grad(&grads).unwrap().into_data();
             [out.into_data(), grad(&ql), grad(&kl), grad(&vl)]
@@ -566,13 +595,17 @@ mod tests {
             .iter()
             .zip(fused.iter().zip(&composed))
         {
+            assert_eq!(f.shape, c.shape, "{name}");
             let (f, c): (Vec<f32>, Vec<f32>) = (f.to_vec().unwrap(), c.to_vec().unwrap());
             let worst = f
                 .iter()
                 .zip(&c)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0_f32, f32::max);
-            assert!(worst < 1e-4, "{name}: off by {worst} for {shape:?} keys {keys}");
+            assert!(
+                worst < 1e-4,
+                "{name}: off by {worst} for {shape:?}, {kv_heads} kv heads, {keys} keys"
+            );
         }
         let inner = |t: &Tensor<Ad, 4>| t.clone().inner();
         let plain = masked_attention(inner(&q), inner(&k), inner(&v), masked.clone().inner());
@@ -585,20 +618,21 @@ mod tests {
     #[test]
     fn masked_attention_matches_the_composition_and_its_gradients() {
         // Blocks of 64 queries: one partial block, a whole and a partial one; cached keys
-        // before the queries; padded keys; grouped heads of another value width.
-        check_attention([2, 3, 5, 4], 5, 4, &[], 1);
-        check_attention([2, 2, 100, 8], 100, 8, &[0, 1, 2, 57], 2);
-        check_attention([1, 2, 70, 16], 77, 12, &[3, 75], 3);
-        check_attention([3, 1, 1, 8], 40, 8, &[0], 4);
+        // before the queries; padded keys; grouped heads; values of another width.
+        check_attention([2, 5, 3, 4], 3, 5, 4, &[], 1);
+        check_attention([2, 100, 4, 8], 2, 100, 8, &[0, 1, 2, 57], 2);
+        check_attention([1, 70, 2, 16], 1, 77, 12, &[3, 75], 3);
+        check_attention([3, 1, 4, 8], 4, 40, 8, &[0], 4);
     }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
-        /// Any shape and padding: the fused attention equals the composition.
+        /// Any shape, grouping and padding: the fused attention equals the composition.
         #[test]
         fn masked_attention_matches_the_composition_for_any_shape(
             batch in 1usize..3,
-            heads in 1usize..3,
+            kv_heads in 1usize..3,
+            rep in 1usize..3,
             queries in 1usize..140,
             past in 0usize..20,
             dim in 1usize..20,
@@ -606,7 +640,7 @@ mod tests {
             padded in proptest::collection::vec(0usize..160, 0..6),
             seed in 0u64..1000,
         ) {
-            check_attention([batch, heads, queries, dim], queries + past, value_dim, &padded, seed);
+            check_attention([batch, queries, kv_heads * rep, dim], kv_heads, queries + past, value_dim, &padded, seed);
         }
     }
 
