@@ -26,7 +26,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::FlexAutodiff;
+use super::{FlexAutodiff, exp, max, sum};
 
 /// Query rows per block: a block's scores (`BLOCK x keys` floats, 96 KiB at 384 keys) stay
 /// in the L2 cache.
@@ -162,58 +162,6 @@ fn visible_end(mask: &[u8], keys: usize) -> usize {
         .unwrap_or(0)
 }
 
-/// `exp(x)` for `x` at most 88, to about 2e-7 relative: `2^k exp(r)` with `k` the nearest
-/// integer to `x / ln 2` and `exp(r)` a degree-6 polynomial on `|r| <= ln 2 / 2`; below -87
-/// it gives about 1.6e-38 instead of less. Plain arithmetic and bit operations, so a loop over
-/// a row vectorises, where `f32::exp` is a call into libm per element.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    // Adding 1.5 * 2^23 rounds to an integer held in the low bits of the mantissa.
-    const ROUND: f32 = 12_582_912.0;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    let x = x.clamp(-87.0, 88.0);
-    let t = x * std::f32::consts::LOG2_E + ROUND;
-    let k = t - ROUND;
-    let r = x - k * LN2_HI - k * LN2_LO;
-    let p = 1.0
-        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let k = t.to_bits() as i32 - ROUND.to_bits() as i32;
-    f32::from_bits(((k + 127) << 23) as u32) * p
-}
-
-/// Lanes that the reductions below keep apart, so that they vectorise.
-const LANES: usize = 8;
-
-/// The maximum of a row (`-inf` when empty).
-fn max(row: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let chunks = row.chunks_exact(LANES);
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    for chunk in chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane = lane.max(v);
-        }
-    }
-    lanes.iter().fold(tail, |a, &b| a.max(b))
-}
-
-/// The sum of a row.
-fn sum(row: &[f32]) -> f32 {
-    let mut lanes = [0.0_f32; LANES];
-    let chunks = row.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for chunk in chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += v;
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
 /// Turns one row of scores into probabilities in place (masked positions 0) and returns the
 /// row's log-sum-exp over its visible keys; `+inf` for a row that sees no key, whose
 /// probabilities are then all 0 (in the forward pass and in the backward's recomputation).
@@ -337,32 +285,51 @@ fn forward(inputs: &Inputs) -> (Vec<f32>, Vec<f32>) {
     if out.is_empty() {
         return (out, lse);
     }
-    out.par_chunks_mut(d.seq * d.heads * d.value_dim)
-        .zip(lse.par_chunks_mut(d.heads * d.seq))
-        .enumerate()
-        .for_each_init(Vec::new, |scratch, (b, (out, lse))| {
-            let sequence = inputs.sequence(b);
-            for block in blocks(d) {
-                let (mask, end, p) = sequence.scores(block, scratch);
-                let first = block.head * d.seq + block.start;
-                for (row, l) in lse[first..first + block.rows].iter_mut().enumerate() {
-                    *l = softmax_row(&mut p[row * end..(row + 1) * end], &mask[row * d.keys..]);
-                }
-                let (_, _, v_at) = sequence.offsets(block);
-                let o_at = block.start * sequence.o_rs() + block.head * d.value_dim;
-                matmul(
-                    (block.rows, d.value_dim, end),
-                    &mut out[o_at..],
-                    sequence.o_rs(),
-                    false,
-                    p,
-                    (end, 1),
-                    &sequence.v[v_at..],
-                    (sequence.v_rs(), 1),
-                );
+    let (out_len, lse_len) = (d.seq * d.heads * d.value_dim, d.heads * d.seq);
+    let sequence_pass = |scratch: &mut Vec<f32>, (b, (out, lse)): (usize, (&mut [f32], &mut [f32]))| {
+        let sequence = inputs.sequence(b);
+        for block in blocks(d) {
+            let (mask, end, p) = sequence.scores(block, scratch);
+            let first = block.head * d.seq + block.start;
+            for (row, l) in lse[first..first + block.rows].iter_mut().enumerate() {
+                *l = softmax_row(&mut p[row * end..(row + 1) * end], &mask[row * d.keys..]);
             }
-        });
+            let (_, _, v_at) = sequence.offsets(block);
+            let o_at = block.start * sequence.o_rs() + block.head * d.value_dim;
+            matmul(
+                (block.rows, d.value_dim, end),
+                &mut out[o_at..],
+                sequence.o_rs(),
+                false,
+                p,
+                (end, 1),
+                &sequence.v[v_at..],
+                (sequence.v_rs(), 1),
+            );
+        }
+    };
+    if parallel(d) {
+        out.par_chunks_mut(out_len)
+            .zip(lse.par_chunks_mut(lse_len))
+            .enumerate()
+            .for_each_init(Vec::new, sequence_pass);
+    } else {
+        let mut scratch = Vec::new();
+        out.chunks_mut(out_len)
+            .zip(lse.chunks_mut(lse_len))
+            .enumerate()
+            .for_each(|item| sequence_pass(&mut scratch, item));
+    }
     (out, lse)
+}
+
+/// Work (multiply-adds) below which the sequences run one after the other on the calling
+/// thread: handing a small call (a decoding step's attention) to rayon's pool costs more than
+/// it saves.
+const PARALLEL_WORK: usize = 1 << 20;
+
+fn parallel(d: Dims) -> bool {
+    d.batch > 1 && d.batch * d.heads * d.seq * d.keys * (d.dim + d.value_dim) >= PARALLEL_WORK
 }
 
 /// The backward pass from the output's gradient: the gradients of `q`, `k` and `v`, in their
@@ -378,95 +345,102 @@ fn backward(inputs: &Inputs, out: &[f32], lse: &[f32], grad: &[f32]) -> (Vec<f32
     if d.batch * d.seq * d.keys * d.heads == 0 {
         return (dq, dk, dv);
     }
-    dq.par_chunks_mut(q_len)
-        .zip(dk.par_chunks_mut(k_len))
-        .zip(dv.par_chunks_mut(v_len))
-        .enumerate()
-        .for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(scratch, scratch_dp), (b, ((dq, dk), dv))| {
-                let sequence = inputs.sequence(b);
-                let out = &out[b * o_len..(b + 1) * o_len];
-                let grad = &grad[b * o_len..(b + 1) * o_len];
-                let lse = &lse[b * d.heads * d.seq..(b + 1) * d.heads * d.seq];
-                let (q_rs, k_rs, v_rs, o_rs) =
-                    (sequence.q_rs(), sequence.k_rs(), sequence.v_rs(), sequence.o_rs());
-                for block in blocks(d) {
-                    let rows = block.rows;
-                    let (mask, end, p) = sequence.scores(block, scratch);
-                    let first = block.head * d.seq + block.start;
-                    for row in 0..rows {
-                        probabilities_row(
-                            &mut p[row * end..(row + 1) * end],
-                            &mask[row * d.keys..],
-                            lse[first + row],
-                        );
-                    }
-                    let (q_at, k_at, v_at) = sequence.offsets(block);
-                    let o_at = block.start * o_rs + block.head * d.value_dim;
-                    let grad_block = &grad[o_at..];
-                    // dv[..end] += p^T grad_block
-                    matmul(
-                        (end, d.value_dim, rows),
-                        &mut dv[v_at..],
-                        v_rs,
-                        true,
-                        p,
-                        (1, end),
-                        grad_block,
-                        (o_rs, 1),
-                    );
-                    // dp = grad_block v[..end]^T, then ds = p (dp - rowsum(grad * out)) in place.
-                    if scratch_dp.len() < rows * end {
-                        scratch_dp.resize(rows * end, 0.0);
-                    }
-                    let ds = &mut scratch_dp[..rows * end];
-                    matmul(
-                        (rows, end, d.value_dim),
-                        ds,
-                        end,
-                        false,
-                        grad_block,
-                        (o_rs, 1),
-                        &sequence.v[v_at..],
-                        (1, v_rs),
-                    );
-                    for row in 0..rows {
-                        let at = o_at + row * o_rs;
-                        let delta: f32 = grad[at..at + d.value_dim]
-                            .iter()
-                            .zip(&out[at..at + d.value_dim])
-                            .map(|(g, o)| g * o)
-                            .sum();
-                        let range = row * end..(row + 1) * end;
-                        for (s, &p) in ds[range.clone()].iter_mut().zip(&p[range]) {
-                            *s = p * (*s - delta);
-                        }
-                    }
-                    // dq_block = ds k[..end]; dk[..end] += ds^T q_block.
-                    matmul(
-                        (rows, d.dim, end),
-                        &mut dq[q_at..],
-                        q_rs,
-                        false,
-                        ds,
-                        (end, 1),
-                        &sequence.k[k_at..],
-                        (k_rs, 1),
-                    );
-                    matmul(
-                        (end, d.dim, rows),
-                        &mut dk[k_at..],
-                        k_rs,
-                        true,
-                        ds,
-                        (1, end),
-                        &sequence.q[q_at..],
-                        (q_rs, 1),
-                    );
+    type Item<'a> = (usize, ((&'a mut [f32], &'a mut [f32]), &'a mut [f32]));
+    let sequence_pass = |(scratch, scratch_dp): &mut (Vec<f32>, Vec<f32>), (b, ((dq, dk), dv)): Item<'_>| {
+        let sequence = inputs.sequence(b);
+        let out = &out[b * o_len..(b + 1) * o_len];
+        let grad = &grad[b * o_len..(b + 1) * o_len];
+        let lse = &lse[b * d.heads * d.seq..(b + 1) * d.heads * d.seq];
+        let (q_rs, k_rs, v_rs, o_rs) = (sequence.q_rs(), sequence.k_rs(), sequence.v_rs(), sequence.o_rs());
+        for block in blocks(d) {
+            let rows = block.rows;
+            let (mask, end, p) = sequence.scores(block, scratch);
+            let first = block.head * d.seq + block.start;
+            for row in 0..rows {
+                probabilities_row(
+                    &mut p[row * end..(row + 1) * end],
+                    &mask[row * d.keys..],
+                    lse[first + row],
+                );
+            }
+            let (q_at, k_at, v_at) = sequence.offsets(block);
+            let o_at = block.start * o_rs + block.head * d.value_dim;
+            let grad_block = &grad[o_at..];
+            // dv[..end] += p^T grad_block
+            matmul(
+                (end, d.value_dim, rows),
+                &mut dv[v_at..],
+                v_rs,
+                true,
+                p,
+                (1, end),
+                grad_block,
+                (o_rs, 1),
+            );
+            // dp = grad_block v[..end]^T, then ds = p (dp - rowsum(grad * out)) in place.
+            if scratch_dp.len() < rows * end {
+                scratch_dp.resize(rows * end, 0.0);
+            }
+            let ds = &mut scratch_dp[..rows * end];
+            matmul(
+                (rows, end, d.value_dim),
+                ds,
+                end,
+                false,
+                grad_block,
+                (o_rs, 1),
+                &sequence.v[v_at..],
+                (1, v_rs),
+            );
+            for row in 0..rows {
+                let at = o_at + row * o_rs;
+                let delta: f32 = grad[at..at + d.value_dim]
+                    .iter()
+                    .zip(&out[at..at + d.value_dim])
+                    .map(|(g, o)| g * o)
+                    .sum();
+                let range = row * end..(row + 1) * end;
+                for (s, &p) in ds[range.clone()].iter_mut().zip(&p[range]) {
+                    *s = p * (*s - delta);
                 }
-            },
-        );
+            }
+            // dq_block = ds k[..end]; dk[..end] += ds^T q_block.
+            matmul(
+                (rows, d.dim, end),
+                &mut dq[q_at..],
+                q_rs,
+                false,
+                ds,
+                (end, 1),
+                &sequence.k[k_at..],
+                (k_rs, 1),
+            );
+            matmul(
+                (end, d.dim, rows),
+                &mut dk[k_at..],
+                k_rs,
+                true,
+                ds,
+                (1, end),
+                &sequence.q[q_at..],
+                (q_rs, 1),
+            );
+        }
+    };
+    if parallel(d) {
+        dq.par_chunks_mut(q_len)
+            .zip(dk.par_chunks_mut(k_len))
+            .zip(dv.par_chunks_mut(v_len))
+            .enumerate()
+            .for_each_init(|| (Vec::new(), Vec::new()), sequence_pass);
+    } else {
+        let mut scratch = (Vec::new(), Vec::new());
+        dq.chunks_mut(q_len)
+            .zip(dk.chunks_mut(k_len))
+            .zip(dv.chunks_mut(v_len))
+            .enumerate()
+            .for_each(|item| sequence_pass(&mut scratch, item));
+    }
     (dq, dk, dv)
 }
 
@@ -556,23 +530,4 @@ pub(super) fn attention_inference(
 /// Whether the fused kernels can take these operands (f32 throughout).
 pub(super) fn supported(dtypes: [DType; 3]) -> bool {
     dtypes.iter().all(|&d| d == DType::F32)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The vectorisable `exp` is within 3e-7 relative of libm's over the range softmax uses.
-    #[test]
-    fn exp_matches_libm() {
-        let mut worst = 0.0_f32;
-        for i in 0..=200_000 {
-            let x = -87.0 + 175.0 * i as f32 / 200_000.0;
-            let (ours, libm) = (exp(x), x.exp());
-            worst = worst.max(((ours - libm) / libm).abs());
-        }
-        assert!(worst < 3e-7, "worst relative error {worst}");
-        assert!(exp(f32::NEG_INFINITY) < 1e-37 && exp(-1000.0) >= 0.0);
-        assert_eq!(exp(0.0), 1.0);
-    }
 }
