@@ -520,11 +520,11 @@ impl Backward<Flex, 2> for SwigluBackward {
         let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
         let (g, gate, up) = (grad.storage::<f32>(), gate.storage::<f32>(), up.storage::<f32>());
         // Both gradients from one sigmoid per element.
-        let (mut d_gate, mut d_up) = (Vec::with_capacity(g.len()), Vec::with_capacity(g.len()));
-        for ((&g, &x), &u) in g.iter().zip(gate).zip(up) {
+        let (mut d_gate, mut d_up) = (vec![0.0_f32; g.len()], vec![0.0_f32; g.len()]);
+        for ((((&g, &x), &u), dg), du) in g.iter().zip(gate).zip(up).zip(&mut d_gate).zip(&mut d_up) {
             let s = sigmoid(x);
-            d_gate.push(g * u * s * (1.0 + x * (1.0 - s)));
-            d_up.push(g * x * s);
+            *dg = g * u * s * (1.0 + x * (1.0 - s));
+            *du = g * x * s;
         }
         let [gate_node, up_node] = ops.parents;
         for (node, d) in [(gate_node, d_gate), (up_node, d_up)] {
