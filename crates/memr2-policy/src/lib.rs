@@ -16,8 +16,8 @@
 //! - [`strict`]: strict tool calls, decoding held to the tools' schemas
 //!   ([`generate_constrained`] with a [`strict::ToolCallConstraint`]).
 //!
-//! Speed on the CPU: [`fused`] holds operations with a gradient of their own (the attention's
-//! masked softmax), and [`allocator`] the glibc set-up that binaries start with
+//! Speed on the CPU: [`fused`] holds operations with a gradient of their own (the masked
+//! attention, the token log-probabilities, the SwiGLU gate), and [`allocator`] the glibc set-up that binaries start with
 //! ([`allocator::reuse_freed_buffers`]); docs/PERF.md has the measurements.
 
 pub mod allocator;

@@ -491,8 +491,8 @@ impl TrainConfig {
 
     /// The built-in CPU run. Sizes are chosen from the measured CPU rates in docs/PERF.md: the
     /// whole run (10 SFT epochs, the answerer, three curriculum stages, evaluation) takes about
-    /// half an hour alone on two cores (the release build, docs/PERF.md), half of it the SFT epochs the
-    /// extractor needs before it copies facts well (docs/RESULTS.md). The objective's defaults are
+    /// 26 minutes alone on two cores (the release build, docs/PERF.md), more than half of it the
+    /// SFT epochs the extractor needs before it copies facts well (docs/RESULTS.md). The objective's defaults are
     /// the paper's, except the group sizes (n = 4, k = 4 instead of 8 and 4), which the CPU
     /// budget forces. The RL learning rate (5e-5) was chosen over 2e-4 on three seeds. Every
     /// stage validates at the evaluation's 32 sessions, so that the checkpoints of all stages
