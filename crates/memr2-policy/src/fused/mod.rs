@@ -106,7 +106,10 @@ pub fn masked_attention<B: Backend>(
 /// The same function from tensor operations, head-major: the `rep` query heads that share a
 /// key/value head are stacked along the sequence axis (`[batch, kv_heads, rep * seq, dim]`) so
 /// that keys and values are never repeated; with autodiff the products around
-/// [`masked_softmax`], without burn's `attention`.
+/// [`masked_softmax`], without burn's `attention`. (burn's autodiff backends differentiate
+/// `attention` through a generic composition that scales the `[queries, keys]` scores, tracks
+/// a row maximum and clamps its sums: about a dozen passes over the scores forward and
+/// backward. Every row of the model's masks keeps its own position, so no clamping is needed.)
 pub(crate) fn masked_attention_composed<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
