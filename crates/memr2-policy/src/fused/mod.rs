@@ -82,25 +82,26 @@ pub fn masked_attention<B: Backend>(
     let inputs = match inputs.downcast::<Four<FlexAutodiff>>() {
         Ok(flex) => {
             let (q, k, v, masked) = *flex;
-            let out: Box<dyn Any> = Box::new(attention::attention_autodiff(q, k, v, masked));
-            return *out
-                .downcast::<Tensor<B, 4>>()
-                .expect("the output has the input's type");
+            return retype(attention::attention_autodiff(q, k, v, masked));
         }
         Err(inputs) => inputs,
     };
     let inputs = match inputs.downcast::<Four<Flex>>() {
         Ok(flex) => {
             let (q, k, v, masked) = *flex;
-            let out: Box<dyn Any> = Box::new(attention::attention_inference(q, k, v, masked));
-            return *out
-                .downcast::<Tensor<B, 4>>()
-                .expect("the output has the input's type");
+            return retype(attention::attention_inference(q, k, v, masked));
         }
         Err(inputs) => inputs,
     };
     let (q, k, v, masked) = *inputs.downcast::<Four<B>>().expect("the inputs keep their type");
     masked_attention_composed(q, k, v, masked)
+}
+
+/// `value` as the type it is known to have (`T` and `U` are one type, told apart only at run
+/// time).
+fn retype<T: 'static, U: 'static>(value: T) -> U {
+    let value: Box<dyn Any> = Box::new(value);
+    *value.downcast::<U>().expect("the output has the input's type")
 }
 
 /// The same function from tensor operations, head-major: the `rep` query heads that share a
