@@ -92,7 +92,19 @@ impl Inputs {
         let k = part(&self.k, b, d.keys * d.kv_heads * d.dim);
         let v = part(&self.v, b, d.keys * d.kv_heads * d.value_dim);
         let mask = &self.mask.bytes()[b * d.seq * d.keys..(b + 1) * d.seq * d.keys];
-        Sequence { q, k, v, mask, d }
+        // All heads share the mask, so the keys each block of rows sees are found once.
+        let ends = mask
+            .chunks(BLOCK * d.keys.max(1))
+            .map(|rows| visible_end(rows, d.keys))
+            .collect();
+        Sequence {
+            q,
+            k,
+            v,
+            mask,
+            ends,
+            d,
+        }
     }
 }
 
@@ -198,6 +210,8 @@ struct Sequence<'a> {
     k: &'a [f32],
     v: &'a [f32],
     mask: &'a [u8],
+    /// Per block of [`BLOCK`] query positions, one past the last key any of its rows sees.
+    ends: Vec<usize>,
     d: Dims,
 }
 
@@ -256,7 +270,7 @@ impl<'a> Sequence<'a> {
     fn scores<'s>(&self, block: Block, scratch: &'s mut Vec<f32>) -> (&'a [u8], usize, &'s mut [f32]) {
         let (d, rows) = (self.d, block.rows);
         let mask = &self.mask[block.start * d.keys..(block.start + rows) * d.keys];
-        let end = visible_end(mask, d.keys);
+        let end = self.ends[block.start / BLOCK];
         if scratch.len() < rows * end {
             scratch.resize(rows * end, 0.0);
         }
@@ -282,7 +296,7 @@ fn forward(inputs: &Inputs) -> (Vec<f32>, Vec<f32>) {
     let d = inputs.dims;
     let mut out = vec![0.0_f32; d.batch * d.seq * d.heads * d.value_dim];
     let mut lse = vec![0.0_f32; d.batch * d.heads * d.seq];
-    if out.is_empty() {
+    if out.is_empty() || d.keys == 0 {
         return (out, lse);
     }
     let (out_len, lse_len) = (d.seq * d.heads * d.value_dim, d.heads * d.seq);
@@ -449,11 +463,12 @@ fn backward(inputs: &Inputs, out: &[f32], lse: &[f32], grad: &[f32]) -> (Vec<f32
 #[derive(Debug)]
 struct AttentionBackward;
 
-/// What the backward pass needs: the inputs, the output and the rows' log-sum-exps.
+/// What the backward pass needs: the inputs, the output (the node's own tensor, shared) and
+/// the rows' log-sum-exps.
 #[derive(Debug, Clone)]
 struct AttentionState {
     inputs: Inputs,
-    out: Vec<f32>,
+    out: FlexTensor,
     lse: Vec<f32>,
 }
 
@@ -463,7 +478,7 @@ impl Backward<Flex, 3> for AttentionBackward {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let AttentionState { inputs, out, lse } = ops.state;
         let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let (dq, dk, dv) = backward(&inputs, &out, &lse, grad.storage::<f32>());
+        let (dq, dk, dv) = backward(&inputs, out.storage::<f32>(), &lse, grad.storage::<f32>());
         let d = inputs.dims;
         let shapes = [
             [d.batch, d.seq, d.heads, d.dim],
@@ -498,13 +513,16 @@ pub(super) fn attention_autodiff(
     );
     let inputs = Inputs::new(&q.primitive, &k.primitive, &v.primitive, &masked.into_primitive());
     let (out, lse) = forward(&inputs);
-    let result = output(&inputs, out.clone());
+    let result = output(&inputs, out);
     let result = match AttentionBackward
         .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish(AttentionState { inputs, out, lse }, result),
+        OpsKind::Tracked(prep) => {
+            let out = result.clone();
+            prep.finish(AttentionState { inputs, out, lse }, result)
+        }
         OpsKind::UnTracked(prep) => prep.finish(result),
     };
     Tensor::from_primitive(TensorPrimitive::Float(result))
