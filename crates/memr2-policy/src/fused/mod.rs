@@ -8,7 +8,9 @@
 //! subtraction, `exp`, a sum and a division), each recorded and differentiated on its own: the
 //! backward pass computes `exp` again and runs the division's two-sided gradient over the
 //! `[queries, keys]` scores. [`masked_softmax`] records one node instead, whose backward is
-//! `p * (g - sum(g * p))` from the saved probabilities. [`token_logprobs`] takes the target's
+//! `p * (g - sum(g * p))` from the saved probabilities (the model no longer calls it on the
+//! CPU backend, where attention is fused whole; the composition around it stands in elsewhere
+//! and in the tests). [`token_logprobs`] takes the target's
 //! log-probability and the entropy from the LM head's logits in one pass per row (one node,
 //! one backward), and [`swiglu`] the feed-forward gate `silu(gate) * up` (one node, both
 //! gradients in one backward). They are taken on the CPU backend (`Autodiff<Flex>`, and
@@ -202,9 +204,7 @@ pub fn masked_softmax<B: Backend>(scores: Tensor<B, 4>, masked: Tensor<B, 4, Boo
     match inputs.downcast::<(Tensor<FlexAutodiff, 4>, Tensor<FlexAutodiff, 4, Bool>)>() {
         Ok(flex) => {
             let (scores, masked) = *flex;
-            let out: Box<dyn Any> = Box::new(masked_softmax_flex(scores, masked));
-            *out.downcast::<Tensor<B, 4>>()
-                .expect("the output has the input's type")
+            retype(masked_softmax_flex(scores, masked))
         }
         Err(inputs) => {
             let (scores, masked) = *inputs
@@ -293,10 +293,7 @@ pub fn token_logprobs<B: Backend>(logits: Tensor<B, 3>, targets: &[u32]) -> Tens
     let inputs: Box<dyn Any> = Box::new(logits);
     let inputs = match inputs.downcast::<Tensor<FlexAutodiff, 3>>() {
         Ok(flex) => {
-            let out: Box<dyn Any> = Box::new(token_logprobs_autodiff(*flex, [batch, seq, vocab], targets));
-            return *out
-                .downcast::<Tensor<B, 3>>()
-                .expect("the output has the input's type");
+            return retype(token_logprobs_autodiff(*flex, [batch, seq, vocab], targets));
         }
         Err(inputs) => inputs,
     };
@@ -304,9 +301,7 @@ pub fn token_logprobs<B: Backend>(logits: Tensor<B, 3>, targets: &[u32]) -> Tens
         Ok(flex) => {
             let primitive = flex.into_primitive().tensor();
             let (out, _) = token_logprobs_forward(&primitive, [batch, seq, vocab], targets);
-            let out: Box<dyn Any> = Box::new(Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(out)));
-            *out.downcast::<Tensor<B, 3>>()
-                .expect("the output has the input's type")
+            retype(Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(out)))
         }
         Err(inputs) => {
             let logits = *inputs
@@ -461,10 +456,7 @@ pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> 
     let inputs = match inputs.downcast::<(Tensor<FlexAutodiff, 3>, Tensor<FlexAutodiff, 3>)>() {
         Ok(flex) => {
             let (gate, up) = *flex;
-            let out: Box<dyn Any> = Box::new(swiglu_autodiff(gate, up));
-            return *out
-                .downcast::<Tensor<B, 3>>()
-                .expect("the output has the input's type");
+            return retype(swiglu_autodiff(gate, up));
         }
         Err(inputs) => inputs,
     };
@@ -477,9 +469,7 @@ pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> 
                 &up.into_primitive().tensor(),
                 dims,
             );
-            let out: Box<dyn Any> = Box::new(Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(out)));
-            *out.downcast::<Tensor<B, 3>>()
-                .expect("the output has the input's type")
+            retype(Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(out)))
         }
         Err(inputs) => {
             let (gate, up) = *inputs
