@@ -7,7 +7,9 @@
 //! `POLICY_BENCH_BACKENDS=flex,wgpu` picks some, and `POLICY_BENCH_MODELS=tiny,default,qwen0.5b`
 //! adds the default preset's model (hidden 128, 4 heads, vocabulary 1024, batches of 16 x 384) and a
 //! Qwen2.5-0.5B-shaped model with random weights (slow on a CPU: minutes per backend).
-//! `POLICY_BENCH_PARTS=train` (or `generate`) measures only that part, for a profiler;
+//! `POLICY_BENCH_PARTS=train` (or `generate`) measures only that part, for a profiler
+//! (`decode`: the KV-cache generation alone, without the full recomputation), and
+//! `POLICY_BENCH_BATCHES=32` decodes at only that batch size (default `1,8,32`);
 //! `POLICY_BENCH_PARTS=shapes` measures the matmul rate at each workload's own shapes.
 //! `crates/memr2-policy/scripts/engine_vs_pytorch.py` runs it against PyTorch side by side.
 
@@ -217,6 +219,7 @@ fn decode<B: Backend>(
     device: &B::Device,
     peak: f64,
     rows: &mut Vec<Row>,
+    recompute: bool,
 ) {
     let config = &work.config;
     let (gen_prompt, gen_tokens) = (work.gen_prompt, work.gen_tokens);
@@ -224,7 +227,16 @@ fn decode<B: Backend>(
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let sampling = SamplingConfig::greedy(gen_tokens);
     let mean_context = (gen_prompt + gen_tokens / 2) as f64;
-    for batch in [1, 8, 32] {
+    let batches: Vec<usize> = std::env::var("POLICY_BENCH_BATCHES")
+        .unwrap_or_else(|_| "1,8,32".to_string())
+        .split(',')
+        .map(|b| {
+            b.trim()
+                .parse()
+                .expect("POLICY_BENCH_BATCHES: batch sizes, comma-separated")
+        })
+        .collect();
+    for batch in batches {
         let prompts: Vec<Vec<u32>> = random_batch(&mut rng, config.vocab_size, batch, gen_prompt, 0)
             .into_iter()
             .map(|(p, _)| p)
@@ -241,6 +253,9 @@ fn decode<B: Backend>(
             gflops,
             fraction: gflops / peak,
         });
+    }
+    if !recompute {
+        return;
     }
     // Full recomputation: every new token reruns the whole sequence.
     let seq = gen_prompt + gen_tokens;
@@ -291,8 +306,8 @@ fn run_backend<B: AutodiffBackend>(
         if part("train") {
             train::<B>(work, name, device, peak, rows);
         }
-        if part("generate") {
-            decode::<B::InnerBackend>(work, name, device, peak, rows);
+        if part("generate") || part("decode") {
+            decode::<B::InnerBackend>(work, name, device, peak, rows, part("generate"));
         }
     }
 }

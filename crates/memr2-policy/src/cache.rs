@@ -4,9 +4,41 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
-/// Per-layer keys and values `[batch, cached, kv_heads, head_dim]` (the projections' layout),
-/// empty before the first step.
-pub(crate) type LayerCache<B> = (Option<Tensor<B, 4>>, Option<Tensor<B, 4>>);
+use crate::fused::append_rows;
+
+/// One layer's keys and values in the projections' layout, `[batch, capacity, kv_heads,
+/// head_dim]`, of which the first `len` positions are cached (on the CPU backend the buffers
+/// have room to grow, [`crate::fused::append_rows`]); empty before the first step.
+#[derive(Debug)]
+pub(crate) struct LayerCache<B: Backend> {
+    keys: Option<Tensor<B, 4>>,
+    values: Option<Tensor<B, 4>>,
+    len: usize,
+}
+
+impl<B: Backend> LayerCache<B> {
+    fn new() -> Self {
+        Self {
+            keys: None,
+            values: None,
+            len: 0,
+        }
+    }
+
+    /// Appends a step's keys and values `[batch, new, kv_heads, head_dim]` and returns all of
+    /// them so far, `[batch, cached + new, ..]`.
+    pub(crate) fn append(
+        &mut self,
+        keys: Tensor<B, 4>,
+        values: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let added = keys.dims()[1];
+        let keys = append_rows(&mut self.keys, self.len, keys);
+        let values = append_rows(&mut self.values, self.len, values);
+        self.len += added;
+        (keys, values)
+    }
+}
 
 /// Cached keys and values of a batch of sequences.
 #[derive(Debug)]
@@ -21,7 +53,7 @@ impl<B: Backend> KvCache<B> {
     /// An empty cache for a model of `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
         Self {
-            layers: (0..num_layers).map(|_| (None, None)).collect(),
+            layers: (0..num_layers).map(|_| LayerCache::new()).collect(),
             key_valid: Vec::new(),
         }
     }
@@ -64,9 +96,9 @@ impl<B: Backend> KvCache<B> {
     pub fn retain_rows(&mut self, rows: &[usize], device: &B::Device) {
         let index: Vec<i64> = rows.iter().map(|&row| row as i64).collect();
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [rows.len()]), device);
-        for (k, v) in &mut self.layers {
-            *k = k.take().map(|t| t.select(0, index.clone()));
-            *v = v.take().map(|t| t.select(0, index.clone()));
+        for layer in &mut self.layers {
+            layer.keys = layer.keys.take().map(|t| t.select(0, index.clone()));
+            layer.values = layer.values.take().map(|t| t.select(0, index.clone()));
         }
         self.key_valid = rows
             .iter()

@@ -72,23 +72,28 @@ impl<B: Backend> Attention<B> {
         let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         // Rotated and attended in the projections' own [batch, seq, heads, hd] layout.
         let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, hd]);
-        let q = rope.apply_query(split(self.q_proj.forward(x.clone()), h));
-        let mut k = rope.apply_key(split(self.k_proj.forward(x.clone()), kv));
-        let mut v = split(self.v_proj.forward(x), kv);
-        if let Some((past_k, past_v)) = cache {
-            if let Some(pk) = past_k.take() {
-                k = Tensor::cat(vec![pk, k], 1);
-            }
-            if let Some(pv) = past_v.take() {
-                v = Tensor::cat(vec![pv, v], 1);
-            }
-            *past_k = Some(k.clone());
-            *past_v = Some(v.clone());
-        }
+        let q = rope.apply_query(split(rows_linear(&self.q_proj, x.clone()), h));
+        let k = rope.apply_key(split(rows_linear(&self.k_proj, x.clone()), kv));
+        let v = split(rows_linear(&self.v_proj, x), kv);
+        let (k, v) = match cache {
+            Some(cache) => cache.append(k, v),
+            None => (k, v),
+        };
         // The queries come scaled from the rotation.
         let out = masked_attention(q, k, v, masked);
-        self.o_proj.forward(out.reshape([batch, seq, h * hd]))
+        rows_linear(&self.o_proj, out.reshape([batch, seq, h * hd]))
     }
+}
+
+/// `linear` applied to `x` `[batch, seq, in]` as one `[batch * seq, in]` matrix: one product
+/// (and one for the weight's gradient) where burn would multiply each sequence of the batch
+/// on its own, which at a decoding step (one row per sequence) is `batch` products of a
+/// single row.
+fn rows_linear<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, seq, d] = x.dims();
+    let y = linear.forward(x.reshape([batch * seq, d]));
+    let out = y.dims()[1];
+    y.reshape([batch, seq, out])
 }
 
 /// SwiGLU feed-forward: `down_proj(silu(gate_proj(x)) * up_proj(x))`.
@@ -115,8 +120,13 @@ impl<B: Backend> Mlp<B> {
 
     /// `[batch, seq, hidden]` to the same shape.
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down_proj
-            .forward(swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x)))
+        rows_linear(
+            &self.down_proj,
+            swiglu(
+                rows_linear(&self.gate_proj, x.clone()),
+                rows_linear(&self.up_proj, x),
+            ),
+        )
     }
 }
 
@@ -240,8 +250,13 @@ impl<B: Backend> Transformer<B> {
     /// Applies the LM head to hidden states `[batch, seq, hidden]`, giving `[batch, seq, vocab]`.
     pub fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => linear(hidden, self.embed_tokens.weight.val().transpose(), None),
+            Some(head) => rows_linear(head, hidden),
+            None => {
+                let [batch, seq, d] = hidden.dims();
+                let weight = self.embed_tokens.weight.val().transpose();
+                let vocab = weight.dims()[1];
+                linear(hidden.reshape([batch * seq, d]), weight, None).reshape([batch, seq, vocab])
+            }
         }
     }
 

@@ -24,7 +24,6 @@ impl<B: Backend> RmsNorm<B> {
 
     /// Normalises `[..., hidden]` to the same shape.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let rms = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt();
-        (x / rms) * self.weight.val().unsqueeze()
+        crate::fused::rms_norm(x, self.weight.val(), self.eps)
     }
 }

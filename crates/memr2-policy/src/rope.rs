@@ -151,17 +151,9 @@ impl<B: Backend> RopeAngles<B> {
         self.apply(x, &self.key)
     }
 
-    /// `x * cos + rotate_half(x) * sin`, with `rotate_half` one matmul over all rows.
+    /// `x * cos + rotate_half(x) * sin` ([`crate::fused::rotary`]).
     fn apply(&self, x: Tensor<B, 4>, (cos, sin): &(Tensor<B, 4>, Tensor<B, 4>)) -> Tensor<B, 4> {
-        let dims = x.dims();
-        let [batch, seq, heads, head_dim] = dims;
-        assert_eq!(dims, cos.dims(), "rotary tables built for another shape");
-        let rotated = x
-            .clone()
-            .reshape([batch * seq * heads, head_dim])
-            .matmul(self.rotation.clone())
-            .reshape(dims);
-        x * cos.clone() + rotated * sin.clone()
+        crate::fused::rotary(x, cos.clone(), sin.clone(), self.rotation.clone())
     }
 }
 

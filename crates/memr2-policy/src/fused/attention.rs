@@ -50,16 +50,61 @@ impl Dims {
     }
 }
 
-/// The inputs, contiguous: `q` `[batch, seq, heads, dim]`, `k` `[batch, keys, kv_heads,
-/// dim]`, `v` `[batch, keys, kv_heads, value_dim]`, `mask` `[batch, seq, keys]` (non-zero =
-/// may not attend).
+/// The inputs: `q` `[batch, seq, heads, dim]`, `mask` `[batch, seq, keys]` (non-zero = may
+/// not attend), contiguous; `k` `[batch, keys, kv_heads, dim]` and `v` `[batch, keys,
+/// kv_heads, value_dim]` contiguous within each sequence, at the batch stride of their
+/// [`Rows`] (a view of the key/value cache's buffer is read in place).
 #[derive(Debug, Clone)]
 struct Inputs {
     q: FlexTensor,
-    k: FlexTensor,
-    v: FlexTensor,
+    k: Rows,
+    v: Rows,
     mask: FlexTensor,
     dims: Dims,
+}
+
+/// A `[batch, ..]` tensor whose every sequence is one contiguous run of its storage, from
+/// `offset` at `stride` elements apart.
+#[derive(Debug, Clone)]
+struct Rows {
+    tensor: FlexTensor,
+    offset: usize,
+    stride: usize,
+}
+
+impl Rows {
+    /// `t` read in place when each sequence is contiguous (the first axis's stride at least a
+    /// sequence long), else a contiguous copy.
+    fn new(t: &FlexTensor) -> Self {
+        let (shape, strides) = (t.layout().shape(), t.layout().strides());
+        let inner: usize = (1..shape.num_dims()).map(|axis| shape[axis]).product();
+        let mut expected = 1;
+        let mut contiguous_within = true;
+        for axis in (1..shape.num_dims()).rev() {
+            contiguous_within &= shape[axis] == 1 || strides[axis] == expected as isize;
+            expected *= shape[axis];
+        }
+        let stride = strides[0];
+        if contiguous_within && (shape[0] == 1 || stride >= inner as isize) && stride >= 0 {
+            Self {
+                tensor: t.clone(),
+                offset: t.layout().start_offset(),
+                stride: if shape[0] == 1 { inner } else { stride as usize },
+            }
+        } else {
+            Self {
+                tensor: t.to_contiguous(),
+                offset: 0,
+                stride: inner,
+            }
+        }
+    }
+
+    /// Sequence `b`, `len` elements.
+    fn sequence(&self, b: usize, len: usize) -> &[f32] {
+        let at = self.offset + b * self.stride;
+        &self.tensor.storage::<f32>()[at..at + len]
+    }
 }
 
 impl Inputs {
@@ -67,8 +112,8 @@ impl Inputs {
         let (qs, ks, vs) = (q.layout().shape(), k.layout().shape(), v.layout().shape());
         Self {
             q: q.to_contiguous(),
-            k: k.to_contiguous(),
-            v: v.to_contiguous(),
+            k: Rows::new(k),
+            v: Rows::new(v),
             mask: mask.to_contiguous(),
             dims: Dims {
                 batch: qs[0],
@@ -89,8 +134,8 @@ impl Inputs {
             &t.storage::<f32>()[b * len..(b + 1) * len]
         }
         let q = part(&self.q, b, d.seq * d.heads * d.dim);
-        let k = part(&self.k, b, d.keys * d.kv_heads * d.dim);
-        let v = part(&self.v, b, d.keys * d.kv_heads * d.value_dim);
+        let k = self.k.sequence(b, d.keys * d.kv_heads * d.dim);
+        let v = self.v.sequence(b, d.keys * d.kv_heads * d.value_dim);
         let mask = &self.mask.bytes()[b * d.seq * d.keys..(b + 1) * d.seq * d.keys];
         // All heads share the mask, so the keys each block of rows sees are found once.
         let ends = mask

@@ -34,6 +34,9 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn_flex::{Flex, FlexTensor};
 
 mod attention;
+mod norm;
+mod rope;
+mod rows;
 
 /// The CPU training backend, on which the fused operations run.
 type FlexAutodiff = Autodiff<Flex>;
@@ -480,6 +483,170 @@ pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> 
     }
 }
 
+/// Appends `new` `[batch, added, heads, dim]` to a key/value cache buffer that holds `len`
+/// positions along axis 1, and returns all `len + added` of them.
+///
+/// On the CPU backend the buffer has room to grow (doubled when full) and only the new rows
+/// are written, in place (module `rows`); returned views of it never change afterwards, as a
+/// buffer someone else still holds is copied before it is written. Elsewhere the buffer is
+/// the concatenation itself.
+pub(crate) fn append_rows<B: Backend>(
+    buffer: &mut Option<Tensor<B, 4>>,
+    len: usize,
+    new: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    if new.dtype() == DType::F32 {
+        let inputs: Box<dyn Any> = Box::new((buffer.take(), new));
+        match inputs.downcast::<(Option<Tensor<Flex, 4>>, Tensor<Flex, 4>)>() {
+            Ok(flex) => {
+                let (old, new) = *flex;
+                let (kept, view) = rows::append(old, len, new);
+                *buffer = Some(retype(kept));
+                return retype(view);
+            }
+            Err(inputs) => {
+                let (old, new) = *inputs
+                    .downcast::<(Option<Tensor<B, 4>>, Tensor<B, 4>)>()
+                    .expect("the inputs keep their type");
+                *buffer = old;
+                return concatenated(buffer, len, new);
+            }
+        }
+    }
+    concatenated(buffer, len, new)
+}
+
+/// [`append_rows`] as a concatenation: the buffer holds exactly the cached positions.
+fn concatenated<B: Backend>(
+    buffer: &mut Option<Tensor<B, 4>>,
+    len: usize,
+    new: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let all = match buffer.take() {
+        Some(past) => {
+            let [batch, capacity, heads, dim] = past.dims();
+            let past = if capacity == len {
+                past
+            } else {
+                past.slice([0..batch, 0..len, 0..heads, 0..dim])
+            };
+            Tensor::cat(vec![past, new], 1)
+        }
+        None => new,
+    };
+    *buffer = Some(all.clone());
+    all
+}
+
+/// The rotary embedding's rotation in HF's rotate-half convention, `x cos + rotate_half(x)
+/// sin`, for `x`, `cos` and `sin` `[batch, seq, heads, head_dim]` (the tables constants, with
+/// no gradient) and `rotation` the `[head_dim, head_dim]` matrix with `x @ rotation =
+/// rotate_half(x)`, which the composition uses.
+///
+/// On the CPU backend one node: a pass forward, and one backward (module `rope`), where
+/// burn's composition records a matmul, two products and a sum.
+pub fn rotary<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    rotation: Tensor<B, 2>,
+) -> Tensor<B, 4> {
+    let dims = x.dims();
+    assert_eq!(cos.dims(), dims, "rotary: tables built for another shape");
+    assert_eq!(sin.dims(), dims, "rotary: tables built for another shape");
+    assert!(dims[3].is_multiple_of(2), "rotary: an odd head width {}", dims[3]);
+    if [x.dtype(), cos.dtype(), sin.dtype()] != [DType::F32; 3] {
+        return rotary_composed(x, cos, sin, rotation);
+    }
+    let inputs: Box<dyn Any> = Box::new((x, cos, sin));
+    type Three<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
+    let inputs = match inputs.downcast::<Three<FlexAutodiff>>() {
+        Ok(flex) => {
+            let (x, cos, sin) = *flex;
+            return retype(rope::autodiff(x, cos, sin));
+        }
+        Err(inputs) => inputs,
+    };
+    let inputs = match inputs.downcast::<Three<Flex>>() {
+        Ok(flex) => {
+            let (x, cos, sin) = *flex;
+            let [x, cos, sin] = [x, cos, sin].map(|t| t.into_primitive().tensor());
+            let out = rope::forward(&x, &cos, &sin, dims[3]);
+            return retype(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(out)));
+        }
+        Err(inputs) => inputs,
+    };
+    let (x, cos, sin) = *inputs.downcast::<Three<B>>().expect("the inputs keep their type");
+    rotary_composed(x, cos, sin, rotation)
+}
+
+/// The same function from tensor operations: `rotate_half` as one matmul over all rows.
+pub(crate) fn rotary_composed<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    rotation: Tensor<B, 2>,
+) -> Tensor<B, 4> {
+    let dims = x.dims();
+    let [batch, seq, heads, head_dim] = dims;
+    let rotated = x
+        .clone()
+        .reshape([batch * seq * heads, head_dim])
+        .matmul(rotation)
+        .reshape(dims);
+    x * cos + rotated * sin
+}
+
+/// RMSNorm over the last axis, `x / sqrt(mean(x^2) + eps) * weight`, for `x` `[.., hidden]`
+/// and `weight` `[hidden]`.
+///
+/// On the CPU backend one node: a pass over each row forward, and one backward that gives
+/// both gradients (module `norm`), where burn's composition records six operations and
+/// differentiates each.
+pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
+    let dims = x.dims();
+    let hidden = dims[D - 1];
+    assert_eq!(weight.dims(), [hidden], "rms_norm: a weight of another width");
+    if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+        return rms_norm_composed(x, weight, eps);
+    }
+    let rows = dims[..D - 1].iter().product();
+    let flat = x.reshape([rows, hidden]);
+    let eps32 = eps as f32;
+    let inputs: Box<dyn Any> = Box::new((flat, weight));
+    let inputs = match inputs.downcast::<(Tensor<FlexAutodiff, 2>, Tensor<FlexAutodiff, 1>)>() {
+        Ok(flex) => {
+            let (x, w) = *flex;
+            return retype::<_, Tensor<B, 2>>(norm::autodiff(x, w, eps32)).reshape(dims);
+        }
+        Err(inputs) => inputs,
+    };
+    let inputs = match inputs.downcast::<(Tensor<Flex, 2>, Tensor<Flex, 1>)>() {
+        Ok(flex) => {
+            let (x, w) = *flex;
+            let (x, w) = (x.into_primitive().tensor(), w.into_primitive().tensor());
+            let (out, _) = norm::forward(&x, &w, eps32);
+            let out = Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(out));
+            return retype::<_, Tensor<B, 2>>(out).reshape(dims);
+        }
+        Err(inputs) => inputs,
+    };
+    let (flat, weight) = *inputs
+        .downcast::<(Tensor<B, 2>, Tensor<B, 1>)>()
+        .expect("the inputs keep their type");
+    rms_norm_composed(flat.reshape(dims), weight, eps)
+}
+
+/// The same function from tensor operations, differentiated by whatever backend runs it.
+pub(crate) fn rms_norm_composed<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let rms = (x.clone().square().mean_dim(D - 1) + eps).sqrt();
+    (x / rms) * weight.unsqueeze()
+}
+
 /// The same function from tensor operations, differentiated by whatever backend runs it.
 pub(crate) fn swiglu_composed<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
     silu(gate) * up
@@ -789,5 +956,129 @@ mod tests {
         out_f.assert_approx_eq::<f32>(&out_c, Tolerance::absolute(1e-5));
         dg_f.assert_approx_eq::<f32>(&dg_c, Tolerance::absolute(1e-5));
         du_f.assert_approx_eq::<f32>(&du_c, Tolerance::absolute(1e-5));
+    }
+
+    /// Appending to a cache buffer gives the concatenation of everything appended, across
+    /// growth of the buffer, and a view handed out earlier keeps its values while it is held.
+    #[test]
+    fn appended_rows_equal_the_concatenation_and_held_views_never_change() {
+        type B = crate::TestBackend;
+        let device = Default::default();
+        let (batch, heads, dim) = (3, 2, 4);
+        let mut buffer = None;
+        let mut appended: Vec<Tensor<B, 4>> = Vec::new();
+        let mut held: Vec<(Tensor<B, 4>, TensorData)> = Vec::new();
+        let mut len = 0;
+        for (step, added) in [5, 1, 1, 70, 3, 1, 130].into_iter().enumerate() {
+            let new = Tensor::<B, 4>::random([batch, added, heads, dim], Distribution::Default, &device);
+            appended.push(new.clone());
+            let view = append_rows(&mut buffer, len, new);
+            len += added;
+            let expected = Tensor::cat(appended.clone(), 1);
+            assert_eq!(view.dims(), [batch, len, heads, dim]);
+            view.to_data().assert_eq(&expected.to_data(), true);
+            if step % 2 == 0 {
+                held.push((view.clone(), view.to_data()));
+            }
+        }
+        for (view, data) in held {
+            view.into_data().assert_eq(&data, true);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+
+        /// RMSNorm: values and both gradients of the fused node equal the composition's, and
+        /// the forward pass without autodiff equals it too, over random shapes and scales.
+        #[test]
+        fn rms_norm_matches_the_composition_and_its_gradient(
+            batch in 1_usize..4,
+            seq in 1_usize..9,
+            hidden in 1_usize..40,
+            scale in 0.01_f64..100.0,
+            seed in 0_u64..1000,
+        ) {
+            let device = Default::default();
+            <Ad as Backend>::seed(&device, seed);
+            let shape = [batch, seq, hidden];
+            let x = Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, scale), &device);
+            let w = Tensor::<Ad, 1>::random([hidden], Distribution::Normal(1.0, 0.5), &device);
+            let weights = Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+            let eps = 1e-6;
+            let run = |fused: bool| {
+                let xs = Tensor::<Ad, 3>::from_data(x.to_data(), &device).require_grad();
+                let ws = Tensor::<Ad, 1>::from_data(w.to_data(), &device).require_grad();
+                let out = if fused {
+                    rms_norm(xs.clone(), ws.clone(), eps)
+                } else {
+                    rms_norm_composed(xs.clone(), ws.clone(), eps)
+                };
+                let grads = (out.clone() * weights.clone()).sum().backward();
+                (
+                    out.into_data(),
+                    xs.grad(&grads).unwrap().into_data(),
+                    ws.grad(&grads).unwrap().into_data(),
+                )
+            };
+            let (out_f, dx_f, dw_f) = run(true);
+            let (out_c, dx_c, dw_c) = run(false);
+            let tolerance = Tolerance::rel_abs(1e-4, 1e-5);
+            out_f.assert_approx_eq::<f32>(&out_c, tolerance);
+            dx_f.assert_approx_eq::<f32>(&dx_c, tolerance);
+            dw_f.assert_approx_eq::<f32>(&dw_c, Tolerance::rel_abs(1e-4, 1e-4));
+            let x = Tensor::<crate::TestBackend, 3>::from_data(x.to_data(), &device);
+            let w = Tensor::<crate::TestBackend, 1>::from_data(w.to_data(), &device);
+            rms_norm(x.clone(), w.clone(), eps)
+                .into_data()
+                .assert_approx_eq::<f32>(&rms_norm_composed(x, w, eps).into_data(), tolerance);
+        }
+
+        /// The rotation: values and the gradient of the fused node equal the composition's
+        /// (the rotate-half matrix), and so does the forward pass without autodiff.
+        #[test]
+        fn rotary_matches_the_composition_and_its_gradient(
+            batch in 1_usize..3,
+            seq in 1_usize..6,
+            heads in 1_usize..4,
+            half in 1_usize..9,
+            seed in 0_u64..1000,
+        ) {
+            let device = Default::default();
+            <Ad as Backend>::seed(&device, seed);
+            let head_dim = 2 * half;
+            let shape = [batch, seq, heads, head_dim];
+            let normal = |std: f64| Tensor::<Ad, 4>::random(shape, Distribution::Normal(0.0, std), &device);
+            let (x, cos, sin, weights) = (normal(2.0), normal(1.0), normal(1.0), normal(1.0));
+            let mut rotation = vec![0.0_f32; head_dim * head_dim];
+            for i in 0..half {
+                rotation[(i + half) * head_dim + i] = -1.0;
+                rotation[i * head_dim + i + half] = 1.0;
+            }
+            let rotation = TensorData::new(rotation, [head_dim, head_dim]);
+            let run = |fused: bool| {
+                let xs = Tensor::<Ad, 4>::from_data(x.to_data(), &device).require_grad();
+                let r = Tensor::<Ad, 2>::from_data(rotation.clone(), &device);
+                let out = if fused {
+                    rotary(xs.clone(), cos.clone(), sin.clone(), r)
+                } else {
+                    rotary_composed(xs.clone(), cos.clone(), sin.clone(), r)
+                };
+                let grads = (out.clone() * weights.clone()).sum().backward();
+                (out.into_data(), xs.grad(&grads).unwrap().into_data())
+            };
+            let (out_f, dx_f) = run(true);
+            let (out_c, dx_c) = run(false);
+            out_f.assert_approx_eq::<f32>(&out_c, Tolerance::absolute(1e-5));
+            dx_f.assert_approx_eq::<f32>(&dx_c, Tolerance::absolute(1e-5));
+            let inner = |t: &Tensor<Ad, 4>| Tensor::<crate::TestBackend, 4>::from_data(t.to_data(), &device);
+            let r = Tensor::<crate::TestBackend, 2>::from_data(rotation, &device);
+            rotary(inner(&x), inner(&cos), inner(&sin), r.clone())
+                .into_data()
+                .assert_approx_eq::<f32>(
+                    &rotary_composed(inner(&x), inner(&cos), inner(&sin), r).into_data(),
+                    Tolerance::absolute(1e-5),
+                );
+        }
     }
 }
