@@ -12,11 +12,17 @@
 //! CPU backend, where attention is fused whole; the composition around it stands in elsewhere
 //! and in the tests). [`token_logprobs`] takes the target's
 //! log-probability and the entropy from the LM head's logits in one pass per row (one node,
-//! one backward), and [`swiglu`] the feed-forward gate `silu(gate) * up` (one node, both
-//! gradients in one backward). They are taken on the CPU backend (`Autodiff<Flex>`, and
-//! `Flex` without autodiff for all but the softmax), recognised by type at run time so that
-//! the model stays generic over `B: Backend`; every other backend computes the same functions
-//! from tensor operations. Tests compare values and gradients of the two.
+//! one backward), [`swiglu`] the feed-forward gate `silu(gate) * up` (one node, both
+//! gradients in one backward), [`rms_norm`] the norm with the gradients of its input and its
+//! weight in one backward (module `norm`), and [`rotary`] the rotary embedding's rotation
+//! (module `rope`). They are taken on the CPU backend (`Autodiff<Flex>`, and `Flex` without
+//! autodiff for all but the softmax), recognised by type at run time so that the model stays
+//! generic over `B: Backend`; every other backend computes the same functions from tensor
+//! operations. Tests compare values and gradients of the two.
+//!
+//! `append_rows` (crate-private) is the key/value cache's append: on `Flex` it writes a step's rows into a
+//! buffer with room to grow (module `rows`), which the attention reads in place, instead of
+//! concatenating the whole cache every step.
 
 use std::any::Any;
 
