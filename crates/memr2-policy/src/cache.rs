@@ -14,14 +14,17 @@ pub(crate) struct LayerCache<B: Backend> {
     keys: Option<Tensor<B, 4>>,
     values: Option<Tensor<B, 4>>,
     len: usize,
+    /// Positions a first buffer is given room for.
+    reserve: usize,
 }
 
 impl<B: Backend> LayerCache<B> {
-    fn new() -> Self {
+    fn new(reserve: usize) -> Self {
         Self {
             keys: None,
             values: None,
             len: 0,
+            reserve,
         }
     }
 
@@ -33,8 +36,8 @@ impl<B: Backend> LayerCache<B> {
         values: Tensor<B, 4>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let added = keys.dims()[1];
-        let keys = append_rows(&mut self.keys, self.len, keys);
-        let values = append_rows(&mut self.values, self.len, values);
+        let keys = append_rows(&mut self.keys, self.len, keys, self.reserve);
+        let values = append_rows(&mut self.values, self.len, values, self.reserve);
         self.len += added;
         (keys, values)
     }
@@ -52,8 +55,14 @@ pub struct KvCache<B: Backend> {
 impl<B: Backend> KvCache<B> {
     /// An empty cache for a model of `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
+        Self::with_capacity(num_layers, 0)
+    }
+
+    /// An empty cache with room for `positions` positions before its buffers grow (on the CPU
+    /// backend, where they are allocated at that size; elsewhere a hint without effect).
+    pub fn with_capacity(num_layers: usize, positions: usize) -> Self {
         Self {
-            layers: (0..num_layers).map(|_| LayerCache::new()).collect(),
+            layers: (0..num_layers).map(|_| LayerCache::new(positions)).collect(),
             key_valid: Vec::new(),
         }
     }

@@ -158,10 +158,10 @@ fn generate_inner<B: Backend>(
         return out;
     }
     let device = model.device();
-    let mut cache = KvCache::new(model.layers.len());
-
     // Prefill: the prompts of the active rows, left-padded to a common length.
     let width = active.iter().map(|&row| prompts[row].len()).max().unwrap_or(0);
+    let longest = active.iter().map(|&row| budgets[row]).max().unwrap_or(0);
+    let mut cache = KvCache::with_capacity(model.layers.len(), width + longest);
     let (mut tokens, mut valid, mut positions) = (Vec::new(), Vec::new(), Vec::new());
     for &row in &active {
         let prompt = &prompts[row];

@@ -491,10 +491,10 @@ impl TrainConfig {
 
     /// The built-in CPU run. Sizes are chosen from the measured CPU rates in docs/PERF.md: the
     /// whole run (10 SFT epochs, the answerer, three curriculum stages, evaluation) takes about
-    /// 26 minutes alone on two cores (the release build, docs/PERF.md), more than half of it the
-    /// SFT epochs the extractor needs before it copies facts well (docs/RESULTS.md). The objective's defaults are
-    /// the paper's, except the group sizes (n = 4, k = 4 instead of 8 and 4), which the CPU
-    /// budget forces. The RL learning rate (5e-5) was chosen over 2e-4 on three seeds. Every
+    /// 19 minutes alone on two cores (the release build, docs/PERF.md), more than half of it the
+    /// SFT epochs the extractor needs before it copies facts well (docs/RESULTS.md). The
+    /// objective's defaults are the paper's, except the group sizes (n = 4, k = 4 instead of 8
+    /// and 4), which the CPU budget forces. The RL learning rate (5e-5) was chosen over 2e-4 on three seeds. Every
     /// stage validates at the evaluation's 32 sessions, so that the checkpoints of all stages
     /// are compared on the same 256 validation questions (16 conversations); the evaluation
     /// reads 64 test conversations (1,024 questions).

@@ -492,7 +492,8 @@ pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> 
 /// Appends `new` `[batch, added, heads, dim]` to a key/value cache buffer that holds `len`
 /// positions along axis 1, and returns all `len + added` of them.
 ///
-/// On the CPU backend the buffer has room to grow (doubled when full) and only the new rows
+/// On the CPU backend the buffer has room to grow (`reserve` positions when first made, if
+/// that is enough, and doubled whenever full) and only the new rows
 /// are written, in place (module `rows`); returned views of it never change afterwards, as a
 /// buffer someone else still holds is copied before it is written. Elsewhere the buffer is
 /// the concatenation itself.
@@ -500,13 +501,14 @@ pub(crate) fn append_rows<B: Backend>(
     buffer: &mut Option<Tensor<B, 4>>,
     len: usize,
     new: Tensor<B, 4>,
+    reserve: usize,
 ) -> Tensor<B, 4> {
     if new.dtype() == DType::F32 {
         let inputs: Box<dyn Any> = Box::new((buffer.take(), new));
         match inputs.downcast::<(Option<Tensor<Flex, 4>>, Tensor<Flex, 4>)>() {
             Ok(flex) => {
                 let (old, new) = *flex;
-                let (kept, view) = rows::append(old, len, new);
+                let (kept, view) = rows::append(old, len, new, reserve);
                 *buffer = Some(retype(kept));
                 return retype(view);
             }
@@ -965,9 +967,16 @@ mod tests {
     }
 
     /// Appending to a cache buffer gives the concatenation of everything appended, across
-    /// growth of the buffer, and a view handed out earlier keeps its values while it is held.
+    /// growth of the buffer (none, reserved room, too little room), and a view handed out
+    /// earlier keeps its values while it is held.
     #[test]
     fn appended_rows_equal_the_concatenation_and_held_views_never_change() {
+        for reserve in [0, 211, 100] {
+            append_rows_case(reserve);
+        }
+    }
+
+    fn append_rows_case(reserve: usize) {
         type B = crate::TestBackend;
         let device = Default::default();
         let (batch, heads, dim) = (3, 2, 4);
@@ -978,7 +987,7 @@ mod tests {
         for (step, added) in [5, 1, 1, 70, 3, 1, 130].into_iter().enumerate() {
             let new = Tensor::<B, 4>::random([batch, added, heads, dim], Distribution::Default, &device);
             appended.push(new.clone());
-            let view = append_rows(&mut buffer, len, new);
+            let view = append_rows(&mut buffer, len, new, reserve);
             len += added;
             let expected = Tensor::cat(appended.clone(), 1);
             assert_eq!(view.dims(), [batch, len, heads, dim]);

@@ -16,11 +16,13 @@ const MIN_CAPACITY: usize = 64;
 
 /// Appends `new` `[batch, added, heads, dim]` after the first `len` positions of `buffer`
 /// (`[batch, capacity, heads, dim]`, `capacity >= len`); returns the buffer to keep and a view
-/// of its first `len + added` positions.
+/// of its first `len + added` positions. A new buffer has room for `reserve` positions when
+/// that is enough, else for twice what it must hold.
 pub(super) fn append(
     buffer: Option<Tensor<Flex, 4>>,
     len: usize,
     new: Tensor<Flex, 4>,
+    reserve: usize,
 ) -> (Tensor<Flex, 4>, Tensor<Flex, 4>) {
     let [batch, added, heads, dim] = new.dims();
     let (row, total) = (heads * dim, len + added);
@@ -44,11 +46,11 @@ pub(super) fn append(
             if b.try_storage_mut::<f32>().is_some() {
                 b
             } else {
-                grown(&b, len, total)
+                grown(&b, len, total, reserve)
             }
         }
-        Some(b) => grown(&b, len, total),
-        None => grown(&empty([batch, 0, heads, dim]), 0, total),
+        Some(b) => grown(&b, len, total, reserve),
+        None => grown(&empty([batch, 0, heads, dim]), 0, total, reserve),
     };
     let capacity = buffer.layout().shape()[1];
     let src: &[f32] = new.storage();
@@ -66,13 +68,18 @@ fn empty(shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(Vec::<f32>::new(), shape))
 }
 
-/// A fresh buffer of `old`'s batch and heads with room for at least `2 * total` positions,
-/// holding `old`'s first `len`.
-fn grown(old: &FlexTensor, len: usize, total: usize) -> FlexTensor {
+/// A fresh buffer of `old`'s batch and heads with room for `reserve` positions if that holds
+/// `total`, else for `2 * total` (at least [`MIN_CAPACITY`]), holding `old`'s first `len`.
+fn grown(old: &FlexTensor, len: usize, total: usize, reserve: usize) -> FlexTensor {
     let old = old.to_contiguous();
     let shape = old.layout().shape();
     let [batch, old_capacity, heads, dim] = [shape[0], shape[1], shape[2], shape[3]];
-    let (row, capacity) = (heads * dim, (2 * total).max(MIN_CAPACITY));
+    let capacity = if reserve >= total {
+        reserve
+    } else {
+        (2 * total).max(MIN_CAPACITY)
+    };
+    let row = heads * dim;
     let mut data = vec![0.0_f32; batch * capacity * row];
     let src: &[f32] = old.storage();
     for b in 0..batch {
