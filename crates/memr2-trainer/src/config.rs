@@ -40,6 +40,11 @@ pub enum DataSpec {
         /// of answering them.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         questions: Option<usize>,
+        /// Conversations in the test split (absent: the size's own, 64 for `default`). Every
+        /// conversation is a function of its split and index, so a larger split keeps the first
+        /// ones and adds others; `eval.test_episodes` may not exceed it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        test_episodes: Option<usize>,
     },
     /// LoCoMo from a local `locomo10.json` (the paper's split).
     Locomo {
@@ -85,6 +90,38 @@ pub enum WorldSize {
     Default,
     /// Sized for the smoke run.
     Smoke,
+}
+
+impl DataSpec {
+    /// The synthetic world's generator settings (its size's, with the spec's questions and
+    /// test split), or `None` for data of any other kind.
+    pub fn synthetic_world(&self) -> Option<memr2_sim::WorldConfig> {
+        let DataSpec::Synthetic {
+            size,
+            questions,
+            test_episodes,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let mut world = match size {
+            WorldSize::Default => memr2_sim::WorldConfig::default_cpu(),
+            WorldSize::Smoke => memr2_sim::WorldConfig::smoke(),
+        };
+        if let Some(questions) = questions {
+            world.questions = *questions;
+        }
+        if let Some(test) = test_episodes {
+            world.test_episodes = *test;
+        }
+        Some(world)
+    }
+
+    /// Conversations in the synthetic world's test split (`None` for other data).
+    pub fn synthetic_test_episodes(&self) -> Option<usize> {
+        self.synthetic_world().map(|w| w.test_episodes)
+    }
 }
 
 /// Which backbone the policy uses.
@@ -509,6 +546,7 @@ impl TrainConfig {
                 size: WorldSize::Default,
                 seed: 7,
                 questions: None,
+                test_episodes: None,
             },
             model: ModelSpec::Tiny {
                 vocab_size: 1024,
@@ -576,6 +614,7 @@ impl TrainConfig {
             size: WorldSize::Smoke,
             seed: 7,
             questions: None,
+            test_episodes: None,
         };
         config.model = ModelSpec::Tiny {
             vocab_size: 512,
@@ -788,6 +827,16 @@ impl TrainConfig {
         } = self.data
         {
             return bad("data.questions must be at least 1 when given".into());
+        }
+        if let Some(available) = self.data.synthetic_test_episodes()
+            && self.eval.test_episodes > available
+        {
+            return bad(format!(
+                "eval.test_episodes = {} exceeds the synthetic world's {available} test \
+                 conversations; set data.test_episodes to at least {0} to generate more (the \
+                 first {available} stay as they are)",
+                self.eval.test_episodes
+            ));
         }
         if self.shards == 0 {
             return bad("shards must be at least 1".into());

@@ -1,10 +1,10 @@
 //! The environments a configuration names (the synthetic world, or a data file in one of the
 //! formats `memr2_sim::load_dataset` tells apart), and the three splits of any environment.
 
-use memr2_sim::{Environment, Episode, Locomo, Split, SyntheticWorld, WorldConfig};
+use memr2_sim::{Environment, Episode, Locomo, Split, SyntheticWorld};
 
 use crate::TrainError;
-use crate::config::{DataSpec, WorldSize};
+use crate::config::DataSpec;
 
 /// The three splits of an environment.
 #[derive(Clone, Debug)]
@@ -20,19 +20,9 @@ pub struct Splits {
 /// Builds the environment a spec names. A missing or malformed data file is an error naming it.
 pub fn environment(spec: &DataSpec) -> Result<Box<dyn Environment>, TrainError> {
     Ok(match spec {
-        DataSpec::Synthetic {
-            size,
-            seed,
-            questions,
-        } => {
-            let mut config = match size {
-                WorldSize::Default => WorldConfig::default_cpu(),
-                WorldSize::Smoke => WorldConfig::smoke(),
-            };
-            if let Some(questions) = questions {
-                config.questions = *questions;
-            }
-            Box::new(SyntheticWorld::new(config, *seed)?)
+        DataSpec::Synthetic { seed, .. } => {
+            let world = spec.synthetic_world().expect("a synthetic spec");
+            Box::new(SyntheticWorld::new(world, *seed)?)
         }
         DataSpec::Locomo { path } => {
             let locomo = Locomo::load(path)?;
@@ -85,14 +75,44 @@ pub fn splits(spec: &DataSpec) -> Result<Splits, TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TrainConfig;
+    use crate::config::WorldSize;
 
-    fn synthetic(questions: Option<usize>) -> Splits {
+    fn world(questions: Option<usize>, test_episodes: Option<usize>) -> Splits {
         splits(&DataSpec::Synthetic {
             size: WorldSize::Default,
             seed: 7,
             questions,
+            test_episodes,
         })
         .unwrap()
+    }
+
+    fn synthetic(questions: Option<usize>) -> Splits {
+        world(questions, None)
+    }
+
+    #[test]
+    fn a_larger_test_split_keeps_its_first_conversations_and_the_other_splits() {
+        let (base, more) = (world(None, None), world(None, Some(80)));
+        assert_eq!((base.test.len(), more.test.len()), (64, 80));
+        assert_eq!(base.train, more.train);
+        assert_eq!(base.validation, more.validation);
+        assert_eq!(base.test[..], more.test[..64]);
+        assert!(more.test[64..].iter().all(|e| !base.test.contains(e)));
+    }
+
+    #[test]
+    fn asking_for_more_test_conversations_than_the_world_holds_is_an_error_naming_the_fix() {
+        let mut config = TrainConfig::default_cpu();
+        config.eval.test_episodes = 256;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("eval.test_episodes = 256") && err.contains("data.test_episodes"));
+        if let DataSpec::Synthetic { test_episodes, .. } = &mut config.data {
+            *test_episodes = Some(256);
+        }
+        config.validate().unwrap();
+        assert_eq!(splits(&config.data).unwrap().test.len(), 256);
     }
 
     #[test]

@@ -404,7 +404,8 @@ struct EvalArgs {
     /// Horizon (sessions) of the evaluation.
     #[arg(long)]
     sessions: Option<usize>,
-    /// Test conversations to use (default: the run's setting).
+    /// Test conversations to use (default: the run's setting); the synthetic world generates
+    /// more than its test split holds when asked.
     #[arg(long)]
     episodes: Option<usize>,
     /// Compute backend.
@@ -1474,6 +1475,14 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
     }
     if let Some(e) = args.episodes {
         config.eval.test_episodes = e;
+        // The synthetic world generates as many test conversations as asked for (the run's
+        // first ones stay as they were).
+        let held = config.data.synthetic_test_episodes();
+        if let DataSpec::Synthetic { test_episodes, .. } = &mut config.data
+            && held.is_some_and(|held| held < e)
+        {
+            *test_episodes = Some(e);
+        }
     }
     args.served.apply(&mut config)?;
     config.check_retrieval()?;
