@@ -10,6 +10,7 @@
 //! `POLICY_BENCH_PARTS=train` (or `generate`) measures only that part, for a profiler
 //! (`decode`: the KV-cache generation alone, without the full recomputation), and
 //! `POLICY_BENCH_BATCHES=32` decodes at only that batch size (default `1,8,32`);
+//! `POLICY_BENCH_TRAIN_STEPS=30` times that many training steps (default 3);
 //! `POLICY_BENCH_PARTS=shapes` measures the matmul rate at each workload's own shapes.
 //! `crates/memr2-policy/scripts/engine_vs_pytorch.py` runs it against PyTorch side by side.
 
@@ -194,7 +195,11 @@ fn train<B: AutodiffBackend>(
         model
     };
     model = step(model);
-    let steps = 3;
+    // More steps than the default 3 give a profiler the training loop to look at.
+    let steps: usize = std::env::var("POLICY_BENCH_TRAIN_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let (_, elapsed) = seconds(|| {
         for _ in 0..steps {
             model = step(model.clone());
