@@ -117,11 +117,6 @@ impl DataSpec {
         }
         Some(world)
     }
-
-    /// Conversations in the synthetic world's test split (`None` for other data).
-    pub fn synthetic_test_episodes(&self) -> Option<usize> {
-        self.synthetic_world().map(|w| w.test_episodes)
-    }
 }
 
 /// Which backbone the policy uses.
@@ -828,7 +823,7 @@ impl TrainConfig {
         {
             return bad("data.questions must be at least 1 when given".into());
         }
-        if let Some(available) = self.data.synthetic_test_episodes()
+        if let Some(available) = self.data.synthetic_world().map(|w| w.test_episodes)
             && self.eval.test_episodes > available
         {
             return bad(format!(

@@ -1475,12 +1475,9 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
     }
     if let Some(e) = args.episodes {
         config.eval.test_episodes = e;
-        // The synthetic world generates as many test conversations as asked for (the run's
-        // first ones stay as they were).
-        let held = config.data.synthetic_test_episodes();
-        if let DataSpec::Synthetic { test_episodes, .. } = &mut config.data
-            && held.is_some_and(|held| held < e)
-        {
+        // The synthetic world generates as many test conversations as asked for (the first
+        // ones are the same whatever the split's size).
+        if let DataSpec::Synthetic { test_episodes, .. } = &mut config.data {
             *test_episodes = Some(e);
         }
     }
