@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use burn::module::Initializer;
+use burn::module::{Initializer, Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
@@ -315,10 +316,21 @@ impl TransformerConfig {
         Transformer::new(self, device)
     }
 
-    /// Seeds the backend's RNG, then initialises: the same seed gives the same weights.
+    /// Seeds the backend's RNG, then initialises every weight at once: the same seed gives the
+    /// same weights on one backend.
+    ///
+    /// burn initialises a parameter lazily, at its first use, and a clone of a parameter not yet
+    /// used initialises on its own; the backend's RNG is global to the process. So the weights
+    /// are drawn here, in the modules' field order, under one process-wide lock: what the model
+    /// is later cloned into, and other threads seeding or drawing at the same time (the tests
+    /// do; on a GPU an initialisation lasts long enough for their draws to interleave), cannot
+    /// change them, provided those threads initialise through this function too.
     pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> Transformer<B> {
-        B::seed(device, seed);
-        self.init(device)
+        with_seed::<B, _>(device, seed, || {
+            let model = self.init(device);
+            model.visit(&mut Materialise);
+            model
+        })
     }
 
     /// A small Qwen2-shaped config (q/k/v biases, grouped-query attention) for unit tests.
@@ -345,6 +357,24 @@ impl TransformerConfig {
             mean: 0.0,
             std: self.initializer_range,
         }
+    }
+}
+
+/// Seeds the backend's RNG and runs `draw` under a process-wide lock. The RNG is global to the
+/// process, so whatever seeds it and expects that seed's numbers draws them in here.
+pub(crate) fn with_seed<B: Backend, T>(device: &B::Device, seed: u64, draw: impl FnOnce() -> T) -> T {
+    static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = SEEDED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    B::seed(device, seed);
+    draw()
+}
+
+/// Initialises every parameter it visits (burn's parameters are lazy).
+struct Materialise;
+
+impl<B: Backend> ModuleVisitor<B> for Materialise {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
     }
 }
 

@@ -31,8 +31,6 @@ pub struct RopeAngles<B: Backend> {
     query: (Tensor<B, 4>, Tensor<B, 4>),
     /// `[batch, seq, key heads, head_dim]`.
     key: (Tensor<B, 4>, Tensor<B, 4>),
-    /// `[head_dim, head_dim]`: `x @ rotation` is HF's `rotate_half(x)`.
-    rotation: Tensor<B, 2>,
 }
 
 impl<B: Backend> RotaryEmbedding<B> {
@@ -113,7 +111,6 @@ impl<B: Backend> RotaryEmbedding<B> {
         RopeAngles {
             query: for_heads(query_heads, query_scale),
             key: for_heads(key_heads, 1.0),
-            rotation: rotate_half_matrix(head_dim, &self.cos.device()),
         }
     }
 }
@@ -126,18 +123,6 @@ fn materialised<B: Backend>(table: Tensor<B, 4>, heads: usize) -> Tensor<B, 4> {
         .expand([batch, seq, heads, head_dim])
         .reshape([batch * seq * heads, head_dim])
         .reshape([batch, seq, heads, head_dim])
-}
-
-/// The signed permutation `R` with `x @ R = cat(-x[d/2..], x[..d/2])`.
-fn rotate_half_matrix<B: Backend>(head_dim: usize, device: &B::Device) -> Tensor<B, 2> {
-    let half = head_dim / 2;
-    let mut values = vec![0.0f32; head_dim * head_dim];
-    for i in 0..half {
-        // Output column i takes -x[i + half]; output column i + half takes x[i].
-        values[(i + half) * head_dim + i] = -1.0;
-        values[i * head_dim + i + half] = 1.0;
-    }
-    Tensor::from_data(TensorData::new(values, [head_dim, head_dim]), device)
 }
 
 impl<B: Backend> RopeAngles<B> {
@@ -153,7 +138,7 @@ impl<B: Backend> RopeAngles<B> {
 
     /// `x * cos + rotate_half(x) * sin` ([`crate::fused::rotary`]).
     fn apply(&self, x: Tensor<B, 4>, (cos, sin): &(Tensor<B, 4>, Tensor<B, 4>)) -> Tensor<B, 4> {
-        crate::fused::rotary(x, cos.clone(), sin.clone(), self.rotation.clone())
+        crate::fused::rotary(x, cos.clone(), sin.clone())
     }
 }
 

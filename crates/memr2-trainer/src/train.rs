@@ -252,8 +252,7 @@ fn initial_model<B: Backend>(
             ..
         } => {
             let arch = TransformerConfig::tiny_sized(tokenizer.vocab_size(), *hidden_size, *layers, *heads);
-            B::seed(device, config.seed);
-            Ok((arch.init(device), arch))
+            Ok((arch.init_seeded(config.seed, device), arch))
         }
         ModelSpec::Pretrained { dir } => Ok(memr2_policy::load_hf(dir, device)?),
     }

@@ -548,23 +548,17 @@ fn concatenated<B: Backend>(
 
 /// The rotary embedding's rotation in HF's rotate-half convention, `x cos + rotate_half(x)
 /// sin`, for `x`, `cos` and `sin` `[batch, seq, heads, head_dim]` (the tables constants, with
-/// no gradient) and `rotation` the `[head_dim, head_dim]` matrix with `x @ rotation =
-/// rotate_half(x)`, which the composition uses.
+/// no gradient), where `rotate_half(x) = cat(-x[.., d/2..], x[.., ..d/2])`.
 ///
 /// On the CPU backend one node: a pass forward, and one backward (module `rope`), where
-/// burn's composition records a matmul, two products and a sum.
-pub fn rotary<B: Backend>(
-    x: Tensor<B, 4>,
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
-    rotation: Tensor<B, 2>,
-) -> Tensor<B, 4> {
+/// burn's composition records two slices, a negation, a concatenation, two products and a sum.
+pub fn rotary<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
     let dims = x.dims();
     assert_eq!(cos.dims(), dims, "rotary: tables built for another shape");
     assert_eq!(sin.dims(), dims, "rotary: tables built for another shape");
     assert!(dims[3].is_multiple_of(2), "rotary: an odd head width {}", dims[3]);
     if [x.dtype(), cos.dtype(), sin.dtype()] != [DType::F32; 3] {
-        return rotary_composed(x, cos, sin, rotation);
+        return rotary_composed(x, cos, sin);
     }
     let inputs: Box<dyn Any> = Box::new((x, cos, sin));
     type Three<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
@@ -585,23 +579,22 @@ pub fn rotary<B: Backend>(
         Err(inputs) => inputs,
     };
     let (x, cos, sin) = *inputs.downcast::<Three<B>>().expect("the inputs keep their type");
-    rotary_composed(x, cos, sin, rotation)
+    rotary_composed(x, cos, sin)
 }
 
-/// The same function from tensor operations: `rotate_half` as one matmul over all rows.
+/// The same function from tensor operations, `rotate_half` as slices and a concatenation: exact
+/// on every backend (a product with the rotate-half matrix, which this once was, runs in TF32
+/// on CUDA and rounds `x` to 10 bits of mantissa).
 pub(crate) fn rotary_composed<B: Backend>(
     x: Tensor<B, 4>,
     cos: Tensor<B, 4>,
     sin: Tensor<B, 4>,
-    rotation: Tensor<B, 2>,
 ) -> Tensor<B, 4> {
-    let dims = x.dims();
-    let [batch, seq, heads, head_dim] = dims;
-    let rotated = x
-        .clone()
-        .reshape([batch * seq * heads, head_dim])
-        .matmul(rotation)
-        .reshape(dims);
+    let [batch, seq, heads, head_dim] = x.dims();
+    let half = head_dim / 2;
+    let first = x.clone().slice([0..batch, 0..seq, 0..heads, 0..half]);
+    let second = x.clone().slice([0..batch, 0..seq, 0..heads, half..head_dim]);
+    let rotated = Tensor::cat(vec![second.neg(), first], 3);
     x * cos + rotated * sin
 }
 
@@ -814,13 +807,16 @@ mod tests {
         seed: u64,
     ) {
         let device = Default::default();
-        <crate::TestBackend as Backend>::seed(&device, seed);
         let [batch, queries, _, dim] = shape;
         let normal = Distribution::Normal(0.0, 1.0);
-        let q = Tensor::<Ad, 4>::random(shape, normal, &device);
-        let k = Tensor::<Ad, 4>::random([batch, keys, kv_heads, dim], normal, &device);
-        let v = Tensor::<Ad, 4>::random([batch, keys, kv_heads, value_dim], normal, &device);
-        let weights = Tensor::<Ad, 4>::random([batch, queries, shape[2], value_dim], normal, &device);
+        let (q, k, v, weights) = crate::config::with_seed::<Ad, _>(&device, seed, || {
+            (
+                Tensor::<Ad, 4>::random(shape, normal, &device),
+                Tensor::<Ad, 4>::random([batch, keys, kv_heads, dim], normal, &device),
+                Tensor::<Ad, 4>::random([batch, keys, kv_heads, value_dim], normal, &device),
+                Tensor::<Ad, 4>::random([batch, queries, shape[2], value_dim], normal, &device),
+            )
+        });
         let mask = model_like_mask(batch, queries, keys, padded);
         let masked =
             Tensor::<Ad, 4, Bool>::from_data(TensorData::new(mask, [batch, 1, queries, keys]), &device);
@@ -1015,11 +1011,14 @@ mod tests {
             seed in 0_u64..1000,
         ) {
             let device = Default::default();
-            <Ad as Backend>::seed(&device, seed);
             let shape = [batch, seq, hidden];
-            let x = Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, scale), &device);
-            let w = Tensor::<Ad, 1>::random([hidden], Distribution::Normal(1.0, 0.5), &device);
-            let weights = Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+            let (x, w, weights) = crate::config::with_seed::<Ad, _>(&device, seed, || {
+                (
+                    Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, scale), &device),
+                    Tensor::<Ad, 1>::random([hidden], Distribution::Normal(1.0, 0.5), &device),
+                    Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device),
+                )
+            });
             let eps = 1e-6;
             let run = |fused: bool| {
                 let xs = Tensor::<Ad, 3>::from_data(x.to_data(), &device).require_grad();
@@ -1049,8 +1048,8 @@ mod tests {
                 .assert_approx_eq::<f32>(&rms_norm_composed(x, w, eps).into_data(), tolerance);
         }
 
-        /// The rotation: values and the gradient of the fused node equal the composition's
-        /// (the rotate-half matrix), and so does the forward pass without autodiff.
+        /// The rotation: values and the gradient of the fused node equal the composition's,
+        /// and so does the forward pass without autodiff.
         #[test]
         fn rotary_matches_the_composition_and_its_gradient(
             batch in 1_usize..3,
@@ -1060,24 +1059,18 @@ mod tests {
             seed in 0_u64..1000,
         ) {
             let device = Default::default();
-            <Ad as Backend>::seed(&device, seed);
             let head_dim = 2 * half;
             let shape = [batch, seq, heads, head_dim];
             let normal = |std: f64| Tensor::<Ad, 4>::random(shape, Distribution::Normal(0.0, std), &device);
-            let (x, cos, sin, weights) = (normal(2.0), normal(1.0), normal(1.0), normal(1.0));
-            let mut rotation = vec![0.0_f32; head_dim * head_dim];
-            for i in 0..half {
-                rotation[(i + half) * head_dim + i] = -1.0;
-                rotation[i * head_dim + i + half] = 1.0;
-            }
-            let rotation = TensorData::new(rotation, [head_dim, head_dim]);
+            let (x, cos, sin, weights) = crate::config::with_seed::<Ad, _>(&device, seed, || {
+                (normal(2.0), normal(1.0), normal(1.0), normal(1.0))
+            });
             let run = |fused: bool| {
                 let xs = Tensor::<Ad, 4>::from_data(x.to_data(), &device).require_grad();
-                let r = Tensor::<Ad, 2>::from_data(rotation.clone(), &device);
                 let out = if fused {
-                    rotary(xs.clone(), cos.clone(), sin.clone(), r)
+                    rotary(xs.clone(), cos.clone(), sin.clone())
                 } else {
-                    rotary_composed(xs.clone(), cos.clone(), sin.clone(), r)
+                    rotary_composed(xs.clone(), cos.clone(), sin.clone())
                 };
                 let grads = (out.clone() * weights.clone()).sum().backward();
                 (out.into_data(), xs.grad(&grads).unwrap().into_data())
@@ -1087,11 +1080,10 @@ mod tests {
             out_f.assert_approx_eq::<f32>(&out_c, Tolerance::absolute(1e-5));
             dx_f.assert_approx_eq::<f32>(&dx_c, Tolerance::absolute(1e-5));
             let inner = |t: &Tensor<Ad, 4>| Tensor::<crate::TestBackend, 4>::from_data(t.to_data(), &device);
-            let r = Tensor::<crate::TestBackend, 2>::from_data(rotation, &device);
-            rotary(inner(&x), inner(&cos), inner(&sin), r.clone())
+            rotary(inner(&x), inner(&cos), inner(&sin))
                 .into_data()
                 .assert_approx_eq::<f32>(
-                    &rotary_composed(inner(&x), inner(&cos), inner(&sin), r).into_data(),
+                    &rotary_composed(inner(&x), inner(&cos), inner(&sin)).into_data(),
                     Tolerance::absolute(1e-5),
                 );
         }
