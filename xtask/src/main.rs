@@ -453,6 +453,10 @@ set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${OUT:-$PWD/gpu-check-results}"
 mkdir -p "$out"
+# NVRTC, which compiles the kernels at run time, is often outside the loader's cache.
+for d in "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda/lib64; do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
+done
 nvidia-smi | tee "$out/nvidia-smi.txt" || echo "nvidia-smi not found" | tee "$out/nvidia-smi.txt"
 status=0
 for t in "$here"/tests/*; do

@@ -2,9 +2,11 @@
 
 use std::path::Path;
 
-use burn::module::{Initializer, Module, ModuleVisitor, Param};
-use burn::tensor::Tensor;
+use burn::module::{Initializer, Module, ModuleMapper, Param};
 use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor, TensorData};
+use rand_burn::SeedableRng;
+use rand_burn::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::PolicyError;
@@ -316,21 +318,22 @@ impl TransformerConfig {
         Transformer::new(self, device)
     }
 
-    /// Seeds the backend's RNG, then initialises every weight at once: the same seed gives the
-    /// same weights on one backend.
+    /// Initialises from `seed`: the same seed gives the same weights on every backend.
     ///
-    /// burn initialises a parameter lazily, at its first use, and a clone of a parameter not yet
-    /// used initialises on its own; the backend's RNG is global to the process. So the weights
-    /// are drawn here, in the modules' field order, under one process-wide lock: what the model
-    /// is later cloned into, and other threads seeding or drawing at the same time (the tests
-    /// do; on a GPU an initialisation lasts long enough for their draws to interleave), cannot
-    /// change them, provided those threads initialise through this function too.
+    /// The weights (every matrix; biases start at zero and norms at one) are drawn on the host
+    /// from their own generator, the one the CPU backend seeds for `Backend::seed` (`StdRng`),
+    /// in the modules' field order, so on `flex` they are the weights that seeding its RNG and
+    /// calling [`Self::init`] gave. They do not come from the backend's RNG, which is global to
+    /// the process and drawn lazily (burn initialises a parameter at its first use): other
+    /// threads drawing at the same time, or the model's clones initialising on their own,
+    /// cannot change them.
     pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> Transformer<B> {
-        with_seed::<B, _>(device, seed, || {
-            let model = self.init(device);
-            model.visit(&mut Materialise);
-            model
-        })
+        let mut weights = SeededWeights {
+            rng: StdRng::seed_from_u64(seed),
+            std: self.initializer_range,
+            device: device.clone(),
+        };
+        self.init(device).map(&mut weights)
     }
 
     /// A small Qwen2-shaped config (q/k/v biases, grouped-query attention) for unit tests.
@@ -369,12 +372,25 @@ pub(crate) fn with_seed<B: Backend, T>(device: &B::Device, seed: u64, draw: impl
     draw()
 }
 
-/// Initialises every parameter it visits (burn's parameters are lazy).
-struct Materialise;
+/// Replaces every matrix of a freshly built model with draws from the normal distribution of
+/// its initialiser, from `rng`; vectors (norms, biases) keep their constant initialisers.
+struct SeededWeights<B: Backend> {
+    rng: StdRng,
+    std: f64,
+    device: B::Device,
+}
 
-impl<B: Backend> ModuleVisitor<B> for Materialise {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let _ = param.val();
+impl<B: Backend> ModuleMapper<B> for SeededWeights<B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if D != 2 {
+            return param;
+        }
+        let data = TensorData::random::<f32, _, _>(
+            param.lazy_shape(),
+            Distribution::Normal(0.0, self.std),
+            &mut self.rng,
+        );
+        Param::initialized(param.id, Tensor::from_data(data, &self.device).require_grad())
     }
 }
 

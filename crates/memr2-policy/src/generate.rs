@@ -447,6 +447,47 @@ mod tests {
         }
     }
 
+    /// The first sampled token's log-prob, from a padded batched prefill through the cache,
+    /// against the log-softmax of each prompt's own forward pass.
+    #[test]
+    fn first_sampled_logprob_matches_each_prompts_forward_pass() {
+        let model = model(8);
+        let sampling = SamplingConfig {
+            max_new_tokens: 1,
+            temperature: 0.8,
+            top_p: 0.95,
+        };
+        let generated = generate(
+            &model,
+            &prompts(),
+            &sampling,
+            &[],
+            &mut ChaCha8Rng::seed_from_u64(3),
+        );
+        let device = Default::default();
+        for (row, prompt) in prompts().iter().enumerate() {
+            let ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
+            let len = ids.len();
+            let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), &device);
+            let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; len], [1, len]), &device);
+            let logits: Vec<f32> = model
+                .forward(tokens, mask)
+                .slice([0..1, len - 1..len])
+                .into_data()
+                .iter::<f32>()
+                .collect();
+            let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let log_sum = logits.iter().map(|l| (l - top).exp()).sum::<f32>().ln() + top;
+            let token = generated[row].tokens[0] as usize;
+            let want = logits[token] - log_sum;
+            let got = generated[row].logprobs[0];
+            assert!(
+                (got - want).abs() < 1e-3,
+                "row {row}: sampled {got}, forward {want}"
+            );
+        }
+    }
+
     #[test]
     fn sampled_logprobs_match_teacher_forcing() {
         let model = model(8);

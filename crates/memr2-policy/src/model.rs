@@ -393,6 +393,37 @@ mod tests {
         assert_close(&row(&batch, 1, 0..5), &expected, 1e-4);
     }
 
+    /// The sampler runs the model without autodiff and the update with it, and the old
+    /// log-probs taken from the sampler are only right if both compute the same logits: the
+    /// same seed gives the same weights on both, and padded batches the same real logits.
+    #[test]
+    fn forward_with_and_without_autodiff_agree() {
+        type Ad = crate::TestAutodiffBackend;
+        let device = Default::default();
+        let config = TransformerConfig::for_tests();
+        let plain = config.init_seeded::<B>(8, &device);
+        let tracked = config.init_seeded::<Ad>(8, &device);
+        let weights = |t: Tensor<B, 2>| t.into_data().iter::<f32>().collect::<Vec<_>>();
+        assert_close(
+            &weights(plain.embed_tokens.weight.val()),
+            &weights(tracked.embed_tokens.weight.val().inner()),
+            0.0,
+        );
+        let rows = [vec![0_i64, 0, 3, 14, 15, 9], vec![7, 1, 8, 28, 5, 2]];
+        let flags = [vec![false, false, true, true, true, true], vec![true; 6]];
+        let a = plain.forward(tokens(&rows), mask(&flags));
+        let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+        let tracked_tokens = Tensor::<Ad, 2, Int>::from_data(TensorData::new(flat, [2, 6]), &device);
+        let tracked_mask = Tensor::<Ad, 2, Bool>::from_data(
+            TensorData::new(flags.iter().flatten().copied().collect::<Vec<_>>(), [2, 6]),
+            &device,
+        );
+        let b = tracked.forward(tracked_tokens, tracked_mask).inner();
+        // Products may round differently (TF32 on CUDA): agreement to 1e-2 on logits of a few units.
+        assert_close(&row(&a, 0, 2..6), &row(&b, 0, 2..6), 1e-2);
+        assert_close(&row(&a, 1, 0..6), &row(&b, 1, 0..6), 1e-2);
+    }
+
     #[test]
     fn logits_are_causal() {
         let device = Default::default();
@@ -410,6 +441,33 @@ mod tests {
         let m = mask(&[vec![false, false, true, true], vec![true, true, true, false]]);
         let p: Vec<i64> = positions_from_mask(m).into_data().iter::<i64>().collect();
         assert_eq!(p, vec![0, 0, 0, 1, 0, 1, 2, 2]);
+    }
+
+    /// On the CPU backend the seeded weights are the ones its own seeded RNG gives, drawn in
+    /// field order, so runs started before the weights were drawn on the host keep theirs.
+    #[test]
+    fn seeded_weights_are_the_cpu_backends_own() {
+        use burn::backend::Flex;
+        use burn::module::ModuleVisitor;
+        struct Collect(Vec<f32>);
+        impl ModuleVisitor<Flex> for Collect {
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<Flex, D>>) {
+                self.0.extend(param.val().into_data().iter::<f32>());
+            }
+        }
+        let device = Default::default();
+        for config in [
+            TransformerConfig::for_tests(),
+            TransformerConfig::tiny_sized(300, 64, 2, 4),
+        ] {
+            let mut host = Collect(Vec::new());
+            config.init_seeded::<Flex>(21, &device).visit(&mut host);
+            let mut backend = Collect(Vec::new());
+            crate::config::with_seed::<Flex, _>(&device, 21, || {
+                config.init::<Flex>(&device).visit(&mut backend)
+            });
+            assert_eq!(host.0, backend.0);
+        }
     }
 
     #[test]
