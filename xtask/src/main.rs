@@ -512,14 +512,7 @@ fn gpu_check(args: &[String]) -> Result<(), String> {
     copy(bench, &dir.join("bench-policy"))?;
     run(
         "cargo",
-        &[
-            "build",
-            "--release",
-            "-p",
-            "memr2-trainer",
-            "--features",
-            "cuda,fusion,autotune",
-        ],
+        &["build", "--release", "-p", "memr2-trainer", "--features", "cuda"],
         &[],
     )?;
     copy(&workspace_root().join("target/release/memr2"), &dir.join("memr2"))?;
