@@ -363,8 +363,9 @@ impl TransformerConfig {
     }
 }
 
-/// Seeds the backend's RNG and runs `draw` under a process-wide lock. The RNG is global to the
-/// process, so whatever seeds it and expects that seed's numbers draws them in here.
+/// Seeds the backend's RNG and runs `draw` under a process-wide lock, for tests that want that
+/// seed's numbers from it: the RNG is global to the process, and the tests run on threads.
+#[cfg(test)]
 pub(crate) fn with_seed<B: Backend, T>(device: &B::Device, seed: u64, draw: impl FnOnce() -> T) -> T {
     static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = SEEDED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
