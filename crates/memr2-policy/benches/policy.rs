@@ -103,16 +103,56 @@ fn shape_rate<B: Backend>(
     n: usize,
     reps: usize,
 ) -> f64 {
-    let a = Tensor::<B, 3>::random([batch, m, k], burn::tensor::Distribution::Default, device);
-    let b = Tensor::<B, 3>::random([batch, k, n], burn::tensor::Distribution::Default, device);
-    let run = || {
-        let c = a.clone().matmul(b.clone());
-        let _ = c.slice([0..1, 0..1, 0..1]).into_data();
+    shape_rate_laid_out::<B>(device, batch, m, k, n, reps, Layout::Plain)
+}
+
+/// How the operands of a timed product are laid out: as made, or one of them a transposed view
+/// of a contiguous tensor, as autodiff's backward products of `x w` are (`dy w^T` for the
+/// input's gradient, `x^T dy` for the weight's).
+#[derive(Clone, Copy)]
+enum Layout {
+    Plain,
+    RhsTransposed,
+    LhsTransposed,
+}
+
+fn shape_rate_laid_out<B: Backend>(
+    device: &B::Device,
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    reps: usize,
+    layout: Layout,
+) -> f64 {
+    let best_of_5 = |run: &dyn Fn()| {
+        run();
+        (0..5)
+            .map(|_| seconds(|| (0..reps).for_each(|_| run())).1 / reps as f64)
+            .fold(f64::INFINITY, f64::min)
     };
-    run();
-    let best = (0..5)
-        .map(|_| seconds(|| (0..reps).for_each(|_| run())).1 / reps as f64)
-        .fold(f64::INFINITY, f64::min);
+    let best = if batch == 1 {
+        // Two-dimensional, as the model multiplies its rows.
+        let random = |shape: [usize; 2]| Tensor::<B, 2>::random(shape, burn::tensor::Distribution::Default, device);
+        let (a, b) = match layout {
+            Layout::Plain => (random([m, k]), random([k, n])),
+            Layout::RhsTransposed => (random([m, k]), random([n, k]).transpose()),
+            Layout::LhsTransposed => (random([k, m]).transpose(), random([k, n])),
+        };
+        best_of_5(&|| {
+            let _ = a.clone().matmul(b.clone()).slice([0..1, 0..1]).into_data();
+        })
+    } else {
+        let random = |shape: [usize; 3]| Tensor::<B, 3>::random(shape, burn::tensor::Distribution::Default, device);
+        let (a, b) = match layout {
+            Layout::Plain => (random([batch, m, k]), random([batch, k, n])),
+            Layout::RhsTransposed => (random([batch, m, k]), random([batch, n, k]).swap_dims(1, 2)),
+            Layout::LhsTransposed => (random([batch, k, m]).swap_dims(1, 2), random([batch, k, n])),
+        };
+        best_of_5(&|| {
+            let _ = a.clone().matmul(b.clone()).slice([0..1, 0..1, 0..1]).into_data();
+        })
+    };
     2.0 * (batch * m * k * n) as f64 / best / 1e9
 }
 
@@ -129,16 +169,22 @@ fn shapes<B: Backend>(
     let tokens = work.train_batch * work.train_seq;
     let (h, d, s) = (c.hidden_size, c.head_dim(), work.train_seq);
     let heads = work.train_batch * c.num_attention_heads;
+    let ff = c.intermediate_size;
     let cases = [
-        (1, tokens, h, h, "projection"),
-        (1, tokens, h, c.intermediate_size, "MLP up"),
-        (1, tokens, c.intermediate_size, h, "MLP down"),
-        (1, tokens, h, c.vocab_size, "LM head"),
-        (heads, s, d, s, "attention scores"),
+        (1, tokens, h, h, Layout::Plain, "projection"),
+        (1, tokens, h, ff, Layout::Plain, "MLP up"),
+        (1, tokens, ff, h, Layout::Plain, "MLP down"),
+        (1, tokens, h, c.vocab_size, Layout::Plain, "LM head"),
+        (heads, s, d, s, Layout::Plain, "attention scores"),
+        // The backward products of the projections and the MLP.
+        (1, tokens, h, h, Layout::RhsTransposed, "projection, input gradient dy w^T"),
+        (1, h, tokens, h, Layout::LhsTransposed, "projection, weight gradient x^T dy"),
+        (1, h, tokens, ff, Layout::LhsTransposed, "MLP up, weight gradient x^T dy"),
+        (1, ff, tokens, h, Layout::LhsTransposed, "MLP down, weight gradient x^T dy"),
     ];
-    for (batch, m, k, n, what) in cases {
+    for (batch, m, k, n, layout, what) in cases {
         // Ten products a timing: the small ones take well under a millisecond each.
-        let gflops = shape_rate::<B>(device, batch, m, k, n, 10);
+        let gflops = shape_rate_laid_out::<B>(device, batch, m, k, n, 10, layout);
         rows.push(Row {
             backend: name,
             model: work.name,

@@ -9,6 +9,7 @@ attention: what a PyTorch user gets without tuning.
 
     python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch numpy
     /tmp/torchenv/bin/python crates/memr2-policy/scripts/engine_vs_pytorch.py --rounds 3
+    /tmp/torchenv/bin/python crates/memr2-policy/scripts/engine_vs_pytorch.py --shapes --models default
 
 Not run by CI. Both sides use 2 threads unless --threads says otherwise.
 """
@@ -156,6 +157,57 @@ def torch_round(models):
     return rows
 
 
+def shape_cases(m):
+    """The products the policy benchmark's `POLICY_BENCH_PARTS=shapes` times, in its order:
+    (batch, m, k, n, layout, name), layout "plain", "rhs^T" or "lhs^T" (a transposed view)."""
+    tokens, h, ff = m["batch"] * m["seq"], m["hidden"], m["ffn"]
+    d, s = m["hidden"] // m["heads"], m["seq"]
+    return [
+        (1, tokens, h, h, "plain", "projection"),
+        (1, tokens, h, ff, "plain", "MLP up"),
+        (1, tokens, ff, h, "plain", "MLP down"),
+        (1, tokens, h, m["vocab"], "plain", "LM head"),
+        (m["batch"] * m["heads"], s, d, s, "plain", "attention scores"),
+        (1, tokens, h, h, "rhs^T", "projection, input gradient dy w^T"),
+        (1, h, tokens, h, "lhs^T", "projection, weight gradient x^T dy"),
+        (1, h, tokens, ff, "lhs^T", "MLP up, weight gradient x^T dy"),
+        (1, ff, tokens, h, "lhs^T", "MLP down, weight gradient x^T dy"),
+    ]
+
+
+def torch_shapes(models):
+    rows = {}
+    for name in models:
+        for batch, m, k, n, layout, what in shape_cases(MODELS[name]):
+            squeeze = (lambda t: t[0]) if batch == 1 else (lambda t: t)
+            if layout == "plain":
+                a, b = torch.rand(batch, m, k), torch.rand(batch, k, n)
+            elif layout == "rhs^T":
+                a, b = torch.rand(batch, m, k), torch.rand(batch, n, k).transpose(1, 2)
+            else:
+                a, b = torch.rand(batch, k, m).transpose(1, 2), torch.rand(batch, k, n)
+            a, b = squeeze(a), squeeze(b)
+            a @ b
+            best = min(timed(lambda: [a @ b for _ in range(10)]) / 10 for _ in range(5))
+            rows[(name, what)] = 2 * batch * m * k * n / best / 1e9
+    return rows
+
+
+def memr2_shapes(models, threads):
+    env = dict(os.environ, POLICY_BENCH_BACKENDS="flex", POLICY_BENCH_MODELS=",".join(models),
+               POLICY_BENCH_PARTS="shapes", RAYON_NUM_THREADS=str(threads))
+    out = subprocess.run(
+        ["cargo", "bench", "-q", "-p", "memr2-policy", "--bench", "policy"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0] == "flex" and (g := re.match(r"matmul \S+ \((.*)\)$", cells[2])):
+            rows[(cells[1], g.group(1))] = float(cells[4])
+    return rows
+
+
 def memr2_round(models, threads):
     env = dict(os.environ, POLICY_BENCH_BACKENDS="flex", POLICY_BENCH_MODELS=",".join(models))
     env["RAYON_NUM_THREADS"] = str(threads)
@@ -183,18 +235,21 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="tiny,default")
+    parser.add_argument("--shapes", action="store_true",
+                        help="time the training step's products alone (GFLOP/s), forward and backward")
     args = parser.parse_args()
     models = args.models.split(",")
     torch.set_num_threads(args.threads)
     ours, theirs = {}, {}
+    ours_round, theirs_round = (memr2_shapes, torch_shapes) if args.shapes else (memr2_round, torch_round)
     for r in range(args.rounds):
-        for key, value in memr2_round(models, args.threads).items():
+        for key, value in ours_round(models, args.threads).items():
             ours.setdefault(key, []).append(value)
-        for key, value in torch_round(models).items():
+        for key, value in theirs_round(models).items():
             theirs.setdefault(key, []).append(value)
         print(f"round {r + 1} of {args.rounds} done", file=sys.stderr)
     print(f"PyTorch {torch.__version__}, {args.threads} threads, medians of {args.rounds} alternating rounds")
-    print("(tokens/s; GFLOP/s for the matmul)\n")
+    print("(GFLOP/s)\n" if args.shapes else "(tokens/s; GFLOP/s for the matmul)\n")
     print("| model | workload | memr2 (flex) | PyTorch | memr2 / PyTorch |")
     print("|---|---|---:|---:|---:|")
     for key in theirs:
