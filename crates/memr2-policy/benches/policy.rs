@@ -90,20 +90,7 @@ fn seconds<T>(f: impl FnOnce() -> T) -> (T, f64) {
 
 /// GFLOP/s of an `n x n` f32 matmul (best of 5 after a warm-up).
 fn matmul_rate<B: Backend>(device: &B::Device) -> f64 {
-    shape_rate::<B>(device, 1, MATMUL, MATMUL, MATMUL, 1)
-}
-
-/// GFLOP/s of `batch` products `[m, k] x [k, n]` (best of 5, each timing `reps` products
-/// after a warm-up), waiting for the backend by reading one element back.
-fn shape_rate<B: Backend>(
-    device: &B::Device,
-    batch: usize,
-    m: usize,
-    k: usize,
-    n: usize,
-    reps: usize,
-) -> f64 {
-    shape_rate_laid_out::<B>(device, batch, m, k, n, reps, Layout::Plain)
+    shape_rate::<B>(device, 1, MATMUL, MATMUL, MATMUL, 1, Layout::Plain)
 }
 
 /// How the operands of a timed product are laid out: as made, or one of them a transposed view
@@ -116,7 +103,9 @@ enum Layout {
     LhsTransposed,
 }
 
-fn shape_rate_laid_out<B: Backend>(
+/// GFLOP/s of `batch` products `[m, k] x [k, n]` laid out as `layout` says (best of 5, each
+/// timing `reps` products after a warm-up), waiting for the backend by reading one element back.
+fn shape_rate<B: Backend>(
     device: &B::Device,
     batch: usize,
     m: usize,
@@ -133,7 +122,8 @@ fn shape_rate_laid_out<B: Backend>(
     };
     let best = if batch == 1 {
         // Two-dimensional, as the model multiplies its rows.
-        let random = |shape: [usize; 2]| Tensor::<B, 2>::random(shape, burn::tensor::Distribution::Default, device);
+        let random =
+            |shape: [usize; 2]| Tensor::<B, 2>::random(shape, burn::tensor::Distribution::Default, device);
         let (a, b) = match layout {
             Layout::Plain => (random([m, k]), random([k, n])),
             Layout::RhsTransposed => (random([m, k]), random([n, k]).transpose()),
@@ -143,7 +133,8 @@ fn shape_rate_laid_out<B: Backend>(
             let _ = a.clone().matmul(b.clone()).slice([0..1, 0..1]).into_data();
         })
     } else {
-        let random = |shape: [usize; 3]| Tensor::<B, 3>::random(shape, burn::tensor::Distribution::Default, device);
+        let random =
+            |shape: [usize; 3]| Tensor::<B, 3>::random(shape, burn::tensor::Distribution::Default, device);
         let (a, b) = match layout {
             Layout::Plain => (random([batch, m, k]), random([batch, k, n])),
             Layout::RhsTransposed => (random([batch, m, k]), random([batch, n, k]).swap_dims(1, 2)),
@@ -177,14 +168,42 @@ fn shapes<B: Backend>(
         (1, tokens, h, c.vocab_size, Layout::Plain, "LM head"),
         (heads, s, d, s, Layout::Plain, "attention scores"),
         // The backward products of the projections and the MLP.
-        (1, tokens, h, h, Layout::RhsTransposed, "projection, input gradient dy w^T"),
-        (1, h, tokens, h, Layout::LhsTransposed, "projection, weight gradient x^T dy"),
-        (1, h, tokens, ff, Layout::LhsTransposed, "MLP up, weight gradient x^T dy"),
-        (1, ff, tokens, h, Layout::LhsTransposed, "MLP down, weight gradient x^T dy"),
+        (
+            1,
+            tokens,
+            h,
+            h,
+            Layout::RhsTransposed,
+            "projection, input gradient dy w^T",
+        ),
+        (
+            1,
+            h,
+            tokens,
+            h,
+            Layout::LhsTransposed,
+            "projection, weight gradient x^T dy",
+        ),
+        (
+            1,
+            h,
+            tokens,
+            ff,
+            Layout::LhsTransposed,
+            "MLP up, weight gradient x^T dy",
+        ),
+        (
+            1,
+            ff,
+            tokens,
+            h,
+            Layout::LhsTransposed,
+            "MLP down, weight gradient x^T dy",
+        ),
     ];
     for (batch, m, k, n, layout, what) in cases {
         // Ten products a timing: the small ones take well under a millisecond each.
-        let gflops = shape_rate_laid_out::<B>(device, batch, m, k, n, 10, layout);
+        let gflops = shape_rate::<B>(device, batch, m, k, n, 10, layout);
         rows.push(Row {
             backend: name,
             model: work.name,

@@ -193,33 +193,29 @@ def torch_shapes(models):
     return rows
 
 
-def memr2_shapes(models, threads):
+def memr2_table(models, threads, **extra):
+    """The flex rows of the policy benchmark's table, each as its list of cells."""
     env = dict(os.environ, POLICY_BENCH_BACKENDS="flex", POLICY_BENCH_MODELS=",".join(models),
-               POLICY_BENCH_PARTS="shapes", RAYON_NUM_THREADS=str(threads))
+               RAYON_NUM_THREADS=str(threads), **extra)
     out = subprocess.run(
         ["cargo", "bench", "-q", "-p", "memr2-policy", "--bench", "policy"],
         env=env, capture_output=True, text=True, check=True,
     ).stdout
+    rows = ([c.strip() for c in line.strip().strip("|").split("|")] for line in out.splitlines())
+    return [cells for cells in rows if len(cells) == 6 and cells[0] == "flex"]
+
+
+def memr2_shapes(models, threads):
     rows = {}
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 6 and cells[0] == "flex" and (g := re.match(r"matmul \S+ \((.*)\)$", cells[2])):
+    for cells in memr2_table(models, threads, POLICY_BENCH_PARTS="shapes"):
+        if (g := re.match(r"matmul \S+ \((.*)\)$", cells[2])):
             rows[(cells[1], g.group(1))] = float(cells[4])
     return rows
 
 
 def memr2_round(models, threads):
-    env = dict(os.environ, POLICY_BENCH_BACKENDS="flex", POLICY_BENCH_MODELS=",".join(models))
-    env["RAYON_NUM_THREADS"] = str(threads)
-    out = subprocess.run(
-        ["cargo", "bench", "-q", "-p", "memr2-policy", "--bench", "policy"],
-        env=env, capture_output=True, text=True, check=True,
-    ).stdout
     rows = {}
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 6 or cells[0] != "flex":
-            continue
+    for cells in memr2_table(models, threads):
         model, what = cells[1], cells[2]
         if what.startswith("matmul"):
             rows[("-", "matmul")] = float(cells[4])
