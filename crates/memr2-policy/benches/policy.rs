@@ -114,37 +114,42 @@ fn shape_rate<B: Backend>(
     reps: usize,
     layout: Layout,
 ) -> f64 {
-    let best_of_5 = |run: &dyn Fn()| {
-        run();
-        (0..5)
-            .map(|_| seconds(|| (0..reps).for_each(|_| run())).1 / reps as f64)
-            .fold(f64::INFINITY, f64::min)
-    };
     let best = if batch == 1 {
         // Two-dimensional, as the model multiplies its rows.
-        let random =
-            |shape: [usize; 2]| Tensor::<B, 2>::random(shape, burn::tensor::Distribution::Default, device);
-        let (a, b) = match layout {
-            Layout::Plain => (random([m, k]), random([k, n])),
-            Layout::RhsTransposed => (random([m, k]), random([n, k]).transpose()),
-            Layout::LhsTransposed => (random([k, m]).transpose(), random([k, n])),
-        };
-        best_of_5(&|| {
-            let _ = a.clone().matmul(b.clone()).slice([0..1, 0..1]).into_data();
-        })
+        best_product_seconds::<B, 2>(device, [m, k], [k, n], layout, reps)
     } else {
-        let random =
-            |shape: [usize; 3]| Tensor::<B, 3>::random(shape, burn::tensor::Distribution::Default, device);
-        let (a, b) = match layout {
-            Layout::Plain => (random([batch, m, k]), random([batch, k, n])),
-            Layout::RhsTransposed => (random([batch, m, k]), random([batch, n, k]).swap_dims(1, 2)),
-            Layout::LhsTransposed => (random([batch, k, m]).swap_dims(1, 2), random([batch, k, n])),
-        };
-        best_of_5(&|| {
-            let _ = a.clone().matmul(b.clone()).slice([0..1, 0..1, 0..1]).into_data();
-        })
+        best_product_seconds::<B, 3>(device, [batch, m, k], [batch, k, n], layout, reps)
     };
     2.0 * (batch * m * k * n) as f64 / best / 1e9
+}
+
+/// Seconds per product of random operands of shapes `lhs` and `rhs` laid out as `layout` says
+/// (a transposed operand is made in the other order and viewed transposed): the best of 5
+/// timings of `reps` products after a warm-up, reading one element back to wait for the backend.
+fn best_product_seconds<B: Backend, const D: usize>(
+    device: &B::Device,
+    lhs: [usize; D],
+    rhs: [usize; D],
+    layout: Layout,
+    reps: usize,
+) -> f64 {
+    let operand = |mut shape: [usize; D], transposed: bool| {
+        if transposed {
+            shape.swap(D - 2, D - 1);
+        }
+        let t = Tensor::<B, D>::random(shape, burn::tensor::Distribution::Default, device);
+        if transposed { t.swap_dims(D - 2, D - 1) } else { t }
+    };
+    let a = operand(lhs, matches!(layout, Layout::LhsTransposed));
+    let b = operand(rhs, matches!(layout, Layout::RhsTransposed));
+    let first: [std::ops::Range<usize>; D] = std::array::from_fn(|_| 0..1);
+    let run = || {
+        let _ = a.clone().matmul(b.clone()).slice(first.clone()).into_data();
+    };
+    run();
+    (0..5)
+        .map(|_| seconds(|| (0..reps).for_each(|_| run())).1 / reps as f64)
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// The matmul rate at a training workload's shapes: the projections and the MLP over all
@@ -168,38 +173,10 @@ fn shapes<B: Backend>(
         (1, tokens, h, c.vocab_size, Layout::Plain, "LM head"),
         (heads, s, d, s, Layout::Plain, "attention scores"),
         // The backward products of the projections and the MLP.
-        (
-            1,
-            tokens,
-            h,
-            h,
-            Layout::RhsTransposed,
-            "projection, input gradient dy w^T",
-        ),
-        (
-            1,
-            h,
-            tokens,
-            h,
-            Layout::LhsTransposed,
-            "projection, weight gradient x^T dy",
-        ),
-        (
-            1,
-            h,
-            tokens,
-            ff,
-            Layout::LhsTransposed,
-            "MLP up, weight gradient x^T dy",
-        ),
-        (
-            1,
-            ff,
-            tokens,
-            h,
-            Layout::LhsTransposed,
-            "MLP down, weight gradient x^T dy",
-        ),
+        (1, tokens, h, h, Layout::RhsTransposed, "projection, dy w^T"),
+        (1, h, tokens, h, Layout::LhsTransposed, "projection, x^T dy"),
+        (1, h, tokens, ff, Layout::LhsTransposed, "MLP up, x^T dy"),
+        (1, ff, tokens, h, Layout::LhsTransposed, "MLP down, x^T dy"),
     ];
     for (batch, m, k, n, layout, what) in cases {
         // Ten products a timing: the small ones take well under a millisecond each.

@@ -168,10 +168,10 @@ def shape_cases(m):
         (1, tokens, ff, h, "plain", "MLP down"),
         (1, tokens, h, m["vocab"], "plain", "LM head"),
         (m["batch"] * m["heads"], s, d, s, "plain", "attention scores"),
-        (1, tokens, h, h, "rhs^T", "projection, input gradient dy w^T"),
-        (1, h, tokens, h, "lhs^T", "projection, weight gradient x^T dy"),
-        (1, h, tokens, ff, "lhs^T", "MLP up, weight gradient x^T dy"),
-        (1, ff, tokens, h, "lhs^T", "MLP down, weight gradient x^T dy"),
+        (1, tokens, h, h, "rhs^T", "projection, dy w^T"),
+        (1, h, tokens, h, "lhs^T", "projection, x^T dy"),
+        (1, h, tokens, ff, "lhs^T", "MLP up, x^T dy"),
+        (1, ff, tokens, h, "lhs^T", "MLP down, x^T dy"),
     ]
 
 

@@ -158,7 +158,7 @@ mod tests {
         }
 
         let config = TransformerConfig::for_tests();
-        let model = config.init::<B>(&Default::default());
+        let model = config.init_seeded::<B>(5, &Default::default());
         let path = dir.path().join("policy.safetensors");
         save_checkpoint(&model, &config, &path).unwrap();
         let bytes = std::fs::read(&path).unwrap();
@@ -181,7 +181,12 @@ mod tests {
         let mut other = config.clone();
         other.hidden_size = 48;
         let other_path = dir.path().join("other.safetensors");
-        save_checkpoint(&other.init::<B>(&Default::default()), &config, &other_path).unwrap();
+        save_checkpoint(
+            &other.init_seeded::<B>(5, &Default::default()),
+            &config,
+            &other_path,
+        )
+        .unwrap();
         match load_checkpoint::<B>(&other_path, &Default::default()) {
             Err(PolicyError::ShapeMismatch { name, .. }) => assert!(!name.is_empty()),
             other => panic!("expected a shape mismatch, got {:?}", other.err()),

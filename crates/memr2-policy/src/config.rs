@@ -363,8 +363,8 @@ impl TransformerConfig {
     }
 }
 
-/// Seeds the backend's RNG and runs `draw` under a process-wide lock, for tests that want that
-/// seed's numbers from it: the RNG is global to the process, and the tests run on threads.
+/// Seeds the backend's RNG and runs `draw` under a process-wide lock: the RNG is global to the
+/// process and the tests run on threads, so every test that draws from it does so in here.
 #[cfg(test)]
 pub(crate) fn with_seed<B: Backend, T>(device: &B::Device, seed: u64, draw: impl FnOnce() -> T) -> T {
     static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -747,8 +747,12 @@ mod tests {
         );
         let device = Default::default();
         let shape = [2, 3, 5, 7];
-        let scores = Tensor::<Ad, 4>::random(shape, Distribution::Normal(0.0, 2.0), &device);
-        let weights = Tensor::<Ad, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let (scores, weights) = crate::config::with_seed::<Ad, _>(&device, 1, || {
+            (
+                Tensor::<Ad, 4>::random(shape, Distribution::Normal(0.0, 2.0), &device),
+                Tensor::<Ad, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device),
+            )
+        });
         // Causal-like masks with some padding; every row keeps its diagonal.
         let mask: Vec<bool> = (0..shape.iter().product::<usize>())
             .map(|i| {
@@ -901,7 +905,9 @@ mod tests {
             .map(|i| ((i * 29 % 37) as f32 - 18.0) / 3.0 + if i / vocab == 4 { 60.0 } else { 0.0 })
             .collect();
         let targets: Vec<u32> = (0..batch * seq).map(|i| (i * 7 % vocab) as u32).collect();
-        let weights = Tensor::<Ad, 3>::random([batch, seq, 2], Distribution::Normal(0.0, 1.0), &device);
+        let weights = crate::config::with_seed::<Ad, _>(&device, 2, || {
+            Tensor::<Ad, 3>::random([batch, seq, 2], Distribution::Normal(0.0, 1.0), &device)
+        });
         let run = |fused: bool| {
             let x = Tensor::<Ad, 3>::from_data(TensorData::new(logits.clone(), [batch, seq, vocab]), &device)
                 .require_grad();
@@ -937,9 +943,9 @@ mod tests {
     fn swiglu_matches_the_composition_and_its_gradient() {
         let device = Default::default();
         let shape = [2, 5, 7];
-        let gate = Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, 3.0), &device);
-        let up = Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-        let weights = Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let normal = |std: f64| Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, std), &device);
+        let (gate, up, weights) =
+            crate::config::with_seed::<Ad, _>(&device, 3, || (normal(3.0), normal(1.0), normal(1.0)));
         let run = |fused: bool| {
             let g = Tensor::<Ad, 3>::from_data(gate.to_data(), &device).require_grad();
             let u = Tensor::<Ad, 3>::from_data(up.to_data(), &device).require_grad();
