@@ -88,9 +88,9 @@ fn seconds<T>(f: impl FnOnce() -> T) -> (T, f64) {
     (out, start.elapsed().as_secs_f64())
 }
 
-/// GFLOP/s of an `n x n` f32 matmul (best of 5 after a warm-up).
+/// GFLOP/s of an `n x n` f32 matmul through burn's `matmul` (best of 5 after a warm-up).
 fn matmul_rate<B: Backend>(device: &B::Device) -> f64 {
-    shape_rate::<B>(device, 1, MATMUL, MATMUL, MATMUL, 1, Layout::Plain)
+    shape_rate::<B>(device, 1, MATMUL, MATMUL, MATMUL, 1, Layout::Plain, Product::Burn)
 }
 
 /// How the operands of a timed product are laid out: as made, or one of them a transposed view
@@ -103,8 +103,19 @@ enum Layout {
     LhsTransposed,
 }
 
+/// Which product a two-dimensional case times.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Product {
+    /// `memr2_policy::fused::matmul`, the model's products (split over the threads by rows on
+    /// the CPU backend).
+    Model,
+    /// burn's `Tensor::matmul`, for comparison.
+    Burn,
+}
+
 /// GFLOP/s of `batch` products `[m, k] x [k, n]` laid out as `layout` says (best of 5, each
 /// timing `reps` products after a warm-up), waiting for the backend by reading one element back.
+#[allow(clippy::too_many_arguments)]
 fn shape_rate<B: Backend>(
     device: &B::Device,
     batch: usize,
@@ -113,12 +124,17 @@ fn shape_rate<B: Backend>(
     n: usize,
     reps: usize,
     layout: Layout,
+    product: Product,
 ) -> f64 {
     let best = if batch == 1 {
         // Two-dimensional, as the model multiplies its rows.
-        best_product_seconds::<B, 2>(device, [m, k], [k, n], layout, reps)
+        let multiply = match product {
+            Product::Model => memr2_policy::fused::matmul::<B>,
+            Product::Burn => Tensor::<B, 2>::matmul,
+        };
+        best_product_seconds::<B, 2>(device, [m, k], [k, n], layout, reps, multiply)
     } else {
-        best_product_seconds::<B, 3>(device, [batch, m, k], [batch, k, n], layout, reps)
+        best_product_seconds::<B, 3>(device, [batch, m, k], [batch, k, n], layout, reps, Tensor::matmul)
     };
     2.0 * (batch * m * k * n) as f64 / best / 1e9
 }
@@ -132,6 +148,7 @@ fn best_product_seconds<B: Backend, const D: usize>(
     rhs: [usize; D],
     layout: Layout,
     reps: usize,
+    multiply: fn(Tensor<B, D>, Tensor<B, D>) -> Tensor<B, D>,
 ) -> f64 {
     let operand = |mut shape: [usize; D], transposed: bool| {
         if transposed {
@@ -144,7 +161,7 @@ fn best_product_seconds<B: Backend, const D: usize>(
     let b = operand(rhs, matches!(layout, Layout::RhsTransposed));
     let first: [std::ops::Range<usize>; D] = std::array::from_fn(|_| 0..1);
     let run = || {
-        let _ = a.clone().matmul(b.clone()).slice(first.clone()).into_data();
+        let _ = multiply(a.clone(), b.clone()).slice(first.clone()).into_data();
     };
     run();
     (0..5)
@@ -179,16 +196,29 @@ fn shapes<B: Backend>(
         (1, ff, tokens, h, Layout::LhsTransposed, "MLP down, x^T dy"),
     ];
     for (batch, m, k, n, layout, what) in cases {
-        // Ten products a timing: the small ones take well under a millisecond each.
-        let gflops = shape_rate::<B>(device, batch, m, k, n, 10, layout);
-        rows.push(Row {
-            backend: name,
-            model: work.name,
-            what: format!("matmul {batch}x[{m}x{k}]x[{k}x{n}] ({what})"),
-            tokens_per_s: f64::NAN,
-            gflops,
-            fraction: gflops / peak,
-        });
+        // The model's product, then (two-dimensional cases) burn's matmul of the same operands.
+        let products: &[Product] = if batch == 1 {
+            &[Product::Model, Product::Burn]
+        } else {
+            &[Product::Model]
+        };
+        for &product in products {
+            // Ten products a timing: the small ones take well under a millisecond each.
+            let gflops = shape_rate::<B>(device, batch, m, k, n, 10, layout, product);
+            let suffix = if product == Product::Burn {
+                ", burn's matmul"
+            } else {
+                ""
+            };
+            rows.push(Row {
+                backend: name,
+                model: work.name,
+                what: format!("matmul {batch}x[{m}x{k}]x[{k}x{n}] ({what}{suffix})"),
+                tokens_per_s: f64::NAN,
+                gflops,
+                fraction: gflops / peak,
+            });
+        }
     }
 }
 

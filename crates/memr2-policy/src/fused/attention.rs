@@ -26,6 +26,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
+use super::product::gemm_into;
 use super::{FlexAutodiff, exp, max, sum};
 
 /// Query rows per block: a block's scores (`BLOCK x keys` floats, 96 KiB at 384 keys) stay
@@ -153,63 +154,6 @@ impl Inputs {
     }
 }
 
-/// `dst[m, n] (+)= lhs[m, k] x rhs[k, n]` on the calling thread, each operand given as a slice
-/// with its row and column strides (in elements); `accumulate` adds to `dst` instead of
-/// overwriting it. The strides and sizes are checked against the slices' lengths, which is
-/// what makes the call into `gemm` sound.
-#[allow(clippy::too_many_arguments, unsafe_code)]
-fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(last(m, dst_rs, n, 1) < dst.len(), "matmul: dst too short");
-    if k == 0 {
-        if !accumulate {
-            for row in 0..m {
-                dst[row * dst_rs..row * dst_rs + n].fill(0.0);
-            }
-        }
-        return;
-    }
-    assert!(last(m, lhs_rs, k, lhs_cs) < lhs.len(), "matmul: lhs too short");
-    assert!(last(k, rhs_rs, n, rhs_cs) < rhs.len(), "matmul: rhs too short");
-    // SAFETY: every element the strides reach lies inside its slice (checked above), `dst`
-    // is borrowed mutably and does not overlap the shared `lhs` and `rhs`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
 /// One past the last key that any row of a block may see (`mask` holds the block's rows of
 /// `keys` each); 0 when every key is masked for every row.
 fn visible_end(mask: &[u8], keys: usize) -> usize {
@@ -321,7 +265,7 @@ impl<'a> Sequence<'a> {
         }
         let scores = &mut scratch[..rows * end];
         let (q_at, k_at, _) = self.offsets(block);
-        matmul(
+        gemm_into(
             (rows, end, d.dim),
             scores,
             end,
@@ -355,7 +299,7 @@ fn forward(inputs: &Inputs) -> (Vec<f32>, Vec<f32>) {
             }
             let (_, _, v_at) = sequence.offsets(block);
             let o_at = block.start * sequence.o_rs() + block.head * d.value_dim;
-            matmul(
+            gemm_into(
                 (block.rows, d.value_dim, end),
                 &mut out[o_at..],
                 sequence.o_rs(),
@@ -426,7 +370,7 @@ fn backward(inputs: &Inputs, out: &[f32], lse: &[f32], grad: &[f32]) -> (Vec<f32
             let o_at = block.start * o_rs + block.head * d.value_dim;
             let grad_block = &grad[o_at..];
             // dv[..end] += p^T grad_block
-            matmul(
+            gemm_into(
                 (end, d.value_dim, rows),
                 &mut dv[v_at..],
                 v_rs,
@@ -441,7 +385,7 @@ fn backward(inputs: &Inputs, out: &[f32], lse: &[f32], grad: &[f32]) -> (Vec<f32
                 scratch_dp.resize(rows * end, 0.0);
             }
             let ds = &mut scratch_dp[..rows * end];
-            matmul(
+            gemm_into(
                 (rows, end, d.value_dim),
                 ds,
                 end,
@@ -464,7 +408,7 @@ fn backward(inputs: &Inputs, out: &[f32], lse: &[f32], grad: &[f32]) -> (Vec<f32
                 }
             }
             // dq_block = ds k[..end]; dk[..end] += ds^T q_block.
-            matmul(
+            gemm_into(
                 (rows, d.dim, end),
                 &mut dq[q_at..],
                 q_rs,
@@ -474,7 +418,7 @@ fn backward(inputs: &Inputs, out: &[f32], lse: &[f32], grad: &[f32]) -> (Vec<f32
                 &sequence.k[k_at..],
                 (k_rs, 1),
             );
-            matmul(
+            gemm_into(
                 (end, d.dim, rows),
                 &mut dk[k_at..],
                 k_rs,

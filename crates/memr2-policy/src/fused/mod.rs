@@ -15,7 +15,8 @@
 //! one backward), [`swiglu`] the feed-forward gate `silu(gate) * up` (one node, both
 //! gradients in one backward), [`rms_norm`] the norm with the gradients of its input and its
 //! weight in one backward (module `norm`), and [`rotary`] the rotary embedding's rotation
-//! (module `rope`). They are taken on the CPU backend (`Autodiff<Flex>`, and `Flex` without
+//! (module `rope`), and [`matmul`] the dense products, split over the threads by rows of the
+//! output (module `product`). They are taken on the CPU backend (`Autodiff<Flex>`, and `Flex` without
 //! autodiff for all but the softmax), recognised by type at run time so that the model stays
 //! generic over `B: Backend`; every other backend computes the same functions from tensor
 //! operations. Tests compare values and gradients of the two.
@@ -41,6 +42,7 @@ use burn_flex::{Flex, FlexTensor};
 
 mod attention;
 mod norm;
+mod product;
 mod rope;
 mod rows;
 
@@ -106,6 +108,45 @@ pub fn masked_attention<B: Backend>(
     };
     let (q, k, v, masked) = *inputs.downcast::<Four<B>>().expect("the inputs keep their type");
     masked_attention_composed(q, k, v, masked)
+}
+
+/// The product `lhs [m, k] x rhs [k, n]`, as `lhs.matmul(rhs)`.
+///
+/// On the CPU backend the output's rows are cut into one band per thread, each band one
+/// single-threaded `gemm` call that reads the operands in place (module `product`), and on
+/// `Autodiff<Flex>` the backward pass cuts its two products, `g rhs^T` and `lhs^T g`, the same
+/// way; the bands change no bit of the result. Elsewhere `lhs.matmul(rhs)`.
+pub fn matmul<B: Backend>(lhs: Tensor<B, 2>, rhs: Tensor<B, 2>) -> Tensor<B, 2> {
+    assert_eq!(lhs.dims()[1], rhs.dims()[0], "matmul: inner dimensions differ");
+    if lhs.dtype() != DType::F32 || rhs.dtype() != DType::F32 {
+        return lhs.matmul(rhs);
+    }
+    let inputs: Box<dyn Any> = Box::new((lhs, rhs));
+    let inputs = match inputs.downcast::<(Tensor<FlexAutodiff, 2>, Tensor<FlexAutodiff, 2>)>() {
+        Ok(flex) => {
+            let (lhs, rhs) = *flex;
+            return retype(product::autodiff(lhs, rhs));
+        }
+        Err(inputs) => inputs,
+    };
+    let inputs = match inputs.downcast::<(Tensor<Flex, 2>, Tensor<Flex, 2>)>() {
+        Ok(flex) => {
+            let (lhs, rhs) = *flex;
+            return retype(product::inference(lhs, rhs));
+        }
+        Err(inputs) => inputs,
+    };
+    let (lhs, rhs) = *inputs
+        .downcast::<(Tensor<B, 2>, Tensor<B, 2>)>()
+        .expect("the inputs keep their type");
+    lhs.matmul(rhs)
+}
+
+/// Whether `B` is the CPU backend on which the fused operations run (`Flex`, with or without
+/// autodiff).
+pub(crate) fn on_cpu<B: Backend>() -> bool {
+    use std::any::TypeId;
+    [TypeId::of::<Flex>(), TypeId::of::<FlexAutodiff>()].contains(&TypeId::of::<B>())
 }
 
 /// `value` as the type it is known to have (`T` and `U` are one type, told apart only at run
@@ -966,6 +1007,62 @@ mod tests {
         out_f.assert_approx_eq::<f32>(&out_c, Tolerance::absolute(1e-5));
         dg_f.assert_approx_eq::<f32>(&dg_c, Tolerance::absolute(1e-5));
         du_f.assert_approx_eq::<f32>(&du_c, Tolerance::absolute(1e-5));
+    }
+
+    /// The split product and its gradients equal burn's `matmul` and its gradients, for a
+    /// product large enough to be split, with the right-hand side plain and as a transposed
+    /// view (the tied LM head), and with one operand outside the graph; without autodiff too.
+    #[test]
+    fn matmul_matches_burns_and_its_gradients() {
+        let device = Default::default();
+        let (m, k, n) = (300, 48, 700);
+        let (lhs, rhs, rhs_t, weights) = crate::config::with_seed::<Ad, _>(&device, 5, || {
+            let normal =
+                |shape: [usize; 2]| Tensor::<Ad, 2>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+            (normal([m, k]), normal([k, n]), normal([n, k]), normal([m, n]))
+        });
+        for (transposed, lhs_tracked) in [(false, true), (true, true), (false, false)] {
+            let run = |fused: bool| {
+                let l = Tensor::<Ad, 2>::from_data(lhs.to_data(), &device);
+                let l = if lhs_tracked { l.require_grad() } else { l };
+                let r = if transposed { &rhs_t } else { &rhs };
+                let r = Tensor::<Ad, 2>::from_data(r.to_data(), &device).require_grad();
+                let view = if transposed {
+                    r.clone().transpose()
+                } else {
+                    r.clone()
+                };
+                let out = if fused {
+                    matmul(l.clone(), view)
+                } else {
+                    l.clone().matmul(view)
+                };
+                let grads = (out.clone() * weights.clone()).sum().backward();
+                (
+                    out.into_data(),
+                    l.grad(&grads).map(|g| g.into_data()),
+                    r.grad(&grads).unwrap().into_data(),
+                )
+            };
+            let (out_f, dl_f, dr_f) = run(true);
+            let (out_c, dl_c, dr_c) = run(false);
+            let tolerance = Tolerance::absolute(1e-4);
+            out_f.assert_approx_eq::<f32>(&out_c, tolerance);
+            dr_f.assert_approx_eq::<f32>(&dr_c, tolerance);
+            assert_eq!(dl_f.is_some(), lhs_tracked);
+            if let (Some(f), Some(c)) = (dl_f, dl_c) {
+                f.assert_approx_eq::<f32>(&c, tolerance);
+            }
+        }
+        // Without autodiff.
+        type B = crate::TestBackend;
+        let (l, r) = (
+            Tensor::<B, 2>::from_data(lhs.to_data(), &device),
+            Tensor::<B, 2>::from_data(rhs_t.to_data(), &device).transpose(),
+        );
+        matmul(l.clone(), r.clone())
+            .into_data()
+            .assert_approx_eq::<f32>(&l.matmul(r).into_data(), Tolerance::absolute(1e-4));
     }
 
     /// Appending to a cache buffer gives the concatenation of everything appended, across
