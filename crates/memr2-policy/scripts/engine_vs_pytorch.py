@@ -9,6 +9,7 @@ attention: what a PyTorch user gets without tuning.
 
     python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch numpy
     /tmp/torchenv/bin/python crates/memr2-policy/scripts/engine_vs_pytorch.py --rounds 3
+    /tmp/torchenv/bin/python crates/memr2-policy/scripts/engine_vs_pytorch.py --parts train --rounds 5
     /tmp/torchenv/bin/python crates/memr2-policy/scripts/engine_vs_pytorch.py --shapes --models default
 
 Not run by CI. Both sides use 2 threads unless --threads says otherwise.
@@ -147,13 +148,15 @@ def timed(f):
     return time.perf_counter() - start
 
 
-def torch_round(models):
+def torch_round(models, parts):
     rows = {("-", "matmul"): torch_matmul()}
     for name in models:
         m = MODELS[name]
-        rows[(name, "train")] = torch_train(m)
-        for batch in (1, 8, 32):
-            rows[(name, f"decode {batch}")] = torch_decode(m, batch)
+        if "train" in parts:
+            rows[(name, "train")] = torch_train(m)
+        if "generate" in parts:
+            for batch in (1, 8, 32):
+                rows[(name, f"decode {batch}")] = torch_decode(m, batch)
     return rows
 
 
@@ -175,7 +178,7 @@ def shape_cases(m):
     ]
 
 
-def torch_shapes(models):
+def torch_shapes(models, parts=None):
     rows = {}
     for name in models:
         for batch, m, k, n, layout, what in shape_cases(MODELS[name]):
@@ -205,7 +208,7 @@ def memr2_table(models, threads, **extra):
     return [cells for cells in rows if len(cells) == 6 and cells[0] == "flex"]
 
 
-def memr2_shapes(models, threads):
+def memr2_shapes(models, threads, parts=None):
     rows = {}
     for cells in memr2_table(models, threads, POLICY_BENCH_PARTS="shapes"):
         if (g := re.match(r"matmul \S+ \((.*)\)$", cells[2])):
@@ -213,9 +216,9 @@ def memr2_shapes(models, threads):
     return rows
 
 
-def memr2_round(models, threads):
+def memr2_round(models, threads, parts):
     rows = {}
-    for cells in memr2_table(models, threads):
+    for cells in memr2_table(models, threads, POLICY_BENCH_PARTS=",".join(parts)):
         model, what = cells[1], cells[2]
         if what.startswith("matmul"):
             rows[("-", "matmul")] = float(cells[4])
@@ -233,15 +236,20 @@ def main():
     parser.add_argument("--models", default="tiny,default")
     parser.add_argument("--shapes", action="store_true",
                         help="time the training step's products alone (GFLOP/s), forward and backward")
+    parser.add_argument("--parts", default="train,generate",
+                        help="which workloads to run without --shapes: train, generate or both")
     args = parser.parse_args()
+    parts = [p.strip() for p in args.parts.split(",")]
+    if not set(parts) <= {"train", "generate"}:
+        parser.error(f"--parts takes train and/or generate, got {args.parts!r}")
     models = args.models.split(",")
     torch.set_num_threads(args.threads)
     ours, theirs = {}, {}
     ours_round, theirs_round = (memr2_shapes, torch_shapes) if args.shapes else (memr2_round, torch_round)
     for r in range(args.rounds):
-        for key, value in ours_round(models, args.threads).items():
+        for key, value in ours_round(models, args.threads, parts).items():
             ours.setdefault(key, []).append(value)
-        for key, value in theirs_round(models).items():
+        for key, value in theirs_round(models, parts).items():
             theirs.setdefault(key, []).append(value)
         print(f"round {r + 1} of {args.rounds} done", file=sys.stderr)
     print(f"PyTorch {torch.__version__}, {args.threads} threads, medians of {args.rounds} alternating rounds")

@@ -39,6 +39,7 @@ use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
 
 mod attention;
 mod norm;
@@ -218,6 +219,51 @@ fn exp(x: f32) -> f32 {
 /// Lanes that the reductions below keep apart, so that they vectorise.
 const LANES: usize = 8;
 
+/// Outputs of fewer elements are computed on the calling thread: handing a small pass (a
+/// decoding step's rows) to rayon's pool costs more than it saves.
+const PARALLEL_ELEMENTS: usize = 1 << 15;
+
+/// Elements in one band of rows handed to the pool (about 64 KiB of f32).
+const BAND_ELEMENTS: usize = 1 << 14;
+
+/// Rows in a band of rows `width` elements wide.
+fn band_rows(width: usize) -> usize {
+    (BAND_ELEMENTS / width.max(1)).max(1)
+}
+
+/// Calls `f(first_row, rows)` over bands of whole rows of `out` (`width` elements a row): in
+/// parallel on rayon's pool when `out` is large, all at once on the calling thread otherwise.
+/// The bands depend on the sizes alone, never on the number of threads.
+fn for_row_bands(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if out.len() < PARALLEL_ELEMENTS || width == 0 {
+        f(0, out);
+        return;
+    }
+    let rows = band_rows(width);
+    out.par_chunks_mut(rows * width)
+        .enumerate()
+        .for_each(|(i, band)| f(i * rows, band));
+}
+
+/// [`for_row_bands`] over two outputs of one shape.
+fn for_row_bands2(
+    a: &mut [f32],
+    b: &mut [f32],
+    width: usize,
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+) {
+    debug_assert_eq!(a.len(), b.len());
+    if a.len() < PARALLEL_ELEMENTS || width == 0 {
+        f(0, a, b);
+        return;
+    }
+    let rows = band_rows(width);
+    a.par_chunks_mut(rows * width)
+        .zip(b.par_chunks_mut(rows * width))
+        .enumerate()
+        .for_each(|(i, (a, b))| f(i * rows, a, b));
+}
+
 /// The maximum of a row (`-inf` when empty).
 fn max(row: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
@@ -380,43 +426,52 @@ fn token_logprobs_forward(logits: &FlexTensor, dims: [usize; 3], targets: &[u32]
     let vocab = dims[2];
     let logits = logits.to_contiguous();
     let x: &[f32] = logits.storage();
-    let mut out = vec![0.0_f32; targets.len() * 2];
-    let mut lse = vec![0.0_f32; targets.len()];
-    for (row, ((x, o), l)) in x
-        .chunks_exact(vocab)
-        .zip(out.chunks_exact_mut(2))
-        .zip(&mut lse)
-        .enumerate()
-    {
-        let max = max(x);
-        // sum exp(x - max) and sum exp(x - max) (x - max), in lanes that vectorise.
-        let (mut sums, mut weighted) = ([0.0_f32; LANES], [0.0_f32; LANES]);
-        let chunks = x.chunks_exact(LANES);
-        let (mut tail_sum, mut tail_weighted) = (0.0_f32, 0.0_f32);
-        for &v in chunks.remainder() {
-            let shifted = v - max;
-            let e = exp(shifted);
-            tail_sum += e;
-            tail_weighted += e * shifted;
-        }
-        for chunk in chunks {
-            for ((s, w), &v) in sums.iter_mut().zip(&mut weighted).zip(chunk) {
-                let shifted = v - max;
-                let e = exp(shifted);
-                *s += e;
-                *w += e * shifted;
-            }
-        }
-        let total = sum(&sums) + tail_sum;
-        let weighted = sum(&weighted) + tail_weighted;
-        let log_sum = total.ln();
-        *l = max + log_sum;
-        o[0] = x[targets[row] as usize] - *l;
-        // H = -sum p log p = log_sum - sum p (x - max).
-        o[1] = log_sum - weighted / total;
-    }
+    // Per row: log p(target), the entropy and the log-sum-exp.
+    let rows: Vec<[f32; 3]> = if x.len() < PARALLEL_ELEMENTS || vocab == 0 {
+        x.chunks_exact(vocab.max(1))
+            .zip(targets)
+            .map(|(x, &t)| token_logprob_row(x, t))
+            .collect()
+    } else {
+        x.par_chunks_exact(vocab)
+            .zip(targets)
+            .with_min_len(band_rows(vocab))
+            .map(|(x, &t)| token_logprob_row(x, t))
+            .collect()
+    };
+    let out: Vec<f32> = rows.iter().flat_map(|r| [r[0], r[1]]).collect();
+    let lse = rows.iter().map(|r| r[2]).collect();
     let shape = [dims[0], dims[1], 2];
     (FlexTensor::from_data(TensorData::new(out, shape)), lse)
+}
+
+/// `[log p(target), entropy, log-sum-exp]` of one row of logits.
+fn token_logprob_row(x: &[f32], target: u32) -> [f32; 3] {
+    let max = max(x);
+    // sum exp(x - max) and sum exp(x - max) (x - max), in lanes that vectorise.
+    let (mut sums, mut weighted) = ([0.0_f32; LANES], [0.0_f32; LANES]);
+    let chunks = x.chunks_exact(LANES);
+    let (mut tail_sum, mut tail_weighted) = (0.0_f32, 0.0_f32);
+    for &v in chunks.remainder() {
+        let shifted = v - max;
+        let e = exp(shifted);
+        tail_sum += e;
+        tail_weighted += e * shifted;
+    }
+    for chunk in chunks {
+        for ((s, w), &v) in sums.iter_mut().zip(&mut weighted).zip(chunk) {
+            let shifted = v - max;
+            let e = exp(shifted);
+            *s += e;
+            *w += e * shifted;
+        }
+    }
+    let total = sum(&sums) + tail_sum;
+    let weighted = sum(&weighted) + tail_weighted;
+    let log_sum = total.ln();
+    let lse = max + log_sum;
+    // H = -sum p log p = log_sum - sum p (x - max).
+    [x[target as usize] - lse, log_sum - weighted / total, lse]
 }
 
 /// The gradient of [`token_logprobs`]: with `p = softmax(x)`, `g` the gradient of the
@@ -449,16 +504,20 @@ impl Backward<Flex, 1> for TokenLogProbsBackward {
             let x: &[f32] = state.logits.storage();
             let out: &[f32] = state.out.storage();
             let mut dx = vec![0.0_f32; x.len()];
-            for (row, (x, d)) in x.chunks_exact(vocab).zip(dx.chunks_exact_mut(vocab)).enumerate() {
-                let (g_logp, g_entropy) = (g[2 * row], g[2 * row + 1]);
-                let (lse, entropy) = (state.lse[row], out[2 * row + 1]);
-                for (&v, d) in x.iter().zip(d.iter_mut()) {
-                    let log_p = v - lse;
-                    let p = exp(log_p);
-                    *d = -p * (g_logp + g_entropy * (log_p + entropy));
+            for_row_bands(&mut dx, vocab, |first, dx| {
+                for (i, d) in dx.chunks_exact_mut(vocab).enumerate() {
+                    let row = first + i;
+                    let x = &x[row * vocab..(row + 1) * vocab];
+                    let (g_logp, g_entropy) = (g[2 * row], g[2 * row + 1]);
+                    let (lse, entropy) = (state.lse[row], out[2 * row + 1]);
+                    for (&v, d) in x.iter().zip(d.iter_mut()) {
+                        let log_p = v - lse;
+                        let p = exp(log_p);
+                        *d = -p * (g_logp + g_entropy * (log_p + entropy));
+                    }
+                    d[state.targets[row] as usize] += g_logp;
                 }
-                d[state.targets[row] as usize] += g_logp;
-            }
+            });
             FlexTensor::from_data(TensorData::new(dx, dims))
         });
     }
@@ -701,12 +760,14 @@ fn sigmoid(x: f32) -> f32 {
 
 fn swiglu_forward(gate: &FlexTensor, up: &FlexTensor, dims: [usize; 3]) -> FlexTensor {
     let (gate, up) = (gate.to_contiguous(), up.to_contiguous());
-    let out: Vec<f32> = gate
-        .storage::<f32>()
-        .iter()
-        .zip(up.storage::<f32>())
-        .map(|(&g, &u)| g * sigmoid(g) * u)
-        .collect();
+    let (gate, up): (&[f32], &[f32]) = (gate.storage(), up.storage());
+    let mut out = vec![0.0_f32; gate.len()];
+    for_row_bands(&mut out, 1, |first, out| {
+        let range = first..first + out.len();
+        for ((o, &g), &u) in out.iter_mut().zip(&gate[range.clone()]).zip(&up[range]) {
+            *o = g * sigmoid(g) * u;
+        }
+    });
     FlexTensor::from_data(TensorData::new(out, dims))
 }
 
@@ -724,11 +785,15 @@ impl Backward<Flex, 2> for SwigluBackward {
         let (g, gate, up) = (grad.storage::<f32>(), gate.storage::<f32>(), up.storage::<f32>());
         // Both gradients from one sigmoid per element.
         let (mut d_gate, mut d_up) = (vec![0.0_f32; g.len()], vec![0.0_f32; g.len()]);
-        for ((((&g, &x), &u), dg), du) in g.iter().zip(gate).zip(up).zip(&mut d_gate).zip(&mut d_up) {
-            let s = sigmoid(x);
-            *dg = g * u * s * (1.0 + x * (1.0 - s));
-            *du = g * x * s;
-        }
+        for_row_bands2(&mut d_gate, &mut d_up, 1, |first, d_gate, d_up| {
+            let range = first..first + d_gate.len();
+            let inputs = g[range.clone()].iter().zip(&gate[range.clone()]).zip(&up[range]);
+            for (((&g, &x), &u), (dg, du)) in inputs.zip(d_gate.iter_mut().zip(d_up.iter_mut())) {
+                let s = sigmoid(x);
+                *dg = g * u * s * (1.0 + x * (1.0 - s));
+                *du = g * x * s;
+            }
+        });
         let [gate_node, up_node] = ops.parents;
         for (node, d) in [(gate_node, d_gate), (up_node, d_up)] {
             if let Some(node) = node {
@@ -939,8 +1004,14 @@ mod tests {
     /// entropy, both in the loss) equal those of the composition, and without autodiff too.
     #[test]
     fn token_logprobs_match_the_composition_and_its_gradient() {
+        // The second shape is large enough to run in bands on the pool.
+        for (batch, seq, vocab) in [(2, 3, 11), (3, 40, 300)] {
+            token_logprobs_case(batch, seq, vocab);
+        }
+    }
+
+    fn token_logprobs_case(batch: usize, seq: usize, vocab: usize) {
         let device = Default::default();
-        let (batch, seq, vocab) = (2, 3, 11);
         // Spread logits (one row far off-scale) so that the log-sum-exp's shift matters.
         let logits: Vec<f32> = (0..batch * seq * vocab)
             .map(|i| ((i * 29 % 37) as f32 - 18.0) / 3.0 + if i / vocab == 4 { 60.0 } else { 0.0 })
@@ -982,8 +1053,14 @@ mod tests {
     /// Values and gradients of the fused SwiGLU gate equal those of `silu(gate) * up`.
     #[test]
     fn swiglu_matches_the_composition_and_its_gradient() {
+        // The second shape is large enough to run in bands on the pool.
+        for shape in [[2, 5, 7], [3, 129, 100]] {
+            swiglu_case(shape);
+        }
+    }
+
+    fn swiglu_case(shape: [usize; 3]) {
         let device = Default::default();
-        let shape = [2, 5, 7];
         let normal = |std: f64| Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, std), &device);
         let (gate, up, weights) =
             crate::config::with_seed::<Ad, _>(&device, 3, || (normal(3.0), normal(1.0), normal(1.0)));
@@ -1113,42 +1190,7 @@ mod tests {
             scale in 0.01_f64..100.0,
             seed in 0_u64..1000,
         ) {
-            let device = Default::default();
-            let shape = [batch, seq, hidden];
-            let (x, w, weights) = crate::config::with_seed::<Ad, _>(&device, seed, || {
-                (
-                    Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, scale), &device),
-                    Tensor::<Ad, 1>::random([hidden], Distribution::Normal(1.0, 0.5), &device),
-                    Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device),
-                )
-            });
-            let eps = 1e-6;
-            let run = |fused: bool| {
-                let xs = Tensor::<Ad, 3>::from_data(x.to_data(), &device).require_grad();
-                let ws = Tensor::<Ad, 1>::from_data(w.to_data(), &device).require_grad();
-                let out = if fused {
-                    rms_norm(xs.clone(), ws.clone(), eps)
-                } else {
-                    rms_norm_composed(xs.clone(), ws.clone(), eps)
-                };
-                let grads = (out.clone() * weights.clone()).sum().backward();
-                (
-                    out.into_data(),
-                    xs.grad(&grads).unwrap().into_data(),
-                    ws.grad(&grads).unwrap().into_data(),
-                )
-            };
-            let (out_f, dx_f, dw_f) = run(true);
-            let (out_c, dx_c, dw_c) = run(false);
-            let tolerance = Tolerance::rel_abs(1e-4, 1e-5);
-            out_f.assert_approx_eq::<f32>(&out_c, tolerance);
-            dx_f.assert_approx_eq::<f32>(&dx_c, tolerance);
-            dw_f.assert_approx_eq::<f32>(&dw_c, Tolerance::rel_abs(1e-4, 1e-4));
-            let x = Tensor::<crate::TestBackend, 3>::from_data(x.to_data(), &device);
-            let w = Tensor::<crate::TestBackend, 1>::from_data(w.to_data(), &device);
-            rms_norm(x.clone(), w.clone(), eps)
-                .into_data()
-                .assert_approx_eq::<f32>(&rms_norm_composed(x, w, eps).into_data(), tolerance);
+            rms_norm_case([batch, seq, hidden], scale, seed);
         }
 
         /// The rotation: values and the gradient of the fused node equal the composition's,
@@ -1161,34 +1203,82 @@ mod tests {
             half in 1_usize..9,
             seed in 0_u64..1000,
         ) {
-            let device = Default::default();
-            let head_dim = 2 * half;
-            let shape = [batch, seq, heads, head_dim];
-            let normal = |std: f64| Tensor::<Ad, 4>::random(shape, Distribution::Normal(0.0, std), &device);
-            let (x, cos, sin, weights) = crate::config::with_seed::<Ad, _>(&device, seed, || {
-                (normal(2.0), normal(1.0), normal(1.0), normal(1.0))
-            });
-            let run = |fused: bool| {
-                let xs = Tensor::<Ad, 4>::from_data(x.to_data(), &device).require_grad();
-                let out = if fused {
-                    rotary(xs.clone(), cos.clone(), sin.clone())
-                } else {
-                    rotary_composed(xs.clone(), cos.clone(), sin.clone())
-                };
-                let grads = (out.clone() * weights.clone()).sum().backward();
-                (out.into_data(), xs.grad(&grads).unwrap().into_data())
-            };
-            let (out_f, dx_f) = run(true);
-            let (out_c, dx_c) = run(false);
-            out_f.assert_approx_eq::<f32>(&out_c, Tolerance::absolute(1e-5));
-            dx_f.assert_approx_eq::<f32>(&dx_c, Tolerance::absolute(1e-5));
-            let inner = |t: &Tensor<Ad, 4>| Tensor::<crate::TestBackend, 4>::from_data(t.to_data(), &device);
-            rotary(inner(&x), inner(&cos), inner(&sin))
-                .into_data()
-                .assert_approx_eq::<f32>(
-                    &rotary_composed(inner(&x), inner(&cos), inner(&sin)).into_data(),
-                    Tolerance::absolute(1e-5),
-                );
+            rotary_case([batch, seq, heads, 2 * half], seed);
         }
+    }
+
+    /// RMSNorm and the rotation over inputs large enough to run in bands on the pool.
+    #[test]
+    fn norm_and_rotation_in_bands_match_their_compositions() {
+        rms_norm_case([3, 130, 100], 3.0, 7);
+        rotary_case([2, 100, 4, 48], 8);
+    }
+
+    fn rms_norm_case(shape: [usize; 3], scale: f64, seed: u64) {
+        let device = Default::default();
+        let [_, _, hidden] = shape;
+        let (x, w, weights) = crate::config::with_seed::<Ad, _>(&device, seed, || {
+            (
+                Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, scale), &device),
+                Tensor::<Ad, 1>::random([hidden], Distribution::Normal(1.0, 0.5), &device),
+                Tensor::<Ad, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device),
+            )
+        });
+        let eps = 1e-6;
+        let run = |fused: bool| {
+            let xs = Tensor::<Ad, 3>::from_data(x.to_data(), &device).require_grad();
+            let ws = Tensor::<Ad, 1>::from_data(w.to_data(), &device).require_grad();
+            let out = if fused {
+                rms_norm(xs.clone(), ws.clone(), eps)
+            } else {
+                rms_norm_composed(xs.clone(), ws.clone(), eps)
+            };
+            let grads = (out.clone() * weights.clone()).sum().backward();
+            (
+                out.into_data(),
+                xs.grad(&grads).unwrap().into_data(),
+                ws.grad(&grads).unwrap().into_data(),
+            )
+        };
+        let (out_f, dx_f, dw_f) = run(true);
+        let (out_c, dx_c, dw_c) = run(false);
+        let tolerance = Tolerance::rel_abs(1e-4, 1e-5);
+        out_f.assert_approx_eq::<f32>(&out_c, tolerance);
+        dx_f.assert_approx_eq::<f32>(&dx_c, tolerance);
+        dw_f.assert_approx_eq::<f32>(&dw_c, Tolerance::rel_abs(1e-4, 1e-4));
+        let x = Tensor::<crate::TestBackend, 3>::from_data(x.to_data(), &device);
+        let w = Tensor::<crate::TestBackend, 1>::from_data(w.to_data(), &device);
+        rms_norm(x.clone(), w.clone(), eps)
+            .into_data()
+            .assert_approx_eq::<f32>(&rms_norm_composed(x, w, eps).into_data(), tolerance);
+    }
+
+    fn rotary_case(shape: [usize; 4], seed: u64) {
+        let device = Default::default();
+        let normal = |std: f64| Tensor::<Ad, 4>::random(shape, Distribution::Normal(0.0, std), &device);
+        let (x, cos, sin, weights) = crate::config::with_seed::<Ad, _>(&device, seed, || {
+            (normal(2.0), normal(1.0), normal(1.0), normal(1.0))
+        });
+        let run = |fused: bool| {
+            let xs = Tensor::<Ad, 4>::from_data(x.to_data(), &device).require_grad();
+            let out = if fused {
+                rotary(xs.clone(), cos.clone(), sin.clone())
+            } else {
+                rotary_composed(xs.clone(), cos.clone(), sin.clone())
+            };
+            let grads = (out.clone() * weights.clone()).sum().backward();
+            (out.into_data(), xs.grad(&grads).unwrap().into_data())
+        };
+        let (out_f, dx_f) = run(true);
+        let (out_c, dx_c) = run(false);
+        out_f.assert_approx_eq::<f32>(&out_c, Tolerance::absolute(1e-5));
+        dx_f.assert_approx_eq::<f32>(&dx_c, Tolerance::absolute(1e-5));
+        let inner = |t: &Tensor<Ad, 4>| Tensor::<crate::TestBackend, 4>::from_data(t.to_data(), &device);
+        rotary(inner(&x), inner(&cos), inner(&sin))
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &rotary_composed(inner(&x), inner(&cos), inner(&sin)).into_data(),
+                Tolerance::absolute(1e-5),
+            );
     }
 }

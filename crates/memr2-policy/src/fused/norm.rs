@@ -18,7 +18,9 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::{Flex, FlexTensor};
 
-use super::{FlexAutodiff, LANES, sum};
+use rayon::prelude::*;
+
+use super::{FlexAutodiff, LANES, PARALLEL_ELEMENTS, band_rows, sum};
 use burn::tensor::Tensor;
 
 /// `x` `[rows, hidden]` normalised row by row and scaled by `w` `[hidden]`; also returns each
@@ -30,15 +32,27 @@ pub(super) fn forward(x: &FlexTensor, w: &FlexTensor, eps: f32) -> (FlexTensor, 
     let (xs, ws): (&[f32], &[f32]) = (x.storage(), w.storage());
     let mut out = vec![0.0_f32; rows * hidden];
     let mut inv = vec![0.0_f32; rows];
-    for ((row, o), r) in xs
-        .chunks_exact(hidden)
-        .zip(out.chunks_exact_mut(hidden))
-        .zip(&mut inv)
-    {
-        *r = 1.0 / (sum_of_squares(row) / hidden as f32 + eps).sqrt();
-        for ((o, &v), &w) in o.iter_mut().zip(row).zip(ws) {
-            *o = v * *r * w;
+    let band = |first: usize, out: &mut [f32], inv: &mut [f32]| {
+        let xs = &xs[first * hidden..];
+        for ((row, o), r) in xs
+            .chunks_exact(hidden)
+            .zip(out.chunks_exact_mut(hidden))
+            .zip(inv.iter_mut())
+        {
+            *r = 1.0 / (sum_of_squares(row) / hidden as f32 + eps).sqrt();
+            for ((o, &v), &w) in o.iter_mut().zip(row).zip(ws) {
+                *o = v * *r * w;
+            }
         }
+    };
+    if out.len() < PARALLEL_ELEMENTS || hidden == 0 {
+        band(0, &mut out, &mut inv);
+    } else {
+        let n = band_rows(hidden);
+        out.par_chunks_mut(n * hidden)
+            .zip(inv.par_chunks_mut(n))
+            .enumerate()
+            .for_each(|(i, (out, inv))| band(i * n, out, inv));
     }
     (FlexTensor::from_data(TensorData::new(out, [rows, hidden])), inv)
 }
@@ -78,33 +92,62 @@ impl Backward<Flex, 2> for RmsNormBackward {
         let (g, xs, ws): (&[f32], &[f32], &[f32]) = (grad.storage(), x.storage(), w.storage());
         let [x_node, w_node] = ops.parents;
         let mut dx = vec![0.0_f32; if x_node.is_some() { rows * hidden } else { 0 }];
-        let mut dw = vec![0.0_f32; hidden];
-        let mut gw = vec![0.0_f32; hidden];
-        for (row, (&r, (g, x))) in inv
-            .iter()
-            .zip(g.chunks_exact(hidden).zip(xs.chunks_exact(hidden)))
-            .enumerate()
-        {
-            for (((gw, &g), &w), (dw, &x)) in gw.iter_mut().zip(g).zip(ws).zip(dw.iter_mut().zip(x)) {
-                *gw = g * w;
-                *dw += g * x * r;
-            }
-            if x_node.is_some() {
-                let mut lanes = [0.0_f32; LANES];
-                let chunks = gw.chunks_exact(LANES).zip(x.chunks_exact(LANES));
-                for (gw, x) in chunks {
-                    for ((lane, &a), &b) in lanes.iter_mut().zip(gw).zip(x) {
-                        *lane += a * b;
+        // A band of rows from `first`: its rows of `dx` (when wanted) and its part of `dw`.
+        let band = |first: usize, count: usize, dx: Option<&mut [f32]>| -> Vec<f32> {
+            let mut dw = vec![0.0_f32; hidden];
+            let mut gw = vec![0.0_f32; hidden];
+            let span = first * hidden..(first + count) * hidden;
+            let (g, xs) = (&g[span.clone()], &xs[span]);
+            let mut dx = dx;
+            for (i, (&r, (g, x))) in inv[first..first + count]
+                .iter()
+                .zip(g.chunks_exact(hidden).zip(xs.chunks_exact(hidden)))
+                .enumerate()
+            {
+                for (((gw, &g), &w), (dw, &x)) in gw.iter_mut().zip(g).zip(ws).zip(dw.iter_mut().zip(x)) {
+                    *gw = g * w;
+                    *dw += g * x * r;
+                }
+                if let Some(dx) = dx.as_deref_mut() {
+                    let mut lanes = [0.0_f32; LANES];
+                    let chunks = gw.chunks_exact(LANES).zip(x.chunks_exact(LANES));
+                    for (gw, x) in chunks {
+                        for ((lane, &a), &b) in lanes.iter_mut().zip(gw).zip(x) {
+                            *lane += a * b;
+                        }
+                    }
+                    let rem = hidden - hidden % LANES;
+                    let tail: f32 = gw[rem..].iter().zip(&x[rem..]).map(|(a, b)| a * b).sum();
+                    let k = r * r * r * (sum(&lanes) + tail) / hidden as f32;
+                    let d = &mut dx[i * hidden..(i + 1) * hidden];
+                    for ((d, &gw), &x) in d.iter_mut().zip(&gw).zip(x) {
+                        *d = r * gw - x * k;
                     }
                 }
-                let rem = hidden - hidden % LANES;
-                let tail: f32 = gw[rem..].iter().zip(&x[rem..]).map(|(a, b)| a * b).sum();
-                let k = r * r * r * (sum(&lanes) + tail) / hidden as f32;
-                let d = &mut dx[row * hidden..(row + 1) * hidden];
-                for ((d, &gw), &x) in d.iter_mut().zip(&gw).zip(x) {
-                    *d = r * gw - x * k;
-                }
             }
+            dw
+        };
+        // The weight's gradient sums the bands' parts in order: the same bits whatever the
+        // number of threads.
+        let parts: Vec<Vec<f32>> = if rows * hidden < PARALLEL_ELEMENTS || hidden == 0 {
+            vec![band(0, rows, x_node.is_some().then_some(&mut dx[..]))]
+        } else {
+            let n = band_rows(hidden);
+            if x_node.is_some() {
+                dx.par_chunks_mut(n * hidden)
+                    .enumerate()
+                    .map(|(i, dx)| band(i * n, dx.len() / hidden, Some(dx)))
+                    .collect()
+            } else {
+                (0..rows.div_ceil(n))
+                    .into_par_iter()
+                    .map(|i| band(i * n, n.min(rows - i * n), None))
+                    .collect()
+            }
+        };
+        let mut dw = vec![0.0_f32; hidden];
+        for part in parts {
+            dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
         }
         if let Some(node) = x_node {
             grads.register::<Flex>(

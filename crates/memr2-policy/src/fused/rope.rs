@@ -13,7 +13,7 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn_flex::{Flex, FlexTensor};
 
-use super::FlexAutodiff;
+use super::{FlexAutodiff, for_row_bands};
 
 /// `x`, `cos` and `sin` of one shape, contiguous, rows of `head_dim` (even).
 pub(super) fn forward(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor, head_dim: usize) -> FlexTensor {
@@ -22,21 +22,24 @@ pub(super) fn forward(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor, head_d
     let (xs, cs, ss): (&[f32], &[f32], &[f32]) = (x.storage(), cos.storage(), sin.storage());
     let half = head_dim / 2;
     let mut out = vec![0.0_f32; xs.len()];
-    for (((o, x), c), s) in out
-        .chunks_exact_mut(head_dim)
-        .zip(xs.chunks_exact(head_dim))
-        .zip(cs.chunks_exact(head_dim))
-        .zip(ss.chunks_exact(head_dim))
-    {
-        let (x_lo, x_hi) = x.split_at(half);
-        let (o_lo, o_hi) = o.split_at_mut(half);
-        let (c_lo, c_hi) = c.split_at(half);
-        let (s_lo, s_hi) = s.split_at(half);
-        for i in 0..half {
-            o_lo[i] = x_lo[i] * c_lo[i] - x_hi[i] * s_lo[i];
-            o_hi[i] = x_hi[i] * c_hi[i] + x_lo[i] * s_hi[i];
+    for_row_bands(&mut out, head_dim, |first, out| {
+        let range = first * head_dim..first * head_dim + out.len();
+        let rows = out
+            .chunks_exact_mut(head_dim)
+            .zip(xs[range.clone()].chunks_exact(head_dim))
+            .zip(cs[range.clone()].chunks_exact(head_dim))
+            .zip(ss[range].chunks_exact(head_dim));
+        for (((o, x), c), s) in rows {
+            let (x_lo, x_hi) = x.split_at(half);
+            let (o_lo, o_hi) = o.split_at_mut(half);
+            let (c_lo, c_hi) = c.split_at(half);
+            let (s_lo, s_hi) = s.split_at(half);
+            for i in 0..half {
+                o_lo[i] = x_lo[i] * c_lo[i] - x_hi[i] * s_lo[i];
+                o_hi[i] = x_hi[i] * c_hi[i] + x_lo[i] * s_hi[i];
+            }
         }
-    }
+    });
     FlexTensor::from_data(TensorData::new(out, dims))
 }
 
@@ -55,21 +58,24 @@ impl Backward<Flex, 1> for RotaryBackward {
             let (gs, cs, ss): (&[f32], &[f32], &[f32]) = (grad.storage(), cos.storage(), sin.storage());
             let half = head_dim / 2;
             let mut dx = vec![0.0_f32; gs.len()];
-            for (((d, g), c), s) in dx
-                .chunks_exact_mut(head_dim)
-                .zip(gs.chunks_exact(head_dim))
-                .zip(cs.chunks_exact(head_dim))
-                .zip(ss.chunks_exact(head_dim))
-            {
-                let (g_lo, g_hi) = g.split_at(half);
-                let (d_lo, d_hi) = d.split_at_mut(half);
-                let (c_lo, c_hi) = c.split_at(half);
-                let (s_lo, s_hi) = s.split_at(half);
-                for i in 0..half {
-                    d_lo[i] = g_lo[i] * c_lo[i] + g_hi[i] * s_hi[i];
-                    d_hi[i] = g_hi[i] * c_hi[i] - g_lo[i] * s_lo[i];
+            for_row_bands(&mut dx, head_dim, |first, dx| {
+                let range = first * head_dim..first * head_dim + dx.len();
+                let rows = dx
+                    .chunks_exact_mut(head_dim)
+                    .zip(gs[range.clone()].chunks_exact(head_dim))
+                    .zip(cs[range.clone()].chunks_exact(head_dim))
+                    .zip(ss[range].chunks_exact(head_dim));
+                for (((d, g), c), s) in rows {
+                    let (g_lo, g_hi) = g.split_at(half);
+                    let (d_lo, d_hi) = d.split_at_mut(half);
+                    let (c_lo, c_hi) = c.split_at(half);
+                    let (s_lo, s_hi) = s.split_at(half);
+                    for i in 0..half {
+                        d_lo[i] = g_lo[i] * c_lo[i] + g_hi[i] * s_hi[i];
+                        d_hi[i] = g_hi[i] * c_hi[i] - g_lo[i] * s_lo[i];
+                    }
                 }
-            }
+            });
             FlexTensor::from_data(TensorData::new(dx, dims))
         });
     }
