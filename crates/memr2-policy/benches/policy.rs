@@ -17,9 +17,10 @@
 use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex, NdArray};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
+use memr2_policy::optim::AdamWConfig;
 use memr2_policy::{SamplingConfig, Transformer, TransformerConfig, generate, sft_loss};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -30,6 +30,7 @@ pub mod generate;
 pub mod logprobs;
 pub mod model;
 pub mod norm;
+pub mod optim;
 pub mod roles;
 pub mod rope;
 pub mod strict;

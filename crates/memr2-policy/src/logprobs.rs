@@ -95,7 +95,8 @@ mod tests {
     use super::*;
     use crate::TestAutodiffBackend;
     use crate::config::TransformerConfig;
-    use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+    use crate::optim::AdamWConfig;
+    use burn::optim::{GradientsParams, Optimizer};
 
     type B = TestAutodiffBackend;
 

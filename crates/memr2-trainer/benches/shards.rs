@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
-use burn::optim::AdamWConfig;
 use memr2_logo_grpo::LossConfig;
+use memr2_policy::optim::AdamWConfig;
 use memr2_policy::roles::Role;
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{Transformer, TransformerConfig};

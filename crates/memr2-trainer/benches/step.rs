@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
-use burn::optim::AdamWConfig;
+use memr2_policy::optim::AdamWConfig;
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_trainer::TrainConfig;
 use memr2_trainer::checkpoint;

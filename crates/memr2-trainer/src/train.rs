@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::module::AutodiffModule;
+use burn::optim::Optimizer;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, Optimizer};
 use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
+use memr2_policy::optim::{AdamW, AdamWConfig};
 use memr2_policy::roles::{self, Role};
 use memr2_policy::tokenizer::Tokenizer;
 use memr2_policy::{Transformer, TransformerConfig};

@@ -348,9 +348,9 @@ fn scale_grads<B: AutodiffBackend>(model: &Transformer<B>, grads: &mut Gradients
 pub(crate) mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
-    use burn::optim::AdamWConfig;
     use memr2_logo_grpo::LossConfig;
     use memr2_policy::TransformerConfig;
+    use memr2_policy::optim::AdamWConfig;
     use rand::SeedableRng;
 
     pub(crate) type B = Autodiff<Flex>;

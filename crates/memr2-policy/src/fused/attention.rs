@@ -27,7 +27,7 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::product::gemm_into;
-use super::{FlexAutodiff, exp, max, sum};
+use super::{FlexAutodiff, exp, max, sum, zeros};
 
 /// Query rows per block: a block's scores (`BLOCK x keys` floats, 96 KiB at 384 keys) stay
 /// in the L2 cache.
@@ -283,7 +283,7 @@ impl<'a> Sequence<'a> {
 /// (`[batch, heads, seq]`).
 fn forward(inputs: &Inputs) -> (Vec<f32>, Vec<f32>) {
     let d = inputs.dims;
-    let mut out = vec![0.0_f32; d.batch * d.seq * d.heads * d.value_dim];
+    let mut out = zeros(d.batch * d.seq * d.heads * d.value_dim);
     let mut lse = vec![0.0_f32; d.batch * d.heads * d.seq];
     if out.is_empty() || d.keys == 0 {
         return (out, lse);
@@ -342,9 +342,9 @@ fn backward(inputs: &Inputs, out: &[f32], lse: &[f32], grad: &[f32]) -> (Vec<f32
     let q_len = d.seq * d.heads * d.dim;
     let (k_len, v_len) = (d.keys * d.kv_heads * d.dim, d.keys * d.kv_heads * d.value_dim);
     let o_len = d.seq * d.heads * d.value_dim;
-    let mut dq = vec![0.0_f32; d.batch * q_len];
-    let mut dk = vec![0.0_f32; d.batch * k_len];
-    let mut dv = vec![0.0_f32; d.batch * v_len];
+    let mut dq = zeros(d.batch * q_len);
+    let mut dk = zeros(d.batch * k_len);
+    let mut dv = zeros(d.batch * v_len);
     if d.batch * d.seq * d.keys * d.heads == 0 {
         return (dq, dk, dv);
     }

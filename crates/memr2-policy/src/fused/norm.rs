@@ -20,7 +20,7 @@ use burn_flex::{Flex, FlexTensor};
 
 use rayon::prelude::*;
 
-use super::{FlexAutodiff, LANES, PARALLEL_ELEMENTS, band_rows, sum};
+use super::{FlexAutodiff, LANES, PARALLEL_ELEMENTS, band_rows, sum, zeros};
 use burn::tensor::Tensor;
 
 /// `x` `[rows, hidden]` normalised row by row and scaled by `w` `[hidden]`; also returns each
@@ -30,7 +30,7 @@ pub(super) fn forward(x: &FlexTensor, w: &FlexTensor, eps: f32) -> (FlexTensor, 
     let dims = x.layout().shape();
     let [rows, hidden] = [dims[0], dims[1]];
     let (xs, ws): (&[f32], &[f32]) = (x.storage(), w.storage());
-    let mut out = vec![0.0_f32; rows * hidden];
+    let mut out = zeros(rows * hidden);
     let mut inv = vec![0.0_f32; rows];
     let band = |first: usize, out: &mut [f32], inv: &mut [f32]| {
         let xs = &xs[first * hidden..];
@@ -91,7 +91,7 @@ impl Backward<Flex, 2> for RmsNormBackward {
         let [rows, hidden] = [dims[0], dims[1]];
         let (g, xs, ws): (&[f32], &[f32], &[f32]) = (grad.storage(), x.storage(), w.storage());
         let [x_node, w_node] = ops.parents;
-        let mut dx = vec![0.0_f32; if x_node.is_some() { rows * hidden } else { 0 }];
+        let mut dx = zeros(if x_node.is_some() { rows * hidden } else { 0 });
         // A band of rows from `first`: its rows of `dx` (when wanted) and its part of `dw`.
         let band = |first: usize, count: usize, dx: Option<&mut [f32]>| -> Vec<f32> {
             let mut dw = vec![0.0_f32; hidden];

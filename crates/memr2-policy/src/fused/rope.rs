@@ -13,7 +13,7 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn_flex::{Flex, FlexTensor};
 
-use super::{FlexAutodiff, for_row_bands};
+use super::{FlexAutodiff, for_row_bands, zeros};
 
 /// `x`, `cos` and `sin` of one shape, contiguous, rows of `head_dim` (even).
 pub(super) fn forward(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor, head_dim: usize) -> FlexTensor {
@@ -21,7 +21,7 @@ pub(super) fn forward(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor, head_d
     let dims = x.layout().shape().clone();
     let (xs, cs, ss): (&[f32], &[f32], &[f32]) = (x.storage(), cos.storage(), sin.storage());
     let half = head_dim / 2;
-    let mut out = vec![0.0_f32; xs.len()];
+    let mut out = zeros(xs.len());
     for_row_bands(&mut out, head_dim, |first, out| {
         let range = first * head_dim..first * head_dim + out.len();
         let rows = out
@@ -57,7 +57,7 @@ impl Backward<Flex, 1> for RotaryBackward {
             let dims = grad.layout().shape().clone();
             let (gs, cs, ss): (&[f32], &[f32], &[f32]) = (grad.storage(), cos.storage(), sin.storage());
             let half = head_dim / 2;
-            let mut dx = vec![0.0_f32; gs.len()];
+            let mut dx = zeros(gs.len());
             for_row_bands(&mut dx, head_dim, |first, dx| {
                 let range = first * head_dim..first * head_dim + dx.len();
                 let rows = dx
