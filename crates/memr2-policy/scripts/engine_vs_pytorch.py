@@ -254,13 +254,16 @@ def main():
         print(f"round {r + 1} of {args.rounds} done", file=sys.stderr)
     print(f"PyTorch {torch.__version__}, {args.threads} threads, medians of {args.rounds} alternating rounds")
     print("(GFLOP/s)\n" if args.shapes else "(tokens/s; GFLOP/s for the matmul)\n")
-    print("| model | workload | memr2 (flex) | PyTorch | memr2 / PyTorch |")
-    print("|---|---|---:|---:|---:|")
+    print("| model | workload | memr2 (flex) | PyTorch | memr2 / PyTorch | by round |")
+    print("|---|---|---:|---:|---:|---|")
     for key in theirs:
         if key not in ours:
             continue
         a, b = statistics.median(ours[key]), statistics.median(theirs[key])
-        print(f"| {key[0]} | {key[1]} | {a:.0f} | {b:.0f} | {a / b:.2f} |")
+        # Each round ran both sides back to back, so a round's ratio compares like with like.
+        ratios = [x / y for x, y in zip(ours[key], theirs[key])]
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        print(f"| {key[0]} | {key[1]} | {a:.0f} | {b:.0f} | {a / b:.2f} | {spread} |")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
+use crate::fused::zeros;
+
 /// [`AdamW`]'s settings; the defaults are burn's `AdamWConfig`'s.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -176,7 +178,7 @@ impl AdamW {
         // burn multiplies by these as f32 scalars.
         let (keep, lr32) = ((1.0 - decay_rate) as f32, lr as f32);
         let n = ps.len();
-        let (mut p_out, mut m_out, mut v_out) = (vec![0.0_f32; n], vec![0.0_f32; n], vec![0.0_f32; n]);
+        let (mut p_out, mut m_out, mut v_out) = (zeros(n), zeros(n), zeros(n));
         let band = |first: usize, p_out: &mut [f32], m_out: &mut [f32], v_out: &mut [f32]| {
             for (i, ((p_out, m_out), v_out)) in p_out.iter_mut().zip(m_out).zip(v_out).enumerate() {
                 let at = first + i;

@@ -229,7 +229,7 @@ const BAND_ELEMENTS: usize = 1 << 14;
 /// `len` zeros, written by rayon's pool when `len` is large: a zero-filled output allocated on
 /// the calling thread (reused heap memory has to be cleared) kept one core busy while the
 /// other waited, about 2% of a training step of the tiny model.
-fn zeros(len: usize) -> Vec<f32> {
+pub(crate) fn zeros(len: usize) -> Vec<f32> {
     if len < PARALLEL_ELEMENTS {
         return vec![0.0; len];
     }
