@@ -15,8 +15,8 @@
 //! one backward), [`swiglu`] the feed-forward gate `silu(gate) * up` (one node, both
 //! gradients in one backward), [`rms_norm`] the norm with the gradients of its input and its
 //! weight in one backward (module `norm`), and [`rotary`] the rotary embedding's rotation
-//! (module `rope`), and [`matmul`] the dense products, split over the threads by rows of the
-//! output (module `product`). They are taken on the CPU backend (`Autodiff<Flex>`, and `Flex` without
+//! (module `rope`), and [`matmul`] the dense products, cut over the threads by us (module
+//! `product`). They are taken on the CPU backend (`Autodiff<Flex>`, and `Flex` without
 //! autodiff for all but the softmax), recognised by type at run time so that the model stays
 //! generic over `B: Backend`; every other backend computes the same functions from tensor
 //! operations. Tests compare values and gradients of the two.
@@ -115,8 +115,10 @@ pub fn masked_attention<B: Backend>(
 ///
 /// On the CPU backend the output's rows are cut into one band per thread, each band one
 /// single-threaded `gemm` call that reads the operands in place (module `product`), and on
-/// `Autodiff<Flex>` the backward pass cuts its two products, `g rhs^T` and `lhs^T g`, the same
-/// way; the bands change no bit of the result. Elsewhere `lhs.matmul(rhs)`.
+/// `Autodiff<Flex>` the backward pass cuts `g rhs^T` the same way and `lhs^T g`, a weight's
+/// gradient, along its long inner dimension into two partial products. The cuts depend on
+/// the shapes alone, so the result is the same bits on any number of threads. Elsewhere
+/// `lhs.matmul(rhs)`.
 pub fn matmul<B: Backend>(lhs: Tensor<B, 2>, rhs: Tensor<B, 2>) -> Tensor<B, 2> {
     assert_eq!(lhs.dims()[1], rhs.dims()[0], "matmul: inner dimensions differ");
     if lhs.dtype() != DType::F32 || rhs.dtype() != DType::F32 {

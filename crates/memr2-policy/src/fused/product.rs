@@ -1,15 +1,16 @@
-//! Dense two-dimensional products on the CPU backend, split over rayon's threads by rows of
-//! the output.
+//! Dense two-dimensional products on the CPU backend, cut over rayon's threads by us.
 //!
 //! flex hands a large product to `gemm` with `gemm`'s own threading, which at the model's
 //! shapes (thousands of rows by 128-1024 columns, and the weights' gradients `x^T dy` with a
-//! long inner dimension and a small output) gets 1.06-1.6x from a second core where PyTorch
+//! long inner dimension and a small output) got 1.06-1.6x from a second core where PyTorch
 //! gets 1.6-2.1x (docs/PERF.md, "Against PyTorch"). Here the output's rows are cut into one
 //! band per thread, and each band is one single-threaded `gemm` call reading its operands in
-//! place through their strides: the rows of `x w` and of `dy w^T`, and the rows of `x^T dy`,
-//! that is the columns of `x`. No band shares an output element with another, so every
-//! element is the same sum in the same order as in one call, and the split changes no bit of
-//! the result (tested).
+//! place through their strides: the rows of `x w` and of `dy w^T`. No band shares an output
+//! element with another, so every element is the same sum in the same order as in one call.
+//! A product whose inner dimension is long against its output (a weight's gradient) is
+//! instead cut along that dimension into two partial products that are added ([`product`]).
+//! Where either cut falls depends on the shape alone, never on the number of threads, so the
+//! result is the same bits on any number of threads (tested).
 //!
 //! `gemm_call` is the one call into `gemm` that the fused operations share; it checks the
 //! operands' strides and sizes against their slices before the call. The products' outputs
