@@ -319,7 +319,7 @@ mod tests {
         let n = 3 * PARALLEL_ELEMENTS + 17;
         let values =
             |k: usize| -> Vec<f32> { (0..n).map(|i| (((i * k) % 97) as f32 - 48.0) / 50.0).collect() };
-        let t = |v: Vec<f32>| Tensor::<crate::TestBackend, 1>::from_data(TensorData::new(v, [n]), &device);
+        let t = |v: Vec<f32>| Tensor::<Flex, 1>::from_data(TensorData::new(v, [n]), &device);
         let optim = AdamW {
             config: AdamWConfig::new().with_weight_decay(0.1),
         };
