@@ -17,7 +17,9 @@
 //!   ([`generate_constrained`] with a [`strict::ToolCallConstraint`]).
 //!
 //! Speed on the CPU: [`fused`] holds operations with a gradient of their own (the masked
-//! attention, the token log-probabilities, the SwiGLU gate), and [`allocator`] the glibc set-up that binaries start with
+//! attention, the dense products cut over the cores, the token log-probabilities, the SwiGLU
+//! gate, RMSNorm, the rotary rotation), [`optim`] burn's AdamW as one pass per parameter, and
+//! [`allocator`] the glibc set-up that binaries start with
 //! ([`allocator::reuse_freed_buffers`]); docs/PERF.md has the measurements.
 
 pub mod allocator;
