@@ -24,7 +24,7 @@ use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use crate::fused::zeros;
+use crate::fused::{BAND_ELEMENTS as BAND, PARALLEL_ELEMENTS, zeros};
 
 /// [`AdamW`]'s settings; the defaults are burn's `AdamWConfig`'s.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -72,12 +72,6 @@ impl AdamWConfig {
 pub struct AdamW {
     config: AdamWConfig,
 }
-
-/// Elements below which the pass stays on the calling thread.
-const PARALLEL_ELEMENTS: usize = 1 << 15;
-
-/// Elements in one band handed to the pool.
-const BAND: usize = 1 << 14;
 
 impl<B: Backend> SimpleOptimizer<B> for AdamW {
     type State<const D: usize> = AdamWState<B, D>;

@@ -223,10 +223,10 @@ const LANES: usize = 8;
 
 /// Outputs of fewer elements are computed on the calling thread: handing a small pass (a
 /// decoding step's rows) to rayon's pool costs more than it saves.
-const PARALLEL_ELEMENTS: usize = 1 << 15;
+pub(crate) const PARALLEL_ELEMENTS: usize = 1 << 15;
 
 /// Elements in one band of rows handed to the pool (about 64 KiB of f32).
-const BAND_ELEMENTS: usize = 1 << 14;
+pub(crate) const BAND_ELEMENTS: usize = 1 << 14;
 
 /// `len` zeros, written by rayon's pool when `len` is large: a zero-filled output allocated on
 /// the calling thread (reused heap memory has to be cleared) kept one core busy while the
