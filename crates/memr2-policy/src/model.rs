@@ -314,13 +314,13 @@ pub(crate) fn attention_masked<B: Backend>(
         // index, about 6% of a training step of the default preset's model.
         let valid: Vec<bool> = key_valid.into_data().iter::<bool>().collect();
         let mut masked = Vec::with_capacity(batch * queries * keys);
-        for valid in valid.chunks_exact(keys.max(1)).take(batch) {
+        // `keys` is `past + queries`, so with no key there is no query either.
+        for valid in valid.chunks_exact(keys.max(1)) {
             for i in 0..queries {
                 let own = past + i;
                 masked.extend((0..keys).map(|j| j != own && !(j < own && valid[j])));
             }
         }
-        masked.resize(batch * queries * keys, true);
         return Tensor::from_data(TensorData::new(masked, [batch, 1, queries, keys]), &device);
     }
     attention_masked_composed(key_valid, past, queries)

@@ -24,7 +24,7 @@ use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use crate::fused::{BAND_ELEMENTS as BAND, PARALLEL_ELEMENTS, zeros};
+use crate::fused::{BAND_ELEMENTS as BAND, PARALLEL_ELEMENTS, retype, zeros};
 
 /// [`AdamW`]'s settings; the defaults are burn's `AdamWConfig`'s.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -209,13 +209,6 @@ impl AdamW {
 fn corrections(c: &AdamWConfig, time: usize) -> (f32, f32) {
     let t = time as i32;
     (1.0 - c.beta_1.powi(t), 1.0 - c.beta_2.powi(t))
-}
-
-/// `value` as the type it is known to have (`T` and `U` are one type, told apart only at run
-/// time).
-fn retype<T: 'static, U: 'static>(value: T) -> U {
-    let value: Box<dyn Any> = Box::new(value);
-    *value.downcast::<U>().expect("the output has the input's type")
 }
 
 #[cfg(test)]

@@ -154,7 +154,7 @@ pub(crate) fn on_cpu<B: Backend>() -> bool {
 
 /// `value` as the type it is known to have (`T` and `U` are one type, told apart only at run
 /// time).
-fn retype<T: 'static, U: 'static>(value: T) -> U {
+pub(crate) fn retype<T: 'static, U: 'static>(value: T) -> U {
     let value: Box<dyn Any> = Box::new(value);
     *value.downcast::<U>().expect("the output has the input's type")
 }
@@ -259,21 +259,20 @@ fn for_row_bands(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + 
         .for_each(|(i, band)| f(i * rows, band));
 }
 
-/// [`for_row_bands`] over two outputs of one shape.
+/// [`for_row_bands`] over two outputs with the same rows, `a_width` and `b_width` elements a
+/// row.
 fn for_row_bands2(
-    a: &mut [f32],
-    b: &mut [f32],
-    width: usize,
+    (a, a_width): (&mut [f32], usize),
+    (b, b_width): (&mut [f32], usize),
     f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
 ) {
-    debug_assert_eq!(a.len(), b.len());
-    if a.len() < PARALLEL_ELEMENTS || width == 0 {
+    if a.len() < PARALLEL_ELEMENTS || a_width == 0 || b_width == 0 {
         f(0, a, b);
         return;
     }
-    let rows = band_rows(width);
-    a.par_chunks_mut(rows * width)
-        .zip(b.par_chunks_mut(rows * width))
+    let rows = band_rows(a_width);
+    a.par_chunks_mut(rows * a_width)
+        .zip(b.par_chunks_mut(rows * b_width))
         .enumerate()
         .for_each(|(i, (a, b))| f(i * rows, a, b));
 }
@@ -441,17 +440,12 @@ fn token_logprobs_forward(logits: &FlexTensor, dims: [usize; 3], targets: &[u32]
     let logits = logits.to_contiguous();
     let x: &[f32] = logits.storage();
     // Per row: log p(target), the entropy and the log-sum-exp.
+    let row = |(x, &target): (&[f32], &u32)| token_logprob_row(x, target);
     let rows: Vec<[f32; 3]> = if x.len() < PARALLEL_ELEMENTS || vocab == 0 {
-        x.chunks_exact(vocab.max(1))
-            .zip(targets)
-            .map(|(x, &t)| token_logprob_row(x, t))
-            .collect()
+        x.chunks_exact(vocab.max(1)).zip(targets).map(row).collect()
     } else {
-        x.par_chunks_exact(vocab)
-            .zip(targets)
-            .with_min_len(band_rows(vocab))
-            .map(|(x, &t)| token_logprob_row(x, t))
-            .collect()
+        let rows = x.par_chunks_exact(vocab).zip(targets);
+        rows.with_min_len(band_rows(vocab)).map(row).collect()
     };
     let out: Vec<f32> = rows.iter().flat_map(|r| [r[0], r[1]]).collect();
     let lse = rows.iter().map(|r| r[2]).collect();
@@ -799,7 +793,7 @@ impl Backward<Flex, 2> for SwigluBackward {
         let (g, gate, up) = (grad.storage::<f32>(), gate.storage::<f32>(), up.storage::<f32>());
         // Both gradients from one sigmoid per element.
         let (mut d_gate, mut d_up) = (zeros(g.len()), zeros(g.len()));
-        for_row_bands2(&mut d_gate, &mut d_up, 1, |first, d_gate, d_up| {
+        for_row_bands2((&mut d_gate, 1), (&mut d_up, 1), |first, d_gate, d_up| {
             let range = first..first + d_gate.len();
             let inputs = g[range.clone()].iter().zip(&gate[range.clone()]).zip(&up[range]);
             for (((&g, &x), &u), (dg, du)) in inputs.zip(d_gate.iter_mut().zip(d_up.iter_mut())) {

@@ -20,7 +20,7 @@ use burn_flex::{Flex, FlexTensor};
 
 use rayon::prelude::*;
 
-use super::{FlexAutodiff, LANES, PARALLEL_ELEMENTS, band_rows, sum, zeros};
+use super::{FlexAutodiff, LANES, PARALLEL_ELEMENTS, band_rows, for_row_bands2, sum, zeros};
 use burn::tensor::Tensor;
 
 /// `x` `[rows, hidden]` normalised row by row and scaled by `w` `[hidden]`; also returns each
@@ -45,15 +45,7 @@ pub(super) fn forward(x: &FlexTensor, w: &FlexTensor, eps: f32) -> (FlexTensor, 
             }
         }
     };
-    if out.len() < PARALLEL_ELEMENTS || hidden == 0 {
-        band(0, &mut out, &mut inv);
-    } else {
-        let n = band_rows(hidden);
-        out.par_chunks_mut(n * hidden)
-            .zip(inv.par_chunks_mut(n))
-            .enumerate()
-            .for_each(|(i, (out, inv))| band(i * n, out, inv));
-    }
+    for_row_bands2((&mut out, hidden), (&mut inv, 1), band);
     (FlexTensor::from_data(TensorData::new(out, [rows, hidden])), inv)
 }
 

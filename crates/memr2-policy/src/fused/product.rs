@@ -283,7 +283,7 @@ fn product_in_bands(
     out
 }
 
-/// `lhs [m, k] x rhs [k, n]` on flex, split as [`bands`] says.
+/// `lhs [m, k] x rhs [k, n]` on flex, cut as [`product`] says.
 fn forward(lhs: &FlexTensor, rhs: &FlexTensor) -> FlexTensor {
     let ([m, k], n) = (dims(lhs), dims(rhs)[1]);
     let out = product((m, k, n), Operand::of(lhs), Operand::of(rhs));
