@@ -26,7 +26,7 @@ use memr2_sim::{
     normalize_answer, validate_episode,
 };
 use memr2_trainer::TrainConfig;
-use memr2_trainer::config::{CurriculumConfig, DataSpec, EvalConfig};
+use memr2_trainer::config::{CurriculumConfig, DataSpec, EvalConfig, Keep};
 use memr2_trainer::train::{self, Event, RunOptions};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
@@ -803,6 +803,7 @@ fn config(seed: u64) -> Result<TrainConfig> {
         horizons: vec![4, 8],
         steps_per_stage: 3,
         validate_every: 3,
+        keep: Keep::Best,
     };
     config.eval = EvalConfig {
         validation_episodes: 2,

@@ -307,6 +307,31 @@ pub struct CurriculumConfig {
     pub steps_per_stage: usize,
     /// Validate (and keep the best checkpoint) every this many steps.
     pub validate_every: usize,
+    /// Which checkpoint of a stage the next stage starts from, and the last stage hands to
+    /// the evaluation (absent: the best one).
+    #[serde(default, skip_serializing_if = "Keep::is_best")]
+    pub keep: Keep,
+}
+
+/// Which checkpoint of a curriculum stage is carried on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    /// The checkpoint with the stage's best validation F1, the stage's start included: a
+    /// stage whose updates never beat its start on validation hands on its start, and its
+    /// steps are discarded.
+    #[default]
+    Best,
+    /// The stage's last step, whatever validation says. Validation is still run, logged and
+    /// saved as `best-stage-N`: what RL itself does, without selection on a small validation
+    /// set (docs/RESULTS.md).
+    Last,
+}
+
+impl Keep {
+    fn is_best(&self) -> bool {
+        *self == Keep::Best
+    }
 }
 
 impl CurriculumConfig {
@@ -589,6 +614,7 @@ impl TrainConfig {
                 horizons: vec![8, 16, 32],
                 steps_per_stage: 12,
                 validate_every: 4,
+                keep: Keep::Best,
             },
             eval: EvalConfig {
                 validation_episodes: 16,
@@ -625,6 +651,7 @@ impl TrainConfig {
             horizons: vec![4, 8],
             steps_per_stage: 2,
             validate_every: 2,
+            keep: Keep::Best,
         };
         config.eval = EvalConfig {
             validation_episodes: 1,
@@ -689,6 +716,7 @@ impl TrainConfig {
             horizons: vec![3],
             steps_per_stage: 60,
             validate_every: 10,
+            keep: Keep::Best,
         };
         config.eval = EvalConfig {
             validation_episodes: 100,

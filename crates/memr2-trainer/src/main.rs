@@ -12,7 +12,7 @@ use memr2_policy::tokenizer::Tokenizer;
 use memr2_sim::{Environment, Split};
 use memr2_trainer::TrainError;
 use memr2_trainer::checkpoint;
-use memr2_trainer::config::{DataSpec, ModelSpec, Preset, TrainConfig};
+use memr2_trainer::config::{DataSpec, Keep, ModelSpec, Preset, TrainConfig};
 use memr2_trainer::data::{Splits, environment};
 use memr2_trainer::served::{Answerer, ServedModel};
 use memr2_trainer::train::{self, Event, RunDir, RunOptions};
@@ -213,6 +213,10 @@ struct TrainArgs {
     /// RL steps per curriculum stage.
     #[arg(long)]
     steps_per_stage: Option<usize>,
+    /// Which checkpoint of each stage is carried on: `best` on validation (the default) or
+    /// the stage's `last` step (curriculum.keep).
+    #[arg(long, value_enum)]
+    keep: Option<Keep>,
     /// Epochs of the supervised warm start.
     #[arg(long)]
     sft_epochs: Option<usize>,
@@ -1297,6 +1301,9 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(s) = args.steps_per_stage {
         config.curriculum.steps_per_stage = s;
+    }
+    if let Some(keep) = args.keep {
+        config.curriculum.keep = keep;
     }
     if let Some(q) = args.questions {
         match &mut config.data {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::TrainError;
-use crate::config::{DataSpec, ModelSpec, TrainConfig};
+use crate::config::{DataSpec, Keep, ModelSpec, TrainConfig};
 use crate::eval::{Evaluation, ORACLE_ROW, Scores, paired_difference};
 use crate::metrics::MetricsLog;
 use crate::plot::{self, RunRecords};
@@ -251,11 +251,15 @@ pub fn configuration(config: &TrainConfig) -> String {
     );
     let _ = writeln!(
         out,
-        "| curriculum | {} sessions, {} steps per stage, validation every {} steps on {} conversation(s) |",
+        "| curriculum | {} sessions, {} steps per stage, validation every {} steps on {} conversation(s), {} |",
         horizons.join(" -> "),
         config.curriculum.steps_per_stage,
         config.curriculum.validate_every,
-        config.eval.validation_episodes
+        config.eval.validation_episodes,
+        match config.curriculum.keep {
+            Keep::Best => "each stage's best checkpoint carried on",
+            Keep::Last => "each stage's last step carried on",
+        }
     );
     let _ = writeln!(
         out,

@@ -25,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::TrainError;
 use crate::checkpoint::{self, Phase, TrainState};
 use crate::collective;
-use crate::config::{AgentConfig, EmbedderSlot, ModelSpec, SftConfig, TrainConfig};
+use crate::config::{AgentConfig, EmbedderSlot, Keep, ModelSpec, SftConfig, TrainConfig};
 use crate::data::{Splits, environment};
 use crate::eval::{
     Evaluation, MemorySource, ORACLE_ROW, Scores, Unavailable, evaluate, evaluate_judged, extraction_score,
@@ -300,6 +300,39 @@ fn log_corpus(name: &str, tokens: &[TokenizedExample]) {
     }
 }
 
+/// The settings that ask for more validation or test conversations than the data holds, each
+/// with what will be used instead: all of the split's conversations ([`at_horizon`] takes at
+/// most the split). A data file's splits are fixed by the file, so this is a warning, not an
+/// error; the report's headline gives the count the evaluation used.
+fn short_splits(config: &TrainConfig, data: &Splits) -> Vec<String> {
+    [
+        (
+            "eval.validation_episodes",
+            config.eval.validation_episodes,
+            "validation",
+            data.validation.len(),
+        ),
+        (
+            "eval.test_episodes",
+            config.eval.test_episodes,
+            "test",
+            data.test.len(),
+        ),
+    ]
+    .into_iter()
+    .filter(|&(_, asked, _, held)| asked > held)
+    .map(|(setting, asked, split, held)| {
+        format!("{setting} = {asked} but the data holds {held} {split} conversation(s): all {held} are used")
+    })
+    .collect()
+}
+
+fn warn_short_splits(config: &TrainConfig, data: &Splits) {
+    for message in short_splits(config, data) {
+        tracing::warn!("{message}");
+    }
+}
+
 fn at_horizon(episodes: &[Episode], h: usize, limit: usize) -> Vec<Episode> {
     episodes.iter().take(limit).map(|e| e.with_horizon(h)).collect()
 }
@@ -474,6 +507,7 @@ pub fn run_with<B: AutodiffBackend>(
         }
     }
     let data = Splits::of(env)?;
+    warn_short_splits(&config, &data);
     // Rank 0 creates the run directory; over several ranks, the others wait for it.
     collective::rank0_only(|| {
         if options.resume {
@@ -1127,11 +1161,13 @@ fn curriculum<B: AutodiffBackend>(
             };
             training.save_latest()?;
         }
-        // The next stage starts from this stage's best checkpoint, with a fresh optimizer
-        // (written by rank 0, read by every rank).
+        // The next stage starts from this stage's best checkpoint (written by rank 0, read by
+        // every rank), or from its last step, with a fresh optimizer either way.
         collective::world().barrier();
-        training.restore(&best_name, device)?;
-        tracing::info!(horizon = h, best = ?training.state.best, "stage done");
+        if config.curriculum.keep == Keep::Best {
+            training.restore(&best_name, device)?;
+        }
+        tracing::info!(horizon = h, best = ?training.state.best, keep = ?config.curriculum.keep, "stage done");
         training.state.best = None;
         let next = if stage + 1 < horizons.len() {
             Phase::Rl {
@@ -1277,4 +1313,28 @@ pub fn final_evaluation<B: Backend>(
         });
     }
     Ok(evaluation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_asking_more_conversations_than_the_data_holds_are_named() {
+        let mut config = TrainConfig::smoke();
+        let data = crate::data::splits(&config.data).unwrap();
+        config.eval.validation_episodes = data.validation.len();
+        config.eval.test_episodes = data.test.len();
+        assert!(short_splits(&config, &data).is_empty());
+
+        config.eval.test_episodes = data.test.len() + 5;
+        let messages = short_splits(&config, &data);
+        assert_eq!(messages.len(), 1);
+        let held = data.test.len();
+        assert!(messages[0].starts_with(&format!("eval.test_episodes = {}", held + 5)));
+        assert!(messages[0].contains(&format!("holds {held} test conversation(s)")));
+
+        config.eval.validation_episodes = data.validation.len() + 1;
+        assert_eq!(short_splits(&config, &data).len(), 2);
+    }
 }

@@ -27,6 +27,7 @@ fn the_drift_preset_trains_and_evaluates_tool_calls() {
         horizons: vec![3],
         steps_per_stage: 1,
         validate_every: 1,
+        keep: Default::default(),
     };
     config.eval = EvalConfig {
         validation_episodes: 1,
@@ -93,6 +94,7 @@ fn the_tool_caller_trains_beside_the_memory_and_resumes_exactly() {
             horizons: vec![3],
             steps_per_stage: 2,
             validate_every: 1,
+            keep: Default::default(),
         };
         config.eval = EvalConfig {
             validation_episodes: 1,

@@ -49,6 +49,7 @@ fn locomo_config(model: PathBuf) -> TrainConfig {
         horizons: vec![1, 2],
         steps_per_stage: 2,
         validate_every: 2,
+        keep: Default::default(),
     };
     config.eval = EvalConfig {
         validation_episodes: 1,

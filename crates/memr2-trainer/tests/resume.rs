@@ -1,7 +1,7 @@
 //! A run killed mid-curriculum and resumed writes the same metrics as a run never stopped.
 
 use burn::backend::{Autodiff, Flex};
-use memr2_trainer::config::{CurriculumConfig, EvalConfig, TrainConfig};
+use memr2_trainer::config::{CurriculumConfig, EvalConfig, Keep, TrainConfig};
 use memr2_trainer::metrics::MetricsLog;
 use memr2_trainer::train::{RunOptions, run};
 use memr2_trainer::{TrainError, checkpoint};
@@ -17,6 +17,7 @@ fn tiny_config() -> TrainConfig {
         horizons: vec![2, 3],
         steps_per_stage: 2,
         validate_every: 1,
+        keep: Default::default(),
     };
     config.rl.warmup_steps = 1;
     config.eval = EvalConfig {
@@ -160,4 +161,62 @@ fn validating_more_often_leaves_the_rollouts_alone() {
     // generation is split in two parts, each seeded by a draw of its own generator. (The
     // parts change the rollouts themselves, so both runs use two.)
     assert_eq!(steps(1, 2, "every"), steps(2, 2, "end"));
+}
+
+#[test]
+fn only_a_run_that_keeps_the_best_checkpoint_reads_it_back() {
+    // Each run stops after its first step; the first stage's best checkpoint (its start, which
+    // no step of this tiny run beats on validation) is then replaced by a corrupt file, and
+    // the run resumed. Keeping the best, the second stage starts from that file: a clear
+    // error naming it. Keeping the last step, the file is never read.
+    let root = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let resumed = |keep: Keep| {
+        let mut config = tiny_config();
+        config.curriculum.keep = keep;
+        let options = RunOptions {
+            dir: root.path().join(format!("{keep:?}")),
+            stop_after_steps: Some(1),
+            ..RunOptions::default()
+        };
+        let err = run::<B>(config.clone(), &options, &device, &mut |_| {})
+            .err()
+            .expect("the run stops early");
+        assert!(matches!(err, TrainError::Stopped { step: 1 }), "{err}");
+        let best = options.dir.join("checkpoints/best-stage-2/model.bin");
+        assert!(best.exists(), "the stage's start is saved as its best");
+        std::fs::write(&best, b"not a checkpoint").unwrap();
+        let options = RunOptions {
+            resume: true,
+            stop_after_steps: None,
+            ..options
+        };
+        let result = run::<B>(config, &options, &device, &mut |_| {});
+        (result, options.dir)
+    };
+
+    let (result, _) = resumed(Keep::Best);
+    let err = result.err().expect("the corrupt best checkpoint is read back");
+    assert!(err.to_string().contains("best-stage-2"), "{err}");
+
+    let (result, dir) = resumed(Keep::Last);
+    result.expect("the last step is carried on, the best checkpoint is not read");
+    let records = MetricsLog::read(&dir.join("metrics.jsonl")).unwrap();
+    let step_2 = records
+        .iter()
+        .find(|r| {
+            r.get("horizon").and_then(Value::as_u64) == Some(2)
+                && r["step"] == 2
+                && r.get("validation_f1").is_some()
+        })
+        .expect("the first stage's last validation");
+    let step_0 = &records
+        .iter()
+        .find(|r| r.get("validation_f1").is_some())
+        .expect("the first validation")["validation_f1"];
+    assert!(
+        step_2["validation_f1"].as_f64() <= step_0.as_f64(),
+        "the first stage's steps did not beat its start, so its best checkpoint is the corrupt one"
+    );
+    assert!(dir.join("checkpoints/final/model.bin").exists());
 }

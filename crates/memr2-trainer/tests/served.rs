@@ -36,6 +36,7 @@ fn tiny_config() -> TrainConfig {
         horizons: vec![2],
         steps_per_stage: 1,
         validate_every: 1,
+        keep: Default::default(),
     };
     config.eval = EvalConfig {
         validation_episodes: 1,
