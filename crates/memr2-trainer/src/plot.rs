@@ -17,6 +17,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
 
 use crate::TrainError;
+use crate::config::Keep;
 
 /// Steps in the moving average drawn over each curve (centred; fewer at a stage's ends).
 pub const SMOOTHING_WINDOW: usize = 5;
@@ -607,9 +608,10 @@ impl<'a> RunRecords<'a> {
         stages
     }
 
-    /// Each stage's chosen checkpoint: its first validation with the highest F1 (the rule the
-    /// curriculum picks by), as `(step, F1)`.
-    pub fn chosen(&self) -> Vec<(f64, f64)> {
+    /// Each stage's chosen checkpoint, as `(step, F1)`: keeping the best, its first
+    /// validation with the highest F1 (the rule the curriculum picks by); keeping the last
+    /// step, its last validation.
+    pub fn chosen(&self, keep: Keep) -> Vec<(f64, f64)> {
         let mut best: Vec<Option<(f64, f64)>> = Vec::new();
         for r in &self.validations {
             let (Some(step), Some(f1)) = (at(r.record, "/step"), at(r.record, "/validation_f1")) else {
@@ -618,7 +620,7 @@ impl<'a> RunRecords<'a> {
             if best.len() <= r.stage {
                 best.resize(r.stage + 1, None);
             }
-            if best[r.stage].is_none_or(|b| f1 > b.1) {
+            if keep == Keep::Last || best[r.stage].is_none_or(|b| f1 > b.1) {
                 best[r.stage] = Some((step, f1));
             }
         }
@@ -627,7 +629,7 @@ impl<'a> RunRecords<'a> {
 }
 
 /// The figures of one run, keyed by file stem.
-pub fn run_figures(records: &[Value]) -> Vec<(String, Figure)> {
+pub fn run_figures(records: &[Value], keep: Keep) -> Vec<(String, Figure)> {
     let r = RunRecords::of(records);
     let stages = r.stages();
     let steps = &r.steps;
@@ -664,7 +666,7 @@ pub fn run_figures(records: &[Value]) -> Vec<(String, Figure)> {
     let mut validation = fig(
         "Validation F1: what picks each stage's checkpoint",
         vec![Panel {
-            marks: r.chosen().iter().map(|&(x, y)| (x, 100.0 * y)).collect(),
+            marks: r.chosen(keep).iter().map(|&(x, y)| (x, 100.0 * y)).collect(),
             ..panel(
                 "validation",
                 "token F1 (%)",
@@ -679,7 +681,10 @@ pub fn run_figures(records: &[Value]) -> Vec<(String, Figure)> {
             )
         }],
     );
-    validation.mark_name = "chosen checkpoint".into();
+    validation.mark_name = match keep {
+        Keep::Best => "chosen checkpoint".into(),
+        Keep::Last => "carried on (each stage's last step)".into(),
+    };
     figures.push(("validation".to_string(), validation));
     let mut categories: Vec<String> = steps
         .iter()
@@ -909,8 +914,10 @@ fn write_png(_svg: &Path, png: &Path) -> Result<(), TrainError> {
 }
 
 /// Writes every chart of a run from its metrics records into `dir`; returns the SVG files.
-pub fn plot_run(records: &[Value], dir: &Path, png: bool) -> Result<Vec<PathBuf>, TrainError> {
-    write_figures(&run_figures(records), dir, png)
+/// `keep` is the run's `curriculum.keep`, which says which checkpoints the validation chart
+/// rings.
+pub fn plot_run(records: &[Value], keep: Keep, dir: &Path, png: bool) -> Result<Vec<PathBuf>, TrainError> {
+    write_figures(&run_figures(records, keep), dir, png)
 }
 
 #[cfg(test)]
@@ -974,7 +981,9 @@ pub(crate) mod tests {
             ]
         );
         // Stage 1: 0.30, 0.40, 0.50 -> step 4; stage 2: 0.31, 0.31, 0.31 -> its opening one.
-        assert_eq!(r.chosen(), vec![(4.0, 0.5), (4.0, 0.31)]);
+        assert_eq!(r.chosen(Keep::Best), vec![(4.0, 0.5), (4.0, 0.31)]);
+        // Keeping the last step: each stage's last validation, whatever its F1.
+        assert_eq!(r.chosen(Keep::Last), vec![(4.0, 0.5), (8.0, 0.31)]);
     }
 
     #[test]
@@ -1001,7 +1010,7 @@ pub(crate) mod tests {
     #[test]
     fn every_chart_is_written_and_parses_as_svg() {
         let dir = tempfile::tempdir().unwrap();
-        let files = plot_run(&two_stage_records(), dir.path(), false).unwrap();
+        let files = plot_run(&two_stage_records(), Keep::Best, dir.path(), false).unwrap();
         let stems: Vec<String> = files
             .iter()
             .map(|f| f.file_stem().unwrap().to_string_lossy().into_owned())
@@ -1040,7 +1049,7 @@ pub(crate) mod tests {
     #[test]
     fn png_copies_are_written() {
         let dir = tempfile::tempdir().unwrap();
-        let files = plot_run(&two_stage_records(), dir.path(), true).unwrap();
+        let files = plot_run(&two_stage_records(), Keep::Best, dir.path(), true).unwrap();
         for svg in files {
             let png = std::fs::read(svg.with_extension("png")).unwrap();
             assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
@@ -1051,7 +1060,7 @@ pub(crate) mod tests {
     fn a_run_without_rl_steps_draws_only_its_warm_start() {
         let dir = tempfile::tempdir().unwrap();
         let records = vec![serde_json::json!({"sft_epoch": 1, "loss": 2.0})];
-        let files = plot_run(&records, dir.path(), false).unwrap();
+        let files = plot_run(&records, Keep::Best, dir.path(), false).unwrap();
         assert_eq!(files, vec![dir.path().join("warm_start.svg")]);
     }
 }

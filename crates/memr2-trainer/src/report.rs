@@ -410,7 +410,7 @@ pub fn write_report(run: &RunDir, png: bool) -> Result<PathBuf, TrainError> {
         path if path.exists() => Some(EvaluationRecord::read(&path)?),
         _ => None,
     };
-    let charts = plot::plot_run(&records, &run.plots(), png)?;
+    let charts = plot::plot_run(&records, config.curriculum.keep, &run.plots(), png)?;
     let sorted = RunRecords::of(&records);
     let times = PhaseTimes::of(&sorted, evaluation.as_ref());
     let mut out = format!("# {} run\n\n", config.policy_name());
