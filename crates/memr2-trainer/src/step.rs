@@ -102,6 +102,9 @@ pub struct StepMetrics {
     pub step: u64,
     /// Curriculum horizon of the step.
     pub horizon: usize,
+    /// Ids of the training conversations the step rolled out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub episodes: Vec<String>,
     /// Learning rate of the step's update.
     #[serde(default)]
     pub learning_rate: f64,
@@ -440,6 +443,7 @@ pub fn collect(
     let horizon = episodes.iter().map(|e| e.sessions.len()).max().unwrap_or(0);
     let mut metrics = StepMetrics {
         horizon,
+        episodes: episodes.iter().map(|e| e.id.clone()).collect(),
         ..StepMetrics::default()
     };
 

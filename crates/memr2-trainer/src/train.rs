@@ -776,6 +776,7 @@ struct Supervised<'a> {
 const SFT_PROBE_STREAM: u64 = 1;
 const ANSWERER_PROBE_STREAM: u64 = 2;
 const VALIDATION_STREAM: u64 = 3;
+const TRAIN_EPISODES_STREAM: u64 = 4;
 
 /// A generator for one purpose and index (an epoch, a step), derived from the run's seed:
 /// what validation and the epochs' probes draw from, so that how often they run, or how
@@ -1120,8 +1121,14 @@ fn curriculum<B: AutodiffBackend>(
                 });
             }
             let state = &mut training.state;
+            // Each step's conversations come from a stream of their own, so that runs of the
+            // same seed (LoGo-GRPO, GRPO, a placebo) train on the same conversation at every
+            // step, however their rollouts drew from the run's generator.
             let episodes: Vec<Episode> = train_pool
-                .choose_multiple(&mut state.rng, config.rl.episodes_per_step.min(train_pool.len()))
+                .choose_multiple(
+                    &mut side_stream(config.seed, TRAIN_EPISODES_STREAM, state.step),
+                    config.rl.episodes_per_step.min(train_pool.len()),
+                )
                 .cloned()
                 .collect();
             let (next, mut metrics) = rl_step(

@@ -220,3 +220,32 @@ fn only_a_run_that_keeps_the_best_checkpoint_reads_it_back() {
     );
     assert!(dir.join("checkpoints/final/model.bin").exists());
 }
+
+#[test]
+fn a_placebo_trains_on_the_same_conversations_as_its_run() {
+    // The placebo's permutations draw from the run's generator, so from the second step its
+    // rollouts differ from the real run's; the conversations each step trains on must not.
+    let root = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let conversations = |placebo: bool| {
+        let mut config = tiny_config();
+        config.curriculum.steps_per_stage = 4;
+        config.rl.placebo = placebo;
+        let options = RunOptions {
+            dir: root.path().join(format!("placebo-{placebo}")),
+            ..RunOptions::default()
+        };
+        run::<B>(config, &options, &device, &mut |_| {}).unwrap();
+        MetricsLog::read(&options.dir.join("metrics.jsonl"))
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.get("reward_global").is_some())
+            .map(|r| r["episodes"].clone())
+            .collect::<Vec<Value>>()
+    };
+    let real = conversations(false);
+    assert_eq!(real.len(), 8, "two stages of four steps");
+    let distinct: std::collections::BTreeSet<String> = real.iter().map(Value::to_string).collect();
+    assert!(distinct.len() > 1, "the steps draw their conversations: {real:?}");
+    assert_eq!(real, conversations(true));
+}
