@@ -664,7 +664,10 @@ pub fn run_figures(records: &[Value], keep: Keep) -> Vec<(String, Figure)> {
         ),
     ));
     let mut validation = fig(
-        "Validation F1: what picks each stage's checkpoint",
+        match keep {
+            Keep::Best => "Validation F1: what picks each stage's checkpoint",
+            Keep::Last => "Validation F1 (each stage's last step carried on)",
+        },
         vec![Panel {
             marks: r.chosen(keep).iter().map(|&(x, y)| (x, 100.0 * y)).collect(),
             ..panel(
