@@ -663,11 +663,18 @@ pub fn run_figures(records: &[Value], keep: Keep) -> Vec<(String, Figure)> {
             )],
         ),
     ));
+    let (title, mark_name) = match keep {
+        Keep::Best => (
+            "Validation F1: what picks each stage's checkpoint",
+            "chosen checkpoint",
+        ),
+        Keep::Last => (
+            "Validation F1 (each stage's last step carried on)",
+            "carried on (each stage's last step)",
+        ),
+    };
     let mut validation = fig(
-        match keep {
-            Keep::Best => "Validation F1: what picks each stage's checkpoint",
-            Keep::Last => "Validation F1 (each stage's last step carried on)",
-        },
+        title,
         vec![Panel {
             marks: r.chosen(keep).iter().map(|&(x, y)| (x, 100.0 * y)).collect(),
             ..panel(
@@ -684,10 +691,7 @@ pub fn run_figures(records: &[Value], keep: Keep) -> Vec<(String, Figure)> {
             )
         }],
     );
-    validation.mark_name = match keep {
-        Keep::Best => "chosen checkpoint".into(),
-        Keep::Last => "carried on (each stage's last step)".into(),
-    };
+    validation.mark_name = mark_name.into();
     figures.push(("validation".to_string(), validation));
     let mut categories: Vec<String> = steps
         .iter()

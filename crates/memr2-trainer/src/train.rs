@@ -327,12 +327,6 @@ fn short_splits(config: &TrainConfig, data: &Splits) -> Vec<String> {
     .collect()
 }
 
-fn warn_short_splits(config: &TrainConfig, data: &Splits) {
-    for message in short_splits(config, data) {
-        tracing::warn!("{message}");
-    }
-}
-
 fn at_horizon(episodes: &[Episode], h: usize, limit: usize) -> Vec<Episode> {
     episodes.iter().take(limit).map(|e| e.with_horizon(h)).collect()
 }
@@ -507,7 +501,9 @@ pub fn run_with<B: AutodiffBackend>(
         }
     }
     let data = Splits::of(env)?;
-    warn_short_splits(&config, &data);
+    for message in short_splits(&config, &data) {
+        tracing::warn!("{message}");
+    }
     // Rank 0 creates the run directory; over several ranks, the others wait for it.
     collective::rank0_only(|| {
         if options.resume {
