@@ -319,7 +319,8 @@ pub struct CurriculumConfig {
 pub enum Keep {
     /// The checkpoint with the stage's best validation F1, the stage's start included: a
     /// stage whose updates never beat its start on validation hands on its start, and its
-    /// steps are discarded.
+    /// steps are discarded. The stage's last step is saved too, as `last-stage-N`, when it is
+    /// not the best.
     #[default]
     Best,
     /// The stage's last step, whatever validation says. Validation is still run, logged and

@@ -128,6 +128,11 @@ enum DriftCommand {
         /// The run directory (repeat for several runs).
         #[arg(long, required = true)]
         checkpoint: Vec<PathBuf>,
+        /// Which of each run's checkpoints is the trained policy: `final` (what the run handed
+        /// on), or another under `checkpoints/`, such as `last-stage-N` or `best-stage-N`.
+        /// Scored calls of a checkpoint other than `final` go to `drift-eval-SPLIT-NAME.json`.
+        #[arg(long, default_value = "final")]
+        trained: String,
         /// Which split's scenarios.
         #[arg(long, value_enum, default_value_t = SplitArg::Test)]
         split: SplitArg,
@@ -402,6 +407,11 @@ struct EvalArgs {
     /// A run directory (its `sft` and `final` checkpoints are evaluated).
     #[arg(long)]
     checkpoint: PathBuf,
+    /// Which of the run's checkpoints is the trained policy (and the `--grpo` run's): `final`
+    /// (what the run handed on), or another under `checkpoints/`, such as `last-stage-N` or
+    /// `best-stage-N`.
+    #[arg(long, default_value = "final")]
+    trained: String,
     /// A run trained with global groups only, from the same SFT start, to compare against.
     #[arg(long)]
     grpo: Option<PathBuf>,
@@ -683,6 +693,7 @@ fn real_main(cli: Cli) -> Result<()> {
             command:
                 DriftCommand::Eval {
                     checkpoint,
+                    trained,
                     split,
                     max_scenarios,
                     answerer_endpoint,
@@ -705,6 +716,7 @@ fn real_main(cli: Cli) -> Result<()> {
             };
             with_backend!(backend, |B, device| drift_eval::<B>(
                 &checkpoint,
+                &trained,
                 split,
                 max_scenarios,
                 endpoints,
@@ -843,6 +855,7 @@ struct DriftEndpoints<'a> {
 
 fn drift_eval<B: AutodiffBackend>(
     dirs: &[PathBuf],
+    trained: &str,
     split: SplitArg,
     max_scenarios: Option<usize>,
     endpoints: DriftEndpoints<'_>,
@@ -850,8 +863,11 @@ fn drift_eval<B: AutodiffBackend>(
 ) -> Result<()> {
     let mut runs = Vec::new();
     for dir in dirs {
-        let calls = drift_eval_run::<B>(dir, split, max_scenarios, endpoints, device)?;
-        let path = dir.join(format!("drift-eval-{}.json", calls.split));
+        let calls = drift_eval_run::<B>(dir, trained, split, max_scenarios, endpoints, device)?;
+        let path = match trained {
+            "final" => dir.join(format!("drift-eval-{}.json", calls.split)),
+            name => dir.join(format!("drift-eval-{}-{name}.json", calls.split)),
+        };
         std::fs::write(&path, serde_json::to_string_pretty(&calls)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         runs.push(calls);
@@ -984,6 +1000,7 @@ fn spread<T>(items: Vec<T>, max: Option<usize>) -> Vec<T> {
 
 fn drift_eval_run<B: AutodiffBackend>(
     dir: &Path,
+    trained: &str,
     split: SplitArg,
     max_scenarios: Option<usize>,
     endpoints: DriftEndpoints<'_>,
@@ -1076,12 +1093,20 @@ fn drift_eval_run<B: AutodiffBackend>(
         Some(served) => Answerer::Served(served),
         None => Answerer::Local(answerer.as_ref().unwrap_or(&sft)),
     };
-    // The trained policy, and the tool caller RL trained beside it (`rl.actor`), if any.
-    let trained = if run.checkpoint("final").exists() {
-        let loaded = checkpoint::load::<B>(&run.checkpoint("final"), device)?;
-        Some((loaded.model.valid(), loaded.actor.map(|a| a.valid())))
-    } else {
-        None
+    // The trained policy, and the tool caller RL trained beside it (`rl.actor`), if any. A run
+    // with no `final` checkpoint yet has only its warm start to show; a checkpoint asked for by
+    // name must be there.
+    let trained = match run.checkpoint(trained) {
+        dir if dir.exists() => {
+            let loaded = checkpoint::load::<B>(&dir, device)?;
+            Some((loaded.model.valid(), loaded.actor.map(|a| a.valid())))
+        }
+        _ if trained == "final" => None,
+        dir => bail!(
+            "run {} has no checkpoint {trained:?} ({} is missing)",
+            run.0.display(),
+            dir.display()
+        ),
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0xd71f7);
     // Every call of one policy's memory under one condition, scored.
@@ -1505,11 +1530,11 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
         let loaded = checkpoint::load::<B>(dir, device)?;
         Ok((loaded.model.valid(), loaded.actor.map(|a| a.valid())))
     };
-    let logo = trained(&run.checkpoint("final"))?;
+    let logo = trained(&run.checkpoint(&args.trained))?;
     let grpo = args
         .grpo
         .as_ref()
-        .map(|d| trained(&RunDir(d.clone()).checkpoint("final")))
+        .map(|d| trained(&RunDir(d.clone()).checkpoint(&args.trained)))
         .transpose()?;
     let mut systems: Vec<train::System<'_, B::InnerBackend>> =
         vec![(memr2_trainer::report::SFT_ROW, Some(&sft), None)];

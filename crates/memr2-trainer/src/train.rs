@@ -103,7 +103,7 @@ impl RunDir {
     pub fn metrics(&self) -> PathBuf {
         self.0.join("metrics.jsonl")
     }
-    /// A checkpoint directory by name (`latest`, `sft`, `best-stage-N`, `final`).
+    /// A checkpoint directory by name (`latest`, `sft`, `best-stage-N`, `last-stage-N`, `final`).
     pub fn checkpoint(&self, name: &str) -> PathBuf {
         self.0.join("checkpoints").join(name)
     }
@@ -1168,6 +1168,14 @@ fn curriculum<B: AutodiffBackend>(
         // every rank), or from its last step, with a fresh optimizer either way.
         collective::world().barrier();
         if config.curriculum.keep == Keep::Best {
+            // The last step is kept beside the best, so that both can be evaluated.
+            if training
+                .state
+                .best
+                .is_some_and(|(_, step)| step != training.state.step)
+            {
+                training.save_as(&format!("last-stage-{h}"))?;
+            }
             training.restore(&best_name, device)?;
         }
         tracing::info!(horizon = h, best = ?training.state.best, keep = ?config.curriculum.keep, "stage done");

@@ -59,6 +59,32 @@ fn the_drift_preset_trains_and_evaluates_tool_calls() {
     assert_eq!(names, ["no memory", "oracle memory", "SFT only", "LoGo-GRPO"]);
     assert!(report.rows.iter().all(|(_, s)| s.board.overall().count == 2));
     assert!(report.table.contains("Differences paired"), "{}", report.table);
+
+    // `memr2 drift eval` scores another of the run's checkpoints as the trained policy when
+    // asked by name, into a file of its own, and refuses a name the run does not have.
+    let drift_eval = |trained: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_memr2"))
+            .args([
+                "drift",
+                "eval",
+                "--max-scenarios",
+                "1",
+                "--trained",
+                trained,
+                "--checkpoint",
+            ])
+            .arg(&options.dir)
+            .output()
+            .unwrap()
+    };
+    let out = drift_eval("best-stage-3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(options.dir.join("drift-eval-test-best-stage-3.json").exists());
+    assert!(!options.dir.join("drift-eval-test.json").exists());
+    let out = drift_eval("best-stage-9");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no checkpoint \"best-stage-9\""), "{stderr}");
 }
 
 /// RL on the tool caller (`rl.actor`): its sampled calls are logged and trained on, the

@@ -222,6 +222,40 @@ fn only_a_run_that_keeps_the_best_checkpoint_reads_it_back() {
 }
 
 #[test]
+fn a_run_that_keeps_the_best_saves_each_stages_last_step_beside_it() {
+    // No step of this tiny run beats a stage's start on validation, so each stage's best is
+    // its start, and a run that hands the best on saves the last step beside it, for `eval
+    // --trained last-stage-N`. A run that hands the last step on has it as `final` already.
+    let root = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    for keep in [Keep::Best, Keep::Last] {
+        let mut config = tiny_config();
+        config.curriculum.keep = keep;
+        let options = RunOptions {
+            dir: root.path().join(format!("{keep:?}")),
+            ..RunOptions::default()
+        };
+        run::<B>(config, &options, &device, &mut |_| {}).unwrap();
+        let saved = |name: &str| {
+            options
+                .dir
+                .join("checkpoints")
+                .join(name)
+                .join("model.bin")
+                .exists()
+        };
+        for h in [2, 3] {
+            assert!(saved(&format!("best-stage-{h}")), "{keep:?}: stage {h}'s best");
+            assert_eq!(
+                saved(&format!("last-stage-{h}")),
+                keep == Keep::Best,
+                "{keep:?}: stage {h}'s last step"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_placebo_trains_on_the_same_conversations_as_its_run() {
     // The placebo's permutations draw from the run's generator, so from the second step its
     // rollouts differ from the real run's; the conversations each step trains on must not.
