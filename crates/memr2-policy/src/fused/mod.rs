@@ -986,6 +986,14 @@ mod tests {
         check_attention([3, 1, 4, 8], 4, 40, 8, &[0], 4);
     }
 
+    #[test]
+    fn masked_attention_matches_the_composition_at_a_tool_calls_length() {
+        // A tool caller's example is 600-700 tokens, its memories at the start: training on
+        // one (eleven blocks of queries), and decoding its first token after it.
+        check_attention([2, 700, 4, 32], 4, 700, 32, &[690, 695, 699], 5);
+        check_attention([1, 1, 4, 32], 4, 760, 32, &[], 6);
+    }
+
     // The fused kernel exists on the CPU backend only; elsewhere both sides are the
     // composition, and each new shape would cost a kernel compilation on the GPU backends.
     #[cfg(not(any(feature = "test-wgpu", feature = "test-cuda", feature = "test-ndarray")))]
