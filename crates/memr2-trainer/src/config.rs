@@ -665,8 +665,8 @@ impl TrainConfig {
 
     /// The tool-drift defence: the default model and objective on 300 MEMDRIFT training
     /// scenarios (12 per training cell, 3 sessions each; half of them played with their
-    /// neutral control), warm-started on a teacher that drifts on 80% of the calls whose
-    /// memories show a bias statement, each tool-call example paired with the same call over
+    /// neutral control), warm-started on a teacher that drifts on every call whose memories
+    /// show a bias statement, each tool-call example paired with the same call over
     /// the scenario's other conversation ([`memr2_sim::Task::contrasts`]); the tool caller
     /// (the frozen answerer) then tuned on the calls of 36 more scenarios per training cell
     /// (`tool_caller_per_cell`, 2,400 examples), enough for it to learn to drift; the actor's
@@ -683,7 +683,10 @@ impl TrainConfig {
         config.data = DataSpec::Drift {
             seed: 0,
             drift: memr2_drift::DriftConfig {
-                teacher_drift: 0.8,
+                // At 0.8 the tool caller of this training step learned to drift only a
+                // little, or not at all (deflection 1.00 and 1.32 with biased memories, two
+                // seeds); at 1 it drifts (2.76) (docs/RESULTS.md, "Tool drift").
+                teacher_drift: 1.0,
                 neutral_share: 0.5,
                 held_out: memr2_drift::HeldOut::Scenarios,
                 // With the 12 training scenarios alone (about three drifted calls per tool
