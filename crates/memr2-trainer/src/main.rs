@@ -404,7 +404,7 @@ fn endpoint(
 struct EvalArgs {
     #[command(flatten)]
     served: ServedArgs,
-    /// A run directory (its `sft` and `final` checkpoints are evaluated).
+    /// A run directory (its `sft` checkpoint and the one `--trained` names are evaluated).
     #[arg(long)]
     checkpoint: PathBuf,
     /// Which of the run's checkpoints is the trained policy (and the `--grpo` run's): `final`
@@ -1000,7 +1000,7 @@ fn spread<T>(items: Vec<T>, max: Option<usize>) -> Vec<T> {
 
 fn drift_eval_run<B: AutodiffBackend>(
     dir: &Path,
-    trained: &str,
+    trained_name: &str,
     split: SplitArg,
     max_scenarios: Option<usize>,
     endpoints: DriftEndpoints<'_>,
@@ -1096,14 +1096,14 @@ fn drift_eval_run<B: AutodiffBackend>(
     // The trained policy, and the tool caller RL trained beside it (`rl.actor`), if any. A run
     // with no `final` checkpoint yet has only its warm start to show; a checkpoint asked for by
     // name must be there.
-    let trained = match run.checkpoint(trained) {
+    let trained = match run.checkpoint(trained_name) {
         dir if dir.exists() => {
             let loaded = checkpoint::load::<B>(&dir, device)?;
             Some((loaded.model.valid(), loaded.actor.map(|a| a.valid())))
         }
-        _ if trained == "final" => None,
+        _ if trained_name == "final" => None,
         dir => bail!(
-            "run {} has no checkpoint {trained:?} ({} is missing)",
+            "run {} has no checkpoint {trained_name:?} ({} is missing)",
             run.0.display(),
             dir.display()
         ),
@@ -1208,8 +1208,12 @@ fn drift_eval_run<B: AutodiffBackend>(
                 Some(_) => "Trained policy and its trained tool caller",
                 None => "Trained policy",
             };
+            let which = match trained_name {
+                "final" => String::new(),
+                name => format!(" (checkpoint {name})"),
+            };
             println!(
-                "## {whose}, biased memories\n\n{}\n{}",
+                "## {whose}{which}, biased memories\n\n{}\n{}",
                 failed(&after),
                 DriftReport::new(&after).markdown()
             );
@@ -1525,7 +1529,7 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
         dir if dir.exists() => Some(load(&dir)?),
         _ => None,
     };
-    // A final checkpoint's policy, and the actor RL trained beside it (`rl.actor`), if any.
+    // The named checkpoint's policy, and the actor RL trained beside it (`rl.actor`), if any.
     let trained = |dir: &Path| -> Result<_> {
         let loaded = checkpoint::load::<B>(dir, device)?;
         Ok((loaded.model.valid(), loaded.actor.map(|a| a.valid())))
