@@ -1571,8 +1571,12 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
     if !memr2_trainer::collective::is_writer() {
         return Ok(());
     }
+    let which = match args.trained.as_str() {
+        "final" => String::new(),
+        name => format!(", the trained policy from checkpoint {name}"),
+    };
     println!(
-        "Test conversations: {}, horizon {} sessions\n\n{}",
+        "Test conversations: {}, horizon {} sessions{which}\n\n{}",
         config.eval.test_episodes.min(data.test.len()),
         config.eval.sessions,
         evaluation.tables()
