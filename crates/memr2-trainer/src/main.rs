@@ -853,6 +853,12 @@ struct DriftEndpoints<'a> {
     judge: Option<&'a memr2_openai::client::Endpoint>,
 }
 
+/// The checkpoint `--trained` names, when it is not the run's `final` one (the default): what
+/// the output then says it scored.
+fn named_checkpoint(trained: &str) -> Option<&str> {
+    (trained != "final").then_some(trained)
+}
+
 fn drift_eval<B: AutodiffBackend>(
     dirs: &[PathBuf],
     trained: &str,
@@ -864,10 +870,10 @@ fn drift_eval<B: AutodiffBackend>(
     let mut runs = Vec::new();
     for dir in dirs {
         let calls = drift_eval_run::<B>(dir, trained, split, max_scenarios, endpoints, device)?;
-        let path = match trained {
-            "final" => dir.join(format!("drift-eval-{}.json", calls.split)),
-            name => dir.join(format!("drift-eval-{}-{name}.json", calls.split)),
-        };
+        let suffix = named_checkpoint(trained)
+            .map(|name| format!("-{name}"))
+            .unwrap_or_default();
+        let path = dir.join(format!("drift-eval-{}{suffix}.json", calls.split));
         std::fs::write(&path, serde_json::to_string_pretty(&calls)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         runs.push(calls);
@@ -1101,7 +1107,7 @@ fn drift_eval_run<B: AutodiffBackend>(
             let loaded = checkpoint::load::<B>(&dir, device)?;
             Some((loaded.model.valid(), loaded.actor.map(|a| a.valid())))
         }
-        _ if trained_name == "final" => None,
+        _ if named_checkpoint(trained_name).is_none() => None,
         dir => bail!(
             "run {} has no checkpoint {trained_name:?} ({} is missing)",
             run.0.display(),
@@ -1208,10 +1214,9 @@ fn drift_eval_run<B: AutodiffBackend>(
                 Some(_) => "Trained policy and its trained tool caller",
                 None => "Trained policy",
             };
-            let which = match trained_name {
-                "final" => String::new(),
-                name => format!(" (checkpoint {name})"),
-            };
+            let which = named_checkpoint(trained_name)
+                .map(|name| format!(" (checkpoint {name})"))
+                .unwrap_or_default();
             println!(
                 "## {whose}{which}, biased memories\n\n{}\n{}",
                 failed(&after),
@@ -1571,10 +1576,9 @@ fn eval_command<B: AutodiffBackend>(args: &EvalArgs, device: &B::Device) -> Resu
     if !memr2_trainer::collective::is_writer() {
         return Ok(());
     }
-    let which = match args.trained.as_str() {
-        "final" => String::new(),
-        name => format!(", the trained policy from checkpoint {name}"),
-    };
+    let which = named_checkpoint(&args.trained)
+        .map(|name| format!(", the trained policy from checkpoint {name}"))
+        .unwrap_or_default();
     println!(
         "Test conversations: {}, horizon {} sessions{which}\n\n{}",
         config.eval.test_episodes.min(data.test.len()),
